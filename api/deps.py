@@ -1,0 +1,36 @@
+"""FastAPI dependencies: the running vault, the request context and the caller's identity.
+
+Owns reading credentials from the Authorization header only (never cookies or the URL). Identity resolution hits the
+token table on every request so that a revoked or expired token fails on the very next request in every worker.
+"""
+
+from __future__ import annotations
+
+from fastapi import Depends, Request
+
+from vault import tokens
+from vault.errors import Unauthenticated
+from vault.identity import Identity, RequestContext
+from vault.runtime import Vault
+
+
+def get_vault(request: Request) -> Vault:
+    return request.app.state.vault
+
+
+def get_ctx(request: Request) -> RequestContext:
+    client = request.client.host if request.client else None
+    return RequestContext(request_id=getattr(request.state, "request_id", None), client_addr=client)
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthenticated()
+    return value.strip()
+
+
+def current_identity(token: str = Depends(bearer_token), vault: Vault = Depends(get_vault)) -> Identity:
+    with vault.session() as session:
+        return tokens.resolve(session, token=token, now=vault.clock())

@@ -1,0 +1,80 @@
+"""RFC 9457 problem+json responses.
+
+Owns the one shape every error takes on the wire, with a stable `type` per failure. Nothing here may echo request
+input: validation errors list locations and messages, never the submitted values (which may be passwords or PHI).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from kms import CryptoError, KeyStoreError
+from vault.errors import PROBLEM_BASE, AuditUnavailable, IntegrityFailure, VaultError
+
+MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("healthvault.api")
+
+_HTTP_SLUGS = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
+               405: "method-not-allowed", 406: "not-acceptable", 413: "payload-too-large",
+               415: "unsupported-media-type", 429: "too-many-requests"}
+
+
+def problem(request: Request, *, status: int, slug: str, title: str, detail: str | None = None,
+            extra: dict | None = None, headers: dict | None = None) -> JSONResponse:
+    body = {"type": PROBLEM_BASE + slug, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body["instance"] = request.url.path
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        body["request_id"] = request_id
+    if extra:
+        body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+async def _vault_error(request: Request, exc: VaultError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.status >= 500:
+        log.error("request failed: %s", exc.slug)
+    return problem(request, status=exc.status, slug=exc.slug, title=exc.title, detail=exc.detail,
+                   extra=exc.extra, headers=headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+              for e in exc.errors()]
+    return problem(request, status=422, slug="validation-error", title="The request is not valid",
+                   detail="One or more fields are invalid", extra={"errors": errors})
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    slug = _HTTP_SLUGS.get(exc.status_code, "http-error")
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    return problem(request, status=exc.status_code, slug=slug, title=detail or slug.replace("-", " ").capitalize(),
+                   headers=getattr(exc, "headers", None))
+
+
+async def _crypto_error(request: Request, exc: Exception) -> JSONResponse:
+    return await _vault_error(request, IntegrityFailure())
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Only the exception class is logged: messages may carry driver text with bound values.
+    log.error("unhandled %s", type(exc).__name__)
+    if isinstance(exc, KeyStoreError):
+        return await _vault_error(request, AuditUnavailable("The key service is unavailable"))
+    return problem(request, status=500, slug="internal", title="Internal error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(VaultError, _vault_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(CryptoError, _crypto_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,24 @@
+from fastapi import APIRouter, Depends, Response
+
+from api.deps import bearer_token, current_identity, get_ctx, get_vault
+from api.schemas import LoginIn, TokenOut
+from vault import accounts
+from vault.identity import Identity, RequestContext
+from vault.runtime import Vault
+
+router = APIRouter(prefix="/v1/auth", tags=["auth"])
+
+
+@router.post("/login", response_model=TokenOut)
+def login(body: LoginIn, vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> TokenOut:
+    with vault.session() as session:
+        token, expires_in = accounts.login(session, vault, username=body.username, password=body.password, ctx=ctx)
+    return TokenOut(access_token=token, expires_in=expires_in)
+
+
+@router.post("/logout", status_code=204)
+def logout(token: str = Depends(bearer_token), identity: Identity = Depends(current_identity),
+           vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> Response:
+    with vault.session() as session:
+        accounts.logout(session, vault, token=token, identity=identity, ctx=ctx)
+    return Response(status_code=204)

@@ -1,0 +1,29 @@
+from fastapi import APIRouter, Depends
+
+from api.deps import current_identity, get_ctx, get_vault
+from api.schemas import PatientOut, RegisterIn, RegisterOut
+from vault import patients
+from vault.errors import NotFound
+from vault.identity import Identity, RequestContext
+from vault.runtime import Vault
+
+router = APIRouter(prefix="/v1/patients", tags=["patients"])
+
+
+@router.post("/register", status_code=201, response_model=RegisterOut)
+def register(body: RegisterIn, vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> RegisterOut:
+    with vault.session() as session:
+        patient_id = patients.register(session, vault, username=body.username, password=body.password,
+                                       real_name=body.real_name, id_number=body.id_number, phone=body.phone,
+                                       birth_date=body.birth_date, ctx=ctx)
+    return RegisterOut(patient_id=patient_id)
+
+
+@router.get("/me", response_model=PatientOut)
+def me(identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
+       ctx: RequestContext = Depends(get_ctx)) -> PatientOut:
+    if identity.patient_id is None:
+        raise NotFound("This account is not a patient")
+    with vault.session() as session:
+        profile = patients.get_profile(session, vault, identity=identity, ctx=ctx, patient_id=identity.patient_id)
+    return PatientOut(**profile.__dict__)

@@ -1,0 +1,109 @@
+import uuid
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api import multipart
+from api.deps import current_identity, get_ctx, get_vault
+from api.schemas import RecordOut, RecordPage
+from vault import records
+from vault.errors import InvalidInput, PayloadTooLarge
+from vault.identity import Identity, RequestContext
+from vault.runtime import Vault
+from vault.uploads import UploadSink
+
+router = APIRouter(prefix="/v1/records", tags=["records"])
+
+# Room for multipart framing and the small text fields around the file.
+_FORM_OVERHEAD = 64 * 1024
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "category"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "category": {"type": "string", "enum": list(records.CATEGORIES)},
+                        "title": {"type": "string", "maxLength": records.MAX_TITLE_LENGTH},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _out(view: records.RecordView) -> RecordOut:
+    return RecordOut(**{k: v for k, v in view.__dict__.items() if k != "patient_id"})
+
+
+@router.post("", status_code=201, response_model=RecordOut, openapi_extra=_UPLOAD_BODY)
+async def upload(request: Request, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
+                 ctx: RequestContext = Depends(get_ctx)) -> RecordOut:
+    limit = vault.settings.max_upload_bytes
+    declared_length = request.headers.get("content-length")
+    if declared_length and declared_length.isdigit() and int(declared_length) > limit + _FORM_OVERHEAD:
+        raise PayloadTooLarge(f"Files may be at most {limit} bytes")
+    record_id = str(uuid.uuid4())
+
+    def precheck() -> str:
+        with vault.session() as session:
+            return records.authorize_upload(session, vault, identity=identity, ctx=ctx, record_id=record_id,
+                                            patient_id=identity.patient_id)
+
+    patient_id = await run_in_threadpool(precheck)
+
+    def open_sink(declared_type: str | None) -> UploadSink:
+        return UploadSink(vault, record_id=record_id, patient_id=patient_id, declared_type=declared_type,
+                          max_bytes=limit)
+
+    sink, fields, filename = await multipart.receive(request.headers.get("content-type", ""), request.stream(),
+                                                     max_body=limit + _FORM_OVERHEAD, open_sink=open_sink)
+    try:
+        unknown = set(fields) - {"category", "title"}
+        if unknown:
+            raise InvalidInput("Unknown form fields", extra={"reason": "form", "fields": sorted(unknown)})
+
+        def commit() -> records.RecordView:
+            with vault.session() as session:
+                return records.create(session, vault, identity=identity, ctx=ctx, sink=sink,
+                                      category=fields.get("category", ""), title=fields.get("title"),
+                                      filename=filename)
+
+        view = await run_in_threadpool(commit)
+    finally:
+        sink.abort()
+    return _out(view)
+
+
+@router.get("", response_model=RecordPage)
+def list_records(limit: int = Query(50, ge=1, le=records.MAX_PAGE), cursor: str | None = Query(None, max_length=512),
+                 identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
+                 ctx: RequestContext = Depends(get_ctx)) -> RecordPage:
+    with vault.session() as session:
+        views, next_cursor = records.list_own(session, vault, identity=identity, ctx=ctx, limit=limit, cursor=cursor)
+    return RecordPage(items=[_out(v) for v in views], next_cursor=next_cursor)
+
+
+@router.get("/{record_id}", response_model=RecordOut)
+def get_record(record_id: uuid.UUID, identity: Identity = Depends(current_identity),
+               vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> RecordOut:
+    with vault.session() as session:
+        return _out(records.read(session, vault, identity=identity, ctx=ctx, record_id=str(record_id)))
+
+
+@router.get("/{record_id}/content", response_class=StreamingResponse)
+def get_content(record_id: uuid.UUID, identity: Identity = Depends(current_identity),
+                vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> StreamingResponse:
+    with vault.session() as session:
+        view, chunks = records.open_content(session, vault, identity=identity, ctx=ctx, record_id=str(record_id))
+    return StreamingResponse(
+        chunks,
+        media_type=view.content_type,
+        headers={"content-length": str(view.size_bytes), "content-disposition": "attachment"},
+    )

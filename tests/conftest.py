@@ -1,0 +1,129 @@
+"""Shared fixtures: a real vault on SQLite (always) and on the real PostgreSQL (when reachable; required in CI).
+
+Nothing here mocks a component: tests get a migrated database, a sealed local root key, the key store and the blob
+directory, and talk to the FastAPI app over its ASGI interface or a real socket.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from vault.runtime import init_data_dir, open_vault
+from vault.settings import Settings
+
+PG_URL = os.environ.get("HEALTHVAULT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PASSPHRASE = b"correct horse battery staple 42"
+CHEAP_KDF = {"t": 1, "m": 1024, "p": 1}
+CHEAP_PASSWORDS = dict(password_time_cost=1, password_memory_kib=1024, password_parallelism=1)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _pg_reachable() -> bool:
+    try:
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 2})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+PG_AVAILABLE = _pg_reachable()
+
+
+def require_pg() -> None:
+    if not PG_AVAILABLE:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL at {PG_URL} must be reachable in CI")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request) -> str:
+    if request.param == "postgres":
+        require_pg()
+    return request.param
+
+
+@pytest.fixture
+def pg_schemas():
+    """A pair of fresh schemas (data, keys) on the real PostgreSQL, dropped afterwards."""
+    require_pg()
+    suffix = secrets.token_hex(4)
+    data_schema, key_schema = f"hvt_{suffix}", f"hvt_keys_{suffix}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE SCHEMA {data_schema}"))
+    yield data_schema, key_schema
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {data_schema} CASCADE"))
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {key_schema} CASCADE"))
+    admin.dispose()
+
+
+class FakeClock:
+    """A clock the test controls."""
+
+    def __init__(self, start: dt.datetime | None = None) -> None:
+        self.now = start or dt.datetime.now(dt.timezone.utc)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **delta) -> None:
+        self.now += dt.timedelta(**delta)
+
+
+def make_settings(tmp_path, backend: str, request=None, **overrides) -> Settings:
+    data_dir = tmp_path / "var"
+    if backend == "postgres":
+        data_schema, key_schema = request.getfixturevalue("pg_schemas")
+        url = f"{PG_URL}?options=-csearch_path%3D{data_schema}"
+        return Settings.load(data_dir, database_url=url, keystore_url=PG_URL, keystore_schema=key_schema,
+                             **CHEAP_PASSWORDS, **overrides)
+    return Settings.load(data_dir, **CHEAP_PASSWORDS, **overrides)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def settings(tmp_path, backend, request) -> Settings:
+    return make_settings(tmp_path, backend, request)
+
+
+@pytest.fixture
+def vault(settings, clock, monkeypatch):
+    monkeypatch.delenv("HEALTHVAULT_ROOT_KEY", raising=False)
+    init_data_dir(settings, PASSPHRASE, kdf_params=CHEAP_KDF)
+    instance = open_vault(settings, PASSPHRASE, clock=clock)
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def app(vault):
+    from api.app import create_app
+
+    return create_app(vault)
+
+
+@pytest.fixture
+def client(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:12]}"

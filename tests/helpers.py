@@ -1,0 +1,90 @@
+"""Test helpers: valid identifiers, tiny real files, and the register → login flow over HTTP."""
+
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+
+from vault.identifiers import check_digit
+
+
+def make_id_number(region: str = "110105", birth: str = "19491231", seq: str | None = None) -> str:
+    """A valid GB 11643 number (random sequence unless given)."""
+    seq = seq or f"{random.randint(0, 999):03d}"
+    body = region + birth + seq
+    return body + check_digit(body)
+
+
+def make_phone() -> str:
+    return "138" + f"{random.randint(0, 99_999_999):08d}"
+
+
+def png_bytes(marker: bytes = b"") -> bytes:
+    """A real 1x1 PNG, with an optional tEXt chunk carrying `marker`."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    parts = [chunk(b"IHDR", ihdr)]
+    if marker:
+        parts.append(chunk(b"tEXt", b"Comment\0" + marker))
+    parts += [chunk(b"IDAT", zlib.compress(b"\0\0")), chunk(b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(parts)
+
+
+def pdf_bytes(marker: str = "hello") -> bytes:
+    """A minimal one-page PDF whose content stream shows `marker`."""
+    content = f"BT /F1 12 Tf 72 720 Td ({marker}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def jpeg_bytes(payload: bytes = b"") -> bytes:
+    """Bytes that sniff as JPEG (SOI + APP0 JFIF + a COM segment); enough for storage tests."""
+    com = b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload
+    return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + com + b"\xff\xd9"
+
+
+PASSWORD = "Str0ng-Passw0rd!"
+
+
+def register(client, *, username: str, real_name: str = "张三", id_number: str | None = None,
+             phone: str | None = None, password: str = PASSWORD) -> dict:
+    body = {"username": username, "password": password, "real_name": real_name,
+            "id_number": id_number or make_id_number(), "phone": phone or make_phone()}
+    response = client.post("/v1/patients/register", json=body)
+    assert response.status_code == 201, response.text
+    return {**body, "patient_id": response.json()["patient_id"]}
+
+
+def login(client, username: str, password: str = PASSWORD) -> dict:
+    response = client.post("/v1/auth/login", json={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def upload(client, headers: dict, data: bytes, *, category: str = "lab_report", title: str | None = None,
+           filename: str = "scan.bin", content_type: str = "application/octet-stream"):
+    form = {"category": category}
+    if title is not None:
+        form["title"] = title
+    return client.post("/v1/records", headers=headers, data=form, files={"file": (filename, data, content_type)})

@@ -1,0 +1,49 @@
+"""Smoke test of the HTTP benches: each runs at --quick size against a real server process and prints its figures.
+
+It guards the benches themselves (they start, talk to the current API, parse, report) and two properties that hold at
+any size: an upload does not grow the server's memory by more than 64 MiB, and the bytes come back with the SHA-256
+the server reported. Throughput targets are not asserted here (CI machines are shared and noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _run(script: str, timeout: float = 90) -> tuple[str, dict]:
+    result = subprocess.run([sys.executable, str(BENCH / script), "--quick"], capture_output=True, text=True,
+                            timeout=timeout, stdin=subprocess.DEVNULL, cwd=BENCH.parent)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT_JSON: ")]
+    assert lines, output[-4000:]
+    return result.stdout, json.loads(lines[-1].removeprefix("RESULT_JSON: "))
+
+
+@pytest.mark.slow
+def test_bench_http_quick_reports_both_endpoints_and_the_ratio():
+    out, result = _run("bench_http.py")
+    assert "ratio records/healthz" in out and "load average" in out
+    assert "PASS" in out or "FAIL" in out
+    assert result["errors"] == 0
+    for name in ("healthz", "records"):
+        figures = result["summary"][name]
+        assert figures["rps"] > 0 and figures["p50_ms"] > 0 and figures["p99_ms"] >= figures["p50_ms"]
+    assert result["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_bench_upload_quick_stays_within_memory_and_round_trips():
+    out, result = _run("bench_upload.py")
+    assert "peak growth" in out and "MiB/s" in out
+    assert result["sha256_ok"] is True and result["size_ok"] is True and result["errors"] == []
+    assert result["peak_growth_mib"] <= 64, out
+    assert result["download_peak_growth_mib"] <= 64, out
+    assert result["upload_mib_s"] > 0 and result["download_mib_s"] > 0

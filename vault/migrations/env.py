@@ -1,0 +1,14 @@
+"""Alembic environment for the data database; the engine is handed in by vault.db.migrate (no alembic.ini)."""
+
+from alembic import context
+
+from vault.models import Base
+
+config = context.config
+engine = config.attributes["engine"]
+
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()

@@ -1,0 +1,131 @@
+"""Typed SQLAlchemy models of the data database.
+
+Owns the shape of every stored row. Columns ending in `_enc` hold kms field ciphertexts bound to (table, column, row
+id, patient id); `_bidx` columns hold truncated HMAC blind indexes. No column may hold plaintext PHI or an ID number:
+`inventory.json` lists every column with its GB/T 39725 category and level, and a test fails on any column missing
+from it. Schema changes go through an Alembic migration in `migrations/versions/`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # noqa: ANN001
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):  # noqa: ANN001
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+ROLES = ("patient", "doctor", "escort", "auditor", "sysadmin", "secadmin", "auditadmin")
+STAFF_ROLES = tuple(r for r in ROLES if r != "patient")
+CATEGORIES = ("lab_report", "exam_report", "medical_record", "id_document", "other")
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # The patient's profile DEK, wrapped by the patient KEK held in the separate key store.
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+    real_name_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    id_number_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    phone_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    birth_date_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    id_number_bidx: Mapped[bytes] = mapped_column(LargeBinary(16), unique=True)
+    phone_bidx: Mapped[bytes] = mapped_column(LargeBinary(16), index=True)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    patient_id: Mapped[str | None] = mapped_column(ForeignKey("patients.id"), unique=True, nullable=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class AuthToken(Base):
+    """Server-side bearer tokens: only the SHA-256 of the token is stored, so a DB read yields no usable token."""
+
+    __tablename__ = "auth_tokens"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Record(Base):
+    __tablename__ = "records"
+    __table_args__ = (Index("ix_records_patient_created", "patient_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"))
+    category: Mapped[str] = mapped_column(String(32))
+    content_type: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    # Per-record DEK wrapped by the patient KEK; it encrypts the blob and every *_enc column of this row.
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+    title_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    filename_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    sha256_enc: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditEvent(Base):
+    """Plain append-only event table (the hash chain is layered on in the audit issue). Never holds PHI."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_patient", "patient_pseudonym", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    actor: Mapped[str] = mapped_column(String(64))
+    actor_role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(48))
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    client_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -1,0 +1,141 @@
+"""Patients: registration, the masked profile, and lookup by blind index.
+
+Owns how a patient's identifying data is stored: real name, ID number, phone and birth date are sealed under the
+patient's profile DEK (wrapped by the patient KEK in the separate key store), and ID number and phone also get an HMAC
+blind index so they can be found without decrypting any row. Nothing here returns an unmasked ID number or phone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from kms import blind_index
+from vault import accounts, fields, gate
+from vault.errors import Conflict, InvalidInput
+from vault.identifiers import (
+    birth_date_from_id,
+    mask_id_number,
+    mask_phone,
+    normalize_id_number,
+    normalize_phone,
+)
+from vault.identity import Identity, RequestContext
+from vault.models import Account, Patient
+
+ID_INDEX_PURPOSE = "blind-index:id_number"
+PHONE_INDEX_PURPOSE = "blind-index:phone"
+MAX_NAME_LENGTH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    patient_id: str
+    real_name: str
+    id_number_masked: str
+    phone_masked: str
+    birth_date: dt.date
+    created_at: dt.datetime
+
+
+def id_number_index(vault, normalized: str) -> bytes:
+    return blind_index.compute(vault.keys.service_key(ID_INDEX_PURPOSE), kind="id_number", normalized_value=normalized)
+
+
+def phone_index(vault, normalized: str) -> bytes:
+    return blind_index.compute(vault.keys.service_key(PHONE_INDEX_PURPOSE), kind="phone", normalized_value=normalized)
+
+
+def _clean_name(real_name: str) -> str:
+    name = " ".join(real_name.split())
+    if not name or len(name) > MAX_NAME_LENGTH or any(ord(c) < 32 for c in name):
+        raise InvalidInput("Real name must be 1-64 printable characters", extra={"reason": "real-name"})
+    return name
+
+
+def register(session: Session, vault, *, username: str, password: str, real_name: str, id_number: str, phone: str,
+             birth_date: dt.date | None, ctx: RequestContext) -> str:
+    """Create the patient, their KEK and their account; returns the patient id."""
+    id_norm = normalize_id_number(id_number, today=vault.clock().date())
+    phone_norm = normalize_phone(phone)
+    name = _clean_name(real_name)
+    embedded = birth_date_from_id(id_norm)
+    if birth_date is not None and birth_date != embedded:
+        raise InvalidInput("Birth date does not match the ID number", extra={"reason": "birth-date-mismatch"})
+    patient_id = str(uuid.uuid4())
+    account = accounts.build(vault, username=username, password=password, role="patient", patient_id=patient_id)
+    id_bidx = id_number_index(vault, id_norm)
+    taken = session.scalar(
+        select(Patient.id).where(Patient.id_number_bidx == id_bidx).limit(1)
+    ) or session.scalar(select(Account.id).where(Account.username == account.username).limit(1))
+    if taken:
+        raise Conflict("An account with these details already exists")
+
+    # The KEK lives in the key store, committed first: a failure below leaves an unused KEK, never a patient
+    # whose data cannot be decrypted.
+    vault.keys.create_patient_key(patient_id)
+    dek, wrapped = vault.keys.new_data_key(patient_id)
+    where = dict(table="patients", row_id=patient_id, patient_id=patient_id)
+    patient = Patient(
+        id=patient_id,
+        created_at=vault.clock(),
+        wrapped_dek=wrapped,
+        real_name_enc=fields.seal(dek, name, column="real_name", **where),
+        id_number_enc=fields.seal(dek, id_norm, column="id_number", **where),
+        phone_enc=fields.seal(dek, phone_norm, column="phone", **where),
+        birth_date_enc=fields.seal(dek, embedded.isoformat(), column="birth_date", **where),
+        id_number_bidx=id_bidx,
+        phone_bidx=phone_index(vault, phone_norm),
+    )
+    session.add(patient)
+    session.flush()
+    session.add(account)
+    identity = Identity(account_id=account.id, role="patient", patient_id=patient_id)
+    gate.audit(vault, session, identity=identity, ctx=ctx, action="patient.register",
+               target=gate.Target("patient", patient_id, patient_id), outcome="allow", reason="self")
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        vault.keys.destroy_patient_keys(patient_id)
+        raise Conflict("An account with these details already exists") from exc
+    return patient_id
+
+
+def get(session: Session, *, patient_id: str) -> Patient | None:
+    return session.get(Patient, patient_id)
+
+
+def get_profile(session: Session, vault, *, identity: Identity, ctx: RequestContext, patient_id: str) -> Profile:
+    """The masked profile, through the gate."""
+    patient = get(session, patient_id=patient_id)
+    target = gate.Target("patient", patient_id, patient_id if patient else None, exists=patient is not None)
+    gate.enter(vault, session, identity=identity, ctx=ctx, action="patient.read", target=target)
+    session.commit()
+    dek = vault.keys.open_data_key(patient.id, patient.wrapped_dek)
+    where = dict(table="patients", row_id=patient.id, patient_id=patient.id)
+    return Profile(
+        patient_id=patient.id,
+        real_name=fields.open_text(dek, patient.real_name_enc, column="real_name", **where),
+        id_number_masked=mask_id_number(fields.open_text(dek, patient.id_number_enc, column="id_number", **where)),
+        phone_masked=mask_phone(fields.open_text(dek, patient.phone_enc, column="phone", **where)),
+        birth_date=dt.date.fromisoformat(fields.open_text(dek, patient.birth_date_enc, column="birth_date", **where)),
+        created_at=patient.created_at,
+    )
+
+
+def find_ids(session: Session, vault, *, id_number: str | None = None, phone: str | None = None) -> list[str]:
+    """Patient ids whose ID number or phone matches exactly, by blind index only: no row is decrypted."""
+    clauses = []
+    if id_number is not None:
+        clauses.append(Patient.id_number_bidx == id_number_index(vault, normalize_id_number(id_number)))
+    if phone is not None:
+        clauses.append(Patient.phone_bidx == phone_index(vault, normalize_phone(phone)))
+    if not clauses:
+        return []
+    return list(session.scalars(select(Patient.id).where(or_(*clauses)).order_by(Patient.id)))

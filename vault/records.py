@@ -1,0 +1,186 @@
+"""Health records: create from an upload, list, read metadata, stream content back.
+
+Owns the record rows and their blobs. Each record has its own DEK (wrapped by the patient KEK) that seals the blob and
+every free-text column. Every call passes the gate; reads commit their audit event before anything is decrypted and
+returned. A record row exists only if its blob was committed; a failed create removes the blob it wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from kms import CryptoError
+from kms.stream import iter_decrypt
+from vault import fields, gate
+from vault.errors import IntegrityFailure, InvalidInput, NotFound
+from vault.identity import Identity, RequestContext
+from vault.models import CATEGORIES, Record
+from vault.uploads import UploadSink, blob_aad
+
+MAX_TITLE_LENGTH = 200
+MAX_FILENAME_LENGTH = 255
+MAX_PAGE = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordView:
+    record_id: str
+    patient_id: str
+    category: str
+    content_type: str
+    size_bytes: int
+    created_at: dt.datetime
+    title: str | None
+    filename: str | None
+    sha256: str
+
+
+def check_metadata(*, category: str, title: str | None, filename: str | None) -> None:
+    """Reject bad form fields with a clear reason (called before the blob is committed)."""
+    if category not in CATEGORIES:
+        raise InvalidInput(f"category must be one of {', '.join(CATEGORIES)}", extra={"reason": "category"})
+    if title is not None and (len(title) > MAX_TITLE_LENGTH or any(ord(c) < 32 for c in title)):
+        raise InvalidInput(f"title must be at most {MAX_TITLE_LENGTH} printable characters", extra={"reason": "title"})
+    if filename is not None and len(filename) > MAX_FILENAME_LENGTH:
+        raise InvalidInput("filename is too long", extra={"reason": "filename"})
+
+
+def authorize_upload(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,
+                     patient_id: str | None) -> str:
+    """Pre-check before any byte is read; a denial is audited now, an allowed upload when its row is written."""
+    target = gate.Target("record", record_id, patient_id, exists=patient_id is not None)
+    gate.enter(vault, session, identity=identity, ctx=ctx, action="record.create", target=target,
+               audit_allow=False)
+    return patient_id  # type: ignore[return-value]
+
+
+def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, sink: UploadSink, category: str,
+           title: str | None, filename: str | None) -> RecordView:
+    """Commit the blob and its row together; on any failure neither remains."""
+    check_metadata(category=category, title=title, filename=filename)
+    target = gate.Target("record", sink.record_id, sink.patient_id)
+    gate.enter(vault, session, identity=identity, ctx=ctx, action="record.create", target=target)
+    where = dict(table="records", row_id=sink.record_id, patient_id=sink.patient_id)
+    record = Record(
+        id=sink.record_id,
+        patient_id=sink.patient_id,
+        category=category,
+        content_type=sink.content_type,
+        size_bytes=sink.size,
+        created_at=vault.clock(),
+        created_by=identity.account_id,
+        wrapped_dek=sink.wrapped_dek,
+        title_enc=fields.seal(sink.dek, title, column="title", **where) if title is not None else None,
+        filename_enc=fields.seal(sink.dek, filename, column="filename", **where) if filename is not None else None,
+        sha256_enc=fields.seal(sink.dek, sink.sha256, column="sha256", **where),
+    )
+    session.add(record)
+    session.flush()
+    sink.commit()
+    try:
+        session.commit()
+    except BaseException:
+        session.rollback()
+        vault.blobs.delete(sink.record_id)
+        raise
+    return _view(record, sink.dek)
+
+
+def _view(record: Record, dek) -> RecordView:
+    where = dict(table="records", row_id=record.id, patient_id=record.patient_id)
+    return RecordView(
+        record_id=record.id,
+        patient_id=record.patient_id,
+        category=record.category,
+        content_type=record.content_type,
+        size_bytes=record.size_bytes,
+        created_at=record.created_at,
+        title=fields.open_text(dek, record.title_enc, column="title", **where) if record.title_enc else None,
+        filename=fields.open_text(dek, record.filename_enc, column="filename", **where) if record.filename_enc else None,
+        sha256=fields.open_bytes(dek, record.sha256_enc, column="sha256", **where).hex(),
+    )
+
+
+def _open_dek(vault, record: Record):
+    try:
+        return vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
+    except CryptoError as exc:
+        raise IntegrityFailure() from exc
+
+
+def get(session: Session, *, record_id: str) -> Record | None:
+    return session.get(Record, record_id)
+
+
+def get_or_raise(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,
+                 action: str) -> Record:
+    """The record, if the gate lets this caller reach it; NotFound otherwise (existence never leaks)."""
+    record = get(session, record_id=record_id)
+    target = gate.Target("record", record_id, record.patient_id if record else None, exists=record is not None)
+    gate.enter(vault, session, identity=identity, ctx=ctx, action=action, target=target, deny_as=NotFound)
+    session.commit()
+    return record  # type: ignore[return-value]
+
+
+def read(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> RecordView:
+    record = get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id, action="record.read")
+    return _view(record, _open_dek(vault, record))
+
+
+def open_content(session: Session, vault, *, identity: Identity, ctx: RequestContext,
+                 record_id: str) -> tuple[RecordView, Iterator[bytes]]:
+    """Metadata and a plaintext chunk iterator; each chunk is authenticated before it is yielded."""
+    record = get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id, action="record.download")
+    dek = _open_dek(vault, record)
+    view = _view(record, dek)
+    aad = blob_aad(record_id=record.id, patient_id=record.patient_id)
+    source = vault.blobs.open(record.id)
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            yield from iter_decrypt(dek, source, aad)
+        except CryptoError as exc:
+            raise IntegrityFailure() from exc
+        finally:
+            source.close()
+
+    return view, chunks()
+
+
+def _encode_cursor(record: Record) -> str:
+    raw = f"{record.created_at.isoformat()}|{record.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, record_id = raw.split("|", 1)
+        return dt.datetime.fromisoformat(stamp), record_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("Invalid cursor", extra={"reason": "cursor"}) from exc
+
+
+def list_own(session: Session, vault, *, identity: Identity, ctx: RequestContext, limit: int = 50,
+             cursor: str | None = None) -> tuple[list[RecordView], str | None]:
+    """The caller's own records, newest first, with an opaque cursor for the next page."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", extra={"reason": "limit"})
+    patient_id = identity.patient_id
+    target = gate.Target("patient", patient_id, patient_id, exists=patient_id is not None)
+    gate.enter(vault, session, identity=identity, ctx=ctx, action="record.list", target=target)
+    session.commit()
+    query = select(Record).where(Record.patient_id == patient_id)
+    if cursor:
+        stamp, last_id = _decode_cursor(cursor)
+        query = query.where(or_(Record.created_at < stamp, and_(Record.created_at == stamp, Record.id < last_id)))
+    rows = list(session.scalars(query.order_by(Record.created_at.desc(), Record.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    views = [_view(r, _open_dek(vault, r)) for r in page]
+    return views, (_encode_cursor(page[-1]) if len(rows) > limit else None)

@@ -1,0 +1,76 @@
+"""Deployment settings.
+
+Owns every tunable of a vault instance and where it comes from (arguments first, then `HEALTHVAULT_*` environment
+variables, then defaults). Secrets (the root-key passphrase, a development root key) are read here but never stored on
+the settings object's repr and never logged. There is deliberately no setting that disables auditing or encryption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+ENV_PREFIX = "HEALTHVAULT_"
+DEFAULT_DATA_DIR = "./var"
+MiB = 1024 * 1024
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(ENV_PREFIX + name)
+    return value if value not in (None, "") else default
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    keystore_url: str
+    keystore_schema: str | None
+    max_upload_bytes: int = 256 * MiB
+    token_ttl_seconds: int = 8 * 3600
+    # argon2id cost; the defaults follow RFC 9106's second recommended option. Tests lower them explicitly.
+    password_time_cost: int = 3
+    password_memory_kib: int = 64 * 1024
+    password_parallelism: int = 4
+    key_cache_max_age: float = 300.0
+    key_cache_max_uses: int = 100_000
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def root_key_path(self) -> Path:
+        return self.data_dir / "keys" / "root.key"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def load(cls, data_dir: str | Path | None = None, **overrides) -> "Settings":
+        """Settings for `data_dir` (else $HEALTHVAULT_DATA_DIR, else ./var), env vars filling what is not given."""
+        root = Path(data_dir or _env("DATA_DIR", DEFAULT_DATA_DIR)).expanduser().resolve()
+        database_url = _env("DATABASE_URL") or f"sqlite:///{root / 'vault.db'}"
+        keystore_url = _env("KEYSTORE_URL")
+        keystore_schema = None
+        if keystore_url is None:
+            if database_url.startswith("sqlite"):
+                keystore_url = f"sqlite:///{root / 'keys' / 'keys.db'}"
+            else:
+                # Same server, own schema: restoring a data-schema backup never brings back a destroyed KEK.
+                keystore_url = database_url
+                keystore_schema = _env("KEYSTORE_SCHEMA", "hv_keys")
+        values = dict(
+            data_dir=root,
+            database_url=database_url,
+            keystore_url=keystore_url,
+            keystore_schema=keystore_schema,
+        )
+        for name, kind in (("max_upload_bytes", int), ("token_ttl_seconds", int)):
+            raw = _env(name.upper())
+            if raw is not None:
+                values[name] = kind(raw)
+        values.update(overrides)
+        return cls(**values)

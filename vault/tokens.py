@@ -1,0 +1,62 @@
+"""Bearer tokens: issue, resolve, revoke.
+
+Owns the server-side token table. A token is 256 random bits shown to the client once; only its SHA-256 is stored, so
+the database never holds a usable credential. Resolution checks expiry, revocation and the account's state on every
+request, so a revoked token dies on the next request in every worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vault.errors import Unauthenticated
+from vault.identity import Identity
+from vault.models import Account, AuthToken
+
+PREFIX = "hv_"
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("ascii", "replace")).digest()
+
+
+def issue(session: Session, *, account: Account, now: dt.datetime, ttl_seconds: int) -> str:
+    """Create a token for the account; the caller commits."""
+    token = PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    session.add(
+        AuthToken(
+            token_hash=_digest(token),
+            account_id=account.id,
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=ttl_seconds),
+        )
+    )
+    return token
+
+
+def resolve(session: Session, *, token: str, now: dt.datetime) -> Identity:
+    """Identity behind a live token, or Unauthenticated (one message for every reason)."""
+    if not token.startswith(PREFIX) or len(token) > 128:
+        raise Unauthenticated()
+    row = session.execute(
+        select(AuthToken.expires_at, AuthToken.revoked_at, Account.id, Account.role, Account.patient_id,
+               Account.is_active)
+        .join(Account, Account.id == AuthToken.account_id)
+        .where(AuthToken.token_hash == _digest(token))
+    ).first()
+    if row is None or row.revoked_at is not None or row.expires_at <= now or not row.is_active:
+        raise Unauthenticated()
+    return Identity(account_id=row.id, role=row.role, patient_id=row.patient_id)
+
+
+def revoke(session: Session, *, token: str, now: dt.datetime) -> None:
+    """Mark the token revoked; the caller commits."""
+    row = session.get(AuthToken, _digest(token))
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = now
