@@ -1,0 +1,88 @@
+"""A bounded, thread-safe LRU of unwrapped keys.
+
+Owns: how long an unwrapped key may stay in memory (max_age seconds since it was put), how many times it may be
+handed out (max_uses), and how many keys may be held at once (max_entries). Time is passed in (`now`) so tests, not
+the wall clock, decide when an entry expires.
+Never: hands out an expired or over-used key, or lets an evicted key live on: every DataKey that leaves the cache is
+wiped. Callers that must keep using a key after it may be evicted take a clone (KeyManager does).
+Never logs or shows what it holds; cache keys are opaque tuples chosen by the caller.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+from kms.keys import DataKey
+
+
+class _Entry:
+    __slots__ = ("key", "born", "uses")
+
+    def __init__(self, key: DataKey, born: float) -> None:
+        self.key = key
+        self.born = born
+        self.uses = 0
+
+
+class KeyCache:
+    def __init__(self, *, max_entries: int = 10_000, max_age: float = 300.0, max_uses: int = 100_000) -> None:
+        if max_entries < 1 or max_uses < 1 or max_age <= 0:
+            raise ValueError("max_entries and max_uses must be >= 1 and max_age > 0")
+        self.max_entries = max_entries
+        self.max_age = float(max_age)
+        self.max_uses = max_uses
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, cache_key: Hashable, *, now: float) -> DataKey | None:
+        """The cached key (counting one use), or None if absent, too old or used up."""
+        with self._lock:
+            entry = self._entries.get(cache_key)
+            if entry is None:
+                return None
+            if now - entry.born >= self.max_age or entry.uses >= self.max_uses:
+                self._drop(cache_key)
+                return None
+            entry.uses += 1
+            self._entries.move_to_end(cache_key)
+            return entry.key
+
+    def put(self, cache_key: Hashable, key: DataKey, *, now: float) -> None:
+        with self._lock:
+            old = self._entries.pop(cache_key, None)
+            if old is not None and old.key is not key:
+                old.key.wipe()
+            self._entries[cache_key] = _Entry(key, now)
+            while len(self._entries) > self.max_entries:
+                _, lru = self._entries.popitem(last=False)
+                lru.key.wipe()
+
+    def evict(self, cache_key: Hashable) -> None:
+        with self._lock:
+            self._drop(cache_key)
+
+    def evict_where(self, pred: Callable[[Hashable], bool]) -> None:
+        with self._lock:
+            for cache_key in [k for k in self._entries if pred(k)]:
+                self._drop(cache_key)
+
+    def clear(self) -> None:
+        with self._lock:
+            for entry in self._entries.values():
+                entry.key.wipe()
+            self._entries.clear()
+
+    def _drop(self, cache_key: Hashable) -> None:
+        entry = self._entries.pop(cache_key, None)
+        if entry is not None:
+            entry.key.wipe()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __repr__(self) -> str:
+        return (f"KeyCache(entries={len(self)}, max_entries={self.max_entries}, max_age={self.max_age}, "
+                f"max_uses={self.max_uses})")
