@@ -20,7 +20,9 @@ def get_vault(request: Request) -> Vault:
 
 def get_ctx(request: Request) -> RequestContext:
     client = request.client.host if request.client else None
-    return RequestContext(request_id=getattr(request.state, "request_id", None), client_addr=client)
+    agent = request.headers.get("user-agent")
+    return RequestContext(request_id=getattr(request.state, "request_id", None), client_addr=client,
+                          user_agent=agent[:256] if agent else None)
 
 
 def bearer_token(request: Request) -> str:

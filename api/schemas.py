@@ -63,3 +63,61 @@ class RecordPage(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    chain: int
+    seq: int
+    time: dt.datetime
+    actor: str
+    actor_role: str
+    action: str
+    resource_type: str
+    resource_id: str | None
+    patient: str | None
+    outcome: str
+    reason: str | None
+    grant_id: str | None
+    request_id: str | None
+    client_addr: str | None
+    user_agent: str | None
+    prev_hash: str
+    hash: str
+
+
+class AuditEventPage(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: str | None
+
+
+class ExportIn(_In):
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+
+class ExportOut(BaseModel):
+    export_id: str
+    status: str
+    done: int
+    total: int
+    event_count: int
+    error: str | None
+
+
+class AccessEntryOut(BaseModel):
+    event_id: int
+    occurred_at: dt.datetime
+    action: str
+    outcome: str
+    actor_role: str
+    actor_name: str
+    resource_type: str
+    resource_id: str | None
+    grant_id: str | None
+    reason: str | None
+
+
+class AccessLogPage(BaseModel):
+    items: list[AccessEntryOut]
+    next_cursor: str | None

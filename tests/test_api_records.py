@@ -7,7 +7,8 @@ import pytest
 from sqlalchemy import func, select
 
 from vault.errors import PROBLEM_BASE
-from vault.models import Account, AuditEvent, Patient, Record
+from audit.models import AuditEvent
+from vault.models import Account, Patient, Record
 
 from tests.helpers import PASSWORD, jpeg_bytes, login, make_id_number, pdf_bytes, png_bytes, register, upload
 

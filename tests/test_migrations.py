@@ -3,13 +3,14 @@
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from audit.models import AuditBase
 from vault.models import Base
 
 
 def test_migrations_match_the_models(vault):
     with vault.engine.connect() as conn:
         context = MigrationContext.configure(conn)
-        diff = compare_metadata(context, Base.metadata)
+        diff = compare_metadata(context, [Base.metadata, AuditBase.metadata])
     assert diff == []
 
 

@@ -55,8 +55,7 @@ def create(session: Session, vault, *, username: str, password: str, role: str, 
         raise Conflict("An account with this username already exists")
     session.add(account)
     actor = created_by or Identity(account_id="cli", role="sysadmin")
-    audit_log.append(session, pseudonym_key=vault.keys.service_key(audit_log.PSEUDONYM_PURPOSE), now=vault.clock(),
-                     identity=actor, ctx=ctx, action="account.create", outcome="allow",
+    audit_log.append(session, vault, identity=actor, ctx=ctx, action="account.create", outcome="allow",
                      resource_type="account", resource_id=account.id, reason=role)
     try:
         session.commit()
@@ -75,17 +74,16 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
     account = session.scalar(select(Account).where(Account.username == name)) if name else None
     ok = vault.passwords.verify(account.password_hash if account else None, password)
     now = vault.clock()
-    key = vault.keys.service_key(audit_log.PSEUDONYM_PURPOSE)
     if not ok or account is None or not account.is_active:
         actor = (Identity(account_id=account.id, role=account.role) if account
                  else Identity(account_id="unknown:" + (name or "-"), role="anonymous"))
-        audit_log.append(session, pseudonym_key=key, now=now, identity=actor, ctx=ctx, action="login_failed",
+        audit_log.append(session, vault, identity=actor, ctx=ctx, action="login_failed",
                          outcome="deny", resource_type="account", resource_id=account.id if account else None,
                          reason="bad-credentials" if account is None or not ok else "inactive")
         session.commit()
         raise InvalidCredentials()
     token = tokens.issue(session, account=account, now=now, ttl_seconds=vault.settings.token_ttl_seconds)
-    audit_log.append(session, pseudonym_key=key, now=now,
+    audit_log.append(session, vault,
                      identity=Identity(account_id=account.id, role=account.role, patient_id=account.patient_id),
                      ctx=ctx, action="login", outcome="allow", resource_type="account", resource_id=account.id,
                      patient_id=account.patient_id)
@@ -95,7 +93,6 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
 
 def logout(session: Session, vault, *, token: str, identity: Identity, ctx: RequestContext) -> None:
     tokens.revoke(session, token=token, now=vault.clock())
-    audit_log.append(session, pseudonym_key=vault.keys.service_key(audit_log.PSEUDONYM_PURPOSE), now=vault.clock(),
-                     identity=identity, ctx=ctx, action="logout", outcome="allow", resource_type="account",
+    audit_log.append(session, vault, identity=identity, ctx=ctx, action="logout", outcome="allow", resource_type="account",
                      resource_id=identity.account_id)
     session.commit()

@@ -1,72 +1,53 @@
-"""Append-only audit events (plain table; the tamper-evident chain is layered on in the audit issue).
+"""The vault's side of auditing: turning an identity and a request into a chained audit event.
 
-Owns writing one event row inside the caller's transaction and turning ids into keyed pseudonyms. It must never be
-given PHI: events carry pseudonyms, roles, action names, resource ids (random UUIDs) and short reason codes only.
-There is no switch that turns it off; if the append fails, the caller's transaction fails with it.
+Owns mapping vault identities to pseudonyms (under kms's dedicated pseudonym key) and calling `audit.trail.append`
+inside the caller's transaction. It must never pass PHI: events carry pseudonyms, roles, codes and random ids only.
+There is no switch that turns it off; if the append fails the caller's transaction is rolled back and the request
+fails with 503, so nothing is returned.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from audit import trail
+from audit.models import AuditEvent
+from audit.pseudonyms import PURPOSE as PSEUDONYM_PURPOSE
+from audit.pseudonyms import pseudonym
 from vault.errors import AuditUnavailable
 from vault.identity import Identity, RequestContext
-from vault.models import AuditEvent
-
-PSEUDONYM_PURPOSE = "pseudonym"
-
-ACTIONS = frozenset(
-    {
-        "login", "login_failed", "logout", "account.create", "patient.register", "patient.read",
-        "record.create", "record.read", "record.list", "record.download", "record.delete",
-    }
-)
-OUTCOMES = frozenset({"allow", "deny", "error"})
 
 
-def pseudonym(key: bytes, kind: str, value: str) -> str:
-    """Stable keyed pseudonym; without the key it cannot be linked back to the id."""
-    return hmac.new(key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()[:32]
+def actor_pseudonym(vault, account_id: str) -> str:
+    return pseudonym(vault.keys.service_key(PSEUDONYM_PURPOSE), "account", account_id)
 
 
-def append(
-    session: Session,
-    *,
-    pseudonym_key: bytes,
-    now,
-    identity: Identity,
-    ctx: RequestContext,
-    action: str,
-    outcome: str,
-    resource_type: str,
-    resource_id: str | None = None,
-    patient_id: str | None = None,
-    reason: str | None = None,
-) -> AuditEvent:
-    """Add one event to the session and flush it, so a failing append fails the caller before any data is returned."""
-    if action not in ACTIONS or outcome not in OUTCOMES:
-        raise ValueError("unknown audit action or outcome")
-    event = AuditEvent(
-        occurred_at=now,
-        actor=pseudonym(pseudonym_key, "account", identity.account_id),
+def patient_pseudonym(vault, patient_id: str) -> str:
+    return pseudonym(vault.keys.service_key(PSEUDONYM_PURPOSE), "patient", patient_id)
+
+
+def append(session: Session, vault, *, identity: Identity, ctx: RequestContext, action: str, outcome: str,
+           resource_type: str, resource_id: str | None = None, patient_id: str | None = None,
+           reason: str | None = None, grant_id: str | None = None) -> AuditEvent:
+    """Append one event in the session's transaction and flush it."""
+    key = vault.keys.service_key(PSEUDONYM_PURPOSE)
+    event = trail.NewEvent(
+        actor=pseudonym(key, "account", identity.account_id),
         actor_role=identity.role,
         action=action,
+        outcome=outcome,
         resource_type=resource_type,
         resource_id=resource_id,
-        patient_pseudonym=pseudonym(pseudonym_key, "patient", patient_id) if patient_id else None,
-        outcome=outcome,
+        patient=pseudonym(key, "patient", patient_id) if patient_id else None,
         reason=reason,
+        grant_id=grant_id,
         request_id=ctx.request_id,
         client_addr=ctx.client_addr,
+        user_agent=ctx.user_agent,
     )
     try:
-        session.add(event)
-        session.flush()
+        return trail.append(session, event, now=vault.clock(), chains=vault.settings.effective_audit_chains)
     except SQLAlchemyError as exc:
         session.rollback()
         raise AuditUnavailable() from exc
-    return event

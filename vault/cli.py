@@ -51,10 +51,17 @@ def _common(fn):
     return fn
 
 
+def _settings(data_dir) -> Settings:
+    try:
+        return Settings.load(data_dir)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _open(data_dir, passphrase_file):
     from vault.runtime import open_vault
 
-    settings = Settings.load(data_dir)
+    settings = _settings(data_dir)
     try:
         return open_vault(settings, _passphrase(passphrase_file))
     except KeyStoreError as exc:
@@ -73,7 +80,7 @@ def init(data_dir, passphrase_file) -> None:
     """Create the data directory, the sealed root key and the databases."""
     from vault.runtime import init_data_dir, open_vault
 
-    settings = Settings.load(data_dir)
+    settings = _settings(data_dir)
     fresh = not settings.root_key_path.exists()
     try:
         init_data_dir(settings, _passphrase(passphrase_file, confirm=True) if fresh else _passphrase(passphrase_file))
@@ -113,12 +120,114 @@ def users_add(data_dir, passphrase_file, role, username, password_file) -> None:
     try:
         with vault.session() as session:
             account = accounts.create(session, vault, username=username, password=password, role=role,
-                                      ctx=RequestContext(request_id="cli"), must_change_password=True)
+                                      ctx=RequestContext(request_id="cli"), created_by=_cli_identity(),
+                                      must_change_password=True)
     except VaultError as exc:
         raise click.ClickException(exc.detail) from exc
     finally:
         vault.close()
     click.echo(f"created {role} account {account.username} ({account.id})")
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """Export, verify and checkpoint the audit trail."""
+
+
+def _when(value: str | None):
+    if value is None:
+        return None
+    import datetime as dt
+
+    moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+@audit_group.command("export")
+@_common
+@click.option("--since", help="ISO 8601 start (inclusive); default: the beginning.")
+@click.option("--until", help="ISO 8601 end (exclusive); default: now.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def audit_export(data_dir, passphrase_file, since, until, out_dir) -> None:
+    """Write a verifiable export (JSON Lines, CSV, checkpoints, public key, signed manifest)."""
+    from tqdm import tqdm
+
+    from vault import audit_trail
+
+    vault = _open(data_dir, passphrase_file)
+    bar = tqdm(total=0, unit="event", desc="export")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        with vault.session() as session:
+            from vault import audit_log
+
+            audit_log.append(session, vault, identity=_cli_identity(), ctx=RequestContext(request_id="cli"),
+                             action="audit.export", outcome="allow", resource_type="audit")
+            session.commit()
+        result = audit_trail.write_export(vault, since=_when(since), until=_when(until), out=Path(out_dir),
+                                          progress=progress)
+    finally:
+        bar.close()
+        vault.close()
+    click.echo(f"exported {result['event_count']} events (tree size {result['tree_size']}) to {out_dir}")
+
+
+@audit_group.command("verify")
+@click.argument("export_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--key", help="Pinned verifier key (C2SP vkey string, or a file holding it).")
+def audit_verify(export_dir, key) -> None:
+    """Verify an export offline: no database, no secret."""
+    from audit import verify
+
+    raise SystemExit(verify.main([export_dir, *(["--key", key] if key else [])]))
+
+
+@audit_group.command("archive")
+@_common
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the sealed archive (a verifiable export of the pruned events).")
+def audit_archive(data_dir, passphrase_file, out_dir) -> None:
+    """Seal events past their retention into a verified archive, prune them, sign a tombstone checkpoint.
+
+    On PostgreSQL run this with a database URL of the schema owner: the service's application role holds only
+    INSERT and SELECT on the trail."""
+    from vault import audit_trail
+
+    vault = _open(data_dir, passphrase_file)
+    try:
+        result = audit_trail.archive(vault, out=Path(out_dir))
+    finally:
+        vault.close()
+    if not result["archived"]:
+        click.echo("nothing is past its retention period; nothing archived")
+    else:
+        click.echo(f"archived and pruned {result['archived']} events below leaf {result['below_leaf']} "
+                   f"(archive sha256 {result['archive_sha256']})")
+
+
+@audit_group.command("checkpoint")
+@_common
+def audit_checkpoint(data_dir, passphrase_file) -> None:
+    """Integrate pending events and sign a checkpoint now."""
+    from vault import audit_trail
+
+    vault = _open(data_dir, passphrase_file)
+    try:
+        made = audit_trail.checkpoint_now(vault, force=True)
+    finally:
+        vault.close()
+    click.echo(made.note)
+
+
+def _cli_identity():
+    from vault.identity import Identity
+
+    return Identity(account_id="cli:" + (os.environ.get("USER") or "operator"), role="operator")
 
 
 def _is_loopback(host: str) -> bool:
@@ -146,13 +255,20 @@ def serve(data_dir, passphrase_file, host, port, tls_cert, tls_key) -> None:
 
     from api.app import create_app
 
+    from vault import logsetup
+    from vault.audit_trail import Checkpointer
+
     vault = _open(data_dir, passphrase_file)
+    logsetup.configure(vault.settings)
     app = create_app(vault)
+    checkpointer = Checkpointer(vault)
+    checkpointer.start()
     click.echo(f"serving on {'https' if tls_cert else 'http'}://{host}:{port}")
     try:
         uvicorn.run(app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key, access_log=False,
-                    log_level="info", server_header=False)
+                    log_config=None, log_level="info", server_header=False)
     finally:
+        checkpointer.stop()
         vault.close()
 
 

@@ -34,8 +34,19 @@ class Decision:
     reason: str
 
 
+# Role permissions that do not depend on a patient (compliance staff reading the trail). Static and small; the
+# consent issue moves them into Casbin's RBAC policy.
+ROLE_ACTIONS = {
+    "audit.read": frozenset({"auditor", "auditadmin"}),
+    "audit.export": frozenset({"auditor", "auditadmin"}),
+}
+
+
 def decide(identity: Identity, action: str, target: Target) -> Decision:
     """Fail-closed decision: allow only what a rule below allows."""
+    if action in ROLE_ACTIONS:
+        allowed = identity.role in ROLE_ACTIONS[action]
+        return Decision(allowed, "role" if allowed else "role-not-permitted")
     if not target.exists:
         return Decision(False, "not-found")
     if identity.role == "patient" and identity.patient_id is not None and identity.patient_id == target.patient_id:
@@ -48,19 +59,9 @@ def decide(identity: Identity, action: str, target: Target) -> Decision:
 def audit(vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
           outcome: str, reason: str | None) -> None:
     """Append one event for this target in the session's transaction."""
-    audit_log.append(
-        session,
-        pseudonym_key=vault.keys.service_key(audit_log.PSEUDONYM_PURPOSE),
-        now=vault.clock(),
-        identity=identity,
-        ctx=ctx,
-        action=action,
-        outcome=outcome,
-        resource_type=target.resource_type,
-        resource_id=target.resource_id,
-        patient_id=target.patient_id,
-        reason=reason,
-    )
+    audit_log.append(session, vault, identity=identity, ctx=ctx, action=action, outcome=outcome,
+                     resource_type=target.resource_type, resource_id=target.resource_id,
+                     patient_id=target.patient_id, reason=reason)
 
 
 def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,

@@ -22,3 +22,4 @@ ANONYMOUS = Identity(account_id="anonymous", role="anonymous")
 class RequestContext:
     request_id: str | None = None
     client_addr: str | None = None
+    user_agent: str | None = None

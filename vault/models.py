@@ -10,38 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
-    TypeDecorator,
-)
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-
-class UTCDateTime(TypeDecorator):
-    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset otherwise)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):  # noqa: ANN001
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime")
-        value = value.astimezone(dt.timezone.utc)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value, dialect):  # noqa: ANN001
-        if value is None:
-            return None
-        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+from audit.models import UTCDateTime
 
 
 class Base(DeclarativeBase):
@@ -109,23 +81,3 @@ class Record(Base):
     title_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     filename_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     sha256_enc: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class AuditEvent(Base):
-    """Plain append-only event table (the hash chain is layered on in the audit issue). Never holds PHI."""
-
-    __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_patient", "patient_pseudonym", "id"),)
-
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
-    actor: Mapped[str] = mapped_column(String(64))
-    actor_role: Mapped[str] = mapped_column(String(16))
-    action: Mapped[str] = mapped_column(String(48))
-    resource_type: Mapped[str] = mapped_column(String(32))
-    resource_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    outcome: Mapped[str] = mapped_column(String(8))
-    reason: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    client_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -12,9 +12,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from audit import trail
+from audit.log import LogCache
+from audit.sink import Sink
 from kms import KeyCache, KeyManager, KeyStore, LocalProvider, RootKeyMissing
 from vault import db
 from vault.blobstore import BlobStore, LocalBlobStore
@@ -38,6 +41,8 @@ class Vault:
     blobs: BlobStore
     passwords: PasswordPolicy
     clock: Callable[[], dt.datetime] = utcnow
+    log_cache: LogCache = dataclasses.field(default_factory=LogCache)
+    exports: "ExportJobs" = dataclasses.field(default_factory=lambda: _export_jobs())
 
     def session(self) -> Session:
         return self.sessions()
@@ -45,6 +50,25 @@ class Vault:
     def close(self) -> None:
         self.engine.dispose()
         self.keystore.dispose()
+
+
+def _forward_audit_events(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """Hand committed events to the optional central sink; drop them on rollback."""
+    sink = Sink(settings.audit_sink) if settings.audit_sink else None
+
+    def after_commit(session: Session) -> None:
+        events = trail.take_committed(session)
+        if sink is not None and events:
+            sink.send(events)
+
+    event.listen(sessions, "after_commit", after_commit)
+    event.listen(sessions, "after_soft_rollback", lambda session, _tx: trail.forget_pending(session))
+
+
+def _export_jobs():
+    from vault.audit_trail import ExportJobs
+
+    return ExportJobs()
 
 
 def open_root_key(settings: Settings, passphrase: bytes | None):
@@ -70,14 +94,19 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
     if migrate:
         keystore.migrate()
         db.migrate(engine)
+        with engine.begin() as conn, Session(conn) as session:
+            trail.ensure_chains(session, settings.effective_audit_chains)
+            session.flush()
     cache = KeyCache(max_age=settings.key_cache_max_age, max_uses=settings.key_cache_max_uses)
     keys = KeyManager(provider, keystore, cache=cache)
     blobs = LocalBlobStore(settings.blob_dir)
     blobs.sweep_temp()
+    sessions = db.make_sessionmaker(engine)
+    _forward_audit_events(sessions, settings)
     return Vault(
         settings=settings,
         engine=engine,
-        sessions=db.make_sessionmaker(engine),
+        sessions=sessions,
         keys=keys,
         keystore=keystore,
         blobs=blobs,

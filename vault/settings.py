@@ -14,6 +14,7 @@ from pathlib import Path
 ENV_PREFIX = "HEALTHVAULT_"
 DEFAULT_DATA_DIR = "./var"
 MiB = 1024 * 1024
+MIN_LOG_RETENTION_DAYS = 184
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -35,6 +36,27 @@ class Settings:
     password_parallelism: int = 4
     key_cache_max_age: float = 300.0
     key_cache_max_uses: int = 100_000
+    # Audit: K hash chains (None = 16 on PostgreSQL, 1 on SQLite, whose single writer gains nothing from more).
+    audit_chains: int | None = None
+    audit_checkpoint_every_events: int = 1000
+    audit_checkpoint_every_seconds: float = 10.0
+    audit_origin: str = "healthvault.local/audit"
+    # Optional central collector (syslog+udp://host:514 or tcp://host:port); PHI-free event copies.
+    audit_sink: str | None = None
+    # Events are kept at least this long (floor 184 days, enforced); grant/consent/export events three years.
+    audit_retention_days: int = 365
+    # LOG-1: service and access logs are kept at least 184 days (Cybersecurity Law art. 21: six months).
+    log_retention_days: int = 365
+
+    def __post_init__(self) -> None:
+        if self.log_retention_days < MIN_LOG_RETENTION_DAYS:
+            raise ValueError(f"log_retention_days must be at least {MIN_LOG_RETENTION_DAYS} (six months)")
+        if self.audit_retention_days < MIN_LOG_RETENTION_DAYS:
+            raise ValueError(f"audit_retention_days must be at least {MIN_LOG_RETENTION_DAYS} (six months)")
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
 
     @property
     def blob_dir(self) -> Path:
@@ -43,6 +65,12 @@ class Settings:
     @property
     def root_key_path(self) -> Path:
         return self.data_dir / "keys" / "root.key"
+
+    @property
+    def effective_audit_chains(self) -> int:
+        if self.audit_chains is not None:
+            return max(1, self.audit_chains)
+        return 1 if self.is_sqlite else 16
 
     @property
     def is_sqlite(self) -> bool:
@@ -68,7 +96,10 @@ class Settings:
             keystore_url=keystore_url,
             keystore_schema=keystore_schema,
         )
-        for name, kind in (("max_upload_bytes", int), ("token_ttl_seconds", int)):
+        for name, kind in (("max_upload_bytes", int), ("token_ttl_seconds", int), ("audit_chains", int),
+                           ("audit_checkpoint_every_events", int), ("audit_checkpoint_every_seconds", float),
+                           ("audit_origin", str), ("audit_sink", str), ("log_retention_days", int),
+                           ("audit_retention_days", int)):
             raw = _env(name.upper())
             if raw is not None:
                 values[name] = kind(raw)

@@ -1,0 +1,30 @@
+"""The closed vocabulary of audit actions and outcomes, and how long each kind of event must be kept.
+
+Owns the list a reviewer reads to know what the trail can say. Adding an action is a code change, reviewed like any
+other; there is deliberately no configuration that removes one or turns auditing off.
+"""
+
+from __future__ import annotations
+
+ACTIONS = frozenset(
+    {
+        # identity
+        "login", "login_failed", "logout", "account.create", "account.update", "account_locked",
+        # patients and records
+        "patient.register", "patient.read", "patient.erase",
+        "record.create", "record.read", "record.list", "record.download", "record.delete",
+        # consent (PIPL processing records: kept three years)
+        "grant.create", "grant.revoke", "consent.give", "consent.withdraw", "breakglass",
+        # keys
+        "key.create", "key.rotate", "key.rewrap", "key.shred", "key.unwrap_failed",
+        # the trail itself
+        "audit.read", "audit.export", "audit.checkpoint", "audit.archive", "access_log.read",
+    }
+)
+OUTCOMES = frozenset({"allow", "deny", "error"})
+
+# PIPL arts. 55-56: records of provision to third parties (grants, consents, exports) are kept three years.
+LONG_RETENTION_ACTIONS = frozenset(
+    {"grant.create", "grant.revoke", "consent.give", "consent.withdraw", "breakglass", "audit.export",
+     "patient.erase", "key.shred"}
+)
