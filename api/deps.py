@@ -35,4 +35,5 @@ def bearer_token(request: Request) -> str:
 
 def current_identity(token: str = Depends(bearer_token), vault: Vault = Depends(get_vault)) -> Identity:
     with vault.session() as session:
-        return tokens.resolve(session, token=token, now=vault.clock())
+        return tokens.resolve(session, token=token, now=vault.clock(),
+                              idle_timeout_seconds=vault.settings.idle_timeout_seconds)

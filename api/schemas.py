@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +49,7 @@ class PatientOut(BaseModel):
 class RecordOut(BaseModel):
     record_id: str
     category: str
+    label: str
     content_type: str
     size_bytes: int
     created_at: dt.datetime
@@ -121,3 +123,70 @@ class AccessEntryOut(BaseModel):
 class AccessLogPage(BaseModel):
     items: list[AccessEntryOut]
     next_cursor: str | None
+
+
+class GrantIn(_In):
+    grantee: str = Field(min_length=1, max_length=256, description="username of a doctor or escort")
+    record_ids: list[uuid.UUID] = Field(default_factory=list, max_length=500)
+    categories: list[str] = Field(default_factory=list, max_length=5)
+    include_future: bool = False
+    actions: list[str] = Field(min_length=1, max_length=2)
+    purpose: str = Field(min_length=1, max_length=500)
+    consult_ref: str | None = Field(default=None, max_length=64)
+    not_before: dt.datetime | None = None
+    expires_at: dt.datetime
+
+
+class GrantOut(BaseModel):
+    grant_id: str
+    patient_id: str
+    grantee_id: str
+    grantee_username: str
+    grantee_role: str
+    record_ids: list[str]
+    categories: list[str]
+    include_future: bool
+    actions: list[str]
+    purpose: str | None
+    consult_ref: str | None
+    not_before: dt.datetime
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+    active: bool
+    receipt: dict
+
+
+class SharedRecordOut(BaseModel):
+    record_id: str
+    patient_id: str
+    category: str
+    content_type: str
+    created_at: dt.datetime
+    grant_id: str
+    expires_at: dt.datetime
+
+
+class BreakGlassIn(_In):
+    patient_id: uuid.UUID
+    reason: str = Field(min_length=10, max_length=500)
+
+
+class BreakGlassOut(BaseModel):
+    claim_id: str
+    patient_id: str
+    expires_at: dt.datetime
+
+
+class TotpEnrollIn(_In):
+    username: str = Field(min_length=1, max_length=256)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class TotpActivateIn(TotpEnrollIn):
+    otp: str = Field(min_length=6, max_length=8)
+
+
+class TotpEnrollOut(BaseModel):
+    secret: str
+    otpauth_uri: str

@@ -88,3 +88,34 @@ def upload(client, headers: dict, data: bytes, *, category: str = "lab_report", 
     if title is not None:
         form["title"] = title
     return client.post("/v1/records", headers=headers, data=form, files={"file": (filename, data, content_type)})
+
+
+def totp_code(secret: str, moment) -> str:
+    import pyotp
+
+    return pyotp.TOTP(secret).at(moment.timestamp())
+
+
+def staff(client, vault, role: str, username: str, *, password: str = PASSWORD) -> dict:
+    """Create a staff account, enrol and activate its TOTP through the API, sign in with a code: bearer headers."""
+    from vault import accounts
+    from vault.identity import RequestContext
+
+    with vault.session() as session:
+        accounts.create(session, vault, username=username, password=password, role=role,
+                        ctx=RequestContext(request_id="test"))
+    enrolled = client.post("/v1/auth/totp/enroll", json={"username": username, "password": password})
+    assert enrolled.status_code == 200, enrolled.text
+    secret = enrolled.json()["secret"]
+    step = 30
+    now = vault.clock()
+    activate = client.post("/v1/auth/totp/activate",
+                           json={"username": username, "password": password, "otp": totp_code(secret, now)})
+    assert activate.status_code == 204, activate.text
+    later = now.timestamp() + step  # the next step: the activation code cannot be replayed
+    import datetime as dt
+
+    code = totp_code(secret, dt.datetime.fromtimestamp(later, dt.timezone.utc))
+    response = client.post("/v1/auth/login", json={"username": username, "password": password, "otp": code})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}", "_secret": secret}

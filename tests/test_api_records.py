@@ -251,7 +251,7 @@ def test_another_patient_cannot_reach_records_and_the_attempt_is_audited(client,
         denials = session.scalars(select(AuditEvent).where(AuditEvent.outcome == "deny",
                                                            AuditEvent.resource_id == record_id)).all()
     assert {e.action for e in denials} == {"record.read", "record.download"}
-    assert all(e.reason == "not-owner" and e.actor_role == "patient" for e in denials)
+    assert all(e.reason == "no-policy" and e.actor_role == "patient" for e in denials)
     assert all(e.request_id and e.client_addr for e in denials)
 
 

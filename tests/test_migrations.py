@@ -4,13 +4,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from audit.models import AuditBase
+from consent.models import ConsentBase
 from vault.models import Base
 
 
 def test_migrations_match_the_models(vault):
     with vault.engine.connect() as conn:
         context = MigrationContext.configure(conn)
-        diff = compare_metadata(context, [Base.metadata, AuditBase.metadata])
+        diff = compare_metadata(context, [Base.metadata, AuditBase.metadata, ConsentBase.metadata])
     assert diff == []
 
 

@@ -6,14 +6,15 @@ audited. Messages never say whether a username exists.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from vault import audit_log, tokens
-from vault.errors import Conflict, InvalidCredentials, InvalidInput
+from vault import audit_log, tokens, totp
+from vault.errors import Conflict, InvalidCredentials, InvalidInput, OtpEnrollmentRequired, OtpRequired
 from vault.identifiers import normalize_username
 from vault.identity import Identity, RequestContext
 from vault.models import ROLES, Account
@@ -65,8 +66,27 @@ def create(session: Session, vault, *, username: str, password: str, role: str, 
     return account
 
 
-def login(session: Session, vault, *, username: str, password: str, ctx: RequestContext) -> tuple[str, int]:
-    """Verify the password and issue a token; the same InvalidCredentials for every failure."""
+def _fail(session: Session, vault, account: Account | None, name: str | None, ctx: RequestContext,
+          reason: str) -> None:
+    """Record a failed sign-in (and a lockout when the threshold is reached), commit, raise the uniform 401."""
+    now = vault.clock()
+    actor = (Identity(account_id=account.id, role=account.role) if account
+             else Identity(account_id="unknown:" + (name or "-"), role="anonymous"))
+    audit_log.append(session, vault, identity=actor, ctx=ctx, action="login_failed", outcome="deny",
+                     resource_type="account", resource_id=account.id if account else None, reason=reason)
+    if account is not None and reason in ("bad-credentials", "bad-otp"):
+        account.failed_logins = (account.failed_logins or 0) + 1
+        if account.failed_logins >= vault.settings.lockout_threshold:
+            account.failed_logins = 0
+            account.locked_until = now + dt.timedelta(minutes=vault.settings.lockout_minutes)
+            audit_log.append(session, vault, identity=actor, ctx=ctx, action="account_locked", outcome="deny",
+                             resource_type="account", resource_id=account.id, reason="too-many-failures")
+    session.commit()
+    raise InvalidCredentials()
+
+
+def authenticate(session: Session, vault, *, username: str, password: str, ctx: RequestContext) -> Account:
+    """The account behind a username and password, honouring lockout; the same 401 for every failure."""
     try:
         name = normalize_username(username)
     except Exception:  # noqa: BLE001 - a malformed name is just a failed login
@@ -74,14 +94,31 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
     account = session.scalar(select(Account).where(Account.username == name)) if name else None
     ok = vault.passwords.verify(account.password_hash if account else None, password)
     now = vault.clock()
-    if not ok or account is None or not account.is_active:
-        actor = (Identity(account_id=account.id, role=account.role) if account
-                 else Identity(account_id="unknown:" + (name or "-"), role="anonymous"))
-        audit_log.append(session, vault, identity=actor, ctx=ctx, action="login_failed",
-                         outcome="deny", resource_type="account", resource_id=account.id if account else None,
-                         reason="bad-credentials" if account is None or not ok else "inactive")
-        session.commit()
-        raise InvalidCredentials()
+    if account is not None and account.locked_until is not None and account.locked_until > now:
+        _fail(session, vault, account, name, ctx, "locked")  # even the right password is refused while locked
+    if not ok or account is None:
+        _fail(session, vault, account, name, ctx, "bad-credentials")
+    if not account.is_active:
+        _fail(session, vault, account, name, ctx, "inactive")
+    return account
+
+
+def login(session: Session, vault, *, username: str, password: str, ctx: RequestContext,
+          otp: str | None = None) -> tuple[str, int]:
+    """Verify the password (and the TOTP code for staff roles) and issue a token."""
+    account = authenticate(session, vault, username=username, password=password, ctx=ctx)
+    if account.role in totp.ROLES_REQUIRING_TOTP:
+        if not account.totp_enabled:
+            _audit_otp_refusal(session, vault, account, ctx, "otp-not-enrolled")
+            raise OtpEnrollmentRequired()
+        if not otp:
+            _audit_otp_refusal(session, vault, account, ctx, "otp-missing")
+            raise OtpRequired()
+        if not totp.check(vault, account, otp):
+            _fail(session, vault, account, account.username, ctx, "bad-otp")
+    now = vault.clock()
+    account.failed_logins = 0
+    account.locked_until = None
     token = tokens.issue(session, account=account, now=now, ttl_seconds=vault.settings.token_ttl_seconds)
     audit_log.append(session, vault,
                      identity=Identity(account_id=account.id, role=account.role, patient_id=account.patient_id),
@@ -89,6 +126,38 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
                      patient_id=account.patient_id)
     session.commit()
     return token, vault.settings.token_ttl_seconds
+
+
+def _audit_otp_refusal(session: Session, vault, account: Account, ctx: RequestContext, reason: str) -> None:
+    audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
+                     action="login_failed", outcome="deny", resource_type="account", resource_id=account.id,
+                     reason=reason)
+    session.commit()
+
+
+def totp_enroll(session: Session, vault, *, username: str, password: str, ctx: RequestContext) -> tuple[str, str]:
+    """Start (or restart, while not yet active) TOTP enrolment with the password as proof."""
+    account = authenticate(session, vault, username=username, password=password, ctx=ctx)
+    if account.totp_enabled:
+        raise Conflict("Two-factor sign-in is already active for this account")
+    secret, uri = totp.enroll(vault, account)
+    audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
+                     action="totp.enroll", outcome="allow", resource_type="account", resource_id=account.id)
+    session.commit()
+    return secret, uri
+
+
+def totp_activate(session: Session, vault, *, username: str, password: str, otp: str, ctx: RequestContext) -> None:
+    """Turn TOTP on once the user proves their authenticator produces valid codes."""
+    account = authenticate(session, vault, username=username, password=password, ctx=ctx)
+    if account.totp_enabled or account.totp_secret_enc is None:
+        raise Conflict("Enrol first (POST /v1/auth/totp/enroll)")
+    if not totp.check(vault, account, otp):
+        _fail(session, vault, account, account.username, ctx, "bad-otp")
+    account.totp_enabled = True
+    audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
+                     action="totp.activate", outcome="allow", resource_type="account", resource_id=account.id)
+    session.commit()
 
 
 def logout(session: Session, vault, *, token: str, identity: Identity, ctx: RequestContext) -> None:

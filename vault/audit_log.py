@@ -12,7 +12,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from audit import trail
-from audit.models import AuditEvent
 from audit.pseudonyms import PURPOSE as PSEUDONYM_PURPOSE
 from audit.pseudonyms import pseudonym
 from vault.errors import AuditUnavailable
@@ -29,7 +28,7 @@ def patient_pseudonym(vault, patient_id: str) -> str:
 
 def append(session: Session, vault, *, identity: Identity, ctx: RequestContext, action: str, outcome: str,
            resource_type: str, resource_id: str | None = None, patient_id: str | None = None,
-           reason: str | None = None, grant_id: str | None = None) -> AuditEvent:
+           reason: str | None = None, grant_id: str | None = None) -> dict:
     """Append one event in the session's transaction and flush it."""
     key = vault.keys.service_key(PSEUDONYM_PURPOSE)
     event = trail.NewEvent(

@@ -38,6 +38,11 @@ WeakPassword = _error("WeakPassword", "weak-password", 422, "The password does n
 Conflict = _error("Conflict", "conflict", 409, "The resource already exists")
 Unauthenticated = _error("Unauthenticated", "unauthenticated", 401, "Authentication required")
 InvalidCredentials = _error("InvalidCredentials", "invalid-credentials", 401, "Invalid username or password")
+OtpRequired = _error("OtpRequired", "otp-required", 401, "A one-time code from your authenticator is required")
+OtpEnrollmentRequired = _error(
+    "OtpEnrollmentRequired", "otp-enrollment-required", 401,
+    "Two-factor sign-in must be set up for this account first (POST /v1/auth/totp/enroll)",
+)
 Forbidden = _error("Forbidden", "forbidden", 403, "Not allowed")
 NotFound = _error("NotFound", "not-found", 404, "Not found")
 PayloadTooLarge = _error("PayloadTooLarge", "payload-too-large", 413, "The upload exceeds the size limit")

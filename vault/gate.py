@@ -1,10 +1,10 @@
 """The one gate every PHI read or write passes.
 
-Owns the order that makes access accountable: (1) the caller's identity is already resolved, (2) the access is
-decided, (3) the decision — allowed or denied — is appended to the audit trail in the caller's transaction, and
-(4) only an allowed caller goes on to decrypt. A denial is committed on its own before the error is raised, so the
-attempt stays on record. The decision today is ownership (a patient reaches only their own data; staff nothing
-without a grant); consent grants and role policy plug in here through `consent/` in the consent issue.
+Owns the order that makes access accountable: (1) the caller's identity is already resolved, (2) Casbin decides
+(`consent.engine`: role policy, ownership, live consent grants, break-glass claims), (3) the decision — allowed or
+denied, with the grant that allowed it — is appended to the audit trail in the caller's transaction, and (4) only an
+allowed caller goes on to decrypt. A denial is committed on its own before the error is raised, so the attempt stays
+on record. Fail closed: an error in the decision is a denial.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import dataclasses
 
 from sqlalchemy.orm import Session
 
+from consent import engine
 from vault import audit_log
 from vault.errors import Forbidden, NotFound, VaultError
 from vault.identity import Identity, RequestContext
@@ -26,42 +27,38 @@ class Target:
     resource_id: str | None
     patient_id: str | None
     exists: bool = True
+    category: str | None = None
+    label: str | None = None
+
+    @property
+    def obj(self) -> str:
+        if self.resource_type in ("record", "patient") and self.resource_id:
+            return f"{self.resource_type}:{self.resource_id}"
+        return self.resource_type
+
+    @property
+    def cls(self) -> str:
+        return f"category:{self.category}/{self.label}" if self.category and self.label else "-"
 
 
-@dataclasses.dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    reason: str
+Decision = engine.Decision
 
 
-# Role permissions that do not depend on a patient (compliance staff reading the trail). Static and small; the
-# consent issue moves them into Casbin's RBAC policy.
-ROLE_ACTIONS = {
-    "audit.read": frozenset({"auditor", "auditadmin"}),
-    "audit.export": frozenset({"auditor", "auditadmin"}),
-}
-
-
-def decide(identity: Identity, action: str, target: Target) -> Decision:
-    """Fail-closed decision: allow only what a rule below allows."""
-    if action in ROLE_ACTIONS:
-        allowed = identity.role in ROLE_ACTIONS[action]
-        return Decision(allowed, "role" if allowed else "role-not-permitted")
+def decide(session: Session, vault, identity: Identity, action: str, target: Target) -> Decision:
+    """Fail-closed decision through Casbin."""
     if not target.exists:
         return Decision(False, "not-found")
-    if identity.role == "patient" and identity.patient_id is not None and identity.patient_id == target.patient_id:
-        return Decision(True, "owner")
-    if identity.role == "patient":
-        return Decision(False, "not-owner")
-    return Decision(False, "no-grant")
+    request = engine.Request(account_id=identity.account_id, role=identity.role, own_patient_id=identity.patient_id,
+                             patient_id=target.patient_id, obj=target.obj, cls=target.cls, action=action)
+    return engine.decide(session, request, now=vault.clock())
 
 
 def audit(vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
-          outcome: str, reason: str | None) -> None:
+          outcome: str, reason: str | None, grant_id: str | None = None) -> None:
     """Append one event for this target in the session's transaction."""
     audit_log.append(session, vault, identity=identity, ctx=ctx, action=action, outcome=outcome,
                      resource_type=target.resource_type, resource_id=target.resource_id,
-                     patient_id=target.patient_id, reason=reason)
+                     patient_id=target.patient_id, reason=reason, grant_id=grant_id)
 
 
 def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
@@ -71,11 +68,12 @@ def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, a
     `audit_allow=False` is for a pre-check whose allowed outcome is audited later in the same request, together with
     the write it permits (an upload is checked before its bytes are read, and recorded when its row is written).
     """
-    decision = decide(identity, action, target)
+    decision = decide(session, vault, identity, action, target)
     if decision.allowed and not audit_allow:
         return decision
+    reason = decision.source.partition(":")[0] if decision.allowed else decision.source
     audit(vault, session, identity=identity, ctx=ctx, action=action, target=target,
-          outcome="allow" if decision.allowed else "deny", reason=decision.reason)
+          outcome="allow" if decision.allowed else "deny", reason=reason, grant_id=decision.grant_id)
     if not decision.allowed:
         session.commit()
         raise (NotFound if not target.exists else deny_as)()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, LargeBinary, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from audit.models import UTCDateTime
@@ -23,6 +23,7 @@ class Base(DeclarativeBase):
 ROLES = ("patient", "doctor", "escort", "auditor", "sysadmin", "secadmin", "auditadmin")
 STAFF_ROLES = tuple(r for r in ROLES if r != "patient")
 CATEGORIES = ("lab_report", "exam_report", "medical_record", "id_document", "other")
+LABELS = ("normal", "sensitive", "special")
 
 
 class Patient(Base):
@@ -51,6 +52,12 @@ class Account(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # TOTP secret sealed under kms's totp service key, bound to this account id.
+    totp_secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class AuthToken(Base):
@@ -63,6 +70,7 @@ class AuthToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Record(Base):
@@ -72,6 +80,9 @@ class Record(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"))
     category: Mapped[str] = mapped_column(String(32))
+    # Sensitivity label; label_enc seals the same value under the record DEK so an edit in the database is detected.
+    label: Mapped[str] = mapped_column(String(16), default="normal")
+    label_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     content_type: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -20,7 +20,7 @@ from kms.stream import iter_decrypt
 from vault import fields, gate
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext
-from vault.models import CATEGORIES, Record
+from vault.models import CATEGORIES, LABELS, Record
 from vault.uploads import UploadSink, blob_aad
 
 MAX_TITLE_LENGTH = 200
@@ -33,6 +33,7 @@ class RecordView:
     record_id: str
     patient_id: str
     category: str
+    label: str
     content_type: str
     size_bytes: int
     created_at: dt.datetime
@@ -41,8 +42,10 @@ class RecordView:
     sha256: str
 
 
-def check_metadata(*, category: str, title: str | None, filename: str | None) -> None:
+def check_metadata(*, category: str, title: str | None, filename: str | None, label: str = "normal") -> None:
     """Reject bad form fields with a clear reason (called before the blob is committed)."""
+    if label not in LABELS:
+        raise InvalidInput(f"label must be one of {', '.join(LABELS)}", extra={"reason": "label"})
     if category not in CATEGORIES:
         raise InvalidInput(f"category must be one of {', '.join(CATEGORIES)}", extra={"reason": "category"})
     if title is not None and (len(title) > MAX_TITLE_LENGTH or any(ord(c) < 32 for c in title)):
@@ -61,16 +64,18 @@ def authorize_upload(session: Session, vault, *, identity: Identity, ctx: Reques
 
 
 def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, sink: UploadSink, category: str,
-           title: str | None, filename: str | None) -> RecordView:
+           title: str | None, filename: str | None, label: str = "normal") -> RecordView:
     """Commit the blob and its row together; on any failure neither remains."""
-    check_metadata(category=category, title=title, filename=filename)
-    target = gate.Target("record", sink.record_id, sink.patient_id)
+    check_metadata(category=category, title=title, filename=filename, label=label)
+    target = gate.Target("record", sink.record_id, sink.patient_id, category=category, label=label)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="record.create", target=target)
     where = dict(table="records", row_id=sink.record_id, patient_id=sink.patient_id)
     record = Record(
         id=sink.record_id,
         patient_id=sink.patient_id,
         category=category,
+        label=label,
+        label_enc=fields.seal(sink.dek, label, column="label", **where),
         content_type=sink.content_type,
         size_bytes=sink.size,
         created_at=vault.clock(),
@@ -98,6 +103,7 @@ def _view(record: Record, dek) -> RecordView:
         record_id=record.id,
         patient_id=record.patient_id,
         category=record.category,
+        label=record.label,
         content_type=record.content_type,
         size_bytes=record.size_bytes,
         created_at=record.created_at,
@@ -122,10 +128,22 @@ def get_or_raise(session: Session, vault, *, identity: Identity, ctx: RequestCon
                  action: str) -> Record:
     """The record, if the gate lets this caller reach it; NotFound otherwise (existence never leaks)."""
     record = get(session, record_id=record_id)
-    target = gate.Target("record", record_id, record.patient_id if record else None, exists=record is not None)
+    if record is not None:
+        _check_label(vault, record)
+    target = gate.Target("record", record_id, record.patient_id if record else None, exists=record is not None,
+                         category=record.category if record else None, label=record.label if record else None)
     gate.enter(vault, session, identity=identity, ctx=ctx, action=action, target=target, deny_as=NotFound)
     session.commit()
     return record  # type: ignore[return-value]
+
+
+def _check_label(vault, record: Record) -> None:
+    """The label decides who may see a record: a label edited in the database must not widen access (AC-6)."""
+    where = dict(table="records", row_id=record.id, patient_id=record.patient_id)
+    sealed = fields.open_text(_open_dek(vault, record), record.label_enc, column="label", **where) \
+        if record.label_enc is not None else None
+    if sealed != record.label:
+        raise IntegrityFailure()
 
 
 def read(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> RecordView:

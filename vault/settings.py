@@ -45,6 +45,11 @@ class Settings:
     audit_sink: str | None = None
     # Events are kept at least this long (floor 184 days, enforced); grant/consent/export events three years.
     audit_retention_days: int = 365
+    # Consent and sign-in (issue 4); the numbers are common assessor practice, kept configurable.
+    grant_max_days: int = 30
+    lockout_threshold: int = 5
+    lockout_minutes: int = 15
+    idle_timeout_seconds: int = 15 * 60
     # LOG-1: service and access logs are kept at least 184 days (Cybersecurity Law art. 21: six months).
     log_retention_days: int = 365
 
@@ -99,7 +104,8 @@ class Settings:
         for name, kind in (("max_upload_bytes", int), ("token_ttl_seconds", int), ("audit_chains", int),
                            ("audit_checkpoint_every_events", int), ("audit_checkpoint_every_seconds", float),
                            ("audit_origin", str), ("audit_sink", str), ("log_retention_days", int),
-                           ("audit_retention_days", int)):
+                           ("audit_retention_days", int), ("grant_max_days", int), ("lockout_threshold", int),
+                           ("lockout_minutes", int), ("idle_timeout_seconds", int)):
             raw = _env(name.upper())
             if raw is not None:
                 values[name] = kind(raw)

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from vault.errors import Unauthenticated
@@ -40,18 +40,31 @@ def issue(session: Session, *, account: Account, now: dt.datetime, ttl_seconds: 
     return token
 
 
-def resolve(session: Session, *, token: str, now: dt.datetime) -> Identity:
-    """Identity behind a live token, or Unauthenticated (one message for every reason)."""
+# last_seen_at is written at most this often, so a busy client does not turn every read into a write.
+TOUCH_EVERY = dt.timedelta(seconds=30)
+
+
+def resolve(session: Session, *, token: str, now: dt.datetime, idle_timeout_seconds: int | None = None) -> Identity:
+    """Identity behind a live token, or Unauthenticated (one message for every reason).
+
+    Live = not revoked, before its absolute expiry, used within the idle timeout, account active."""
     if not token.startswith(PREFIX) or len(token) > 128:
         raise Unauthenticated()
+    digest = _digest(token)
     row = session.execute(
-        select(AuthToken.expires_at, AuthToken.revoked_at, Account.id, Account.role, Account.patient_id,
-               Account.is_active)
+        select(AuthToken.expires_at, AuthToken.revoked_at, AuthToken.created_at, AuthToken.last_seen_at, Account.id,
+               Account.role, Account.patient_id, Account.is_active)
         .join(Account, Account.id == AuthToken.account_id)
-        .where(AuthToken.token_hash == _digest(token))
+        .where(AuthToken.token_hash == digest)
     ).first()
     if row is None or row.revoked_at is not None or row.expires_at <= now or not row.is_active:
         raise Unauthenticated()
+    last_seen = row.last_seen_at or row.created_at
+    if idle_timeout_seconds is not None and now - last_seen > dt.timedelta(seconds=idle_timeout_seconds):
+        raise Unauthenticated()
+    if now - last_seen >= TOUCH_EVERY:
+        session.execute(update(AuthToken).where(AuthToken.token_hash == digest).values(last_seen_at=now))
+        session.commit()
     return Identity(account_id=row.id, role=row.role, patient_id=row.patient_id)
 
 

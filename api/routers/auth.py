@@ -1,7 +1,7 @@
 from fastapi import APIRouter, Depends, Response
 
 from api.deps import bearer_token, current_identity, get_ctx, get_vault
-from api.schemas import LoginIn, TokenOut
+from api.schemas import LoginIn, TokenOut, TotpActivateIn, TotpEnrollIn, TotpEnrollOut
 from vault import accounts
 from vault.identity import Identity, RequestContext
 from vault.runtime import Vault
@@ -12,7 +12,8 @@ router = APIRouter(prefix="/v1/auth", tags=["auth"])
 @router.post("/login", response_model=TokenOut)
 def login(body: LoginIn, vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> TokenOut:
     with vault.session() as session:
-        token, expires_in = accounts.login(session, vault, username=body.username, password=body.password, ctx=ctx)
+        token, expires_in = accounts.login(session, vault, username=body.username, password=body.password, ctx=ctx,
+                                           otp=body.otp)
     return TokenOut(access_token=token, expires_in=expires_in)
 
 
@@ -21,4 +22,20 @@ def logout(token: str = Depends(bearer_token), identity: Identity = Depends(curr
            vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> Response:
     with vault.session() as session:
         accounts.logout(session, vault, token=token, identity=identity, ctx=ctx)
+    return Response(status_code=204)
+
+
+@router.post("/totp/enroll", response_model=TotpEnrollOut)
+def totp_enroll(body: TotpEnrollIn, vault: Vault = Depends(get_vault),
+                ctx: RequestContext = Depends(get_ctx)) -> TotpEnrollOut:
+    with vault.session() as session:
+        secret, uri = accounts.totp_enroll(session, vault, username=body.username, password=body.password, ctx=ctx)
+    return TotpEnrollOut(secret=secret, otpauth_uri=uri)
+
+
+@router.post("/totp/activate", status_code=204)
+def totp_activate(body: TotpActivateIn, vault: Vault = Depends(get_vault),
+                  ctx: RequestContext = Depends(get_ctx)) -> Response:
+    with vault.session() as session:
+        accounts.totp_activate(session, vault, username=body.username, password=body.password, otp=body.otp, ctx=ctx)
     return Response(status_code=204)

@@ -30,6 +30,7 @@ _UPLOAD_BODY = {
                         "file": {"type": "string", "format": "binary"},
                         "category": {"type": "string", "enum": list(records.CATEGORIES)},
                         "title": {"type": "string", "maxLength": records.MAX_TITLE_LENGTH},
+                        "label": {"type": "string", "enum": ["normal", "sensitive", "special"], "default": "normal"},
                     },
                 }
             }
@@ -65,7 +66,7 @@ async def upload(request: Request, identity: Identity = Depends(current_identity
     sink, fields, filename = await multipart.receive(request.headers.get("content-type", ""), request.stream(),
                                                      max_body=limit + _FORM_OVERHEAD, open_sink=open_sink)
     try:
-        unknown = set(fields) - {"category", "title"}
+        unknown = set(fields) - {"category", "title", "label"}
         if unknown:
             raise InvalidInput("Unknown form fields", extra={"reason": "form", "fields": sorted(unknown)})
 
@@ -73,7 +74,7 @@ async def upload(request: Request, identity: Identity = Depends(current_identity
             with vault.session() as session:
                 return records.create(session, vault, identity=identity, ctx=ctx, sink=sink,
                                       category=fields.get("category", ""), title=fields.get("title"),
-                                      filename=filename)
+                                      filename=filename, label=fields.get("label", "normal"))
 
         view = await run_in_threadpool(commit)
     finally:

@@ -3,13 +3,14 @@
 from alembic import context
 
 from audit.models import AuditBase
+from consent.models import ConsentBase
 from vault.models import Base
 
 config = context.config
 engine = config.attributes["engine"]
 
 with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=[Base.metadata, AuditBase.metadata], render_as_batch=True)
+    context.configure(connection=connection, target_metadata=[Base.metadata, AuditBase.metadata, ConsentBase.metadata], render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()

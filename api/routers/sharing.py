@@ -1,0 +1,67 @@
+import dataclasses
+import datetime as dt
+
+from fastapi import APIRouter, Depends
+
+from api.deps import current_identity, get_ctx, get_vault
+from api.schemas import BreakGlassIn, BreakGlassOut, GrantIn, GrantOut, SharedRecordOut
+from vault import sharing
+from vault.identity import Identity, RequestContext
+from vault.runtime import Vault
+
+router = APIRouter(tags=["sharing"])
+
+
+def _out(view: sharing.GrantView) -> GrantOut:
+    return GrantOut(**dataclasses.asdict(view))
+
+
+@router.post("/v1/grants", status_code=201, response_model=GrantOut)
+def create_grant(body: GrantIn, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
+                 ctx: RequestContext = Depends(get_ctx)) -> GrantOut:
+    with vault.session() as session:
+        return _out(sharing.create_grant(
+            session, vault, identity=identity, ctx=ctx, grantee=body.grantee,
+            record_ids=[str(r) for r in body.record_ids], categories=body.categories,
+            include_future=body.include_future, actions=body.actions, purpose=body.purpose,
+            consult_ref=body.consult_ref, not_before=body.not_before, expires_at=body.expires_at))
+
+
+@router.get("/v1/grants", response_model=list[GrantOut])
+def list_grants(identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
+                ctx: RequestContext = Depends(get_ctx)) -> list[GrantOut]:
+    with vault.session() as session:
+        return [_out(v) for v in sharing.list_grants(session, vault, identity=identity, ctx=ctx)]
+
+
+@router.get("/v1/grants/{grant_id}/receipt")
+def grant_receipt(grant_id: str, identity: Identity = Depends(current_identity),
+                  vault: Vault = Depends(get_vault)) -> dict:
+    import json
+
+    with vault.session() as session:
+        return json.loads(sharing.get_grant(session, vault, identity=identity, grant_id=grant_id).receipt)
+
+
+@router.delete("/v1/grants/{grant_id}", response_model=GrantOut)
+def revoke_grant(grant_id: str, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
+                 ctx: RequestContext = Depends(get_ctx)) -> GrantOut:
+    with vault.session() as session:
+        return _out(sharing.revoke_grant(session, vault, identity=identity, ctx=ctx, grant_id=grant_id))
+
+
+@router.get("/v1/shared", response_model=list[SharedRecordOut])
+def shared(identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
+           ctx: RequestContext = Depends(get_ctx)) -> list[SharedRecordOut]:
+    with vault.session() as session:
+        return [SharedRecordOut(**dataclasses.asdict(s))
+                for s in sharing.shared_with_me(session, vault, identity=identity, ctx=ctx)]
+
+
+@router.post("/v1/breakglass", status_code=201, response_model=BreakGlassOut)
+def breakglass(body: BreakGlassIn, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
+               ctx: RequestContext = Depends(get_ctx)) -> BreakGlassOut:
+    with vault.session() as session:
+        claim = sharing.breakglass(session, vault, identity=identity, ctx=ctx, patient_id=str(body.patient_id),
+                                   reason=body.reason)
+        return BreakGlassOut(claim_id=claim.id, patient_id=claim.patient_id, expires_at=claim.expires_at)

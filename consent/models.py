@@ -1,0 +1,55 @@
+"""Consent grants and break-glass claims: the source of truth Casbin policies are built from.
+
+A grant names the patient, the grantee account, the scope (record ids and/or categories), actions, an encrypted
+purpose, the window (not-before, expires-at) and, once withdrawn, when. Rows are never deleted: a revoked or expired
+grant stays as a processing record (PIPL art. 55). The data-DB migrations (vault/migrations) create these tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Boolean, Index, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from audit.models import UTCDateTime
+
+
+class ConsentBase(DeclarativeBase):
+    pass
+
+
+class Grant(ConsentBase):
+    __tablename__ = "grants"
+    __table_args__ = (
+        Index("ix_grants_grantee_patient", "grantee_id", "patient_id", "expires_at"),
+        Index("ix_grants_patient", "patient_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(36))
+    grantee_id: Mapped[str] = mapped_column(String(36))
+    # JSON lists of record ids / categories (no PHI: random ids and a closed vocabulary).
+    record_ids: Mapped[str] = mapped_column(Text)
+    categories: Mapped[str] = mapped_column(Text)
+    include_future: Mapped[bool] = mapped_column(Boolean)
+    actions: Mapped[str] = mapped_column(String(128))
+    purpose_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    consult_ref: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    receipt: Mapped[str] = mapped_column(Text)
+
+
+class BreakGlass(ConsentBase):
+    __tablename__ = "breakglass"
+    __table_args__ = (Index("ix_breakglass_doctor_patient", "doctor_id", "patient_id", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    doctor_id: Mapped[str] = mapped_column(String(36))
+    patient_id: Mapped[str] = mapped_column(String(36))
+    reason_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

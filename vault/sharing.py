@@ -1,0 +1,249 @@
+"""Sharing: consent grants from a patient to a doctor or escort, their withdrawal, the grantee's view, break-glass.
+
+Owns the rules a grant must satisfy before it becomes a Casbin policy source: a named recipient with a care role, a
+purpose, a bounded window, a scope inside the patient's own records. A category grant without `include_future`
+is frozen at creation to the records that exist then (never `special` ones); with it, the category policy also
+reaches records created later in the window (still never `special`). Every create, list, revoke and break-glass
+claim is audited with the grant id. Purposes and reasons are sealed under the patient's profile DEK.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from consent import receipts
+from consent.models import BreakGlass, Grant
+from vault import audit_log, fields, gate
+from vault.errors import Forbidden, InvalidInput, NotFound
+from vault.identity import Identity, RequestContext
+from vault.models import CATEGORIES, Account, Patient, Record
+
+GRANTEE_ROLES = ("doctor", "escort")
+VERBS = ("view", "download")
+MAX_PURPOSE = 500
+BREAKGLASS_MINUTES = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class GrantView:
+    grant_id: str
+    patient_id: str
+    grantee_id: str
+    grantee_username: str
+    grantee_role: str
+    record_ids: list[str]
+    categories: list[str]
+    include_future: bool
+    actions: list[str]
+    purpose: str | None
+    consult_ref: str | None
+    not_before: dt.datetime
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+    active: bool
+    receipt: dict
+
+
+def _profile_dek(vault, session: Session, patient_id: str):
+    patient = session.get(Patient, patient_id)
+    return vault.keys.open_data_key(patient.id, patient.wrapped_dek)
+
+
+def _view(vault, session: Session, grant: Grant, grantee: Account, *, with_purpose: bool) -> GrantView:
+    now = vault.clock()
+    purpose = None
+    if with_purpose:
+        purpose = fields.open_text(_profile_dek(vault, session, grant.patient_id), grant.purpose_enc, table="grants",
+                                   column="purpose", row_id=grant.id, patient_id=grant.patient_id)
+    return GrantView(
+        grant_id=grant.id, patient_id=grant.patient_id, grantee_id=grant.grantee_id,
+        grantee_username=grantee.username, grantee_role=grantee.role, record_ids=json.loads(grant.record_ids),
+        categories=json.loads(grant.categories), include_future=grant.include_future,
+        actions=json.loads(grant.actions), purpose=purpose, consult_ref=grant.consult_ref,
+        not_before=grant.not_before, expires_at=grant.expires_at, created_at=grant.created_at,
+        revoked_at=grant.revoked_at,
+        active=grant.revoked_at is None and grant.not_before <= now < grant.expires_at,
+        receipt=json.loads(grant.receipt),
+    )
+
+
+def create_grant(session: Session, vault, *, identity: Identity, ctx: RequestContext, grantee: str,
+                 record_ids: list[str], categories: list[str], include_future: bool, actions: list[str],
+                 purpose: str, consult_ref: str | None, not_before: dt.datetime | None,
+                 expires_at: dt.datetime) -> GrantView:
+    """A patient's separate consent to share chosen records with one recipient, for a purpose and a time."""
+    patient_id = identity.patient_id
+    grant_id = str(uuid.uuid4())
+    target = gate.Target("grant", grant_id, patient_id, exists=patient_id is not None)
+    gate.enter(vault, session, identity=identity, ctx=ctx, action="grant.create", target=target, audit_allow=False)
+    now = vault.clock()
+    not_before = not_before or now
+    purpose = (purpose or "").strip()
+    if not purpose or len(purpose) > MAX_PURPOSE:
+        raise InvalidInput(f"purpose must be 1-{MAX_PURPOSE} characters", extra={"reason": "purpose"})
+    if not actions or any(a not in VERBS for a in actions):
+        raise InvalidInput("actions must be a non-empty subset of view, download", extra={"reason": "actions"})
+    if any(c not in CATEGORIES for c in categories):
+        raise InvalidInput("unknown category", extra={"reason": "category"})
+    if not record_ids and not categories:
+        raise InvalidInput("name records or categories to share", extra={"reason": "scope"})
+    if expires_at <= not_before or expires_at <= now:
+        raise InvalidInput("expires_at must be after not_before and in the future", extra={"reason": "window"})
+    if expires_at - not_before > dt.timedelta(days=vault.settings.grant_max_days):
+        raise InvalidInput(f"a grant may last at most {vault.settings.grant_max_days} days",
+                           extra={"reason": "window"})
+    from vault.accounts import get_by_username
+
+    try:
+        recipient = get_by_username(session, username=grantee)
+    except Exception:  # noqa: BLE001 - malformed names are unknown recipients
+        recipient = None
+    if recipient is None or recipient.role not in GRANTEE_ROLES or not recipient.is_active:
+        raise NotFound("No doctor or escort with that username")
+    own = set(session.scalars(select(Record.id).where(Record.patient_id == patient_id,
+                                                      Record.id.in_(record_ids)))) if record_ids else set()
+    if own != set(record_ids):
+        raise NotFound("Record not found")
+    scope_ids = list(dict.fromkeys(record_ids))
+    if categories and not include_future:
+        scope_ids += [rid for rid in session.scalars(
+            select(Record.id).where(Record.patient_id == patient_id, Record.category.in_(categories),
+                                    Record.label != "special").order_by(Record.created_at))
+                      if rid not in scope_ids]
+    key = vault.keys.service_key(receipts.PURPOSE)
+    statement = {
+        "grant_id": grant_id, "patient": audit_log.patient_pseudonym(vault, patient_id),
+        "grantee": audit_log.actor_pseudonym(vault, recipient.id), "grantee_role": recipient.role,
+        "record_ids": scope_ids, "categories": sorted(set(categories)), "include_future": include_future,
+        "actions": sorted(set(actions)), "purpose_sha256": hashlib.sha256(purpose.encode()).hexdigest(),
+        "consult_ref": consult_ref, "not_before": not_before.isoformat(), "expires_at": expires_at.isoformat(),
+        "issued_at": now.isoformat(),
+    }
+    grant = Grant(
+        id=grant_id, patient_id=patient_id, grantee_id=recipient.id, record_ids=json.dumps(scope_ids),
+        categories=json.dumps(sorted(set(categories))), include_future=include_future,
+        actions=json.dumps(sorted(set(actions))),
+        purpose_enc=fields.seal(_profile_dek(vault, session, patient_id), purpose, table="grants", column="purpose",
+                                row_id=grant_id, patient_id=patient_id),
+        consult_ref=consult_ref, not_before=not_before, expires_at=expires_at, created_at=now,
+        receipt=receipts.sign(key, statement),
+    )
+    session.add(grant)
+    session.flush()
+    gate.audit(vault, session, identity=identity, ctx=ctx, action="grant.create", target=target, outcome="allow",
+               reason=f"to-{recipient.role}", grant_id=grant_id)
+    session.commit()
+    return _view(vault, session, grant, recipient, with_purpose=True)
+
+
+def _grantee(session: Session, grant: Grant) -> Account:
+    return session.get(Account, grant.grantee_id)
+
+
+def list_grants(session: Session, vault, *, identity: Identity, ctx: RequestContext) -> list[GrantView]:
+    """Patients see the grants they gave; doctors and escorts the grants they received; nobody sees others'."""
+    target = gate.Target("grant", None, identity.patient_id)
+    if identity.role == "patient":
+        gate.enter(vault, session, identity=identity, ctx=ctx, action="grant.list", target=target)
+        rows = session.scalars(select(Grant).where(Grant.patient_id == identity.patient_id)
+                               .order_by(Grant.created_at.desc()))
+    elif identity.role in GRANTEE_ROLES:
+        gate.enter(vault, session, identity=identity, ctx=ctx, action="shared.list", target=gate.Target(
+            "grant", None, None))
+        rows = session.scalars(select(Grant).where(Grant.grantee_id == identity.account_id)
+                               .order_by(Grant.created_at.desc()))
+    else:
+        gate.enter(vault, session, identity=identity, ctx=ctx, action="grant.list", target=target)
+        rows = []
+    session.commit()
+    return [_view(vault, session, g, _grantee(session, g), with_purpose=True) for g in rows]
+
+
+def get_grant(session: Session, vault, *, identity: Identity, grant_id: str) -> Grant:
+    """The grant if the caller gave or received it; NotFound otherwise (no enumeration)."""
+    grant = session.get(Grant, grant_id)
+    if grant is None or not (grant.patient_id == identity.patient_id or grant.grantee_id == identity.account_id):
+        raise NotFound()
+    return grant
+
+
+def revoke_grant(session: Session, vault, *, identity: Identity, ctx: RequestContext, grant_id: str) -> GrantView:
+    """Withdrawal in one step: effective on the very next request everywhere (no decision is cached)."""
+    grant = session.get(Grant, grant_id)
+    mine = grant is not None and grant.patient_id == identity.patient_id
+    target = gate.Target("grant", grant_id, grant.patient_id if mine else None, exists=mine)
+    gate.enter(vault, session, identity=identity, ctx=ctx, action="grant.revoke", target=target, deny_as=NotFound,
+               audit_allow=False)
+    if grant.revoked_at is None:
+        grant.revoked_at = vault.clock()
+    session.flush()
+    gate.audit(vault, session, identity=identity, ctx=ctx, action="grant.revoke", target=target, outcome="allow",
+               reason="withdrawn", grant_id=grant_id)
+    session.commit()
+    return _view(vault, session, grant, _grantee(session, grant), with_purpose=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedRecord:
+    record_id: str
+    patient_id: str
+    category: str
+    content_type: str
+    created_at: dt.datetime
+    grant_id: str
+    expires_at: dt.datetime
+
+
+def shared_with_me(session: Session, vault, *, identity: Identity, ctx: RequestContext) -> list[SharedRecord]:
+    """What a doctor or escort may see right now: records of live grants (and break-glass claims), no PHI."""
+    gate.enter(vault, session, identity=identity, ctx=ctx, action="shared.list", target=gate.Target("grant", None,
+                                                                                                  None))
+    session.commit()
+    now = vault.clock()
+    out: list[SharedRecord] = []
+    grants = session.scalars(select(Grant).where(Grant.grantee_id == identity.account_id,
+                                                 Grant.revoked_at.is_(None), Grant.not_before <= now,
+                                                 Grant.expires_at > now))
+    for grant in grants:
+        ids = set(json.loads(grant.record_ids))
+        query = select(Record).where(Record.patient_id == grant.patient_id)
+        for record in session.scalars(query.order_by(Record.created_at)):
+            future = (grant.include_future and record.category in json.loads(grant.categories)
+                      and record.label != "special")
+            if record.id in ids or future:
+                out.append(SharedRecord(record.id, record.patient_id, record.category, record.content_type,
+                                        record.created_at, grant.id, grant.expires_at))
+    return out
+
+
+def breakglass(session: Session, vault, *, identity: Identity, ctx: RequestContext, patient_id: str,
+               reason: str) -> BreakGlass:
+    """Emergency access for a doctor: time-boxed, audited as its own action, shown to the patient and auditors."""
+    reason = (reason or "").strip()
+    if len(reason) < 10 or len(reason) > MAX_PURPOSE:
+        raise InvalidInput("give the emergency reason (10-500 characters)", extra={"reason": "reason"})
+    patient = session.get(Patient, patient_id)
+    target = gate.Target("patient", patient_id, patient_id if patient else None, exists=patient is not None)
+    gate.enter(vault, session, identity=identity, ctx=ctx, action="breakglass", target=target)
+    now = vault.clock()
+    claim = BreakGlass(id=str(uuid.uuid4()), doctor_id=identity.account_id, patient_id=patient_id,
+                       reason_enc=b"", created_at=now, expires_at=now + dt.timedelta(minutes=BREAKGLASS_MINUTES))
+    claim.reason_enc = fields.seal(_profile_dek(vault, session, patient_id), reason, table="breakglass",
+                                   column="reason", row_id=claim.id, patient_id=patient_id)
+    session.add(claim)
+    session.flush()
+    gate.audit(vault, session, identity=identity, ctx=ctx, action="alert.raised", target=target, outcome="allow",
+               reason="breakglass", grant_id=claim.id)
+    session.commit()
+    import logging
+
+    logging.getLogger("healthvault.alert").warning("break-glass access claimed (claim %s)", claim.id)
+    return claim
