@@ -83,8 +83,10 @@ def login(client, username: str, password: str = PASSWORD) -> dict:
 
 
 def upload(client, headers: dict, data: bytes, *, category: str = "lab_report", title: str | None = None,
-           filename: str = "scan.bin", content_type: str = "application/octet-stream"):
+           filename: str = "scan.bin", content_type: str = "application/octet-stream", label: str | None = None):
     form = {"category": category}
+    if label is not None:
+        form["label"] = label
     if title is not None:
         form["title"] = title
     return client.post("/v1/records", headers=headers, data=form, files={"file": (filename, data, content_type)})

@@ -82,7 +82,7 @@ def create_grant(session: Session, vault, *, identity: Identity, ctx: RequestCon
     """A patient's separate consent to share chosen records with one recipient, for a purpose and a time."""
     patient_id = identity.patient_id
     grant_id = str(uuid.uuid4())
-    target = gate.Target("grant", grant_id, patient_id, exists=patient_id is not None)
+    target = gate.Target("grant", grant_id, patient_id)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="grant.create", target=target, audit_allow=False)
     now = vault.clock()
     not_before = not_before or now

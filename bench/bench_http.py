@@ -1,0 +1,140 @@
+"""HTTP throughput of an authenticated record read against the bare /healthz endpoint of the same server.
+
+    python bench/bench_http.py [--seconds 5] [--rounds 5] [--connections 64] [--warmup 0.5] [--quick] [--json FILE]
+
+Starts a real server (`vault.cli serve`, one uvicorn process, fresh temp data dir), registers a patient, logs in,
+uploads one small record, then runs R interleaved rounds (order alternating between rounds) of the closed-loop loader
+(bench/loadgen.py, its own process) against:
+
+  * healthz  — `GET /healthz`: the ceiling of this app's HTTP stack (FastAPI + the edge middleware) on this machine;
+  * records  — `GET /v1/records/{id}` with a bearer token: token lookup, consent gate, audit append, title decryption.
+
+Prints req/s per round and the medians, p50/p99 latency, server CPU per request, the load average, and the ratio
+records/healthz with PASS/FAIL against the target (≥ 0.30). The ratio is taken within the same run, so a slower or
+busier machine moves both figures. Exit status: 0 unless a request failed (non-200, I/O error) or the server died;
+missing the target is reported, not an error. `--quick` (CI smoke): 1 round × 1 s, 8 connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen  # noqa: E402
+from _server import ServerError, VaultServer, loadavg  # noqa: E402
+
+TARGET_RATIO = 0.30
+
+
+def _fmt_run(name: str, run: dict) -> str:
+    p50 = run["p50_ms"] if run["p50_ms"] is not None else float("nan")
+    p99 = run["p99_ms"] if run["p99_ms"] is not None else float("nan")
+    cpu = run.get("server_cpu_us_per_request")
+    cpu_s = f"{cpu:,.0f} µs" if cpu is not None else "n/a"
+    err = f"  ERRORS {run['errors']} {run['error_kinds']}" if run["errors"] else ""
+    return (f"{name:8s} {run['rps']:>9,.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
+            f"server CPU/req {cpu_s}  client CPU/req {run['client_cpu_us_per_request'] or 0:,.0f} µs{err}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--connections", type=int, default=64, help="concurrent keep-alive connections (default 64)")
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each run (default 0.5)")
+    parser.add_argument("--quick", action="store_true", help="CI smoke size: 1 round x 1 s, 8 connections")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the temp data dir and server log")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rounds, args.connections, args.warmup = 1.0, 1, 8, 0.3
+    if args.rounds < 1 or args.seconds <= 0 or args.connections < 1:
+        parser.error("need --rounds >= 1, --seconds > 0, --connections >= 1")
+
+    print(f"bench_http: {args.rounds} round(s) x {args.seconds:g} s (+{args.warmup:g} s warm-up), "
+          f"{args.connections} connections, python {platform.python_version()}, {os.cpu_count()} CPUs")
+    print(f"load average before: {loadavg()}")
+    rounds: list[dict] = []
+    failures: list[str] = []
+    try:
+        with VaultServer(keep=args.keep) as server:
+            auth = server.register_and_login()
+            record = server.upload_small(auth)
+            record_path = f"/v1/records/{record['record_id']}"
+            status, body = server.request("GET", record_path, headers=auth)
+            if status != 200:
+                raise ServerError(f"GET {record_path} → {status}: {body!r}")
+            auth_header = [f"{k}: {v}" for k, v in auth.items()]
+            cases = {"healthz": ("/healthz", []), "records": (record_path, auth_header)}
+            print(f"server pid {server.pid} on port {server.port}; record {record['record_id']} "
+                  f"({record.get('size_bytes')} bytes)")
+            for index in range(args.rounds):
+                order = ["healthz", "records"] if index % 2 == 0 else ["records", "healthz"]
+                result: dict = {"round": index + 1}
+                for name in order:
+                    path, headers = cases[name]
+                    run = loadgen.run_subprocess(server.port, path, headers=headers, connections=args.connections,
+                                                 seconds=args.seconds, warmup=args.warmup, cpu_pid=server.pid)
+                    result[name] = run
+                    if not server.alive():
+                        raise ServerError(f"server died during the {name} run:\n{server.log_tail()}")
+                result["ratio"] = (result["records"]["rps"] / result["healthz"]["rps"]
+                                   if result["healthz"]["rps"] else 0.0)
+                result["loadavg"] = list(os.getloadavg())
+                rounds.append(result)
+                print(f"round {index + 1}/{args.rounds}  (load {result['loadavg'][0]:.2f})")
+                for name in ("healthz", "records"):
+                    print("  " + _fmt_run(name, result[name]))
+                print(f"  ratio records/healthz {result['ratio']:.3f}")
+    except (ServerError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+
+    def med(name: str, key: str) -> float:
+        values = [r[name][key] for r in rounds if r[name][key] is not None]
+        return statistics.median(values) if values else float("nan")
+
+    summary = {name: {key: med(name, key) for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")}
+               for name in ("healthz", "records")}
+    for name in ("healthz", "records"):
+        summary[name]["rps_per_round"] = [r[name]["rps"] for r in rounds]
+        summary[name]["errors"] = sum(r[name]["errors"] for r in rounds)
+        if summary[name]["errors"]:
+            failures.append(f"{name}: {summary[name]['errors']} failed requests")
+    ratio = summary["records"]["rps"] / summary["healthz"]["rps"] if summary["healthz"]["rps"] else 0.0
+    verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
+    print()
+    print("summary (medians over rounds)")
+    for name in ("healthz", "records"):
+        s = summary[name]
+        per_round = ", ".join(f"{v:,.0f}" for v in s["rps_per_round"])
+        print(f"  {name:8s} {s['rps']:>9,.0f} req/s  [{per_round}]  p50 {s['p50_ms']:.2f} ms  "
+              f"p99 {s['p99_ms']:.2f} ms  server CPU/req {s['server_cpu_us_per_request']:,.0f} µs  "
+              f"errors {s['errors']}")
+    per_round_ratio = ", ".join(f"{r['ratio']:.3f}" for r in rounds)
+    print(f"  ratio records/healthz {ratio:.3f} (per round: {per_round_ratio})  "
+          f"target >= {TARGET_RATIO:.2f}: {verdict}")
+    print(f"load average after: {loadavg()}")
+    report = {"bench": "http", "seconds": args.seconds, "rounds_n": args.rounds, "connections": args.connections,
+              "summary": summary, "ratio": ratio, "target_ratio": TARGET_RATIO, "verdict": verdict,
+              "errors": summary["healthz"]["errors"] + summary["records"]["errors"], "rounds": rounds,
+              "loadavg": list(os.getloadavg())}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    print("RESULT_JSON: " + json.dumps({k: report[k] for k in ("ratio", "verdict", "errors", "summary")}))
+    if failures:
+        print("ERROR: " + "; ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Consent-scoped sharing through Casbin: grant lifecycle, scope, labels, revocation across app instances,
+no enumeration, break-glass, and the per-thread enforcer never leaking a previous caller's role."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from sqlalchemy import select, update
+
+from audit.models import AuditEvent
+from vault.models import Record
+
+from tests.helpers import login, png_bytes, register, staff, upload
+
+
+def _hours(clock, n: float) -> str:
+    return (clock() + dt.timedelta(hours=n)).isoformat()
+
+
+@pytest.fixture
+def people(client, vault):
+    # These tests move the clock by hours to cross grant windows: keep the sessions themselves alive.
+    object.__setattr__(vault.settings, "idle_timeout_seconds", 10**7)
+    object.__setattr__(vault.settings, "token_ttl_seconds", 10**7)
+    register(client, username="pat-one")
+    patient = login(client, "pat-one")
+    doctor = staff(client, vault, "doctor", "dr-zhang")
+    other_doctor = staff(client, vault, "doctor", "dr-li")
+    for h in (doctor, other_doctor):
+        h.pop("_secret")
+    lab = upload(client, patient, png_bytes(b"lab"), category="lab_report").json()["record_id"]
+    exam = upload(client, patient, png_bytes(b"exam"), category="exam_report").json()["record_id"]
+    special = upload(client, patient, png_bytes(b"hiv"), category="lab_report", label="special").json()["record_id"]
+    return dict(patient=patient, doctor=doctor, other=other_doctor, lab=lab, exam=exam, special=special)
+
+
+def _grant(client, clock, headers, **overrides):
+    body = {"grantee": "dr-zhang", "categories": ["lab_report"], "actions": ["view", "download"],
+            "purpose": "复诊咨询 consult 42", "expires_at": _hours(clock, 24), **overrides}
+    return client.post("/v1/grants", headers=headers, json=body)
+
+
+def test_grant_lifecycle_window_scope_and_revocation(client, vault, clock, people):
+    p, d = people["patient"], people["doctor"]
+    read = lambda rid, h=d: client.get(f"/v1/records/{rid}", headers=h).status_code  # noqa: E731
+    assert read(people["lab"]) == 404  # nothing granted yet
+    created = _grant(client, clock, p, not_before=_hours(clock, 1))
+    assert created.status_code == 201, created.text
+    grant = created.json()
+    assert read(people["lab"]) == 404  # before not-before
+    clock.advance(hours=2)
+    assert read(people["lab"]) == 200  # inside window and scope
+    assert client.get(f"/v1/records/{people['lab']}/content", headers=d).content == png_bytes(b"lab")
+    assert read(people["exam"]) == 404  # other category
+    assert read(people["special"]) == 404  # category grant never opens a special record
+    assert read(people["lab"], people["other"]) == 404  # other doctor
+    shared = client.get("/v1/shared", headers=d).json()
+    assert {s["record_id"] for s in shared} == {people["lab"]}
+    assert client.get("/v1/shared", headers=people["other"]).json() == []
+    # Revocation bites on the very next request.
+    assert client.delete(f"/v1/grants/{grant['grant_id']}", headers=p).status_code == 200
+    assert read(people["lab"]) == 404
+    # Every decision carries the grant id in the audit trail.
+    with vault.session() as session:
+        allowed = session.scalars(select(AuditEvent).where(AuditEvent.action == "record.read",
+                                                           AuditEvent.actor_role == "doctor",
+                                                           AuditEvent.outcome == "allow")).all()
+    assert allowed and all(e.grant_id == grant["grant_id"] for e in allowed)
+
+
+def test_expiry_and_view_only(client, clock, people):
+    p, d = people["patient"], people["doctor"]
+    grant = _grant(client, clock, p, record_ids=[people["exam"]], categories=[], actions=["view"],
+                   expires_at=_hours(clock, 1)).json()
+    assert grant["record_ids"] == [people["exam"]]
+    assert client.get(f"/v1/records/{people['exam']}", headers=d).status_code == 200
+    assert client.get(f"/v1/records/{people['exam']}/content", headers=d).status_code == 404  # view only
+    clock.advance(hours=1, seconds=1)
+    assert client.get(f"/v1/records/{people['exam']}", headers=d).status_code == 404
+
+
+def test_a_record_grant_opens_a_special_record(client, clock, people):
+    _grant(client, clock, people["patient"], record_ids=[people["special"]], categories=[])
+    assert client.get(f"/v1/records/{people['special']}", headers=people["doctor"]).status_code == 200
+
+
+def test_grant_validation_and_no_enumeration(client, clock, people):
+    p, d = people["patient"], people["doctor"]
+    assert _grant(client, clock, p, expires_at=_hours(clock, 24 * 40)).status_code == 422  # too long
+    assert _grant(client, clock, p, purpose="").status_code == 422
+    assert "expires_at" in _grant(client, clock, p, expires_at=None).text
+    assert _grant(client, clock, p, grantee="pat-one").status_code == 404  # not a care role
+    assert _grant(client, clock, p, record_ids=["00000000-0000-4000-8000-000000000000"]).status_code == 404
+    assert _grant(client, clock, d).status_code == 403  # a doctor cannot grant (or widen) anything
+    missing = client.get("/v1/records/00000000-0000-4000-8000-000000000000", headers=d)
+    hidden = client.get(f"/v1/records/{people['lab']}", headers=d)
+    assert (missing.status_code, missing.json()["type"]) == (hidden.status_code, hidden.json()["type"])
+    assert set(missing.json()) == set(hidden.json())
+    grant = _grant(client, clock, p).json()
+    assert client.delete(f"/v1/grants/{grant['grant_id']}", headers=d).status_code == 404  # grantee cannot revoke
+    assert client.get("/v1/grants", headers=people["other"]).json() == []  # other doctors' grants invisible
+    assert [g["grant_id"] for g in client.get("/v1/grants", headers=d).json()] == [grant["grant_id"]]
+
+
+def test_consent_receipt_is_signed(client, clock, people):
+    from consent import receipts
+
+    grant = _grant(client, clock, people["patient"]).json()
+    fetched = client.get(f"/v1/grants/{grant['grant_id']}/receipt", headers=people["patient"]).json()
+    assert fetched == grant["receipt"]
+    import json
+
+    statement = receipts.verify(json.dumps(fetched))
+    assert statement["grant_id"] == grant["grant_id"] and "purpose_sha256" in statement
+    assert "复诊" not in json.dumps(fetched, ensure_ascii=False)
+    fetched["statement"]["expires_at"] = _hours(clock, 999)
+    with pytest.raises(ValueError):
+        receipts.verify(json.dumps(fetched))
+
+
+def test_revocation_reaches_another_app_instance(client, vault, settings, clock, people):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.conftest import PASSPHRASE
+    from vault.runtime import open_vault
+
+    grant = _grant(client, clock, people["patient"]).json()
+    second = open_vault(settings, PASSPHRASE, clock=clock)
+    try:
+        with TestClient(create_app(second), raise_server_exceptions=False) as other_worker:
+            url = f"/v1/records/{people['lab']}"
+            assert other_worker.get(url, headers=people["doctor"]).status_code == 200
+            client.delete(f"/v1/grants/{grant['grant_id']}", headers=people["patient"])
+            assert other_worker.get(url, headers=people["doctor"]).status_code == 404
+    finally:
+        second.close()
+
+
+def test_label_edited_in_the_database_is_detected(client, vault, clock, people):
+    _grant(client, clock, people["patient"])
+    with vault.session() as session:
+        session.execute(update(Record).where(Record.id == people["special"]).values(label="normal"))
+        session.commit()
+    response = client.get(f"/v1/records/{people['special']}", headers=people["doctor"])
+    assert response.status_code == 500 and response.json()["type"].endswith(":integrity-failure")
+
+
+def test_breakglass_is_time_boxed_and_shown_to_the_patient(client, vault, clock, people):
+    with vault.session() as session:
+        patient_id = session.get(Record, people["lab"]).patient_id
+    d = people["doctor"]
+    assert client.post("/v1/breakglass", headers=d, json={"patient_id": patient_id, "reason": "short"}
+                       ).status_code == 422
+    assert client.post("/v1/breakglass", headers=people["patient"],
+                       json={"patient_id": patient_id, "reason": "unconscious patient in ER"}).status_code == 403
+    claim = client.post("/v1/breakglass", headers=d, json={"patient_id": patient_id,
+                                                          "reason": "unconscious patient in ER, allergy check"})
+    assert claim.status_code == 201
+    assert client.get(f"/v1/records/{people['special']}", headers=d).status_code == 200
+    log = client.get("/v1/patients/me/access-log", headers=people["patient"]).json()["items"]
+    assert any(e["action"] == "breakglass" and e["actor_role"] == "doctor" for e in log)
+    clock.advance(hours=1, seconds=1)
+    assert client.get(f"/v1/records/{people['lab']}", headers=d).status_code == 404
+
+
+def test_thread_enforcers_never_carry_a_previous_callers_role():
+    from consent import engine
+
+    def decide(account: str, role: str) -> bool:
+        request = engine.Request(account_id=account, role=role, own_patient_id=None, patient_id=None, obj="audit",
+                                 cls="-", action="audit.read")
+        return engine.decide(None, request, now=dt.datetime.now(dt.timezone.utc)).allowed
+
+    assert decide("a1", "auditor")
+    assert not decide("a1", "doctor") and not decide("a2", "doctor")
+    results = []
+
+    def worker(n: int) -> None:
+        for i in range(200):
+            role = "auditor" if (i + n) % 2 else "doctor"
+            results.append(decide(f"acct{n}-{i}", role) == (role == "auditor"))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(results) and len(results) == 800
