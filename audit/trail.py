@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from audit import verify
-from audit.models import AuditEvent, ChainHead
+from audit.models import AuditEvent, ChainHead, UTCDateTime
 from audit.vocabulary import ACTIONS, OUTCOMES
 
 GENESIS = "0" * 64
@@ -54,13 +54,12 @@ def chain_for(key: str | None, chains: int) -> int:
 
 def canonical_event(row: AuditEvent) -> dict:
     """The hashed view of a stored event (the same dict the exporter writes)."""
-    return {
-        "v": EVENT_FORMAT, "chain": row.chain_id, "seq": row.seq, "time": format_time(row.occurred_at),
-        "actor": row.actor, "actor_role": row.actor_role, "action": row.action, "resource_type": row.resource_type,
-        "resource_id": row.resource_id, "patient": row.patient_pseudonym, "outcome": row.outcome,
-        "reason": row.reason, "grant_id": row.grant_id, "request_id": row.request_id,
-        "client_addr": row.client_addr, "user_agent": row.user_agent, "prev_hash": row.prev_hash,
-    }
+    return _canonical({c: getattr(row, c) for c in _COLUMNS})
+
+
+_COLUMNS = ("chain_id", "seq", "occurred_at", "actor", "actor_role", "action", "resource_type", "resource_id",
+            "patient_pseudonym", "outcome", "reason", "grant_id", "request_id", "client_addr", "user_agent",
+            "prev_hash")
 
 
 def ensure_chains(session: Session, chains: int) -> None:
@@ -72,31 +71,62 @@ def ensure_chains(session: Session, chains: int) -> None:
             {"chain_id": c, "seq": -1, "hash": GENESIS, "integrated_seq": -1} for c in missing])
 
 
-def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int) -> AuditEvent:
-    """Link one event into its chain, in the caller's transaction (the caller commits)."""
+_HEADS = ChainHead.__table__
+_EVENTS = AuditEvent.__table__
+_ADVANCE = (update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(seq=_HEADS.c.seq + 1)
+            .returning(_HEADS.c.seq, _HEADS.c.hash))
+_MOVE = update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(hash=bindparam("h"))
+_INSERT_COLUMNS = (*_COLUMNS, "hash")
+_INSERT = insert(_EVENTS).values({name: bindparam(name) for name in _INSERT_COLUMNS})
+# PostgreSQL: the head's new hash and the event go in one round trip (a data-modifying CTE always runs).
+_INSERT_AND_MOVE = text(
+    "WITH moved_head AS (UPDATE audit_chain_heads SET hash = :h WHERE chain_id = :c) "
+    f"INSERT INTO audit_events ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(':' + c for c in _INSERT_COLUMNS)})"
+).bindparams(bindparam("occurred_at", type_=UTCDateTime()))
+
+
+def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int) -> dict:
+    """Link one event into its chain, in the caller's transaction (the caller commits); returns the exported view.
+
+    Two round trips on PostgreSQL: the head UPDATE that takes the chain's lock and returns (seq, prev_hash), then one
+    statement that moves the head's hash and inserts the event; the lock is then held only through the caller's
+    commit. Statements are built once and run as Core on the session's connection (the ORM paths cost more than
+    the database work here)."""
     if event.action not in ACTIONS or event.outcome not in OUTCOMES:
         raise ValueError("unknown audit action or outcome")
     chain = chain_for(event.patient or event.actor, chains)
-    moved = session.execute(
-        update(ChainHead).where(ChainHead.chain_id == chain).values(seq=ChainHead.seq + 1)
-        .returning(ChainHead.seq, ChainHead.hash)
-    ).first()
+    connection = session.connection()
+    moved = connection.execute(_ADVANCE, {"c": chain}).first()
     if moved is None:
         raise RuntimeError(f"audit chain {chain} has no head row")
     seq, prev_hash = moved
-    row = AuditEvent(
+    values = dict(
         chain_id=chain, seq=seq, occurred_at=now, actor=event.actor, actor_role=event.actor_role,
         action=event.action, resource_type=event.resource_type, resource_id=event.resource_id,
         patient_pseudonym=event.patient, outcome=event.outcome, reason=event.reason, grant_id=event.grant_id,
         request_id=event.request_id, client_addr=event.client_addr,
         user_agent=event.user_agent[:MAX_USER_AGENT] if event.user_agent else None, prev_hash=prev_hash,
     )
-    row.hash = verify.event_hash(verify.canonical_bytes(canonical_event(row))).hex()
-    session.execute(update(ChainHead).where(ChainHead.chain_id == chain).values(hash=row.hash))
-    session.add(row)
-    session.flush()
-    session.info.setdefault(PENDING_KEY, []).append({**canonical_event(row), "hash": row.hash})
-    return row
+    exported = _canonical(values)
+    values["hash"] = exported["hash"] = verify.event_hash(verify.canonical_bytes(exported)).hex()
+    if connection.dialect.name == "postgresql":
+        connection.execute(_INSERT_AND_MOVE, {**values, "c": chain, "h": values["hash"]})
+    else:
+        connection.execute(_MOVE, {"c": chain, "h": values["hash"]})
+        connection.execute(_INSERT, values)
+    session.info.setdefault(PENDING_KEY, []).append(exported)
+    return exported
+
+
+def _canonical(values: dict) -> dict:
+    return {
+        "v": EVENT_FORMAT, "chain": values["chain_id"], "seq": values["seq"], "time": format_time(values["occurred_at"]),
+        "actor": values["actor"], "actor_role": values["actor_role"], "action": values["action"],
+        "resource_type": values["resource_type"], "resource_id": values["resource_id"],
+        "patient": values["patient_pseudonym"], "outcome": values["outcome"], "reason": values["reason"],
+        "grant_id": values["grant_id"], "request_id": values["request_id"], "client_addr": values["client_addr"],
+        "user_agent": values["user_agent"], "prev_hash": values["prev_hash"],
+    }
 
 
 PENDING_KEY = "audit.pending"

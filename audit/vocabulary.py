@@ -14,7 +14,8 @@ ACTIONS = frozenset(
         "patient.register", "patient.read", "patient.erase",
         "record.create", "record.read", "record.list", "record.download", "record.delete",
         # consent (PIPL processing records: kept three years)
-        "grant.create", "grant.revoke", "consent.give", "consent.withdraw", "breakglass",
+        "grant.create", "grant.revoke", "grant.list", "shared.list", "consent.give", "consent.withdraw", "breakglass",
+        "totp.enroll", "totp.activate", "alert.raised",
         # keys
         "key.create", "key.rotate", "key.rewrap", "key.shred", "key.unwrap_failed",
         # the trail itself

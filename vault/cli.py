@@ -259,7 +259,7 @@ def serve(data_dir, passphrase_file, host, port, tls_cert, tls_key) -> None:
     from vault.audit_trail import Checkpointer
 
     vault = _open(data_dir, passphrase_file)
-    logsetup.configure(vault.settings)
+    log_listener = logsetup.configure(vault.settings)
     app = create_app(vault)
     checkpointer = Checkpointer(vault)
     checkpointer.start()
@@ -270,6 +270,7 @@ def serve(data_dir, passphrase_file, host, port, tls_cert, tls_key) -> None:
     finally:
         checkpointer.stop()
         vault.close()
+        log_listener.stop()
 
 
 if __name__ == "__main__":  # pragma: no cover

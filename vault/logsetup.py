@@ -15,14 +15,25 @@ from vault.settings import Settings
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def configure(settings: Settings) -> logging.Handler:
+def configure(settings: Settings) -> logging.handlers.QueueListener:
+    """Route every record through a queue to stderr and the rotating file, so the event loop never waits on I/O."""
+    import queue
+    import sys
+
     settings.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handler = logging.handlers.TimedRotatingFileHandler(
+    file_handler = logging.handlers.TimedRotatingFileHandler(
         settings.log_dir / "healthvault.log", when="midnight", utc=True, backupCount=settings.log_retention_days,
         encoding="utf-8",
     )
-    handler.setFormatter(logging.Formatter(FORMAT))
+    console = logging.StreamHandler(sys.stderr)
+    for handler in (file_handler, console):
+        handler.setFormatter(logging.Formatter(FORMAT))
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, file_handler, console, respect_handler_level=True)
     root = logging.getLogger()
-    root.addHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(logging.handlers.QueueHandler(records))
     root.setLevel(logging.INFO)
-    return handler
+    listener.start()
+    return listener

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import secrets
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from vault.errors import Unauthenticated
@@ -40,6 +40,15 @@ def issue(session: Session, *, account: Account, now: dt.datetime, ttl_seconds: 
     return token
 
 
+_TOKENS, _ACCOUNTS = AuthToken.__table__, Account.__table__
+# Built once, run as Core: this runs on every authenticated request.
+_LOOKUP = (
+    select(_TOKENS.c.expires_at, _TOKENS.c.revoked_at, _TOKENS.c.created_at, _TOKENS.c.last_seen_at, _ACCOUNTS.c.id,
+           _ACCOUNTS.c.role, _ACCOUNTS.c.patient_id, _ACCOUNTS.c.is_active)
+    .join(_ACCOUNTS, _ACCOUNTS.c.id == _TOKENS.c.account_id)
+    .where(_TOKENS.c.token_hash == bindparam("h"))
+)
+
 # last_seen_at is written at most this often, so a busy client does not turn every read into a write.
 TOUCH_EVERY = dt.timedelta(seconds=30)
 
@@ -51,12 +60,7 @@ def resolve(session: Session, *, token: str, now: dt.datetime, idle_timeout_seco
     if not token.startswith(PREFIX) or len(token) > 128:
         raise Unauthenticated()
     digest = _digest(token)
-    row = session.execute(
-        select(AuthToken.expires_at, AuthToken.revoked_at, AuthToken.created_at, AuthToken.last_seen_at, Account.id,
-               Account.role, Account.patient_id, Account.is_active)
-        .join(Account, Account.id == AuthToken.account_id)
-        .where(AuthToken.token_hash == digest)
-    ).first()
+    row = session.connection().execute(_LOOKUP, {"h": digest}).first()
     if row is None or row.revoked_at is not None or row.expires_at <= now or not row.is_active:
         raise Unauthenticated()
     last_seen = row.last_seen_at or row.created_at

@@ -5,7 +5,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import multipart
-from api.deps import current_identity, get_ctx, get_vault
+from api.deps import as_caller, bearer_token, current_identity, get_ctx, get_vault
 from api.schemas import RecordOut, RecordPage
 from vault import records
 from vault.errors import InvalidInput, PayloadTooLarge
@@ -83,26 +83,32 @@ async def upload(request: Request, identity: Identity = Depends(current_identity
 
 
 @router.get("", response_model=RecordPage)
-def list_records(limit: int = Query(50, ge=1, le=records.MAX_PAGE), cursor: str | None = Query(None, max_length=512),
-                 identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-                 ctx: RequestContext = Depends(get_ctx)) -> RecordPage:
-    with vault.session() as session:
+async def list_records(limit: int = Query(50, ge=1, le=records.MAX_PAGE),
+                       cursor: str | None = Query(None, max_length=512), token: str = Depends(bearer_token),
+                       vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> RecordPage:
+    def work(session, identity) -> RecordPage:
         views, next_cursor = records.list_own(session, vault, identity=identity, ctx=ctx, limit=limit, cursor=cursor)
-    return RecordPage(items=[_out(v) for v in views], next_cursor=next_cursor)
+        return RecordPage(items=[_out(v) for v in views], next_cursor=next_cursor)
+
+    return await run_in_threadpool(as_caller, vault, token, work)
 
 
 @router.get("/{record_id}", response_model=RecordOut)
-def get_record(record_id: uuid.UUID, identity: Identity = Depends(current_identity),
-               vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> RecordOut:
-    with vault.session() as session:
+async def get_record(record_id: uuid.UUID, token: str = Depends(bearer_token), vault: Vault = Depends(get_vault),
+                     ctx: RequestContext = Depends(get_ctx)) -> RecordOut:
+    def work(session, identity) -> RecordOut:
         return _out(records.read(session, vault, identity=identity, ctx=ctx, record_id=str(record_id)))
+
+    return await run_in_threadpool(as_caller, vault, token, work)
 
 
 @router.get("/{record_id}/content", response_class=StreamingResponse)
-def get_content(record_id: uuid.UUID, identity: Identity = Depends(current_identity),
-                vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> StreamingResponse:
-    with vault.session() as session:
-        view, chunks = records.open_content(session, vault, identity=identity, ctx=ctx, record_id=str(record_id))
+async def get_content(record_id: uuid.UUID, token: str = Depends(bearer_token), vault: Vault = Depends(get_vault),
+                      ctx: RequestContext = Depends(get_ctx)) -> StreamingResponse:
+    def work(session, identity):
+        return records.open_content(session, vault, identity=identity, ctx=ctx, record_id=str(record_id))
+
+    view, chunks = await run_in_threadpool(as_caller, vault, token, work)
     return StreamingResponse(
         chunks,
         media_type=view.content_type,

@@ -1,0 +1,72 @@
+"""The signing side of the audit log: C2SP signed notes and tlog checkpoints.
+
+Owns: turning an Ed25519 private key into a note signer (its vkey, its signature lines) and writing checkpoint
+bodies. Formats are those documented in `audit.verify` (the key id, the vkey, the note and checkpoint layouts are
+computed with its helpers, so what is signed here is what the verifier reads).
+Never: stores, loads, logs or returns private key bytes (keys come from kms/ already unwrapped, and only the public
+half ever leaves this module); signs a body the verifier would refuse to parse.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from audit.merkle import MerkleLog
+from audit.verify import VerificationError, VerifierKey, note_key_id, parse_checkpoint, parse_vkey
+
+__all__ = ["MerkleLog", "Signer", "make_checkpoint_body"]
+
+
+class Signer:
+    """Signs note bodies as `— <name> <base64(key id || Ed25519 signature)>` (C2SP signed-note)."""
+
+    __slots__ = ("name", "key_id", "_key", "_vkey")
+
+    def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
+        if not isinstance(private_key, Ed25519PrivateKey):
+            raise TypeError("Signer needs an Ed25519PrivateKey")
+        public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self._vkey = parse_vkey(str(VerifierKey(name, note_key_id(name, public), public)))  # checks the name too
+        self.name = name
+        self.key_id = self._vkey.key_id
+        self._key = private_key
+
+    def __repr__(self) -> str:
+        return f"Signer({self.vkey()!r})"
+
+    def vkey(self) -> str:
+        """The verifier key string an assessor pins: `<name>+<key id hex>+<base64(0x01 || public key)>`."""
+        return str(self._vkey)
+
+    def verifier_key(self) -> VerifierKey:
+        return self._vkey
+
+    def sign_note(self, body: str) -> str:
+        """body + blank line + one signature line. The body must end in a newline and, like every note, be UTF-8
+        without control characters other than newline."""
+        if not isinstance(body, str) or not body.endswith("\n") or body.startswith("\n") or "\n\n" in body:
+            raise VerificationError("note body: non-empty, ends with a newline, no blank line")
+        if any(c < " " and c != "\n" for c in body):
+            raise VerificationError("note body: control character")
+        signature = self._key.sign(body.encode("utf-8"))
+        line = base64.b64encode(self.key_id + signature).decode("ascii")
+        return f"{body}\n\u2014 {self.name} {line}\n"
+
+
+def make_checkpoint_body(origin: str, size: int, root: bytes, extensions: Iterable[str] = ()) -> str:
+    """`<origin>\\n<size>\\n<base64 root>\\n` + one line per extension (C2SP tlog-checkpoint)."""
+    extensions = tuple(extensions)
+    if not isinstance(origin, str) or not origin or "\n" in origin:
+        raise VerificationError("checkpoint origin: one non-empty line")
+    if type(size) is not int or size < 0 or len(root) != 32:
+        raise VerificationError("checkpoint: size is a non-negative integer and root 32 bytes")
+    if any(not isinstance(e, str) or not e or "\n" in e for e in extensions):
+        raise VerificationError("checkpoint extension: one non-empty line each")
+    root64 = base64.b64encode(bytes(root)).decode("ascii")
+    body = f"{origin}\n{size}\n{root64}\n" + "".join(f"{e}\n" for e in extensions)
+    parse_checkpoint(body)  # the verifier's rules are the only rules
+    return body
