@@ -45,6 +45,9 @@ def _role_policies() -> list[list[str]]:
 
 
 ROLE_POLICIES = _role_policies()
+ROLE_POLICIES_BY_ACTION: dict[str, list[list[str]]] = {}
+for _policy in ROLE_POLICIES:
+    ROLE_POLICIES_BY_ACTION.setdefault(_policy[3], []).append(_policy)
 
 
 def stamp(moment: dt.datetime) -> str:
@@ -98,6 +101,10 @@ class _ThreadEnforcer(threading.local):
 
 
 _local = _ThreadEnforcer()
+# pycasbin runs ast.parse on the matcher at every enforce(); CPython 3.11's parser is not safe to run from several
+# threads at once (seen here: SystemError "AST constructor recursion depth mismatch" under 6 threads, i.e. spurious
+# denials). Enforcers are per thread; the parse is serialised. The enforce itself is tens of microseconds.
+_PARSE_LOCK = threading.Lock()
 
 
 def live_grants(session: Session, *, grantee_id: str, patient_id: str, now: dt.datetime) -> list[Grant]:
@@ -114,19 +121,21 @@ def live_breakglass(session: Session, *, doctor_id: str, patient_id: str, now: d
 def decide(session: Session, request: Request, *, now: dt.datetime) -> Decision:
     """Allow only what a policy allows; any failure is a denial."""
     try:
-        policies = [list(p) for p in ROLE_POLICIES]
+        # Only policies for this action can match (the matcher requires r.act == p.act): loading just those keeps
+        # the enforcer's linear scan to a handful of rules whatever the role table or grant count.
+        act = request.action
+        policies = [list(p) for p in ROLE_POLICIES_BY_ACTION.get(act, ())]
         sub = f"user:{request.account_id}"
-        if request.role == "patient" and request.own_patient_id:
-            policies += [[sub, f"patient:{request.own_patient_id}", "*", a, "0000", "9999", "owner"]
-                         for a in OWNER_ACTIONS]
+        if request.role == "patient" and request.own_patient_id and act in OWNER_ACTIONS:
+            policies.append([sub, f"patient:{request.own_patient_id}", "*", act, "0000", "9999", "owner"])
         if request.patient_id and request.role in ("doctor", "escort"):
             for grant in live_grants(session, grantee_id=request.account_id, patient_id=request.patient_id, now=now):
-                policies += grant_policies(grant)
-            if request.role == "doctor":
+                policies += [p for p in grant_policies(grant) if p[3] == act]
+            if request.role == "doctor" and act in BREAKGLASS_ACTIONS:
                 for claim in live_breakglass(session, doctor_id=request.account_id, patient_id=request.patient_id,
                                              now=now):
-                    policies += [[sub, f"patient:{claim.patient_id}", "*", a, stamp(claim.created_at),
-                                  stamp(claim.expires_at), f"breakglass:{claim.id}"] for a in BREAKGLASS_ACTIONS]
+                    policies.append([sub, f"patient:{claim.patient_id}", "*", act, stamp(claim.created_at),
+                                     stamp(claim.expires_at), f"breakglass:{claim.id}"])
         enforcer = _local.enforcer
         enforcer.clear_policy()
         enforcer.add_policies(policies)
@@ -135,7 +144,8 @@ def decide(session: Session, request: Request, *, now: dt.datetime) -> Decision:
         # or a previous caller's role would still be linked (seen: a stale user→auditor link allowed audit.read).
         enforcer.build_role_links()
         dom = f"patient:{request.patient_id}" if request.patient_id else "-"
-        allowed, explain = enforcer.enforce_ex(sub, dom, request.obj, request.cls, request.action, stamp(now))
+        with _PARSE_LOCK:
+            allowed, explain = enforcer.enforce_ex(sub, dom, request.obj, request.cls, request.action, stamp(now))
         if allowed:
             return Decision(True, explain[-1] if explain else "role")
         return Decision(False, "no-policy")

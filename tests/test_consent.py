@@ -179,13 +179,13 @@ def test_thread_enforcers_never_carry_a_previous_callers_role():
     results = []
 
     def worker(n: int) -> None:
-        for i in range(200):
+        for i in range(500):
             role = "auditor" if (i + n) % 2 else "doctor"
             results.append(decide(f"acct{n}-{i}", role) == (role == "auditor"))
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert all(results) and len(results) == 800
+    assert all(results) and len(results) == 3000

@@ -1,0 +1,82 @@
+"""Sign-in hardening: lockout, TOTP for staff (required, replay refused), idle and absolute token lifetimes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+
+from audit.models import AuditEvent
+
+from tests.helpers import PASSWORD, login, register, staff, totp_code
+
+
+def _login(client, username, password=PASSWORD, otp=None):
+    body = {"username": username, "password": password, **({"otp": otp} if otp else {})}
+    return client.post("/v1/auth/login", json=body)
+
+
+def test_lockout_after_five_failures_even_with_the_right_password(client, vault, clock):
+    register(client, username="locky")
+    for _ in range(5):
+        assert _login(client, "locky", "Wr0ng-Passw0rd!").status_code == 401
+    locked = _login(client, "locky")
+    assert locked.status_code == 401 and "access_token" not in locked.text
+    assert locked.json()["type"] == _login(client, "locky", "Wr0ng-Passw0rd!").json()["type"]
+    clock.advance(minutes=15, seconds=1)
+    assert _login(client, "locky").status_code == 200
+    with vault.session() as session:
+        assert session.scalars(select(AuditEvent).where(AuditEvent.action == "account_locked")).all()
+
+
+def test_staff_need_totp_and_a_code_cannot_be_replayed(client, vault, clock):
+    headers = staff(client, vault, "doctor", "dr-otp")
+    secret = headers.pop("_secret")
+    assert client.get("/v1/shared", headers=headers).status_code == 200
+    missing = _login(client, "dr-otp")
+    assert missing.status_code == 401 and missing.json()["type"].endswith(":otp-required")
+    clock.advance(seconds=90)
+    code = totp_code(secret, clock())
+    assert _login(client, "dr-otp", otp=code).status_code == 200
+    replay = _login(client, "dr-otp", otp=code)
+    assert replay.status_code == 401 and replay.json()["type"].endswith(":invalid-credentials")
+    assert _login(client, "dr-otp", otp="000000").status_code == 401
+
+
+def test_staff_without_totp_cannot_sign_in_until_enrolled(client, vault):
+    from vault import accounts
+    from vault.identity import RequestContext
+
+    with vault.session() as session:
+        accounts.create(session, vault, username="new-auditor", password=PASSWORD, role="auditor",
+                        ctx=RequestContext())
+    response = _login(client, "new-auditor")
+    assert response.status_code == 401 and response.json()["type"].endswith(":otp-enrollment-required")
+    bad = client.post("/v1/auth/totp/enroll", json={"username": "new-auditor", "password": "Wr0ng-Passw0rd!"})
+    assert bad.status_code == 401
+
+
+def test_totp_secret_is_not_stored_in_plaintext(client, vault):
+    headers = staff(client, vault, "escort", "escort-1")
+    secret = headers.pop("_secret")
+    from tests.scan import scan_tree
+
+    vault.engine.dispose()
+    assert scan_tree(vault.settings.data_dir, [secret]) == []
+
+
+def test_idle_timeout_and_absolute_lifetime(client, vault, clock):
+    register(client, username="sleepy")
+    headers = login(client, "sleepy")
+    for _ in range(4):  # active use keeps the token alive past the idle limit...
+        clock.advance(minutes=10)
+        assert client.get("/v1/records", headers=headers).status_code == 200
+    clock.advance(minutes=15, seconds=1)  # ...but 15 idle minutes end it
+    assert client.get("/v1/records", headers=headers).status_code == 401
+    headers = login(client, "sleepy")
+    steps = vault.settings.token_ttl_seconds // 600
+    for _ in range(steps):
+        clock.advance(minutes=10)
+        client.get("/v1/records", headers=headers)
+    clock.advance(minutes=10)
+    assert client.get("/v1/records", headers=headers).status_code == 401  # absolute lifetime reached
