@@ -1,0 +1,83 @@
+"""AC-1 / AC-3: every role × every endpoint, built from the route table. A new route without an entry fails here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from tests.helpers import login, png_bytes, register, staff, upload
+
+PUBLIC = {("GET", "/healthz"), ("POST", "/v1/patients/register"), ("POST", "/v1/auth/login"),
+          ("POST", "/v1/auth/totp/enroll"), ("POST", "/v1/auth/totp/activate")}
+STAFF = ("doctor", "escort", "auditor", "sysadmin", "secadmin", "auditadmin")
+ROLES = ("patient", *STAFF)
+AUDITORS = {"auditor", "auditadmin"}
+EXPECTED = {
+    ("POST", "/v1/auth/logout"): set(ROLES),
+    ("GET", "/v1/patients/me"): {"patient"},
+    ("GET", "/v1/patients/me/access-log"): {"patient"},
+    ("POST", "/v1/records"): {"patient"},
+    ("GET", "/v1/records"): {"patient"},
+    ("GET", "/v1/records/{record_id}"): {"patient", "doctor"},  # the doctor holds a view grant on this record
+    ("GET", "/v1/records/{record_id}/content"): {"patient"},
+    ("GET", "/v1/audit/events"): AUDITORS,
+    ("POST", "/v1/audit/exports"): AUDITORS,
+    ("GET", "/v1/audit/exports/{export_id}"): AUDITORS,
+    ("GET", "/v1/audit/exports/{export_id}/archive"): AUDITORS,
+    ("POST", "/v1/grants"): {"patient"},
+    ("GET", "/v1/grants"): {"patient", "doctor", "escort"},
+    ("GET", "/v1/grants/{grant_id}/receipt"): {"patient", "doctor"},
+    ("DELETE", "/v1/grants/{grant_id}"): {"patient"},
+    ("GET", "/v1/shared"): {"doctor", "escort"},
+    ("POST", "/v1/breakglass"): {"doctor"},
+}
+DENIED = (401, 403, 404)
+
+
+def _routes(app) -> set[tuple[str, str]]:
+    """Every served operation, from the app's own OpenAPI document (the route table clients see)."""
+    return {(method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item}
+
+
+def test_every_route_has_a_policy_entry(app):
+    assert _routes(app) == set(EXPECTED) | PUBLIC
+
+
+def test_role_by_endpoint_matrix(client, vault, clock, app):
+    object.__setattr__(vault.settings, "idle_timeout_seconds", 10**7)
+    patient = register(client, username="matrix-patient")
+    headers = {"patient": login(client, "matrix-patient")}
+    for role in STAFF:
+        h = staff(client, vault, role, f"m-{role}")
+        h.pop("_secret")
+        headers[role] = h
+    record_id = upload(client, headers["patient"], png_bytes(b"m")).json()["record_id"]
+    grant = client.post("/v1/grants", headers=headers["patient"], json={
+        "grantee": "m-doctor", "record_ids": [record_id], "actions": ["view"], "purpose": "matrix",
+        "expires_at": (clock() + dt.timedelta(days=1)).isoformat()}).json()
+    export_id = client.post("/v1/audit/exports", headers=headers["auditor"], json={}).json()["export_id"]
+    for _ in range(100):
+        if client.get(f"/v1/audit/exports/{export_id}", headers=headers["auditor"]).json()["status"] == "done":
+            break
+        time.sleep(0.05)
+    params = {"record_id": record_id, "grant_id": grant["grant_id"], "export_id": export_id}
+    bodies = {
+        ("POST", "/v1/grants"): {"json": {"grantee": "m-escort", "categories": ["lab_report"], "actions": ["view"],
+                                          "purpose": "matrix", "expires_at": (clock() + dt.timedelta(days=1)).isoformat()}},
+        ("POST", "/v1/breakglass"): {"json": {"patient_id": patient["patient_id"], "reason": "matrix emergency test"}},
+        ("POST", "/v1/audit/exports"): {"json": {}},
+        ("POST", "/v1/records"): {"data": {"category": "other"}, "files": {"file": ("a.png", png_bytes(b"n"))}},
+    }
+    mismatches = []
+    routes = sorted(EXPECTED, key=lambda r: (r == ("POST", "/v1/auth/logout"), r[0] == "DELETE", r))
+    for method, path in routes:
+        url = path.format(**params)
+        for role in (None, *ROLES):
+            extra = dict(bodies.get((method, path), {}))
+            response = client.request(method, url, headers=headers.get(role, {}), **extra)
+            allowed = response.status_code not in DENIED
+            if allowed != (role in EXPECTED[(method, path)]):
+                mismatches.append((method, path, role, response.status_code))
+    assert mismatches == []
