@@ -17,7 +17,7 @@ from pathlib import Path
 
 import casbin
 from casbin.model import Model
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from consent.models import BreakGlass, Grant
@@ -107,15 +107,24 @@ _local = _ThreadEnforcer()
 _PARSE_LOCK = threading.Lock()
 
 
-def live_grants(session: Session, *, grantee_id: str, patient_id: str, now: dt.datetime) -> list[Grant]:
-    return list(session.scalars(select(Grant).where(
-        Grant.grantee_id == grantee_id, Grant.patient_id == patient_id, Grant.revoked_at.is_(None),
-        Grant.expires_at > now)))
+_G, _B = Grant.__table__, BreakGlass.__table__
+# Built once and run as Core on the session's connection: this is the per-request, indexed (grantee, patient) lookup.
+_LIVE_GRANTS = select(_G.c.id, _G.c.patient_id, _G.c.grantee_id, _G.c.record_ids, _G.c.categories,
+                      _G.c.include_future, _G.c.actions, _G.c.not_before, _G.c.expires_at).where(
+    _G.c.grantee_id == bindparam("who"), _G.c.patient_id == bindparam("patient"), _G.c.revoked_at.is_(None),
+    _G.c.expires_at > bindparam("now", type_=_G.c.expires_at.type))
+_LIVE_BREAKGLASS = select(_B.c.id, _B.c.patient_id, _B.c.created_at, _B.c.expires_at).where(
+    _B.c.doctor_id == bindparam("who"), _B.c.patient_id == bindparam("patient"),
+    _B.c.expires_at > bindparam("now", type_=_B.c.expires_at.type))
 
 
-def live_breakglass(session: Session, *, doctor_id: str, patient_id: str, now: dt.datetime) -> list[BreakGlass]:
-    return list(session.scalars(select(BreakGlass).where(
-        BreakGlass.doctor_id == doctor_id, BreakGlass.patient_id == patient_id, BreakGlass.expires_at > now)))
+def live_grants(session: Session, *, grantee_id: str, patient_id: str, now: dt.datetime) -> list:
+    return session.connection().execute(_LIVE_GRANTS, {"who": grantee_id, "patient": patient_id, "now": now}).all()
+
+
+def live_breakglass(session: Session, *, doctor_id: str, patient_id: str, now: dt.datetime) -> list:
+    return session.connection().execute(_LIVE_BREAKGLASS,
+                                        {"who": doctor_id, "patient": patient_id, "now": now}).all()
 
 
 def decide(session: Session, request: Request, *, now: dt.datetime) -> Decision:
