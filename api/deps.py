@@ -1,6 +1,7 @@
 """FastAPI dependencies: the running vault, the request context and the caller's identity.
 
-Owns reading credentials from the Authorization header only (never cookies or the URL). Identity resolution hits the
+Owns reading credentials from the Authorization header only (never cookies or the URL). Dependencies that touch no
+I/O are `async def` on purpose: FastAPI runs every plain `def` dependency in the thread pool, one hop each. Identity resolution hits the
 token table on every request so that a revoked or expired token fails on the very next request in every worker.
 """
 
@@ -14,18 +15,18 @@ from vault.identity import Identity, RequestContext
 from vault.runtime import Vault
 
 
-def get_vault(request: Request) -> Vault:
+async def get_vault(request: Request) -> Vault:
     return request.app.state.vault
 
 
-def get_ctx(request: Request) -> RequestContext:
+async def get_ctx(request: Request) -> RequestContext:
     client = request.client.host if request.client else None
     agent = request.headers.get("user-agent")
     return RequestContext(request_id=getattr(request.state, "request_id", None), client_addr=client,
                           user_agent=agent[:256] if agent else None)
 
 
-def bearer_token(request: Request) -> str:
+async def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():

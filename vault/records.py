@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Iterator
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from kms import CryptoError
@@ -120,8 +120,16 @@ def _open_dek(vault, record: Record):
         raise IntegrityFailure() from exc
 
 
-def get(session: Session, *, record_id: str) -> Record | None:
-    return session.get(Record, record_id)
+_RECORDS = Record.__table__
+_BY_ID = select(_RECORDS).where(_RECORDS.c.id == bindparam("id"))
+
+
+def get(session: Session, *, record_id: str):
+    """The record's row (read-only, attribute access like the model), or None.
+
+    A Core select on the session's connection: the read path's hottest query, and the ORM identity-map load cost
+    several times the database work."""
+    return session.connection().execute(_BY_ID, {"id": record_id}).first()
 
 
 def get_or_raise(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,
