@@ -10,11 +10,12 @@ on record. Fail closed: an error in the decision is a denial.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 from sqlalchemy.orm import Session
 
 from consent import engine
-from vault import audit_log
+from vault import alerts, audit_log
 from vault.errors import Forbidden, NotFound, VaultError
 from vault.identity import Identity, RequestContext
 
@@ -44,8 +45,27 @@ class Target:
 Decision = engine.Decision
 
 
-def decide(session: Session, vault, identity: Identity, action: str, target: Target) -> Decision:
-    """Fail-closed decision through Casbin."""
+# Operations of administrators and compliance staff; with `admin_networks` set they are reachable only from there.
+ADMIN_ACTIONS = frozenset({"audit.read", "audit.export", "account.create", "account.update", "account.list",
+                           "key.rotate", "key.status"})
+
+
+def _from_admin_network(vault, ctx: RequestContext) -> bool:
+    networks = vault.settings.admin_networks
+    if not networks:
+        return True
+    try:
+        address = ipaddress.ip_address(ctx.client_addr or "")
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(n.strip(), strict=False) for n in networks.split(",") if n.strip())
+
+
+def decide(session: Session, vault, identity: Identity, action: str, target: Target,
+           ctx: RequestContext | None = None) -> Decision:
+    """Fail-closed decision through Casbin (and the admin-network rule, IP-3)."""
+    if action in ADMIN_ACTIONS and not _from_admin_network(vault, ctx or RequestContext()):
+        return Decision(False, "network")
     if not target.exists:
         return Decision(False, "not-found")
     request = engine.Request(account_id=identity.account_id, role=identity.role, own_patient_id=identity.patient_id,
@@ -68,13 +88,27 @@ def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, a
     `audit_allow=False` is for a pre-check whose allowed outcome is audited later in the same request, together with
     the write it permits (an upload is checked before its bytes are read, and recorded when its row is written).
     """
-    decision = decide(session, vault, identity, action, target)
+    decision = decide(session, vault, identity, action, target, ctx)
     if decision.allowed and not audit_allow:
         return decision
     reason = decision.source.partition(":")[0] if decision.allowed else decision.source
     audit(vault, session, identity=identity, ctx=ctx, action=action, target=target,
           outcome="allow" if decision.allowed else "deny", reason=reason, grant_id=decision.grant_id)
     if not decision.allowed:
+        _alert_on_burst(vault, session, identity=identity, ctx=ctx, target=target)
         session.commit()
         raise (NotFound if not target.exists else deny_as)()
     return decision
+
+
+def _alert_on_burst(vault, session: Session, *, identity: Identity, ctx: RequestContext, target: Target) -> None:
+    actor = audit_log.actor_pseudonym(vault, identity.account_id)
+    count = alerts.denial_burst(session, actor=actor, now=vault.clock(),
+                                threshold=vault.settings.alert_denials_per_minute)
+    if count is None:
+        return
+    audit(vault, session, identity=identity, ctx=ctx, action="alert.raised", target=target, outcome="deny",
+          reason="denial-burst")
+    alerts.send_webhook(vault.settings.alert_webhook, {"kind": "denial-burst", "actor": actor,
+                                                       "actor_role": identity.role, "count": count,
+                                                       "window_seconds": 60, "at": vault.clock().isoformat()})

@@ -50,6 +50,11 @@ class Settings:
     lockout_threshold: int = 5
     lockout_minutes: int = 15
     idle_timeout_seconds: int = 15 * 60
+    # IP-3: comma-separated CIDRs allowed to reach administrative and audit operations (None: no restriction).
+    admin_networks: str | None = None
+    # IP-4: denials by one actor within a minute that raise an alert, and where alerts are POSTed (PHI-free JSON).
+    alert_denials_per_minute: int = 20
+    alert_webhook: str | None = None
     # LOG-1: service and access logs are kept at least 184 days (Cybersecurity Law art. 21: six months).
     log_retention_days: int = 365
 
@@ -105,7 +110,8 @@ class Settings:
                            ("audit_checkpoint_every_events", int), ("audit_checkpoint_every_seconds", float),
                            ("audit_origin", str), ("audit_sink", str), ("log_retention_days", int),
                            ("audit_retention_days", int), ("grant_max_days", int), ("lockout_threshold", int),
-                           ("lockout_minutes", int), ("idle_timeout_seconds", int)):
+                           ("lockout_minutes", int), ("idle_timeout_seconds", int), ("admin_networks", str),
+                           ("alert_denials_per_minute", int), ("alert_webhook", str)):
             raw = _env(name.upper())
             if raw is not None:
                 values[name] = kind(raw)

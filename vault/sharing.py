@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from consent import receipts
 from consent.models import BreakGlass, Grant
-from vault import audit_log, fields, gate
+from vault import alerts, audit_log, fields, gate
 from vault.errors import Forbidden, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext
 from vault.models import CATEGORIES, Account, Patient, Record
@@ -243,7 +243,7 @@ def breakglass(session: Session, vault, *, identity: Identity, ctx: RequestConte
     gate.audit(vault, session, identity=identity, ctx=ctx, action="alert.raised", target=target, outcome="allow",
                reason="breakglass", grant_id=claim.id)
     session.commit()
-    import logging
-
-    logging.getLogger("healthvault.alert").warning("break-glass access claimed (claim %s)", claim.id)
+    alerts.send_webhook(vault.settings.alert_webhook, {
+        "kind": "breakglass", "claim_id": claim.id, "actor": audit_log.actor_pseudonym(vault, identity.account_id),
+        "patient": audit_log.patient_pseudonym(vault, patient_id), "expires_at": claim.expires_at.isoformat()})
     return claim

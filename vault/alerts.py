@@ -1,0 +1,46 @@
+"""Abuse detection and alerting (IP-4): bursts of denials and break-glass claims.
+
+Owns deciding when a pattern in the audit trail deserves a human: an `alert.raised` event in the trail (same
+transaction as the event that tripped it) and, if configured, a PHI-free JSON POST to a webhook, sent off the request
+path. The payload carries pseudonyms, codes and counts only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import urllib.request
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from audit.models import AuditEvent
+
+log = logging.getLogger("healthvault.alert")
+WINDOW = dt.timedelta(minutes=1)
+
+
+def send_webhook(url: str | None, payload: dict) -> None:
+    """POST in a daemon thread; failures are logged (by type only), never raised into the request."""
+    log.warning("alert: %s", payload.get("kind"))
+    if not url:
+        return
+
+    def post() -> None:
+        request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                         headers={"content-type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=5).close()  # noqa: S310 - operator-configured URL
+        except Exception as exc:  # noqa: BLE001
+            log.error("alert webhook failed: %s", type(exc).__name__)
+
+    threading.Thread(target=post, name="alert-webhook", daemon=True).start()
+
+
+def denial_burst(session: Session, *, actor: str, now: dt.datetime, threshold: int) -> int | None:
+    """The count when this denial is exactly the threshold-th within the window (one alert per burst), else None."""
+    count = session.scalar(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.actor == actor, AuditEvent.outcome == "deny", AuditEvent.occurred_at > now - WINDOW))
+    return count if count == threshold else None
