@@ -10,17 +10,21 @@ from vault.models import Record
 from tests.helpers import login, png_bytes, register, upload
 
 
-def _install_failing_audit(vault, backend) -> None:
-    """A real database failure on the audit insert path (no mock): a trigger that refuses new events."""
+def _fail_inserts(vault, backend, table: str, name: str, message: str) -> None:
+    """A real database failure on one table's insert path (no mock): a trigger that refuses new rows."""
     with vault.engine.begin() as conn:
         if backend == "sqlite":
-            conn.exec_driver_sql("CREATE TRIGGER audit_down BEFORE INSERT ON audit_events "
-                                 "BEGIN SELECT RAISE(ABORT, 'audit storage unavailable'); END")
+            conn.exec_driver_sql(f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
+                                 f"BEGIN SELECT RAISE(ABORT, '{message}'); END")
         else:
-            conn.exec_driver_sql("CREATE FUNCTION audit_down() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                                 "RAISE EXCEPTION 'audit storage unavailable'; END $$")
-            conn.exec_driver_sql("CREATE TRIGGER audit_down BEFORE INSERT ON audit_events "
-                                 "FOR EACH ROW EXECUTE FUNCTION audit_down()")
+            conn.exec_driver_sql(f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                                 f"RAISE EXCEPTION '{message}'; END $$")
+            conn.exec_driver_sql(f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
+                                 f"FOR EACH ROW EXECUTE FUNCTION {name}()")
+
+
+def _install_failing_audit(vault, backend) -> None:
+    _fail_inserts(vault, backend, "audit_events", "audit_down", "audit storage unavailable")
 
 
 def test_when_the_audit_append_fails_no_data_is_returned(client, vault, backend):
@@ -62,15 +66,7 @@ def test_the_database_refuses_to_change_audit_rows(client, vault, backend, state
 def test_a_failed_commit_after_the_blob_is_written_leaves_no_orphan(client, vault, backend):
     register(client, username="kim")
     headers = login(client, "kim")
-    with vault.engine.begin() as conn:
-        if backend == "sqlite":
-            conn.exec_driver_sql("CREATE TRIGGER records_down BEFORE INSERT ON records "
-                                 "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-        else:
-            conn.exec_driver_sql("CREATE FUNCTION records_down() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                                 "RAISE EXCEPTION 'disk full'; END $$")
-            conn.exec_driver_sql("CREATE TRIGGER records_down BEFORE INSERT ON records "
-                                 "FOR EACH ROW EXECUTE FUNCTION records_down()")
+    _fail_inserts(vault, backend, "records", "records_down", "disk full")
     response = upload(client, headers, png_bytes(b"x") + b"\0" * 500_000)
     assert response.status_code == 500
     assert response.json()["type"].endswith(":internal")

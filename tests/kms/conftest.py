@@ -63,20 +63,11 @@ def manager(provider, store, clock) -> KeyManager:
     return KeyManager(provider, store, cache=KeyCache(max_age=300, max_uses=1000), clock=clock)
 
 
-def _pg_reachable() -> bool:
-    try:
-        engine = create_engine(PG_URL, connect_args={"connect_timeout": 2})
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        engine.dispose()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "not reachable"
-        return False
-
-
 @pytest.fixture(scope="session")
 def pg_available() -> bool:
-    return _pg_reachable()
+    from tests.conftest import PG_AVAILABLE
+
+    return PG_AVAILABLE
 
 
 @pytest.fixture
