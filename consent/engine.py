@@ -93,18 +93,35 @@ def grant_policies(grant: Grant) -> list[list[str]]:
     return rows
 
 
+class _ParsedOnceEnforcer(casbin.Enforcer):
+    """pycasbin re-parses the matcher (`ast.parse`) on every enforce(); the matcher text never changes, so this
+    enforcer parses it once and only refreshes the evaluator's functions (the role-link closure) per call. The one
+    parse is serialised: CPython 3.11's parser is not safe to run from several threads at once (seen here: SystemError
+    "AST constructor recursion depth mismatch" under 6 threads, i.e. spurious denials)."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self._parsed: dict = {}
+
+    def _get_expression(self, expr, functions=None):  # overrides a staticmethod; always called on the instance
+        evaluator = self._parsed.get(expr)
+        if evaluator is None:
+            with _PARSE_LOCK:
+                evaluator = casbin.Enforcer._get_expression(expr, functions)
+            self._parsed[expr] = evaluator
+        evaluator.functions = functions or {}
+        return evaluator
+
+
 class _ThreadEnforcer(threading.local):
     def __init__(self) -> None:
         model = Model()
         model.load_model_from_text(MODEL_TEXT)
-        self.enforcer = casbin.Enforcer(model)
+        self.enforcer = _ParsedOnceEnforcer(model)
 
 
-_local = _ThreadEnforcer()
-# pycasbin runs ast.parse on the matcher at every enforce(); CPython 3.11's parser is not safe to run from several
-# threads at once (seen here: SystemError "AST constructor recursion depth mismatch" under 6 threads, i.e. spurious
-# denials). Enforcers are per thread; the parse is serialised. The enforce itself is tens of microseconds.
 _PARSE_LOCK = threading.Lock()
+_local = _ThreadEnforcer()
 
 
 _G, _B = Grant.__table__, BreakGlass.__table__
@@ -153,8 +170,7 @@ def decide(session: Session, request: Request, *, now: dt.datetime) -> Decision:
         # or a previous caller's role would still be linked (seen: a stale user→auditor link allowed audit.read).
         enforcer.build_role_links()
         dom = f"patient:{request.patient_id}" if request.patient_id else "-"
-        with _PARSE_LOCK:
-            allowed, explain = enforcer.enforce_ex(sub, dom, request.obj, request.cls, request.action, stamp(now))
+        allowed, explain = enforcer.enforce_ex(sub, dom, request.obj, request.cls, request.action, stamp(now))
         if allowed:
             return Decision(True, explain[-1] if explain else "role")
         return Decision(False, "no-policy")
