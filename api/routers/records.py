@@ -1,7 +1,7 @@
 import uuid
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import multipart
@@ -96,8 +96,10 @@ async def list_records(limit: int = Query(50, ge=1, le=records.MAX_PAGE),
 @router.get("/{record_id}", response_model=RecordOut)
 async def get_record(record_id: uuid.UUID, token: str = Depends(bearer_token), vault: Vault = Depends(get_vault),
                      ctx: RequestContext = Depends(get_ctx)) -> RecordOut:
-    def work(session, identity) -> RecordOut:
-        return _out(records.read(session, vault, identity=identity, ctx=ctx, record_id=str(record_id)))
+    def work(session, identity) -> Response:
+        # Serialised once here (FastAPI would validate the returned model against response_model a second time).
+        view = records.read(session, vault, identity=identity, ctx=ctx, record_id=str(record_id))
+        return Response(_out(view).model_dump_json(), media_type="application/json")
 
     return await run_in_threadpool(as_caller, vault, token, work)
 
