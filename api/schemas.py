@@ -190,3 +190,10 @@ class TotpActivateIn(TotpEnrollIn):
 class TotpEnrollOut(BaseModel):
     secret: str
     otpauth_uri: str
+
+
+class PasswordChangeIn(_In):
+    username: str = Field(min_length=1, max_length=256)
+    password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=1, max_length=256)
+    otp: str | None = Field(default=None, max_length=16)

@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import login, png_bytes, register, staff, upload
 
 PUBLIC = {("GET", "/healthz"), ("POST", "/v1/patients/register"), ("POST", "/v1/auth/login"),
-          ("POST", "/v1/auth/totp/enroll"), ("POST", "/v1/auth/totp/activate")}
+          ("POST", "/v1/auth/totp/enroll"), ("POST", "/v1/auth/totp/activate"), ("POST", "/v1/auth/password")}
 STAFF = ("doctor", "escort", "auditor", "sysadmin", "secadmin", "auditadmin")
 ROLES = ("patient", *STAFF)
 AUDITORS = {"auditor", "auditadmin"}

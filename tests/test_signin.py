@@ -80,3 +80,30 @@ def test_idle_timeout_and_absolute_lifetime(client, vault, clock):
         client.get("/v1/records", headers=headers)
     clock.advance(minutes=10)
     assert client.get("/v1/records", headers=headers).status_code == 401  # absolute lifetime reached
+
+
+def test_an_initial_password_must_be_changed_before_first_sign_in(client, vault, clock):
+    from vault import accounts
+    from vault.identity import RequestContext
+
+    with vault.session() as session:
+        accounts.create(session, vault, username="first-admin", password=PASSWORD, role="sysadmin",
+                        ctx=RequestContext(), must_change_password=True)
+    secret = client.post("/v1/auth/totp/enroll", json={"username": "first-admin", "password": PASSWORD}).json()
+    secret = secret["secret"]
+    assert client.post("/v1/auth/totp/activate", json={"username": "first-admin", "password": PASSWORD,
+                                                       "otp": totp_code(secret, clock())}).status_code == 204
+    clock.advance(seconds=30)
+    refused = _login(client, "first-admin", otp=totp_code(secret, clock()))
+    assert refused.status_code == 401 and refused.json()["type"].endswith(":password-change-required")
+    clock.advance(seconds=30)
+    same = client.post("/v1/auth/password", json={"username": "first-admin", "password": PASSWORD,
+                                                  "new_password": PASSWORD, "otp": totp_code(secret, clock())})
+    assert same.status_code == 422
+    clock.advance(seconds=30)
+    new = "An0ther-Passw0rd!"
+    changed = client.post("/v1/auth/password", json={"username": "first-admin", "password": PASSWORD,
+                                                     "new_password": new, "otp": totp_code(secret, clock())})
+    assert changed.status_code == 204
+    clock.advance(seconds=30)
+    assert _login(client, "first-admin", password=new, otp=totp_code(secret, clock())).status_code == 200

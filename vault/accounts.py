@@ -14,7 +14,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vault import audit_log, tokens, totp
-from vault.errors import Conflict, InvalidCredentials, InvalidInput, OtpEnrollmentRequired, OtpRequired
+from vault.errors import (
+    Conflict,
+    InvalidCredentials,
+    InvalidInput,
+    OtpEnrollmentRequired,
+    OtpRequired,
+    PasswordChangeRequired,
+    WeakPassword,
+)
 from vault.identifiers import normalize_username
 from vault.identity import Identity, RequestContext
 from vault.models import ROLES, Account
@@ -116,6 +124,9 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
             raise OtpRequired()
         if not totp.check(vault, account, otp):
             _fail(session, vault, account, account.username, ctx, "bad-otp")
+    if account.must_change_password:
+        _audit_otp_refusal(session, vault, account, ctx, "password-change-required")
+        raise PasswordChangeRequired()
     now = vault.clock()
     account.failed_logins = 0
     account.locked_until = None
@@ -132,6 +143,23 @@ def _audit_otp_refusal(session: Session, vault, account: Account, ctx: RequestCo
     audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="login_failed", outcome="deny", resource_type="account", resource_id=account.id,
                      reason=reason)
+    session.commit()
+
+
+def change_password(session: Session, vault, *, username: str, password: str, new_password: str,
+                    otp: str | None, ctx: RequestContext) -> None:
+    """Replace the password (proved by the old one, and the TOTP code where the role requires it)."""
+    account = authenticate(session, vault, username=username, password=password, ctx=ctx)
+    if account.role in totp.ROLES_REQUIRING_TOTP and account.totp_enabled and not totp.check(vault, account, otp):
+        _fail(session, vault, account, account.username, ctx, "bad-otp")
+    vault.passwords.check(new_password, username=account.username)
+    if vault.passwords.verify(account.password_hash, new_password):
+        raise WeakPassword("The new password must differ from the current one", extra={"reason": "reused"})
+    account.password_hash = vault.passwords.hash(new_password)
+    account.must_change_password = False
+    audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
+                     action="account.update", outcome="allow", resource_type="account", resource_id=account.id,
+                     reason="password-changed")
     session.commit()
 
 

@@ -43,6 +43,10 @@ OtpEnrollmentRequired = _error(
     "OtpEnrollmentRequired", "otp-enrollment-required", 401,
     "Two-factor sign-in must be set up for this account first (POST /v1/auth/totp/enroll)",
 )
+PasswordChangeRequired = _error(
+    "PasswordChangeRequired", "password-change-required", 401,
+    "The initial password must be changed first (POST /v1/auth/password)",
+)
 Forbidden = _error("Forbidden", "forbidden", 403, "Not allowed")
 NotFound = _error("NotFound", "not-found", 404, "Not found")
 PayloadTooLarge = _error("PayloadTooLarge", "payload-too-large", 413, "The upload exceeds the size limit")

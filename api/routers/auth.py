@@ -1,7 +1,7 @@
 from fastapi import APIRouter, Depends, Response
 
 from api.deps import bearer_token, current_identity, get_ctx, get_vault
-from api.schemas import LoginIn, TokenOut, TotpActivateIn, TotpEnrollIn, TotpEnrollOut
+from api.schemas import LoginIn, PasswordChangeIn, TokenOut, TotpActivateIn, TotpEnrollIn, TotpEnrollOut
 from vault import accounts
 from vault.identity import Identity, RequestContext
 from vault.runtime import Vault
@@ -38,4 +38,13 @@ def totp_activate(body: TotpActivateIn, vault: Vault = Depends(get_vault),
                   ctx: RequestContext = Depends(get_ctx)) -> Response:
     with vault.session() as session:
         accounts.totp_activate(session, vault, username=body.username, password=body.password, otp=body.otp, ctx=ctx)
+    return Response(status_code=204)
+
+
+@router.post("/password", status_code=204)
+def change_password(body: PasswordChangeIn, vault: Vault = Depends(get_vault),
+                    ctx: RequestContext = Depends(get_ctx)) -> Response:
+    with vault.session() as session:
+        accounts.change_password(session, vault, username=body.username, password=body.password,
+                                 new_password=body.new_password, otp=body.otp, ctx=ctx)
     return Response(status_code=204)

@@ -1,0 +1,229 @@
+"""Synthetic lab-sheet generator for the OCR tests (no dev-set files are used).
+
+Images: drawn with Pillow. When a CJK font is installed (`fc-list :lang=zh`), sheets use Chinese headers and
+analyte names; otherwise (the default on this project's machines) they use English header keywords and printed
+analyte codes with DejaVu Sans, which the extractor supports as well.
+Digital PDFs: written by hand with the non-embedded `STSong-Light` CID font (UniGB-UCS2-H), as many LIS exports
+are, so Chinese text needs no font file at all.
+"""
+from __future__ import annotations
+
+import io
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+ROWS = [  # code, chinese name, value, unit, ref text, low, high, flag
+    ("WBC", "白细胞计数", "11.32", "10^9/L", "3.5-9.5", 3.5, 9.5, "H"),
+    ("RBC", "红细胞计数", "4.52", "10^12/L", "3.8-5.1", 3.8, 5.1, None),
+    ("HGB", "血红蛋白", "98", "g/L", "115-150", 115, 150, "L"),
+    ("PLT", "血小板计数", "215", "10^9/L", "125-350", 125, 350, None),
+    ("CREA", "肌酐", "118", "μmol/L", "41-81", 41, 81, "H"),
+    ("GLU", "葡萄糖", "5.15", "mmol/L", "3.90-6.10", 3.9, 6.1, None),
+    ("TC", "总胆固醇", "4.08", "mmol/L", "<5.20", None, 5.2, None),
+    ("HDL-C", "高密度脂蛋白胆固醇", "0.92", "mmol/L", ">1.04", 1.04, None, "L"),
+    ("K", "钾", "4.97", "mmol/L", "3.50-5.30", 3.5, 5.3, None),
+    ("ALT", "丙氨酸氨基转移酶", "65", "U/L", "7-40", 7, 40, "H"),
+]
+
+
+@dataclass
+class Sheet:
+    data: bytes
+    rows: list
+    header: dict
+
+
+def cjk_font_path() -> str | None:
+    if not shutil.which("fc-list"):
+        return None
+    try:
+        out = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        p = line.split(":")[0].strip()
+        if p.endswith((".ttf", ".ttc", ".otf")):
+            return p
+    return None
+
+
+def _font(size: int, cjk: str | None):
+    from PIL import ImageFont
+
+    if cjk:
+        return ImageFont.truetype(cjk, size)
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def image_sheet(rows=ROWS, *, fmt: str = "PNG", rotate: float = 0.0, width: int = 1240, two_tables: bool = False,
+                flags_glued: bool = False, seed: int = 0) -> Sheet:
+    """A lab sheet image (A4 at ~150 dpi by default)."""
+    from PIL import Image, ImageDraw
+
+    rnd = random.Random(seed)
+    cjk = cjk_font_path()
+    h = int(width * 1.414)
+    img = Image.new("RGB", (width, h), "white")
+    d = ImageDraw.Draw(img)
+    f = _font(max(14, width // 52), cjk)
+    ft = _font(max(20, width // 34), cjk)
+    if cjk:
+        d.text((width * 0.35, 40), "测试市人民医院", font=ft, fill="black")
+        d.text((width * 0.35, 90), "血常规检验报告单", font=ft, fill="black")
+        d.text((60, 160), "姓名：张三", font=f, fill="black")
+        d.text((width * 0.4, 160), "性别：男", font=f, fill="black")
+        d.text((width * 0.7, 160), "年龄：45岁", font=f, fill="black")
+        heads = ["项目名称", "结果", "提示", "单位", "参考范围"]
+    else:
+        heads = ["Code", "Result", "Flag", "Unit", "Reference"]
+    halves = [rows[: (len(rows) + 1) // 2], rows[(len(rows) + 1) // 2:]] if two_tables else [rows]
+    ncol = len(halves)
+    colw = (width - 120) / ncol
+    xs_rel = [0.0, 0.30, 0.47, 0.58, 0.77]
+    y0 = 240
+    lh = int(f.size * 2.0)
+    for gi, part in enumerate(halves):
+        gx = 60 + gi * colw
+        for k, hd in enumerate(heads):
+            d.text((gx + xs_rel[k] * colw, y0), hd, font=f, fill="black")
+        d.line([(gx, y0 + lh * 0.8), (gx + colw - 20, y0 + lh * 0.8)], fill="black", width=2)
+        for i, (code, cname, val, unit, ref, lo, hi, flag) in enumerate(part):
+            y = y0 + lh * (i + 1)
+            name = cname + f"({code})" if cjk else code
+            glyph = {"H": "↑", "L": "↓", None: ""}[flag]
+            d.text((gx + xs_rel[0] * colw, y), name, font=f, fill="black")
+            d.text((gx + xs_rel[1] * colw, y), val + (glyph if flags_glued else ""), font=f, fill="black")
+            if not flags_glued:
+                d.text((gx + xs_rel[2] * colw, y), glyph, font=f, fill="black")
+            d.text((gx + xs_rel[3] * colw, y), unit, font=f, fill="black")
+            d.text((gx + xs_rel[4] * colw, y), ref, font=f, fill="black")
+    if rotate:
+        img = img.rotate(rotate, resample=Image.BICUBIC, expand=False, fillcolor="white")
+    buf = io.BytesIO()
+    img.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    del rnd
+    return Sheet(buf.getvalue(), rows, {"name": "张三", "sex": "男", "age": "45岁"} if cjk else {})
+
+
+# ----------------------------------------------------------------------------- digital PDF (STSong-Light CID)
+def _u(s: str) -> bytes:
+    return b"<" + s.encode("utf-16-be").hex().upper().encode() + b">"
+
+
+def digital_pdf(rows=ROWS, header: dict | None = None) -> Sheet:
+    """A born-digital PDF with a text layer (no font file needed: non-embedded STSong-Light)."""
+    import pikepdf
+
+    header = header or {"hospital": "测试市人民医院", "title": "生化检验报告单", "name": "李四", "sex": "女",
+                        "age": "38岁", "department": "内科", "bed": "12", "specimen": "血清",
+                        "sample_id": "202401010001", "doctor": "王五", "collected_at": "2024-01-01 08:30",
+                        "received_at": "2024-01-01 09:10", "reported_at": "2024-01-01 11:47",
+                        "patient_id": "12345678", "diagnosis": "体检"}
+    ops = []
+
+    def text(x, y, s, size=10):
+        ops.append(b"BT /F1 %d Tf 1 0 0 1 %.2f %.2f Tm " % (size, x, y) + _u(s) + b" Tj ET")
+
+    text(230, 790, header["hospital"], 16)
+    text(240, 765, header["title"], 14)
+    text(40, 735, "姓名：" + header["name"])
+    text(220, 735, "性别：" + header["sex"])
+    text(400, 735, "年龄：" + header["age"])
+    text(40, 718, "科室：" + header["department"])
+    text(220, 718, "床号：" + header["bed"] + "床")
+    text(400, 718, "标本类型：" + header["specimen"])
+    text(40, 701, "样本编号：" + header["sample_id"])
+    text(220, 701, "送检医生：" + header["doctor"])
+    text(400, 701, "临床诊断：" + header["diagnosis"])
+    text(40, 684, "门诊号：" + header["patient_id"])
+    xs = [40, 70, 230, 300, 340, 420]
+    for x, hd in zip(xs, ["序号", "检验项目", "结果", "提示", "参考区间", "单位"]):
+        text(x, 655, hd)
+    y = 638
+    for i, (code, cname, val, unit, ref, lo, hi, flag) in enumerate(rows, 1):
+        text(xs[0], y, str(i))
+        text(xs[1], y, f"{cname}({code})")
+        text(xs[2], y, val)
+        if flag:
+            text(xs[3], y, {"H": "↑", "L": "↓"}[flag])
+        text(xs[4], y, ref)
+        text(xs[5], y, unit)
+        y -= 17
+    y -= 20
+    text(40, y, "采集时间：" + header["collected_at"])
+    text(220, y, "接收时间：" + header["received_at"])
+    text(400, y, "报告时间：" + header["reported_at"])
+    text(40, y - 20, "检验者：赵六")
+
+    pdf = pikepdf.new()
+    font = pikepdf.Dictionary(
+        Type=pikepdf.Name.Font, Subtype=pikepdf.Name.Type0, BaseFont=pikepdf.Name("/STSong-Light"),
+        Encoding=pikepdf.Name("/UniGB-UCS2-H"),
+        DescendantFonts=[pdf.make_indirect(pikepdf.Dictionary(
+            Type=pikepdf.Name.Font, Subtype=pikepdf.Name.CIDFontType0, BaseFont=pikepdf.Name("/STSong-Light"),
+            CIDSystemInfo=pikepdf.Dictionary(Registry=pikepdf.String("Adobe"), Ordering=pikepdf.String("GB1"),
+                                              Supplement=4),
+            FontDescriptor=pdf.make_indirect(pikepdf.Dictionary(
+                Type=pikepdf.Name.FontDescriptor, FontName=pikepdf.Name("/STSong-Light"), Flags=6,
+                FontBBox=[-25, -254, 1000, 880], ItalicAngle=0, Ascent=880, Descent=-120, CapHeight=880,
+                StemV=93)),
+            DW=1000, W=[1, 95, 500]))])
+    page = pikepdf.Dictionary(Type=pikepdf.Name.Page, MediaBox=[0, 0, 595, 842],
+                              Resources=pikepdf.Dictionary(Font=pikepdf.Dictionary(F1=pdf.make_indirect(font))),
+                              Contents=pdf.make_stream(b"\n".join(ops)))
+    pdf.pages.append(pikepdf.Page(page))
+    buf = io.BytesIO()
+    pdf.save(buf)
+    return Sheet(buf.getvalue(), rows, header)
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims width x height, with one tiny IDAT: never allocates the pixels."""
+    import struct
+    import zlib
+
+    def chunk(typ, data):
+        return struct.pack(">I", len(data)) + typ + data + struct.pack(">I", zlib.crc32(typ + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def many_page_pdf(n: int) -> bytes:
+    import pikepdf
+
+    pdf = pikepdf.new()
+    pdf.add_blank_page(page_size=(595, 842))
+    first = pdf.pages[0]
+    for _ in range(n - 1):
+        pdf.pages.append(first)
+    buf = io.BytesIO()
+    pdf.save(buf)
+    return buf.getvalue()
+
+
+def encrypted_pdf() -> bytes:
+    import pikepdf
+
+    pdf = pikepdf.new()
+    pdf.add_blank_page()
+    buf = io.BytesIO()
+    pdf.save(buf, encryption=pikepdf.Encryption(owner="owner-secret", user="user-secret", R=6))
+    return buf.getvalue()
+
+
+def scanned_pdf(sheet: Sheet) -> bytes:
+    """A PDF holding only the page image (no text layer)."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(sheet.data)).convert("RGB")
+    buf = io.BytesIO()
+    im.save(buf, "PDF", resolution=150)
+    return buf.getvalue()
