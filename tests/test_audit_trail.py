@@ -236,3 +236,18 @@ def test_patients_see_who_read_their_records(client, vault):
     client.get(f"/v1/records/{people[0]['record_id']}", headers=people[1]["headers"])
     entries = client.get("/v1/patients/me/access-log", headers=people[0]["headers"]).json()["items"]
     assert entries[0]["outcome"] == "deny" and entries[0]["actor_name"] == "another account"
+
+
+def test_every_event_carries_time_user_type_outcome_object_and_request(client, vault):
+    """AUD-2: the fields an assessor looks for are present on every event an API session produced."""
+    _busy_session(client, n_patients=2, reads=2)
+    client.get("/v1/records/00000000-0000-4000-8000-000000000000", headers=login(client, "person1"))
+    with vault.session() as session:
+        events = session.scalars(select(AuditEvent)).all()
+    assert events
+    for event in events:
+        assert event.occurred_at and event.actor and event.actor_role and event.action and event.outcome
+        assert event.resource_type and event.request_id and event.client_addr and event.user_agent
+        assert event.hash and event.prev_hash
+        if event.resource_type == "record":
+            assert event.resource_id
