@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.middleware import EdgeMiddleware
-from api.routers import audit, auth, health, patients, records, sharing
+from api.routers import audit, auth, health, labs, patients, records, sharing
 from vault.runtime import Vault
 
 
@@ -42,7 +42,7 @@ def create_app(vault: Vault) -> FastAPI:
     )
     app.state.vault = vault
     problems.install(app)
-    for router in (health.router, auth.router, patients.router, records.router, audit.router, sharing.router):
+    for router in (health.router, auth.router, patients.router, records.router, audit.router, sharing.router, labs.router):
         app.include_router(router)
     app.add_middleware(EdgeMiddleware)
     return app

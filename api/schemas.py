@@ -56,6 +56,9 @@ class RecordOut(BaseModel):
     title: str | None
     filename: str | None
     sha256: str
+    ocr_status: str | None = None
+    ocr_error: str | None = None
+    lab_results: dict | None = None
 
 
 class RecordPage(BaseModel):
@@ -197,3 +200,18 @@ class PasswordChangeIn(_In):
     password: str = Field(min_length=1, max_length=256)
     new_password: str = Field(min_length=1, max_length=256)
     otp: str | None = Field(default=None, max_length=16)
+
+
+class LabCorrectionIn(_In):
+    row: int = Field(ge=0, le=1000)
+    field: str = Field(max_length=16)
+    value: str | float | None = None
+
+
+class TrendPointOut(BaseModel):
+    record_id: str
+    at: str
+    value: str | None
+    value_num: float | None
+    unit: str | None
+    flag: str | None

@@ -13,6 +13,7 @@ ACTIONS = frozenset(
         # patients and records
         "patient.register", "patient.read", "patient.erase",
         "record.create", "record.read", "record.list", "record.download", "record.delete",
+        "lab.extract", "lab.read", "lab.correct",
         # consent (PIPL processing records: kept three years)
         "grant.create", "grant.revoke", "grant.list", "shared.list", "consent.give", "consent.withdraw", "breakglass",
         "totp.enroll", "totp.activate", "alert.raised",

@@ -32,6 +32,9 @@ EXPECTED = {
     ("DELETE", "/v1/grants/{grant_id}"): {"patient"},
     ("GET", "/v1/shared"): {"doctor", "escort"},
     ("POST", "/v1/breakglass"): {"doctor"},
+    ("PATCH", "/v1/records/{record_id}/lab-results"): {"patient"},
+    ("GET", "/v1/records/{record_id}/lab-results/history"): {"patient"},
+    ("GET", "/v1/patients/me/lab-trends"): {"patient"},
 }
 DENIED = (401, 403, 404)
 
@@ -69,6 +72,8 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
         ("POST", "/v1/breakglass"): {"json": {"patient_id": patient["patient_id"], "reason": "matrix emergency test"}},
         ("POST", "/v1/audit/exports"): {"json": {}},
         ("POST", "/v1/records"): {"data": {"category": "other"}, "files": {"file": ("a.png", png_bytes(b"n"))}},
+        ("PATCH", "/v1/records/{record_id}/lab-results"): {"json": {"row": 0, "field": "value", "value": "1"}},
+        ("GET", "/v1/patients/me/lab-trends"): {"params": {"code": "GLU"}},
     }
     mismatches = []
     routes = sorted(EXPECTED, key=lambda r: (r == ("POST", "/v1/auth/logout"), r[0] == "DELETE", r))

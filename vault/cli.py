@@ -20,6 +20,7 @@ from vault import accounts
 from vault.errors import VaultError
 from vault.identity import RequestContext
 from vault.models import STAFF_ROLES
+from ocr.cli import ocr_command
 from vault.settings import Settings
 
 PASSPHRASE_ENV = "HEALTHVAULT_PASSPHRASE"
@@ -93,6 +94,9 @@ def init(data_dir, passphrase_file) -> None:
     for role in ("sysadmin", "secadmin", "auditadmin"):
         click.echo(f"  healthvault users add --data-dir {settings.data_dir} --role {role} --username <name>")
     click.echo(f"Then start the service:  healthvault serve --data-dir {settings.data_dir}")
+
+
+main.add_command(ocr_command, "ocr")
 
 
 @main.group()

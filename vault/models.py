@@ -92,3 +92,20 @@ class Record(Base):
     title_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     filename_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     sha256_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    # Lab-sheet extraction (issue 5): status, a stable error code, the LabReport JSON sealed under the record DEK.
+    ocr_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    ocr_error: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lab_results_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class LabCorrection(Base):
+    """A patient's correction of one extracted value: old and new sealed, kept as history (never updated)."""
+
+    __tablename__ = "lab_corrections"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    record_id: Mapped[str] = mapped_column(ForeignKey("records.id"), index=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    change_enc: Mapped[bytes] = mapped_column(LargeBinary)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from kms import CryptoError
 from kms.stream import iter_decrypt
-from vault import fields, gate
+from vault import fields, gate, labs
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext
 from vault.models import CATEGORIES, LABELS, Record
@@ -40,6 +40,9 @@ class RecordView:
     title: str | None
     filename: str | None
     sha256: str
+    ocr_status: str | None = None
+    ocr_error: str | None = None
+    lab_results: dict | None = None
 
 
 def check_metadata(*, category: str, title: str | None, filename: str | None, label: str = "normal") -> None:
@@ -84,6 +87,7 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
         title_enc=fields.seal(sink.dek, title, column="title", **where) if title is not None else None,
         filename_enc=fields.seal(sink.dek, filename, column="filename", **where) if filename is not None else None,
         sha256_enc=fields.seal(sink.dek, sink.sha256, column="sha256", **where),
+        ocr_status="pending" if labs.wants_extraction(category) else None,
     )
     session.add(record)
     session.flush()
@@ -94,6 +98,8 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
         session.rollback()
         vault.blobs.delete(sink.record_id)
         raise
+    if record.ocr_status == "pending":
+        vault.labs.submit(vault, record.id)  # out of the request path
     return _view(record, sink.dek)
 
 
@@ -110,6 +116,8 @@ def _view(record: Record, dek) -> RecordView:
         title=fields.open_text(dek, record.title_enc, column="title", **where) if record.title_enc else None,
         filename=fields.open_text(dek, record.filename_enc, column="filename", **where) if record.filename_enc else None,
         sha256=fields.open_bytes(dek, record.sha256_enc, column="sha256", **where).hex(),
+        ocr_status=record.ocr_status,
+        ocr_error=record.ocr_error,
     )
 
 
@@ -155,8 +163,12 @@ def _check_label(vault, record: Record) -> None:
 
 
 def read(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> RecordView:
+    """Metadata, and the extracted lab values once the extraction has finished."""
     record = get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id, action="record.read")
-    return _view(record, _open_dek(vault, record))
+    view = _view(record, _open_dek(vault, record))
+    if record.lab_results_enc is not None:
+        view = dataclasses.replace(view, lab_results=labs.results_of(vault, record))
+    return view
 
 
 def open_content(session: Session, vault, *, identity: Identity, ctx: RequestContext,

@@ -21,6 +21,7 @@ from audit.sink import Sink
 from kms import KeyCache, KeyManager, KeyStore, LocalProvider, RootKeyMissing
 from vault import db
 from vault.blobstore import BlobStore, LocalBlobStore
+from vault.labs import LabJobs
 from vault.passwords import PasswordPolicy
 from vault.settings import Settings
 
@@ -43,11 +44,13 @@ class Vault:
     clock: Callable[[], dt.datetime] = utcnow
     log_cache: LogCache = dataclasses.field(default_factory=LogCache)
     exports: "ExportJobs" = dataclasses.field(default_factory=lambda: _export_jobs())
+    labs: LabJobs = dataclasses.field(default_factory=LabJobs)
 
     def session(self) -> Session:
         return self.sessions()
 
     def close(self) -> None:
+        self.labs.shutdown()
         self.engine.dispose()
         self.keystore.dispose()
 

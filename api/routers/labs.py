@@ -1,0 +1,37 @@
+import dataclasses
+import uuid
+
+from fastapi import APIRouter, Depends, Query
+
+from api.deps import current_identity, get_ctx, get_vault
+from api.schemas import LabCorrectionIn, TrendPointOut
+from vault import labs, records
+from vault.identity import Identity, RequestContext
+from vault.runtime import Vault
+
+router = APIRouter(tags=["labs"])
+
+
+@router.patch("/v1/records/{record_id}/lab-results")
+def correct_lab_result(record_id: uuid.UUID, body: LabCorrectionIn, identity: Identity = Depends(current_identity),
+                       vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> dict:
+    with vault.session() as session:
+        return labs.correct(session, vault, identity=identity, ctx=ctx, record_id=str(record_id), row=body.row,
+                            field=body.field, value=body.value)
+
+
+@router.get("/v1/records/{record_id}/lab-results/history")
+def lab_result_history(record_id: uuid.UUID, identity: Identity = Depends(current_identity),
+                       vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> list[dict]:
+    with vault.session() as session:
+        record = records.get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=str(record_id),
+                                      action="lab.read")
+        return labs.history(session, vault, record=record)
+
+
+@router.get("/v1/patients/me/lab-trends", response_model=list[TrendPointOut], tags=["patients"])
+def lab_trends(code: str = Query(..., min_length=1, max_length=32), identity: Identity = Depends(current_identity),
+               vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> list[TrendPointOut]:
+    with vault.session() as session:
+        return [TrendPointOut(**dataclasses.asdict(p))
+                for p in labs.trends(session, vault, identity=identity, ctx=ctx, code=code)]

@@ -1,0 +1,193 @@
+"""Lab sheets become data: extraction jobs, encrypted results, patient corrections, trends.
+
+Owns running `ocr.extract` out of the request path (an in-process single worker by default; `submit` is the seam
+where a real queue — Celery or Dramatiq on Redis/RabbitMQ — plugs in, the job being just a record id), storing the
+LabReport sealed under the record's DEK, and the record's status pending → done / needs_review / failed (with the
+OCR package's stable error code). A failing page never takes the worker down. `ocr/` stays pure: it gets bytes and
+returns a report; identities, keys and the database stay here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import json
+import logging
+import threading
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from sqlalchemy import select, update
+
+from kms.stream import iter_decrypt
+from vault import fields, gate
+from vault.errors import Conflict, InvalidInput
+from vault.identity import Identity, RequestContext
+from vault.models import LabCorrection, Record
+from vault.uploads import blob_aad
+
+log = logging.getLogger("healthvault.labs")
+SYSTEM = Identity(account_id="system:ocr", role="system")
+MAX_OCR_BYTES = 64 * 1024 * 1024
+EXTRACTABLE = ("lab_report",)
+CORRECTABLE = ("value", "unit", "ref_low", "ref_high", "ref_text", "flag", "name", "code")
+
+
+class LabJobs:
+    """One worker thread per process: OCR is CPU-bound and the onnxruntime engine already uses the cores."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, vault, record_id: str) -> Future:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocr")
+        return self._pool.submit(run_extraction, vault, record_id)
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def wants_extraction(category: str) -> bool:
+    return category in EXTRACTABLE
+
+
+def mark_pending(session, record_id: str) -> None:
+    session.execute(update(Record).where(Record.id == record_id).values(ocr_status="pending", ocr_error=None))
+
+
+def _where(record) -> dict:
+    return dict(table="records", row_id=record.id, patient_id=record.patient_id)
+
+
+def run_extraction(vault, record_id: str) -> str:
+    """Extract one record's lab sheet; returns the final status. Never raises (a failure is a status)."""
+    try:
+        with vault.session() as session:
+            record = session.get(Record, record_id)
+            if record is None:
+                return "failed"
+            target = gate.Target("record", record.id, record.patient_id, category=record.category,
+                                 label=record.label)
+            # The extraction is the vault processing PHI on the patient's behalf: on the record, not silent.
+            gate.audit(vault, session, identity=SYSTEM, ctx=RequestContext(request_id=f"ocr-{record_id[:8]}"),
+                       action="lab.extract", target=target, outcome="allow", reason="upload")
+            session.commit()
+            dek = vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
+            if record.size_bytes > MAX_OCR_BYTES:
+                status, error, payload = "failed", "too_large", None
+            else:
+                buffer = io.BytesIO()
+                with vault.blobs.open(record.id) as source:
+                    for chunk in iter_decrypt(dek, source, blob_aad(record_id=record.id, patient_id=record.patient_id)):
+                        buffer.write(chunk)
+                status, error, payload = _extract(buffer.getvalue())
+            values = dict(ocr_status=status, ocr_error=error)
+            if payload is not None:
+                values["lab_results_enc"] = fields.seal(dek, payload, column="lab_results", **_where(record))
+            session.execute(update(Record).where(Record.id == record_id).values(**values))
+            session.commit()
+            return status
+    except Exception as exc:  # noqa: BLE001 - the worker survives anything one page does
+        log.error("lab extraction failed: %s", type(exc).__name__)
+        with vault.session() as session:
+            session.execute(update(Record).where(Record.id == record_id)
+                            .values(ocr_status="failed", ocr_error="internal"))
+            session.commit()
+        return "failed"
+
+
+def _extract(data: bytes) -> tuple[str, str | None, str | None]:
+    import ocr
+    from ocr.errors import OCRError
+
+    try:
+        report = ocr.extract(data)
+    except OCRError as exc:
+        return "failed", exc.code[:32], None
+    return ("needs_review" if report.needs_review else "done"), None, report.to_json()
+
+
+def results_of(vault, record) -> dict | None:
+    """The decrypted LabReport of a record the caller has already been allowed to read."""
+    if record.lab_results_enc is None:
+        return None
+    dek = vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
+    return json.loads(fields.open_text(dek, record.lab_results_enc, column="lab_results", **_where(record)))
+
+
+def correct(session, vault, *, identity: Identity, ctx: RequestContext, record_id: str, row: int, field: str,
+            value) -> dict:
+    """The patient corrects one extracted field; old and new are kept (sealed) in the correction history."""
+    if field not in CORRECTABLE:
+        raise InvalidInput(f"field must be one of {', '.join(CORRECTABLE)}", extra={"reason": "field"})
+    from vault import records  # records imports this module to queue extractions
+
+    record = records.get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id,
+                                  action="lab.correct")
+    report = results_of(vault, record)
+    if report is None:
+        raise Conflict("This record has no extracted lab results (yet)", extra={"status": record.ocr_status})
+    if not 0 <= row < len(report["results"]):
+        raise InvalidInput("No such extracted row", extra={"reason": "row"})
+    old = report["results"][row].get(field)
+    report["results"][row][field] = value
+    report["results"][row].setdefault("corrected_fields", []).append(field)
+    dek = vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
+    correction_id = str(uuid.uuid4())
+    change = json.dumps({"row": row, "field": field, "old": old, "new": value}, ensure_ascii=False)
+    session.add(LabCorrection(id=correction_id, record_id=record.id, patient_id=record.patient_id,
+                              account_id=identity.account_id, created_at=vault.clock(),
+                              change_enc=fields.seal(dek, change, table="lab_corrections", column="change",
+                                                     row_id=correction_id, patient_id=record.patient_id)))
+    session.execute(update(Record).where(Record.id == record.id).values(
+        lab_results_enc=fields.seal(dek, json.dumps(report, ensure_ascii=False), column="lab_results",
+                                    **_where(record))))
+    session.commit()
+    return report
+
+
+def history(session, vault, *, record) -> list[dict]:
+    dek = vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
+    rows = session.scalars(select(LabCorrection).where(LabCorrection.record_id == record.id)
+                           .order_by(LabCorrection.created_at))
+    return [{**json.loads(fields.open_text(dek, c.change_enc, table="lab_corrections", column="change",
+                                           row_id=c.id, patient_id=c.patient_id)),
+             "at": c.created_at.isoformat()} for c in rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrendPoint:
+    record_id: str
+    at: str
+    value: str | None
+    value_num: float | None
+    unit: str | None
+    flag: str | None
+
+
+def trends(session, vault, *, identity: Identity, ctx: RequestContext, code: str) -> list[TrendPoint]:
+    """One analyte across the caller's own lab reports, oldest first."""
+    code = code.strip().upper()
+    if not code or len(code) > 32:
+        raise InvalidInput("code is required", extra={"reason": "code"})
+    patient_id = identity.patient_id
+    gate.enter(vault, session, identity=identity, ctx=ctx, action="lab.read",
+               target=gate.Target("patient", patient_id, patient_id, exists=patient_id is not None))
+    session.commit()
+    points = []
+    for record in session.scalars(select(Record).where(Record.patient_id == patient_id,
+                                                       Record.lab_results_enc.is_not(None))
+                                  .order_by(Record.created_at, Record.id)):
+        report = results_of(vault, record)
+        at = (report.get("header") or {}).get("collected_at") or (report.get("header") or {}).get("reported_at") \
+            or record.created_at.isoformat()
+        for row in report["results"]:
+            if code in {str(row.get("std_code") or "").upper(), str(row.get("code") or "").upper()}:
+                points.append(TrendPoint(record.id, at, row.get("value"), row.get("value_num"), row.get("unit"),
+                                         row.get("flag")))
+    return sorted(points, key=lambda p: p.at)  # stable: same-day sheets keep their upload order
