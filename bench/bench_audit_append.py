@@ -39,7 +39,6 @@ def _writer(mode: str, url: str, chains: int, seconds: float, ready, go, result)
     from sqlalchemy.orm import Session
 
     from audit import trail
-    from audit.models import AuditEvent
 
     engine = create_engine(url, pool_size=1, hide_parameters=True)
     utc = dt.timezone.utc

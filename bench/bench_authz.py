@@ -17,7 +17,6 @@ import json
 import os
 import random
 import secrets
-import statistics
 import sys
 import threading
 import time

@@ -6,12 +6,10 @@ import random
 import shutil
 import subprocess
 
-import pytest
 from sqlalchemy import create_engine, inspect, select, text, update
 
 from vault.models import Patient, Record
 
-from tests.conftest import PG_URL
 from tests.helpers import login, make_id_number, pdf_bytes, png_bytes, register, upload
 from tests.scan import encodings, find_in_bytes, scan_tree
 

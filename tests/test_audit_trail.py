@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import json
 import subprocess
 import sys
@@ -13,11 +11,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from audit import log, trail, verify
-from audit.models import AuditEvent, ChainHead, Checkpoint, Leaf
-from vault import accounts, audit_log, audit_trail
-from vault.identity import Identity, RequestContext
+from audit.models import AuditEvent, ChainHead, Leaf
+from vault import audit_log, audit_trail
+from vault.identity import RequestContext
 
-from tests.helpers import PASSWORD, login, make_id_number, png_bytes, register, staff, upload
+from tests.helpers import login, make_id_number, png_bytes, register, staff, upload
 from tests.scan import find_in_bytes
 
 CTX = RequestContext(request_id="t", client_addr="127.0.0.1", user_agent="pytest")

@@ -1,7 +1,7 @@
 """Failure paths: audit append fails, audit rows cannot change, a crash mid-upload leaves nothing behind."""
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from audit.models import AuditEvent

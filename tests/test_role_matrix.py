@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-import pytest
 
 from tests.helpers import login, png_bytes, register, staff, upload
 

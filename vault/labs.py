@@ -10,7 +10,6 @@ returns a report; identities, keys and the database stay here.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import io
 import json
 import logging

@@ -11,6 +11,7 @@ import datetime as dt
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +25,9 @@ from vault.blobstore import BlobStore, LocalBlobStore
 from vault.labs import LabJobs
 from vault.passwords import PasswordPolicy
 from vault.settings import Settings
+
+if TYPE_CHECKING:  # audit_trail imports the runtime's neighbours; the type is only named here
+    from vault.audit_trail import ExportJobs
 
 ROOT_KEY_ENV = "HEALTHVAULT_ROOT_KEY"
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from consent import receipts
 from consent.models import BreakGlass, Grant
 from vault import alerts, audit_log, fields, gate
-from vault.errors import Forbidden, InvalidInput, NotFound
+from vault.errors import InvalidInput, NotFound
 from vault.identity import Identity, RequestContext
 from vault.models import CATEGORIES, Account, Patient, Record
 

@@ -1,5 +1,4 @@
 import dataclasses
-import datetime as dt
 
 from fastapi import APIRouter, Depends
 
