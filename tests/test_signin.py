@@ -106,3 +106,28 @@ def test_an_initial_password_must_be_changed_before_first_sign_in(client, vault,
     assert changed.status_code == 204
     clock.advance(seconds=30)
     assert _login(client, "first-admin", password=new, otp=totp_code(secret, clock())).status_code == 200
+
+
+def test_staff_passwords_expire_after_90_days_and_the_last_five_cannot_be_reused(client, vault, clock):
+    headers = staff(client, vault, "auditor", "aging-auditor")
+    secret = headers.pop("_secret")
+
+    def code():
+        clock.advance(seconds=30)
+        return totp_code(secret, clock())
+
+    clock.advance(days=91)
+    expired = _login(client, "aging-auditor", otp=code())
+    assert expired.status_code == 401 and expired.json()["type"].endswith(":password-change-required")
+    current = PASSWORD
+    passwords = [f"Rotat10n-{n}-Secret!" for n in range(5)]
+    for new in passwords:
+        changed = client.post("/v1/auth/password", json={"username": "aging-auditor", "password": current,
+                                                         "new_password": new, "otp": code()})
+        assert changed.status_code == 204, changed.text
+        current = new
+    for old in passwords:  # the current one and the four before it; the original is now 6 back
+        reused = client.post("/v1/auth/password", json={"username": "aging-auditor", "password": current,
+                                                        "new_password": old, "otp": code()})
+        assert reused.status_code == 422 and reused.json()["reason"] == "reused", old
+    assert _login(client, "aging-auditor", password=current, otp=code()).status_code == 200

@@ -7,6 +7,7 @@ audited. Messages never say whether a username exists.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 
 from sqlalchemy import select
@@ -124,7 +125,7 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
             raise OtpRequired()
         if not totp.check(vault, account, otp):
             _fail(session, vault, account, account.username, ctx, "bad-otp")
-    if account.must_change_password:
+    if account.must_change_password or _password_expired(vault, account):
         _audit_otp_refusal(session, vault, account, ctx, "password-change-required")
         raise PasswordChangeRequired()
     now = vault.clock()
@@ -146,6 +147,14 @@ def _audit_otp_refusal(session: Session, vault, account: Account, ctx: RequestCo
     session.commit()
 
 
+def _password_expired(vault, account: Account) -> bool:
+    """Staff passwords expire after `staff_password_max_age_days` (AUTH-2); patients' do not."""
+    if account.role == "patient":
+        return False
+    changed = account.password_changed_at or account.created_at
+    return vault.clock() - changed > dt.timedelta(days=vault.settings.staff_password_max_age_days)
+
+
 def change_password(session: Session, vault, *, username: str, password: str, new_password: str,
                     otp: str | None, ctx: RequestContext) -> None:
     """Replace the password (proved by the old one, and the TOTP code where the role requires it)."""
@@ -153,9 +162,13 @@ def change_password(session: Session, vault, *, username: str, password: str, ne
     if account.role in totp.ROLES_REQUIRING_TOTP and account.totp_enabled and not totp.check(vault, account, otp):
         _fail(session, vault, account, account.username, ctx, "bad-otp")
     vault.passwords.check(new_password, username=account.username)
-    if vault.passwords.verify(account.password_hash, new_password):
-        raise WeakPassword("The new password must differ from the current one", extra={"reason": "reused"})
+    history = json.loads(account.previous_password_hashes or "[]")
+    keep = vault.settings.password_history
+    if any(vault.passwords.verify(old, new_password) for old in [account.password_hash, *history[-(keep - 1):]]):
+        raise WeakPassword(f"The new password must differ from the last {keep}", extra={"reason": "reused"})
+    account.previous_password_hashes = json.dumps([*history, account.password_hash][-(keep - 1):])
     account.password_hash = vault.passwords.hash(new_password)
+    account.password_changed_at = vault.clock()
     account.must_change_password = False
     audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="account.update", outcome="allow", resource_type="account", resource_id=account.id,

@@ -50,6 +50,8 @@ class Settings:
     lockout_threshold: int = 5
     lockout_minutes: int = 15
     idle_timeout_seconds: int = 15 * 60
+    staff_password_max_age_days: int = 90
+    password_history: int = 5
     # IP-3: comma-separated CIDRs allowed to reach administrative and audit operations (None: no restriction).
     admin_networks: str | None = None
     # IP-4: denials by one actor within a minute that raise an alert, and where alerts are POSTed (PHI-free JSON).
@@ -111,6 +113,7 @@ class Settings:
                            ("audit_origin", str), ("audit_sink", str), ("log_retention_days", int),
                            ("audit_retention_days", int), ("grant_max_days", int), ("lockout_threshold", int),
                            ("lockout_minutes", int), ("idle_timeout_seconds", int), ("admin_networks", str),
+                           ("staff_password_max_age_days", int), ("password_history", int),
                            ("alert_denials_per_minute", int), ("alert_webhook", str)):
             raw = _env(name.upper())
             if raw is not None:
