@@ -131,3 +131,23 @@ def test_staff_passwords_expire_after_90_days_and_the_last_five_cannot_be_reused
                                                         "new_password": old, "otp": code()})
         assert reused.status_code == 422 and reused.json()["reason"] == "reused", old
     assert _login(client, "aging-auditor", password=current, otp=code()).status_code == 200
+
+
+def test_idle_staff_accounts_are_disabled_and_their_tokens_die(client, vault, clock):
+    from vault import accounts
+    from vault.identity import RequestContext
+
+    object.__setattr__(vault.settings, "idle_timeout_seconds", 10**8)
+    object.__setattr__(vault.settings, "token_ttl_seconds", 10**8)
+    object.__setattr__(vault.settings, "staff_password_max_age_days", 10**4)
+    headers = staff(client, vault, "escort", "idle-escort")
+    headers.pop("_secret")
+    active = staff(client, vault, "doctor", "busy-doctor")
+    secret = active.pop("_secret")
+    clock.advance(days=60)
+    assert _login(client, "busy-doctor", otp=totp_code(secret, clock())).status_code == 200
+    clock.advance(days=31)
+    with vault.session() as session:
+        assert accounts.disable_idle_staff(session, vault, ctx=RequestContext()) == ["idle-escort"]
+    assert client.get("/v1/shared", headers=headers).status_code == 401
+    assert client.get("/v1/shared", headers=active).status_code == 200

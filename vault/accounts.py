@@ -131,6 +131,7 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
     now = vault.clock()
     account.failed_logins = 0
     account.locked_until = None
+    account.last_login_at = now
     token = tokens.issue(session, account=account, now=now, ttl_seconds=vault.settings.token_ttl_seconds)
     audit_log.append(session, vault,
                      identity=Identity(account_id=account.id, role=account.role, patient_id=account.patient_id),
@@ -199,6 +200,22 @@ def totp_activate(session: Session, vault, *, username: str, password: str, otp:
     audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="totp.activate", outcome="allow", resource_type="account", resource_id=account.id)
     session.commit()
+
+
+def disable_idle_staff(session: Session, vault, *, ctx: RequestContext) -> list[str]:
+    """AC-2: staff accounts unused for `staff_idle_disable_days` are disabled (their live tokens die with them)."""
+    cutoff = vault.clock() - dt.timedelta(days=vault.settings.staff_idle_disable_days)
+    idle = session.scalars(select(Account).where(Account.role != "patient", Account.is_active.is_(True))).all()
+    disabled = []
+    for account in idle:
+        if (account.last_login_at or account.created_at) < cutoff:
+            account.is_active = False
+            audit_log.append(session, vault, identity=Identity(account_id="system:ageing", role="system"), ctx=ctx,
+                             action="account.update", outcome="allow", resource_type="account",
+                             resource_id=account.id, reason="idle-disabled")
+            disabled.append(account.username)
+    session.commit()
+    return disabled
 
 
 def logout(session: Session, vault, *, token: str, identity: Identity, ctx: RequestContext) -> None:

@@ -234,6 +234,19 @@ def _cli_identity():
     return Identity(account_id="cli:" + (os.environ.get("USER") or "operator"), role="operator")
 
 
+@users.command("disable-idle")
+@_common
+def users_disable_idle(data_dir, passphrase_file) -> None:
+    """Disable staff accounts unused for 90 days (run daily, e.g. from cron)."""
+    vault = _open(data_dir, passphrase_file)
+    try:
+        with vault.session() as session:
+            names = accounts.disable_idle_staff(session, vault, ctx=RequestContext(request_id="cli"))
+    finally:
+        vault.close()
+    click.echo(f"disabled {len(names)} idle staff account(s)" + (": " + ", ".join(names) if names else ""))
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -61,6 +61,7 @@ class Account(Base):
     # AUTH-2: staff passwords expire; the last few argon2id hashes are kept to refuse reuse.
     password_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     previous_password_hashes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class AuthToken(Base):

@@ -52,6 +52,7 @@ class Settings:
     idle_timeout_seconds: int = 15 * 60
     staff_password_max_age_days: int = 90
     password_history: int = 5
+    staff_idle_disable_days: int = 90
     # IP-3: comma-separated CIDRs allowed to reach administrative and audit operations (None: no restriction).
     admin_networks: str | None = None
     # IP-4: denials by one actor within a minute that raise an alert, and where alerts are POSTed (PHI-free JSON).
@@ -114,6 +115,7 @@ class Settings:
                            ("audit_retention_days", int), ("grant_max_days", int), ("lockout_threshold", int),
                            ("lockout_minutes", int), ("idle_timeout_seconds", int), ("admin_networks", str),
                            ("staff_password_max_age_days", int), ("password_history", int),
+                           ("staff_idle_disable_days", int),
                            ("alert_denials_per_minute", int), ("alert_webhook", str)):
             raw = _env(name.upper())
             if raw is not None:
