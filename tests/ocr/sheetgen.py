@@ -115,8 +115,24 @@ def _u(s: str) -> bytes:
     return b"<" + s.encode("utf-16-be").hex().upper().encode() + b">"
 
 
-def digital_pdf(rows=ROWS, header: dict | None = None) -> Sheet:
-    """A born-digital PDF with a text layer (no font file needed: non-embedded STSong-Light)."""
+QUAL_ROWS = [  # urine dry chemistry: qualitative results against a negative reference
+    ("PRO", "尿蛋白", "阳性(++)", None, "阴性", None, None, "H"),
+    ("GLU", "尿糖", "-", None, "-", None, None, None),
+    ("KET", "酮体", "阴性(-)", None, "阴性(-)", None, None, None),
+    ("BLD", "潜血", "±", None, "阴性", None, None, "H"),
+    ("pH", "酸碱度", "6.0", None, "4.5-8.0", 4.5, 8.0, None),
+]
+
+DEFAULT_COLUMNS = ("seq", "name", "result", "flag", "ref", "unit")
+HEAD_WORDS = {"seq": "序号", "name": "检验项目", "code": "缩写", "result": "结果", "flag": "提示", "ref": "参考区间",
+              "unit": "单位", "method": "检测方法"}
+
+
+def digital_pdf(rows=ROWS, header: dict | None = None, *, columns=DEFAULT_COLUMNS, two_tables: bool = False,
+                glued_flags: bool = False, name_with_code: bool = True, spaced_header: bool = False) -> Sheet:
+    """A born-digital PDF with a text layer (no font file needed: non-embedded STSong-Light).
+
+    columns: order of the result table's columns, from seq/name/code/result/flag/ref/unit/method."""
     import pikepdf
 
     header = header or {"hospital": "测试市人民医院", "title": "生化检验报告单", "name": "李四", "sex": "女",
@@ -141,20 +157,33 @@ def digital_pdf(rows=ROWS, header: dict | None = None) -> Sheet:
     text(220, 701, "送检医生：" + header["doctor"])
     text(400, 701, "临床诊断：" + header["diagnosis"])
     text(40, 684, "门诊号：" + header["patient_id"])
-    xs = [40, 70, 230, 300, 340, 420]
-    for x, hd in zip(xs, ["序号", "检验项目", "结果", "提示", "参考区间", "单位"]):
-        text(x, 655, hd)
-    y = 638
-    for i, (code, cname, val, unit, ref, lo, hi, flag) in enumerate(rows, 1):
-        text(xs[0], y, str(i))
-        text(xs[1], y, f"{cname}({code})")
-        text(xs[2], y, val)
-        if flag:
-            text(xs[3], y, {"H": "↑", "L": "↓"}[flag])
-        text(xs[4], y, ref)
-        text(xs[5], y, unit)
-        y -= 17
-    y -= 20
+    widths = {"seq": 25, "name": 140 if not two_tables else 130, "code": 45, "result": 50, "flag": 25, "ref": 65,
+              "unit": 50, "method": 50}
+    cols = [c for c in columns if not (c == "flag" and glued_flags)]
+    halves = [rows[: (len(rows) + 1) // 2], rows[(len(rows) + 1) // 2:]] if two_tables else [rows]
+    gx = 30
+    y_end = 0
+    for part in halves:
+        xs, x = {}, gx
+        for c in cols:
+            xs[c] = x
+            x += widths[c] if not two_tables else widths[c] * 0.85
+        for c in cols:
+            hd = HEAD_WORDS[c]
+            text(xs[c], 655, " ".join(hd) if spaced_header else hd)
+        y = 638
+        for i, (code, cname, val, unit, ref, lo, hi, flag) in enumerate(part, 1):
+            glyph = {"H": "↑", "L": "↓", None: ""}[flag]
+            cells = {"seq": str(i), "name": f"{cname}({code})" if name_with_code and "code" not in cols else cname,
+                     "code": code, "result": val + (glyph if glued_flags else ""), "flag": glyph, "ref": ref,
+                     "unit": unit or "", "method": "速率法"}
+            for c in cols:
+                if cells[c]:
+                    text(xs[c], y, cells[c], 8 if two_tables else 10)
+            y -= 17
+        y_end = min(y_end, y) if y_end else y
+        gx = x + 10
+    y = y_end - 20
     text(40, y, "采集时间：" + header["collected_at"])
     text(220, y, "接收时间：" + header["received_at"])
     text(400, y, "报告时间：" + header["reported_at"])

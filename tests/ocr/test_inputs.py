@@ -115,3 +115,19 @@ def test_cli_reports_errors_as_json(tmp_path):
     assert res.exit_code == 1
     line = json.loads(res.output.strip().splitlines()[0])
     assert line["error"]["code"] == "too_large"
+
+
+def test_unexpected_failure_is_wrapped_with_a_stable_code(monkeypatch):
+    import ocr.pipeline
+    from ocr.errors import OCRError
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(ocr.pipeline, "find_tables", boom)
+    from .sheetgen import digital_pdf
+
+    with pytest.raises(OCRError) as ei:
+        extract(digital_pdf().data)
+    assert ei.value.code == "extraction_failed"
+    assert isinstance(ei.value.__cause__, RuntimeError)

@@ -54,7 +54,8 @@ def test_dictionary_and_ocr_slips():
     assert lookup_abbr("Cr").code == "CREA"
     assert lookup_name("谷丙转氨酶")[0].code == "ALT"
     assert lookup_name("中性粒细胞百分比")[0].loinc == "770-8"
-    assert lookup_name("中性粒细胞百分wu")[0] is None
+    assert lookup_name("中性粒细胞形态学")[0] is None
+    assert lookup_name("脂蛋白")[0] is None  # short names: exact only (白蛋白 is one char away)
 
 
 def test_header_keywords_fuzzy_and_merged():

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""OCR extractor benchmark on a lab-sheet dataset (e.g. shared/datasets/lab-sheets-dev).
+
+    python bench/bench_ocr.py DATASET_DIR [--out PRED_DIR] [--repeat 3] [--rss-pages 50] [--skip-rss]
+
+1. Runs `ocr.extract` over every page file in DATASET_DIR, writes PRED_DIR/<id>.json (truth format field names),
+   then runs `DATASET_DIR/score.py PRED_DIR DATASET_DIR` and prints its table and its last line `field_f1=...`.
+2. Latency per page (median / min over --repeat runs): one photo page end to end through `extract` next to the raw
+   rapidocr call on the same decoded page in the same run (so the pipeline's overhead shows), and one born-digital
+   PDF page. Targets: photo <= 1.5 s median, digital PDF page <= 0.1 s.
+3. Peak RSS of this process after --rss-pages pages processed in a row (target < 1.5 GB).
+Skips (exit 0) with a message when DATASET_DIR does not exist. Prints the load average: the machine is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PAGE_EXT = (".png", ".jpg", ".jpeg", ".pdf")
+
+
+def samples(d: Path) -> list[tuple[str, Path, dict]]:
+    out = []
+    for f in sorted(d.iterdir()):
+        if f.suffix.lower() in PAGE_EXT:
+            truth = {}
+            tj = f.with_suffix(".json")
+            if tj.exists():
+                try:
+                    truth = json.loads(tj.read_text(encoding="utf-8"))
+                except ValueError:
+                    truth = {}
+            out.append((f.stem, f, truth))
+    return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _default_rapidocr(eng):
+    """rapidocr with its default settings (only the model paths and thread count pinned), for comparison."""
+    try:
+        from pathlib import Path as _P
+
+        import rapidocr
+        from rapidocr import RapidOCR
+
+        m = _P(rapidocr.__file__).parent / "models"
+        files = {x["role"]: x["file"] for x in eng.info.models}
+        n = int(os.environ.get("HEALTHVAULT_OCR_THREADS", "2"))
+        return RapidOCR(params={"Global.log_level": "error", "Det.model_path": str(m / files["det"]),
+                                "Rec.model_path": str(m / files["rec"]), "Cls.model_path": str(m / files["cls"]),
+                                "EngineConfig.onnxruntime.intra_op_num_threads": n})
+    except Exception as e:  # noqa: BLE001
+        print(f"  (default rapidocr not available: {e})")
+        return None
+
+
+def timeit(fn, n: int) -> list[float]:
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return ts
+
+
+def rss_worker(argv: list[str]) -> int:
+    from ocr import extract
+    from ocr.engine import get_engine
+    from ocr.errors import OCRError
+
+    n, files = int(argv[0]), argv[1:]
+    get_engine()
+    before = peak_rss_mb()
+    for k in range(n):
+        try:
+            extract(Path(files[k % len(files)]).read_bytes())
+        except OCRError:
+            pass
+    print(f"RSS {before:.1f} {peak_rss_mb():.1f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--rss-worker"]:
+        return rss_worker(argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset")
+    ap.add_argument("--out", help="prediction dir (default: a temporary dir)")
+    ap.add_argument("--repeat", type=int, default=3, help="latency repeats (default 3)")
+    ap.add_argument("--rss-pages", type=int, default=50, help="pages in a row for the peak-RSS figure (default 50)")
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N samples (smoke runs)")
+    a = ap.parse_args(argv)
+
+    ds = Path(a.dataset)
+    if not ds.is_dir():
+        print(f"SKIP: dataset directory {ds} not found (the lab-sheets dev set lives in shared/datasets/)")
+        return 0
+    from ocr import extract
+    from ocr.engine import get_engine
+    from ocr.errors import OCRError
+    from ocr.inputs import load_pages
+
+    items = samples(ds)
+    if a.limit:
+        items = items[:a.limit]
+    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="ocr-pred-"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"load average: {os.getloadavg()}  cpus: {os.cpu_count()}  samples: {len(items)}  predictions -> {out}")
+
+    t = time.perf_counter()
+    eng = get_engine()
+    print(f"engine load: {time.perf_counter() - t:.2f} s  {json.dumps(eng.info.as_dict())}")
+
+    per_kind: dict[str, list[float]] = {}
+    for sid, f, truth in items:
+        data = f.read_bytes()
+        t = time.perf_counter()
+        try:
+            rep = extract(data, filename_hint=f.name)
+            dt = time.perf_counter() - t
+            d = rep.to_dict()
+            (out / f"{sid}.json").write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
+            status = f"{len(rep.results)} rows{' review' if rep.needs_review else ''}"
+        except OCRError as e:
+            dt = time.perf_counter() - t
+            status = f"error {e.code}"
+        per_kind.setdefault(truth.get("condition", "?"), []).append(dt)
+        print(f"  {sid:10s} {truth.get('condition', '?'):12s} {dt:6.2f} s  {status}", flush=True)
+
+    score = ds / "score.py"
+    field_f1 = None
+    if score.exists():
+        r = subprocess.run([sys.executable, str(score), str(out), str(ds)], capture_output=True, text=True)
+        print(r.stdout)
+        if r.returncode != 0:
+            print(r.stderr)
+        for line in r.stdout.splitlines():
+            if line.startswith("field_f1="):
+                field_f1 = float(line.split("=")[1])
+    else:
+        print(f"(no score.py in {ds}; predictions written only)")
+
+    print("== time per file in the run above (s, median by condition)")
+    for k, v in sorted(per_kind.items()):
+        print(f"  {k:12s} n={len(v):2d} median {statistics.median(v):.2f}  min {min(v):.2f}")
+
+    # ---- latency: a photo page (pipeline vs raw rapidocr on the same page) and a digital PDF page
+    res: dict = {"field_f1": field_f1}
+    photo = next(((s, f) for s, f, t in items if t.get("condition") == "photo"), None) or \
+        next(((s, f) for s, f, t in items if f.suffix.lower() in (".jpg", ".jpeg", ".png")), None)
+    if photo:
+        data = photo[1].read_bytes()
+        img = load_pages(data)[1][0].image
+        raw = timeit(lambda: eng.raw(img), a.repeat)
+        default = _default_rapidocr(eng)
+        raw_default = timeit(lambda: default(img, use_cls=False), a.repeat) if default else []
+        pipe = timeit(lambda: extract(data), a.repeat)
+        res.update(photo_page=photo[0], photo_median=statistics.median(pipe), photo_min=min(pipe),
+                   raw_median=statistics.median(raw), raw_min=min(raw))
+        print(f"\n== latency, photo page {photo[0]} ({img.shape[1]}x{img.shape[0]}), {a.repeat} runs each")
+        print(f"  extract() end to end : median {statistics.median(pipe):.2f} s  min {min(pipe):.2f} s  "
+              f"(target <= 1.5 s median) {'PASS' if statistics.median(pipe) <= 1.5 else 'FAIL'}")
+        print(f"  raw rapidocr call    : median {statistics.median(raw):.2f} s  min {min(raw):.2f} s  "
+              f"(same page, same run, engine's settings; pipeline/raw = "
+              f"{statistics.median(pipe) / statistics.median(raw):.2f})")
+        if raw_default:
+            res.update(raw_default_median=statistics.median(raw_default), raw_default_min=min(raw_default))
+            print(f"  raw rapidocr, default config (model paths + threads only): median "
+                  f"{statistics.median(raw_default):.2f} s  min {min(raw_default):.2f} s")
+        rep = extract(data)
+        st = rep.source["pages"][0]
+        print(f"  stages of one extract(): preprocess {st.get('seconds_preprocess')} s, OCR {st.get('seconds_ocr')} s, "
+              f"layout+parse {st.get('seconds_layout')} s, total {rep.source.get('seconds')} s")
+    pdf = next(((s, f) for s, f, t in items if t.get("source_kind") == "digital_pdf"), None)
+    if pdf:
+        data = pdf[1].read_bytes()
+        ts = timeit(lambda: extract(data), max(10, a.repeat))
+        res.update(pdf_page=pdf[0], pdf_median=statistics.median(ts), pdf_min=min(ts))
+        print(f"== latency, digital PDF page {pdf[0]}: median {statistics.median(ts) * 1000:.1f} ms  "
+              f"min {min(ts) * 1000:.1f} ms (target <= 100 ms) {'PASS' if statistics.median(ts) <= 0.1 else 'FAIL'}")
+
+    # ---- peak RSS over N pages in a row, in a fresh process (a worker's view: one engine, nothing else loaded)
+    if not a.skip_rss and a.rss_pages > 0:
+        files = [str(f) for _, f, t in items if t.get("source_kind") != "digital_pdf"] or [str(f) for _, f, _ in items]
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, __file__, "--rss-worker", str(a.rss_pages), *files], capture_output=True,
+                           text=True)
+        line = next((x for x in r.stdout.splitlines() if x.startswith("RSS ")), None)
+        if line is None:
+            print(f"== peak RSS: worker failed: {r.stderr[-2000:]}")
+        else:
+            _, before, rss = line.split()
+            rss = float(rss)
+            res.update(rss_pages=a.rss_pages, peak_rss_mb=rss)
+            print(f"== peak RSS of a fresh worker process after {a.rss_pages} OCR pages in a row: {rss:.0f} MB "
+                  f"(after engine load: {float(before):.0f} MB; {(time.perf_counter() - t) / a.rss_pages:.2f} s/page) "
+                  f"(target < 1536 MB) {'PASS' if rss < 1536 else 'FAIL'}")
+    print("RESULT_JSON: " + json.dumps(res))
+    if field_f1 is not None:
+        print(f"field_f1={field_f1:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Offline extraction of Chinese lab reports (检验报告单) from photos, scans and PDFs.
+
+Pure: bytes in, a structured LabReport out. Imports nothing from the other project packages; never sees identities,
+keys or the database.
+
+    from ocr import extract
+    report = extract(open("sheet.jpg", "rb").read())
+    print(report.to_json())
+
+Pipeline: sniff (magic bytes) -> limits before decoding (inputs.py: 40 MP, 20 pages, 50 MB, PDF image sizes)
+-> PDF: pikepdf checks (encrypted/malformed/absurd rejected, active content stripped), pypdfium2 text layer with
+positions when born digital, else the page rendered and OCR'd -> image: EXIF orientation, page-quadrilateral
+perspective correction for photos (preprocess.py) -> PP-OCR via rapidocr/onnxruntime (engine.py, weights from the
+wheel, never downloaded; model names + SHA-256 in every result) -> deskew by box angles -> rows and columns from
+geometry (layout.py: fuzzy header keywords, side-by-side tables, merged boxes split by pattern, headerless fallback)
+-> parsing and normalisation (parse.py, analytes.py) -> LabReport (report.py) with consistency-based needs_review.
+
+CLI: ``healthvault ocr FILE... --json`` / ``python -m ocr FILE... --json`` (one JSON object per line).
+Engine selection: HEALTHVAULT_OCR_ENGINE=rapidocr|paddleocr (see engine.py).
+"""
+__version__ = "0.1.0"
+
+from .errors import (CorruptInput, EncryptedPDF, EngineError, InputError, OCRError, TooLarge,  # noqa: E402
+                     UnsupportedFormat)
+from .report import LabReport, ResultRow  # noqa: E402
+
+
+def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> "LabReport":
+    """Extract a LabReport from the bytes of a PNG, JPEG or PDF.
+
+    Raises an ``OCRError`` subclass with a stable ``code`` on any failure: ``unsupported_format``, ``corrupt_input``,
+    ``encrypted_pdf``, ``too_large`` (input errors), ``engine_error``, or ``extraction_failed`` (an unexpected
+    error inside the pipeline, chained as ``__cause__``), so a worker can always record the failure and go on.
+    """
+    from .pipeline import extract as _extract
+
+    try:
+        return _extract(data, filename_hint=filename_hint, engine=engine)
+    except OCRError:
+        raise
+    except MemoryError as e:
+        raise TooLarge("out of memory while extracting") from e
+    except Exception as e:  # noqa: BLE001
+        raise OCRError(f"extraction failed: {type(e).__name__}: {e}", code="extraction_failed") from e
+
+
+__all__ = ["extract", "LabReport", "ResultRow", "OCRError", "InputError", "UnsupportedFormat", "CorruptInput",
+           "EncryptedPDF", "TooLarge", "EngineError", "__version__"]
