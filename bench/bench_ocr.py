@@ -45,6 +45,15 @@ def samples(d: Path) -> list[tuple[str, Path, dict]]:
 
 
 def peak_rss_mb() -> float:
+    """Peak resident set of this process image. VmHWM (per address space, reset by exec) where available:
+    ru_maxrss on Linux carries the forking parent's peak across exec, which would blame the worker for it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
