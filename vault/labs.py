@@ -111,11 +111,11 @@ def _extract(data: bytes) -> tuple[str, str | None, str | None]:
     return ("needs_review" if report.needs_review else "done"), None, report.to_json()
 
 
-def results_of(vault, record) -> dict | None:
-    """The decrypted LabReport of a record the caller has already been allowed to read."""
+def results_of(vault, record, dek=None) -> dict | None:
+    """The decrypted LabReport of a record the caller has already been allowed to read (pass its DEK if open)."""
     if record.lab_results_enc is None:
         return None
-    dek = vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
+    dek = dek or vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
     return json.loads(fields.open_text(dek, record.lab_results_enc, column="lab_results", **_where(record)))
 
 
@@ -126,9 +126,9 @@ def correct(session, vault, *, identity: Identity, ctx: RequestContext, record_i
         raise InvalidInput(f"field must be one of {', '.join(CORRECTABLE)}", extra={"reason": "field"})
     from vault import records  # records imports this module to queue extractions
 
-    record = records.get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id,
-                                  action="lab.correct")
-    report = results_of(vault, record)
+    record, dek = records.get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id,
+                                       action="lab.correct")
+    report = results_of(vault, record, dek)
     if report is None:
         raise Conflict("This record has no extracted lab results (yet)", extra={"status": record.ocr_status})
     if not 0 <= row < len(report["results"]):
@@ -136,7 +136,6 @@ def correct(session, vault, *, identity: Identity, ctx: RequestContext, record_i
     old = report["results"][row].get(field)
     report["results"][row][field] = value
     report["results"][row].setdefault("corrected_fields", []).append(field)
-    dek = vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
     correction_id = str(uuid.uuid4())
     change = json.dumps({"row": row, "field": field, "old": old, "new": value}, ensure_ascii=False)
     session.add(LabCorrection(id=correction_id, record_id=record.id, patient_id=record.patient_id,
@@ -150,8 +149,7 @@ def correct(session, vault, *, identity: Identity, ctx: RequestContext, record_i
     return report
 
 
-def history(session, vault, *, record) -> list[dict]:
-    dek = vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
+def history(session, *, record, dek) -> list[dict]:
     rows = session.scalars(select(LabCorrection).where(LabCorrection.record_id == record.id)
                            .order_by(LabCorrection.created_at))
     return [{**json.loads(fields.open_text(dek, c.change_enc, table="lab_corrections", column="change",

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
-from kms import CryptoError
+from kms import CryptoError, DataKey
 from kms.stream import iter_decrypt
 from vault import fields, gate, labs
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
@@ -141,22 +141,27 @@ def get(session: Session, *, record_id: str):
 
 
 def get_or_raise(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,
-                 action: str) -> Record:
-    """The record, if the gate lets this caller reach it; NotFound otherwise (existence never leaks)."""
+                 action: str) -> tuple[Record, DataKey]:
+    """The record and its DEK, if the gate lets this caller reach it; NotFound otherwise (existence never leaks).
+
+    The DEK is unwrapped once, before the decision, because the sealed label it checks is what the decision reads;
+    callers decrypt with the same key instead of unwrapping it again."""
     record = get(session, record_id=record_id)
+    dek = None
     if record is not None:
-        _check_label(vault, record)
+        dek = _open_dek(vault, record)
+        _check_label(record, dek)
     target = gate.Target("record", record_id, record.patient_id if record else None, exists=record is not None,
                          category=record.category if record else None, label=record.label if record else None)
     gate.enter(vault, session, identity=identity, ctx=ctx, action=action, target=target, deny_as=NotFound)
     session.commit()
-    return record  # type: ignore[return-value]
+    return record, dek  # type: ignore[return-value]
 
 
-def _check_label(vault, record: Record) -> None:
+def _check_label(record: Record, dek: DataKey) -> None:
     """The label decides who may see a record: a label edited in the database must not widen access (AC-6)."""
     where = dict(table="records", row_id=record.id, patient_id=record.patient_id)
-    sealed = fields.open_text(_open_dek(vault, record), record.label_enc, column="label", **where) \
+    sealed = fields.open_text(dek, record.label_enc, column="label", **where) \
         if record.label_enc is not None else None
     if sealed != record.label:
         raise IntegrityFailure()
@@ -164,18 +169,19 @@ def _check_label(vault, record: Record) -> None:
 
 def read(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> RecordView:
     """Metadata, and the extracted lab values once the extraction has finished."""
-    record = get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id, action="record.read")
-    view = _view(record, _open_dek(vault, record))
+    record, dek = get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id,
+                               action="record.read")
+    view = _view(record, dek)
     if record.lab_results_enc is not None:
-        view = dataclasses.replace(view, lab_results=labs.results_of(vault, record))
+        view = dataclasses.replace(view, lab_results=labs.results_of(vault, record, dek))
     return view
 
 
 def open_content(session: Session, vault, *, identity: Identity, ctx: RequestContext,
                  record_id: str) -> tuple[RecordView, Iterator[bytes]]:
     """Metadata and a plaintext chunk iterator; each chunk is authenticated before it is yielded."""
-    record = get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id, action="record.download")
-    dek = _open_dek(vault, record)
+    record, dek = get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id,
+                               action="record.download")
     view = _view(record, dek)
     aad = blob_aad(record_id=record.id, patient_id=record.patient_id)
     source = vault.blobs.open(record.id)

@@ -24,9 +24,9 @@ def correct_lab_result(record_id: uuid.UUID, body: LabCorrectionIn, identity: Id
 def lab_result_history(record_id: uuid.UUID, identity: Identity = Depends(current_identity),
                        vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> list[dict]:
     with vault.session() as session:
-        record = records.get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=str(record_id),
-                                      action="lab.read")
-        return labs.history(session, vault, record=record)
+        record, dek = records.get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=str(record_id),
+                                           action="lab.read")
+        return labs.history(session, record=record, dek=dek)
 
 
 @router.get("/v1/patients/me/lab-trends", response_model=list[TrendPointOut], tags=["patients"])
