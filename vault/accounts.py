@@ -118,15 +118,15 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
     account = authenticate(session, vault, username=username, password=password, ctx=ctx)
     if account.role in totp.ROLES_REQUIRING_TOTP:
         if not account.totp_enabled:
-            _audit_otp_refusal(session, vault, account, ctx, "otp-not-enrolled")
+            _refuse_sign_in(session, vault, account, ctx, "otp-not-enrolled")
             raise OtpEnrollmentRequired()
         if not otp:
-            _audit_otp_refusal(session, vault, account, ctx, "otp-missing")
+            _refuse_sign_in(session, vault, account, ctx, "otp-missing")
             raise OtpRequired()
         if not totp.check(vault, account, otp):
             _fail(session, vault, account, account.username, ctx, "bad-otp")
     if account.must_change_password or _password_expired(vault, account):
-        _audit_otp_refusal(session, vault, account, ctx, "password-change-required")
+        _refuse_sign_in(session, vault, account, ctx, "password-change-required")
         raise PasswordChangeRequired()
     now = vault.clock()
     account.failed_logins = 0
@@ -141,7 +141,7 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
     return token, vault.settings.token_ttl_seconds
 
 
-def _audit_otp_refusal(session: Session, vault, account: Account, ctx: RequestContext, reason: str) -> None:
+def _refuse_sign_in(session: Session, vault, account: Account, ctx: RequestContext, reason: str) -> None:
     audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="login_failed", outcome="deny", resource_type="account", resource_id=account.id,
                      reason=reason)
