@@ -9,11 +9,14 @@ import contextlib
 
 import anyio
 import anyio.to_thread
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api import problems
+from api.deps import processing_consent
 from api.middleware import EdgeMiddleware
-from api.routers import audit, auth, health, labs, patients, records, sharing
+from api.routers import audit, auth, health, keys, labs, patients, privacy, records, sharing
+from vault import keyops
+from vault import privacy as privacy_notice
 from vault.runtime import Vault
 
 
@@ -34,7 +37,10 @@ SQLITE_THREADS = 4
 
 
 def create_app(vault: Vault) -> FastAPI:
+    privacy_notice.current_notice(vault)  # a missing or malformed privacy notice stops start-up, not a registration
     app = FastAPI(
+        # PIPL-1: every route names the processing it does, for the consent check at identity resolution.
+        dependencies=[Depends(processing_consent)],
         lifespan=_limit_sqlite_threads(vault),
         title="Health Vault",
         version="0.1.0",
@@ -42,7 +48,9 @@ def create_app(vault: Vault) -> FastAPI:
     )
     app.state.vault = vault
     problems.install(app)
-    for router in (health.router, auth.router, patients.router, records.router, audit.router, sharing.router, labs.router):
+    for router in (health.router, auth.router, patients.router, records.router, audit.router, sharing.router, labs.router,
+                   privacy.router, keys.router):
         app.include_router(router)
+    keyops.attach_auditor(vault)  # failed unwraps reported by kms reach the audit trail
     app.add_middleware(EdgeMiddleware)
     return app

@@ -5,11 +5,21 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_max_length=256)
+
+
+class ConsentsIn(_In):
+    """Separate consent per item on the notice version the client showed; an omitted item is not given (at
+    registration) or unchanged (POST /v1/patients/me/consents)."""
+
+    notice_version: str | None = Field(default=None, min_length=1, max_length=32)
+    health_data: StrictBool | None = None
+    id_number: StrictBool | None = None
+    ocr: StrictBool | None = None
 
 
 class RegisterIn(_In):
@@ -19,6 +29,8 @@ class RegisterIn(_In):
     id_number: str = Field(min_length=1, max_length=64)
     phone: str = Field(min_length=1, max_length=32)
     birth_date: dt.date | None = None
+    # PIPL-1: separate consents against the privacy notice (GET /v1/privacy-notice); missing → 422 consent-required.
+    consents: ConsentsIn | None = None
 
 
 class RegisterOut(BaseModel):
@@ -215,3 +227,117 @@ class TrendPointOut(BaseModel):
     value_num: float | None
     unit: str | None
     flag: str | None
+
+
+class NoticeSectionOut(BaseModel):
+    item: str
+    required: bool
+    title: dict[str, str]
+    text: dict[str, str]
+
+
+class NoticeOut(BaseModel):
+    version: str
+    hash: str = Field(description="SHA-256 (hex) of the notice file; stored with every consent")
+    effective_date: str | None = None
+    title: dict[str, str]
+    summary: dict[str, str] | None = None
+    sections: list[NoticeSectionOut]
+    rights: dict[str, str] | None = None
+
+
+class ConsentItemOut(BaseModel):
+    item: str
+    given: bool
+    notice_version: str
+    notice_hash: str
+    recorded_at: dt.datetime
+    on_current_notice: bool
+
+
+class ConsentStateOut(BaseModel):
+    notice_version: str
+    notice_hash: str
+    up_to_date: bool = Field(description="both required items given on the current notice")
+    missing: list[str]
+    ocr: bool = Field(description="lab sheets are read by OCR")
+    items: dict[str, ConsentItemOut | None]
+    history: list[ConsentItemOut]
+
+
+class ErasureIn(_In):
+    password: str = Field(min_length=1, max_length=256)
+    otp: str | None = Field(default=None, max_length=16)
+
+
+class ErasureOut(BaseModel):
+    erased: bool
+    patient_pseudonym: str
+    key_versions_destroyed: int
+    records_deleted: int
+    grants_revoked: int
+
+
+class ExtractionOut(BaseModel):
+    record_id: str
+    ocr_status: str
+
+
+class RootVersionOut(BaseModel):
+    version: int
+    current: bool
+    patient_keks: int = Field(description="patient KEK versions this root version wraps")
+    service_keys: int
+
+
+class KekVersionOut(BaseModel):
+    version: int
+    keks: int = Field(description="patients whose KEK has this version")
+    deks: int = Field(description="wrapped DEKs in the data database that name this KEK version")
+
+
+class RewrapJobOut(BaseModel):
+    job_id: str
+    status: str
+    phase: str
+    total: int
+    scanned: int
+    rewrapped: int
+    failed: int
+    started_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+class KeyStatusOut(BaseModel):
+    provider: str
+    suite: int
+    current_root_version: int
+    root_versions: list[RootVersionOut]
+    kek_versions: list[KekVersionOut]
+    keks_under_old_root: int
+    service_keys_under_old_root: int
+    deks_under_old_kek: int
+    deks_unreadable: int
+    pending_rotations: int
+    rewrap_job: RewrapJobOut | None
+
+
+class RotationRequestIn(_In):
+    target: str = Field(default="root", pattern="^root$", description="only root rotations need two people")
+
+
+class RotationOut(BaseModel):
+    request_id: str
+    target: str
+    status: str = Field(description="pending | approved | executing | executed | expired | failed")
+    requested_by: str = Field(description="account id of the requesting secadmin")
+    requested_at: dt.datetime
+    approved_by: str | None
+    approved_at: dt.datetime | None
+    executed_at: dt.datetime | None
+    new_version: int | None
+
+
+class RotationPage(BaseModel):
+    items: list[RotationOut]

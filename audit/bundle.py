@@ -1,9 +1,10 @@
 """Writes an audit export directory that `audit.verify.verify_bundle` checks offline.
 
 Owns: the files of an export (events.jsonl, leaves.bin, checkpoints.txt, proofs.json, public_key.txt, events.csv,
-manifest.json, manifest.sig; layouts documented in `audit.verify`), and the promise that an export is either
-complete and self-consistent or not there at all: it is built in a hidden sibling directory, checked, fsynced and
-only then renamed into place.
+manifest.json, manifest.sig; layouts documented in `audit.verify`), the manifest's statement of the algorithms the
+export uses (the signer's: Ed25519 + SHA-256, or SM2 + SM3; and the event hashes met), and the promise that an
+export is either complete and self-consistent or not there at all: it is built in a hidden sibling directory,
+checked, fsynced and only then renamed into place.
 Never: writes into a non-empty directory; writes an export whose events, leaves and checkpoints disagree (they are
 checked first, and by default the finished directory is run through the verifier before it is published); holds
 the private key (it signs through a `Signer`).
@@ -12,7 +13,6 @@ the private key (it signs through a `Signer`).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import itertools
 import json
@@ -25,13 +25,16 @@ from audit.checkpoint import Signer
 from audit.merkle import MerkleLog
 from audit.verify import (
     CHECKPOINT_SEPARATOR,
+    EVENT_FORMATS,
     EXPORT_FORMAT,
+    HASHES,
     LEAF_SIZE,
     MANIFEST_NOTE_TAG,
     VerificationError,
     canonical_bytes,
     event_hash,
     event_line,
+    event_version,
     leaf_data,
     verify_bundle,
     verify_note,
@@ -46,9 +49,9 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 class _HashingFile:
     """A binary file that hashes what is written to it and is fsynced on close (its hash goes in the manifest)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, alg: str) -> None:
         self._f = open(path, "xb")
-        self._sha = hashlib.sha256()
+        self._sha = HASHES[alg]()
 
     def write(self, data: bytes) -> None:
         self._f.write(data)
@@ -61,8 +64,8 @@ class _HashingFile:
         return self._sha.hexdigest()
 
 
-def _write(path: Path, data: bytes) -> str:
-    f = _HashingFile(path)
+def _write(path: Path, data: bytes, alg: str) -> str:
+    f = _HashingFile(path, alg)
     f.write(data)
     return f.close()
 
@@ -114,7 +117,8 @@ def write_bundle(out_dir: str | os.PathLike, *, origin: str, events: list[dict],
         raise VerificationError("the newest checkpoint must cover exactly all_leaf_data")
     if any(cp.origin != origin for cp in parsed) or any(a.size >= b.size for a, b in itertools.pairwise(parsed)):
         raise VerificationError("checkpoints: all of this origin, tree sizes increasing")
-    log = MerkleLog.from_leaf_data(all_leaf_data)
+    alg = signer.hash_name
+    log = MerkleLog.from_leaf_data(all_leaf_data, alg)
     for i, cp in enumerate(parsed, 1):
         if log.root(cp.size) != cp.root:
             raise VerificationError(f"checkpoint {i} (size {cp.size}) does not match the leaves")
@@ -124,12 +128,13 @@ def write_bundle(out_dir: str | os.PathLike, *, origin: str, events: list[dict],
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        files = _write_files(tmp, events, first_leaf, all_leaf_data, checkpoints, proofs, signer)
+        files, versions = _write_files(tmp, events, first_leaf, all_leaf_data, checkpoints, proofs, signer)
+        algorithms = {**signer.verifier_key().algorithms, "event_hash": sorted(EVENT_FORMATS[v] for v in versions)}
         manifest = {"format": EXPORT_FORMAT, "origin": origin, "first_leaf": first_leaf, "event_count": len(events),
                     "tree_size": len(all_leaf_data), "since": since, "until": until, "created_at": created_at,
-                    "files": files}
-        digest = _write(tmp / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-        _write(tmp / "manifest.sig", signer.sign_note(f"{MANIFEST_NOTE_TAG}\n{digest}\n").encode("utf-8"))
+                    "files": files, "algorithms": algorithms}
+        digest = _write(tmp / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode(), alg)
+        _write(tmp / "manifest.sig", signer.sign_note(f"{MANIFEST_NOTE_TAG}\n{digest}\n").encode("utf-8"), alg)
         if verify:
             report = verify_bundle(tmp, signer.vkey())
             if not report.ok:
@@ -144,9 +149,11 @@ def write_bundle(out_dir: str | os.PathLike, *, origin: str, events: list[dict],
 
 
 def _write_files(tmp: Path, events: list[dict], first_leaf: int, all_leaf_data: list[bytes], checkpoints: list[str],
-                 proofs: dict, signer: Signer) -> dict[str, str]:
-    """Every file but the manifest; returns {file name: sha256 hex}."""
-    lines, table = _HashingFile(tmp / "events.jsonl"), _HashingFile(tmp / "events.csv")
+                 proofs: dict, signer: Signer) -> tuple[dict[str, str], set[int]]:
+    """Every file but the manifest; returns ({file name: hex hash with the signer's hash}, event versions met)."""
+    alg = signer.hash_name
+    lines, table = _HashingFile(tmp / "events.jsonl", alg), _HashingFile(tmp / "events.csv", alg)
+    versions: set[int] = set()
     text = io.StringIO()
     rows = csv.writer(text, lineterminator="\r\n")
     rows.writerow(CSV_COLUMNS)
@@ -155,6 +162,7 @@ def _write_files(tmp: Path, events: list[dict], first_leaf: int, all_leaf_data: 
         event = {k: v for k, v in given.items() if k != "hash"}
         canonical = canonical_bytes(event)
         digest = event_hash(canonical)
+        versions.add(event_version(canonical))
         leaf = first_leaf + i
         if "hash" in given and given["hash"] != digest.hex():
             raise VerificationError(f"event at leaf {leaf}: given hash is not the hash of the event")
@@ -170,8 +178,9 @@ def _write_files(tmp: Path, events: list[dict], first_leaf: int, all_leaf_data: 
     return {
         "events.jsonl": lines.close(),
         "events.csv": table.close(),
-        "leaves.bin": _write(tmp / "leaves.bin", b"".join(all_leaf_data)),
-        "checkpoints.txt": _write(tmp / "checkpoints.txt", CHECKPOINT_SEPARATOR.join(checkpoints).encode("utf-8")),
-        "proofs.json": _write(tmp / "proofs.json", (json.dumps(proofs) + "\n").encode("ascii")),
-        "public_key.txt": _write(tmp / "public_key.txt", (signer.vkey() + "\n").encode("utf-8")),
-    }
+        "leaves.bin": _write(tmp / "leaves.bin", b"".join(all_leaf_data), alg),
+        "checkpoints.txt": _write(tmp / "checkpoints.txt", CHECKPOINT_SEPARATOR.join(checkpoints).encode("utf-8"),
+                                  alg),
+        "proofs.json": _write(tmp / "proofs.json", (json.dumps(proofs) + "\n").encode("ascii"), alg),
+        "public_key.txt": _write(tmp / "public_key.txt", (signer.vkey() + "\n").encode("utf-8"), alg),
+    }, versions

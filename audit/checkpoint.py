@@ -1,8 +1,10 @@
 """The signing side of the audit log: C2SP signed notes and tlog checkpoints.
 
-Owns: turning an Ed25519 private key into a note signer (its vkey, its signature lines) and writing checkpoint
-bodies. Formats are those documented in `audit.verify` (the key id, the vkey, the note and checkpoint layouts are
-computed with its helpers, so what is signed here is what the verifier reads).
+Owns: turning an Ed25519 private key (the "aes" suite) or an SM2 private key (the "sm" suite: kms.sm2.SM2PrivateKey,
+GmSSL underneath, SM3 with the default user id) into a note signer (its vkey, its signature lines, the hash its tree
+and export files use) and writing checkpoint bodies. Formats are those documented in `audit.verify` (the key id,
+the vkey, the note and checkpoint layouts are computed with its helpers, so what is signed here is what the verifier
+reads).
 Never: stores, loads, logs or returns private key bytes (keys come from kms/ already unwrapped, and only the public
 half ever leaves this module); signs a body the verifier would refuse to parse.
 """
@@ -22,18 +24,31 @@ __all__ = ["MerkleLog", "Signer", "make_checkpoint_body"]
 
 
 class Signer:
-    """Signs note bodies as `— <name> <base64(key id || Ed25519 signature)>` (C2SP signed-note)."""
+    """Signs note bodies as `— <name> <base64(key id || signature)>` (C2SP signed-note), the signature being Ed25519
+    or SM2 (r || s) according to the key."""
 
-    __slots__ = ("name", "key_id", "_key", "_vkey")
+    __slots__ = ("name", "key_id", "kind", "_key", "_vkey")
 
-    def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
-        if not isinstance(private_key, Ed25519PrivateKey):
-            raise TypeError("Signer needs an Ed25519PrivateKey")
-        public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self._vkey = parse_vkey(str(VerifierKey(name, note_key_id(name, public), public)))  # checks the name too
+    def __init__(self, name: str, private_key) -> None:
+        if isinstance(private_key, Ed25519PrivateKey):
+            kind, public = "ed25519", private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        elif callable(getattr(private_key, "sign", None)) and callable(getattr(private_key, "public_key", None)):
+            # An SM2 key (duck-typed so this module needs no kms import): public_key() is 0x04 || x || y, which
+            # parse_vkey below checks is a point of the SM2 curve; sign(message) returns r || s.
+            kind, public = "sm2", bytes(private_key.public_key())
+        else:
+            raise TypeError("Signer needs an Ed25519PrivateKey or a kms.sm2.SM2PrivateKey")
+        vkey = VerifierKey(name, note_key_id(name, public, kind), public, kind)
+        self._vkey = parse_vkey(str(vkey))  # checks the name and the key too
         self.name = name
+        self.kind = kind
         self.key_id = self._vkey.key_id
         self._key = private_key
+
+    @property
+    def hash_name(self) -> str:
+        """The hash of the Merkle tree and the export files this signer signs: "sha256" or "sm3"."""
+        return self._vkey.hash_name
 
     def __repr__(self) -> str:
         return f"Signer({self.vkey()!r})"
@@ -53,6 +68,8 @@ class Signer:
         if any(c < " " and c != "\n" for c in body):
             raise VerificationError("note body: control character")
         signature = self._key.sign(body.encode("utf-8"))
+        if len(signature) != 64:
+            raise VerificationError("signer: a note signature is 64 bytes")
         line = base64.b64encode(self.key_id + signature).decode("ascii")
         return f"{body}\n\u2014 {self.name} {line}\n"
 

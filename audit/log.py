@@ -4,8 +4,10 @@ Owns integrating newly committed events of every chain into one append-only Merk
 `audit.verify`) and signing C2SP tlog-checkpoints over it. Integration takes a log-wide lock (a PostgreSQL advisory
 lock; SQLite's write lock), reads each chain past its integrated watermark — a committed prefix, because a chain's
 appends commit in seq order under its head lock — orders the batch by insertion id, appends the leaves, moves the
-watermarks and signs, all in one transaction. The signing key is kms's `audit-signing` service key; this module
-never sees any other key and never reads event bodies beyond their hashes.
+watermarks and signs, all in one transaction. The signing key is kms's `audit-signing` service key (Ed25519 seed) in
+the "aes" suite, `sm:audit-signing` (SM2 key derived by kms.sm2) in the "sm" suite; the signer's key type decides the
+tree's hash (SHA-256 or SM3) over the same leaves, so checkpoints signed after a suite switch cover the whole log,
+old leaves included. This module never sees any other key and never reads event bodies beyond their hashes.
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ from audit.merkle import MerkleLog
 from audit.models import AuditEvent, ChainHead, Checkpoint, Leaf
 
 SIGNING_PURPOSE = "audit-signing"
+SM_SIGNING_PURPOSE = "sm:audit-signing"
 _PG_LOCK_KEY = 0x68764C4F47  # "hvLOG"
 
 
-def signer_from_key(origin: str, seed: bytes) -> Signer:
-    """The checkpoint signer: an Ed25519 key whose 32-byte seed is kms's single-purpose audit-signing key."""
+def signer_from_key(origin: str, seed: bytes, *, sm2: bool = False) -> Signer:
+    """The checkpoint signer: an Ed25519 key whose 32-byte seed is kms's single-purpose audit-signing key, or (the SM
+    suite) an SM2 key derived from kms's `sm:audit-signing` key."""
+    if sm2:
+        from kms.sm2 import SM2PrivateKey
+
+        return Signer(origin, SM2PrivateKey.from_seed(seed))
     return Signer(origin, Ed25519PrivateKey.from_private_bytes(seed[:32]))
 
 
@@ -42,25 +50,33 @@ def lock_log(session: Session) -> None:
 
 
 class LogCache:
-    """This process's copy of the leaf hashes, extended from the database as the log grows."""
+    """This process's copy of the leaf hashes, extended from the database as the log grows. `alg` is the tree hash
+    of the signer ("sha256" or "sm3"); asking for another one rebuilds the copy from the database."""
 
-    def __init__(self) -> None:
-        self.tree = MerkleLog()
+    def __init__(self, alg: str = "sha256") -> None:
+        self.tree = MerkleLog(alg)
         self.lock = threading.Lock()
 
-    def reset(self) -> None:
+    @property
+    def alg(self) -> str:
+        return self.tree.alg
+
+    def reset(self, alg: str | None = None) -> None:
         """Forget everything (after a rolled-back integration); the next sync reloads from the database."""
         with self.lock:
-            self.tree = MerkleLog()
+            self.tree = MerkleLog(alg or self.tree.alg)
 
-    def sync(self, session: Session, size: int | None = None) -> MerkleLog:
+    def sync(self, session: Session, size: int | None = None, alg: str | None = None) -> MerkleLog:
+        if alg is not None and alg != self.tree.alg:
+            self.reset(alg)
         with self.lock:
             have = self.tree.size
             query = select(Leaf.chain_id, Leaf.seq, Leaf.event_hash).where(Leaf.leaf_index >= have)
             if size is not None:
                 query = query.where(Leaf.leaf_index < size)
+            alg = self.tree.alg
             for chain_id, seq, event_hash in session.execute(query.order_by(Leaf.leaf_index)):
-                self.tree.append(verify.leaf_hash(verify.leaf_data(chain_id, seq, bytes(event_hash))))
+                self.tree.append(verify.leaf_hash(verify.leaf_data(chain_id, seq, bytes(event_hash)), alg))
             return self.tree
 
 
@@ -115,7 +131,7 @@ def integrate(session: Session, *, cache: LogCache, signer: Signer, origin: str,
         session.flush()
     new_size = size + len(batch)
     try:
-        root = cache.sync(session, new_size).root(new_size)
+        root = cache.sync(session, new_size, signer.hash_name).root(new_size)
         note = signer.sign_note(make_checkpoint_body(origin, new_size, root, extensions))
         checkpoint = Checkpoint(tree_size=new_size, root_hash=root, kind=kind, note=note, created_at=now)
         session.add(checkpoint)

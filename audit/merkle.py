@@ -2,42 +2,44 @@
 
 Owns: the cached tree levels of the server's log (level h holds the hash of every complete, aligned subtree of 2^h
 leaves: 32 bytes each, about 64 MB for 1,000,000 leaves in all levels together).
-Never: defines a hashing rule of its own: leaf, node and empty-tree hashes come from `audit.verify`, and every proof
-it produces is the one `verify.inclusion_proof` / `verify.consistency_proof` define (tests compare them). Not
-thread-safe: one writer, or a lock around it.
+Never: defines a hashing rule of its own: leaf, node and empty-tree hashes come from `audit.verify` (SHA-256 by
+default, SM3 for a log signed in the SM suite: `MerkleLog(alg="sm3")`), and every proof it produces is the one
+`verify.inclusion_proof` / `verify.consistency_proof` define (tests compare them). Not thread-safe: one writer, or a
+lock around it.
 """
 
 from __future__ import annotations
 
-from audit.verify import VerificationError, leaf_hash, node_hash, parent_level, root_from_leaf_hashes
-
-_EMPTY_ROOT = root_from_leaf_hashes([])
+from audit.verify import HASHES, VerificationError, empty_root, leaf_hash, node_hash, parent_level
 
 
 class MerkleLog:
     """Append leaf hashes, then ask for root(size), inclusion_proof(index, size), consistency_proof(size1, size2)."""
 
-    def __init__(self) -> None:
+    def __init__(self, alg: str = "sha256") -> None:
+        if alg not in HASHES:
+            raise VerificationError(f"tree: unknown hash {alg!r}")
+        self.alg = alg
         self._levels: list[bytearray] = [bytearray()]
         self._size = 0
 
     @classmethod
-    def from_leaf_hashes(cls, hashes: list[bytes]) -> MerkleLog:
+    def from_leaf_hashes(cls, hashes: list[bytes], alg: str = "sha256") -> MerkleLog:
         """Bulk build, level by level (several times faster than appending one by one)."""
-        log = cls()
+        log = cls(alg)
         level = b"".join(hashes)
         if len(level) != 32 * len(hashes):
             raise VerificationError("tree: every leaf hash is 32 bytes")
         log._size = len(hashes)
         log._levels = [bytearray(level)]
         while len(level) >= 64:
-            level = b"".join(parent_level(level))
+            level = b"".join(parent_level(level, alg))
             log._levels.append(bytearray(level))
         return log
 
     @classmethod
-    def from_leaf_data(cls, datas: list[bytes]) -> MerkleLog:
-        return cls.from_leaf_hashes([leaf_hash(d) for d in datas])
+    def from_leaf_data(cls, datas: list[bytes], alg: str = "sha256") -> MerkleLog:
+        return cls.from_leaf_hashes([leaf_hash(d, alg) for d in datas], alg)
 
     def __len__(self) -> int:
         return self._size
@@ -56,7 +58,7 @@ class MerkleLog:
         height, n = 0, index
         while n & 1:
             level = self._levels[height]
-            parent = node_hash(bytes(level[-64:-32]), bytes(level[-32:]))
+            parent = node_hash(bytes(level[-64:-32]), bytes(level[-32:]), self.alg)
             height, n = height + 1, n >> 1
             if height == len(self._levels):
                 self._levels.append(bytearray())
@@ -64,7 +66,7 @@ class MerkleLog:
         return index
 
     def append_leaf_data(self, data: bytes) -> int:
-        return self.append(leaf_hash(data))
+        return self.append(leaf_hash(data, self.alg))
 
     def leaf_hash(self, index: int) -> bytes:
         self._check(0 <= index < self._size, "leaf index out of range")
@@ -73,7 +75,7 @@ class MerkleLog:
     def root(self, size: int | None = None) -> bytes:
         size = self._size if size is None else size
         self._check(0 <= size <= self._size, "tree size beyond the log")
-        return self._mth(0, size) if size else _EMPTY_ROOT
+        return self._mth(0, size) if size else empty_root(self.alg)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """RFC 9162 §2.1.3.1 PATH(index, D[size]), siblings from the leaf up."""
@@ -118,7 +120,7 @@ class MerkleLog:
             offset = (start >> height) * 32
             return bytes(self._levels[height][offset:offset + 32])
         k = 1 << ((n - 1).bit_length() - 1)
-        return node_hash(self._mth(start, start + k), self._mth(start + k, end))
+        return node_hash(self._mth(start, start + k), self._mth(start + k, end), self.alg)
 
     @staticmethod
     def _check(condition: bool, message: str) -> None:

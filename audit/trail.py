@@ -6,6 +6,11 @@ the Merkle log (`audit.log`) later integrates all chains into one signed tree. T
 transaction: the chain head is advanced first (an UPDATE, which takes the head row's lock on PostgreSQL and the
 database write lock on SQLite and holds it to commit), so two writers can never fork a chain. If anything fails, the
 caller's transaction fails with it. Hashing rules live in `audit.verify`, the module an assessor reads.
+
+Suites: a chain keeps one event format for its whole life. Format 1 (SHA-256, the "aes" suite) uses chains 0..K-1,
+format 2 (SM3, the "sm" suite) chains 32768..32768+K-1, so a vault that switches suite simply starts appending to
+fresh chains (from genesis) while the old ones stay as they are, and an event's format follows from its chain id
+(no column stores it). The Merkle log integrates both kinds of chain into one tree.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from audit.models import AuditEvent, ChainHead, UTCDateTime
 from audit.vocabulary import ACTIONS, OUTCOMES
 
 GENESIS = "0" * 64
-EVENT_FORMAT = 1
+EVENT_FORMAT = 1  # the "aes" suite's format; SM_EVENT_FORMAT for the "sm" suite
+SM_EVENT_FORMAT = 2
+SM_CHAIN_BASE = verify.SM_CHAIN_BASE  # 32768: chains of format-2 (SM3) events start here
 MAX_USER_AGENT = 256
 
 
@@ -46,10 +53,24 @@ def format_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def chain_for(key: str | None, chains: int) -> int:
+def chain_for(key: str | None, chains: int, event_format: int = EVENT_FORMAT) -> int:
+    base = _chain_base(event_format)
     if chains <= 1 or not key:
+        return base
+    return base + (int(key[:8], 16) % chains if all(c in "0123456789abcdef" for c in key[:8]) else 0)
+
+
+def _chain_base(event_format: int) -> int:
+    if event_format == EVENT_FORMAT:
         return 0
-    return int(key[:8], 16) % chains if all(c in "0123456789abcdef" for c in key[:8]) else 0
+    if event_format == SM_EVENT_FORMAT:
+        return SM_CHAIN_BASE
+    raise ValueError(f"unknown audit event format {event_format!r}")
+
+
+def format_of_chain(chain_id: int) -> int:
+    """The event format (v) of every event of a chain."""
+    return SM_EVENT_FORMAT if chain_id >= SM_CHAIN_BASE else EVENT_FORMAT
 
 
 def canonical_event(row: AuditEvent) -> dict:
@@ -62,10 +83,12 @@ _COLUMNS = ("chain_id", "seq", "occurred_at", "actor", "actor_role", "action", "
             "prev_hash")
 
 
-def ensure_chains(session: Session, chains: int) -> None:
-    """Create missing chain-head rows (idempotent; called at start-up)."""
+def ensure_chains(session: Session, chains: int, event_format: int = EVENT_FORMAT) -> None:
+    """Create missing chain-head rows for the chains events of `event_format` go to (idempotent; called at
+    start-up)."""
+    base = _chain_base(event_format)
     existing = set(session.scalars(select(ChainHead.chain_id)))
-    missing = [c for c in range(max(chains, 1)) if c not in existing]
+    missing = [c for c in range(base, base + max(chains, 1)) if c not in existing]
     if missing:
         session.execute(insert(ChainHead), [
             {"chain_id": c, "seq": -1, "hash": GENESIS, "integrated_seq": -1} for c in missing])
@@ -85,16 +108,17 @@ _INSERT_AND_MOVE = text(
 ).bindparams(bindparam("occurred_at", type_=UTCDateTime()))
 
 
-def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int) -> dict:
+def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int,
+           event_format: int = EVENT_FORMAT) -> dict:
     """Link one event into its chain, in the caller's transaction (the caller commits); returns the exported view.
 
     Two round trips on PostgreSQL: the head UPDATE that takes the chain's lock and returns (seq, prev_hash), then one
     statement that moves the head's hash and inserts the event; the lock is then held only through the caller's
     commit. Statements are built once and run as Core on the session's connection (the ORM paths cost more than
-    the database work here)."""
+    the database work here). `event_format` 2 (the "sm" suite) hashes with SM3 into the chains from 32768."""
     if event.action not in ACTIONS or event.outcome not in OUTCOMES:
         raise ValueError("unknown audit action or outcome")
-    chain = chain_for(event.patient or event.actor, chains)
+    chain = chain_for(event.patient or event.actor, chains, event_format)
     connection = session.connection()
     moved = connection.execute(_ADVANCE, {"c": chain}).first()
     if moved is None:
@@ -120,7 +144,8 @@ def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int) 
 
 def _canonical(values: dict) -> dict:
     return {
-        "v": EVENT_FORMAT, "chain": values["chain_id"], "seq": values["seq"], "time": format_time(values["occurred_at"]),
+        "v": format_of_chain(values["chain_id"]), "chain": values["chain_id"], "seq": values["seq"],
+        "time": format_time(values["occurred_at"]),
         "actor": values["actor"], "actor_role": values["actor_role"], "action": values["action"],
         "resource_type": values["resource_type"], "resource_id": values["resource_id"],
         "patient": values["patient_pseudonym"], "outcome": values["outcome"], "reason": values["reason"],

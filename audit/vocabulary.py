@@ -12,13 +12,14 @@ ACTIONS = frozenset(
         "login", "login_failed", "logout", "account.create", "account.update", "account_locked",
         # patients and records
         "patient.register", "patient.read", "patient.erase",
-        "record.create", "record.read", "record.list", "record.download", "record.delete",
+        "record.create", "record.read", "record.list", "record.download", "record.update", "record.delete",
         "lab.extract", "lab.read", "lab.correct",
         # consent (PIPL processing records: kept three years)
         "grant.create", "grant.revoke", "grant.list", "shared.list", "consent.give", "consent.withdraw", "breakglass",
         "totp.enroll", "totp.activate", "alert.raised",
         # keys
         "key.create", "key.rotate", "key.rewrap", "key.shred", "key.unwrap_failed",
+        "key.status", "key.request", "key.approve", "key.retire",
         # the trail itself
         "audit.read", "audit.export", "audit.checkpoint", "audit.archive", "access_log.read",
     }
@@ -28,5 +29,5 @@ OUTCOMES = frozenset({"allow", "deny", "error"})
 # PIPL arts. 55-56: records of provision to third parties (grants, consents, exports) are kept three years.
 LONG_RETENTION_ACTIONS = frozenset(
     {"grant.create", "grant.revoke", "consent.give", "consent.withdraw", "breakglass", "audit.export",
-     "patient.erase", "key.shred"}
+     "patient.erase", "key.shred", "key.request", "key.approve", "key.rotate", "key.retire"}
 )

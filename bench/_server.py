@@ -199,9 +199,13 @@ class VaultServer:
     def register_and_login(self) -> dict[str, str]:
         """Register a fresh patient, sign in, and return the Authorization header."""
         username = "bench." + uuid.uuid4().hex[:10]
+        status, notice = self.request("GET", "/v1/privacy-notice")
+        if status != 200 or not isinstance(notice, dict):
+            raise ServerError(f"privacy notice → {status}: {notice!r}")
         status, body = self.request("POST", "/v1/patients/register", {
             "username": username, "password": PASSWORD, "real_name": "王测试", "id_number": make_id_number(),
-            "phone": "13800138000"})
+            "phone": "13800138000", "consents": {"notice_version": notice["version"], "health_data": True,
+                                                 "id_number": True, "ocr": True}})
         if status != 201:
             raise ServerError(f"register → {status}: {body!r}")
         status, body = self.request("POST", "/v1/auth/login", {"username": username, "password": PASSWORD})

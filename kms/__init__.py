@@ -2,7 +2,7 @@
 
 Key hierarchy:
 
-    root key            held by a RootKeyProvider (`local`: a file sealed by a passphrase; later PKCS#11 / HSM)
+    root key            held by a RootKeyProvider (`local`: a file sealed by a passphrase; `pkcs11`: an HSM)
       └─ patient KEK    one per patient, versioned, random 256-bit, stored root-wrapped in the KeyStore
            └─ DEK       one per record or file, random 256-bit, stored KEK-wrapped next to the data
                 └─ field ciphertexts (kms.envelope) and file blobs (kms.stream)
@@ -24,6 +24,7 @@ from kms.errors import CryptoError, KeyDestroyed, KeyStoreError, RootKeyMissing,
 from kms.keys import DataKey
 from kms.keystore import KeyStore
 from kms.local import LocalProvider
+from kms.pkcs11 import Pkcs11Provider
 from kms.manager import KeyManager, WrappedKey
 from kms.provider import RootKeyProvider
 from kms.stream import StreamDecryptor, StreamEncryptor
@@ -40,6 +41,7 @@ __all__ = [
     "KeyStore",
     "KeyStoreError",
     "LocalProvider",
+    "Pkcs11Provider",
     "RootKeyMissing",
     "RootKeyProvider",
     "StreamDecryptor",

@@ -4,7 +4,12 @@ Owns: how long an unwrapped key may stay in memory (max_age seconds since it was
 handed out (max_uses), and how many keys may be held at once (max_entries). Time is passed in (`now`) so tests, not
 the wall clock, decide when an entry expires.
 Never: hands out an expired or over-used key, or lets an evicted key live on: every DataKey that leaves the cache is
-wiped. Callers that must keep using a key after it may be evicted take a clone (KeyManager does).
+wiped (its bytearray zeroed, its AEAD object dropped). Callers that must keep using a key after it may be evicted
+take a clone (KeyManager does).
+
+Expired entries do not wait to be asked for: every get/put sweeps the whole cache when a sweep is due (at most every
+max_age / 4 seconds of the caller's clock), and `sweep(now)` does it on demand, so an unwrapped key that nobody uses
+any more is wiped within about 1.25 x max_age of being unwrapped as long as the process uses the cache at all.
 Never logs or shows what it holds; cache keys are opaque tuples chosen by the caller.
 """
 
@@ -35,10 +40,13 @@ class KeyCache:
         self.max_uses = max_uses
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self._sweep_every = self.max_age / 4
+        self._swept: float | None = None
 
     def get(self, cache_key: Hashable, *, now: float) -> DataKey | None:
         """The cached key (counting one use), or None if absent, too old or used up."""
         with self._lock:
+            self._sweep_if_due(now)
             entry = self._entries.get(cache_key)
             if entry is None:
                 return None
@@ -51,6 +59,7 @@ class KeyCache:
 
     def put(self, cache_key: Hashable, key: DataKey, *, now: float) -> None:
         with self._lock:
+            self._sweep_if_due(now)
             old = self._entries.pop(cache_key, None)
             if old is not None and old.key is not key:
                 old.key.wipe()
@@ -58,6 +67,24 @@ class KeyCache:
             while len(self._entries) > self.max_entries:
                 _, lru = self._entries.popitem(last=False)
                 lru.key.wipe()
+
+    def sweep(self, *, now: float) -> int:
+        """Wipe and drop every expired or used-up entry now; returns how many were dropped."""
+        with self._lock:
+            return self._sweep(now)
+
+    def _sweep_if_due(self, now: float) -> None:
+        if self._swept is None:
+            self._swept = now
+        elif now - self._swept >= self._sweep_every:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> int:
+        self._swept = now
+        stale = [k for k, e in self._entries.items() if now - e.born >= self.max_age or e.uses >= self.max_uses]
+        for cache_key in stale:
+            self._drop(cache_key)
+        return len(stale)
 
     def evict(self, cache_key: Hashable) -> None:
         with self._lock:

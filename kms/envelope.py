@@ -10,12 +10,16 @@ Wire format (all integers big-endian):
 
     offset  size  field
     0       1     format_version   u8, = 1
-    1       1     suite            u8, see kms.suites (1 = AES-256-GCM)
+    1       1     suite            u8, see kms.suites (1 = AES-256-GCM, 2 = SM4-GCM)
     2       16    key_id           the DataKey's id
     18      4     key_version      u32
     22      12    nonce            random per encryption
     34      n     ciphertext       n = len(plaintext)
     34+n    16    tag
+
+The suite byte is the key's suite (DataKey.suite), so a vault that switches crypto_suite keeps decrypting its old
+ciphertexts: each is opened with the algorithm its own header names, and a key whose suite differs from the header is
+refused. Layout and sizes are the same for both suites (12-byte nonce, 16-byte tag).
 
 The 34 header bytes are authenticated too: AEAD associated data = header(34) || associated_data, so changing the
 suite, key id, version or format byte breaks the tag. Minimum length is 50 (empty plaintext).

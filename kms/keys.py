@@ -1,6 +1,7 @@
 """The in-memory form of a symmetric data key.
 
-Owns: a key's identity (key_id, version, suite), its bytes, and the one AEAD object built from them.
+Owns: a key's identity (key_id, version, suite), its bytes, and the one AEAD object built from them. The suite fixes
+the key size (kms.suites.key_size: 32 bytes for AES-256-GCM, 16 for SM4-GCM) and the AEAD (AESGCM or SM4GCM).
 Never: shows its bytes in repr, str, pickles or exceptions. `material()` exists only so a key can be wrapped by a
 higher key; everything else encrypts through the cached AEAD object, because building that object costs as much as
 a whole small-field encryption (MEASURED-LIMITS §1).
@@ -35,8 +36,8 @@ class DataKey:
             raise ValueError("version must fit in a u32")
         if not suites.is_supported(suite):
             raise ValueError(f"cipher suite {suite!r} is not implemented")
-        if len(material) != suites.KEY_SIZE:
-            raise ValueError("a data key is 32 bytes")
+        if len(material) != suites.key_size(suite):
+            raise ValueError(f"a data key of suite {suite} is {suites.key_size(suite)} bytes")
         self.key_id = bytes(key_id)
         self.version = version
         self.suite = suite
@@ -48,7 +49,7 @@ class DataKey:
 
     @classmethod
     def generate(cls, *, key_id: bytes | None = None, version: int = 1, suite: int = AES_256_GCM) -> DataKey:
-        return cls(os.urandom(suites.KEY_SIZE), key_id=os.urandom(KEY_ID_SIZE) if key_id is None else key_id,
+        return cls(os.urandom(suites.key_size(suite)), key_id=os.urandom(KEY_ID_SIZE) if key_id is None else key_id,
                    version=version, suite=suite)
 
     @classmethod

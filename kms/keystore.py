@@ -1,7 +1,9 @@
 """Where wrapped keys are kept: patient KEKs and service keys, in a database APART from the data database.
 
-Owns: the key-store schema (its own DeclarativeBase and Alembic history), the engine and its safety settings, and
-the small set of queries KeyManager needs.
+Owns: the key-store schema (its own DeclarativeBase and Alembic history), the engine and its safety settings, the
+small set of queries KeyManager needs, and the bookkeeping of key operations that must outlive a process: root
+rotation requests (two-person rule: who asked, who approved, opaque account ids only) and rewrap jobs (phase,
+cursor, counters, so a killed rewrap resumes where it stopped).
 Never: sees an unwrapped key (everything stored here is wrapped by the root key), shares a metadata object or
 migration history with vault, or lives in the data database: erasure destroys a patient's KEK here, and restoring a
 data backup must not bring it back.
@@ -25,7 +27,8 @@ import os
 import re
 from pathlib import Path
 
-from sqlalchemy import DateTime, Integer, LargeBinary, String, create_engine, delete, event, func, select, text
+from sqlalchemy import (DateTime, Index, Integer, LargeBinary, String, and_, create_engine, delete, event, func, or_, select,
+                        text, update)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -51,6 +54,8 @@ class PatientKek(KeyStoreBase):
     wrapped: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     destroyed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # kms.suites id of this KEK (and so of the cipher that wraps DEKs under it); 1 = AES-256-GCM for older rows.
+    suite: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
 
     def __repr__(self) -> str:
         destroyed = self.destroyed_at is not None
@@ -68,6 +73,52 @@ class ServiceKey(KeyStoreBase):
 
     def __repr__(self) -> str:
         return f"ServiceKey(purpose={self.purpose!r}, version={self.version})"
+
+
+class RotationRequest(KeyStoreBase):
+    """A root-key rotation asked for by one security administrator, executed only after a different one approved."""
+
+    __tablename__ = "rotation_requests"
+    __table_args__ = (Index("ix_rotation_requests_status", "status", "requested_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    target: Mapped[str] = mapped_column(String(16))  # "root"
+    status: Mapped[str] = mapped_column(String(16))  # pending | approved | executing | executed | expired | failed
+    requested_by: Mapped[str] = mapped_column(String(64))  # opaque account id
+    requested_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    approved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    approved_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    executed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    new_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    def __repr__(self) -> str:
+        return f"RotationRequest(id={self.id!r}, target={self.target!r}, status={self.status!r})"
+
+
+class RewrapJob(KeyStoreBase):
+    """Progress of one rewrap run. Rewrapping is idempotent, so the cursor only saves work: a stale cursor after a
+    crash means one batch is looked at twice, never that a key is skipped or damaged."""
+
+    __tablename__ = "rewrap_jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # running | done
+    phase: Mapped[str] = mapped_column(String(16))  # keks | service | patients | records | done
+    cursor: Mapped[str | None] = mapped_column(String(130), nullable=True)  # last key looked at in this phase
+    runner: Mapped[str] = mapped_column(String(32))  # the process that owns the job now (a resume takes it over)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)  # keys to look at, estimated when the job (re)started
+    scanned: Mapped[int] = mapped_column(Integer, default=0)
+    rewrapped: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+
+    def __repr__(self) -> str:
+        return f"RewrapJob(id={self.id!r}, status={self.status!r}, phase={self.phase!r})"
+
+
+JOB_FIELDS = ("status", "phase", "cursor", "updated_at", "finished_at", "total", "scanned", "rewrapped", "failed")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -180,6 +231,203 @@ class KeyStore:
             return True
         except IntegrityError:
             return False
+
+    # --- rotation and rewrap -----------------------------------------------------------------------------------
+    def newest_kek_versions(self, patient_ids) -> dict[str, int]:
+        """{patient_id: newest KEK version} for these patients; 0 (TOMBSTONE_VERSION) for an erased patient;
+        patients without any key are absent."""
+        ids = list(dict.fromkeys(patient_ids))
+        found: dict[str, int] = {}
+        with self.session() as s:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                query = (select(PatientKek.patient_id, func.max(PatientKek.version))
+                         .where(PatientKek.patient_id.in_(chunk)).group_by(PatientKek.patient_id))
+                found.update({pid: int(version) for pid, version in s.execute(query)})
+        return found
+
+    def all_newest_kek_versions(self) -> dict[str, int]:
+        """{patient_id: newest KEK version} for every patient in the store (0 for the erased)."""
+        with self.session() as s:
+            query = select(PatientKek.patient_id, func.max(PatientKek.version)).group_by(PatientKek.patient_id)
+            return {pid: int(version) for pid, version in s.execute(query)}
+
+    def live_patient_ids(self, *, after: str | None, limit: int) -> list[str]:
+        """Patients that still have keys (not erased), in id order, after `after`."""
+        with self.session() as s:
+            query = (select(PatientKek.patient_id).group_by(PatientKek.patient_id)
+                     .having(func.min(PatientKek.version) > TOMBSTONE_VERSION)
+                     .order_by(PatientKek.patient_id).limit(limit))
+            if after is not None:
+                query = query.where(PatientKek.patient_id > after)
+            return list(s.scalars(query))
+
+    def add_patient_keks(self, rows: list[PatientKek]) -> None:
+        """Insert several KEK rows in one transaction (KeyStoreError if any exists or the patient was erased)."""
+        try:
+            with self.session() as s, s.begin():
+                erased = set(s.scalars(select(PatientKek.patient_id).where(
+                    PatientKek.patient_id.in_([r.patient_id for r in rows]),
+                    PatientKek.version == TOMBSTONE_VERSION)))
+                if erased:
+                    raise KeyStoreError("a patient in this batch was erased meanwhile")
+                s.add_all(rows)
+        except IntegrityError:
+            raise KeyStoreError("a key for this patient and version already exists") from None
+
+    def keks_under_old_root(self, current_root: int, *, after: tuple[str, int] | None,
+                            limit: int) -> list[PatientKek]:
+        """KEK rows wrapped by a root version other than `current_root`, in (patient, version) order."""
+        with self.session() as s:
+            query = select(PatientKek).where(PatientKek.root_version != current_root,
+                                             PatientKek.version != TOMBSTONE_VERSION)
+            if after is not None:
+                query = query.where(or_(PatientKek.patient_id > after[0],
+                                        and_(PatientKek.patient_id == after[0], PatientKek.version > after[1])))
+            return list(s.scalars(query.order_by(PatientKek.patient_id, PatientKek.version).limit(limit)))
+
+    def update_kek_wraps(self, changes: list[tuple[str, int, int, int, bytes]]) -> int:
+        """Compare-and-swap new root wraps: (patient_id, version, old_root, new_root, wrapped); one transaction.
+
+        A row whose root version moved meanwhile (another rewrap) or that was destroyed is left alone. Returns the
+        number of rows changed."""
+        changed = 0
+        with self.session() as s, s.begin():
+            for patient_id, version, old_root, new_root, wrapped in changes:
+                result = s.execute(update(PatientKek).where(
+                    PatientKek.patient_id == patient_id, PatientKek.version == version,
+                    PatientKek.root_version == old_root).values(root_version=new_root, wrapped=wrapped)
+                    .execution_options(synchronize_session=False))
+                changed += result.rowcount or 0
+        return changed
+
+    def service_keys_under_old_root(self, current_root: int) -> list[ServiceKey]:
+        with self.session() as s:
+            return list(s.scalars(select(ServiceKey).where(ServiceKey.root_version != current_root)
+                                  .order_by(ServiceKey.purpose, ServiceKey.version)))
+
+    def update_service_key_wrap(self, purpose: str, version: int, old_root: int, new_root: int,
+                                wrapped: bytes) -> bool:
+        with self.session() as s, s.begin():
+            result = s.execute(update(ServiceKey).where(
+                ServiceKey.purpose == purpose, ServiceKey.version == version, ServiceKey.root_version == old_root)
+                .values(root_version=new_root, wrapped=wrapped).execution_options(synchronize_session=False))
+            return bool(result.rowcount)
+
+    def root_version_counts(self) -> dict[int, dict[str, int]]:
+        """{root_version: {"patient_keks": n, "service_keys": m}} over every live wrapped key."""
+        counts: dict[int, dict[str, int]] = {}
+        with self.session() as s:
+            for version, n in s.execute(select(PatientKek.root_version, func.count())
+                                        .where(PatientKek.version != TOMBSTONE_VERSION)
+                                        .group_by(PatientKek.root_version)):
+                counts.setdefault(int(version), {"patient_keks": 0, "service_keys": 0})["patient_keks"] = n
+            for version, n in s.execute(select(ServiceKey.root_version, func.count())
+                                        .group_by(ServiceKey.root_version)):
+                counts.setdefault(int(version), {"patient_keks": 0, "service_keys": 0})["service_keys"] = n
+        return counts
+
+    def kek_version_counts(self) -> dict[int, int]:
+        """{KEK version: number of live KEK rows with that version} (erased patients excluded)."""
+        with self.session() as s:
+            return {int(v): n for v, n in s.execute(select(PatientKek.version, func.count())
+                                                     .where(PatientKek.version != TOMBSTONE_VERSION)
+                                                     .group_by(PatientKek.version))}
+
+    def old_kek_rows(self, *, after: tuple[str, int] | None, limit: int) -> list[tuple[str, int, dt.datetime]]:
+        """(patient_id, version, created_at of the patient's newest version) of every KEK version that is not its
+        patient's newest: the candidates for retirement."""
+        newest = (select(PatientKek.patient_id.label("pid"), func.max(PatientKek.version).label("top"))
+                  .group_by(PatientKek.patient_id).subquery())
+        top = PatientKek.__table__.alias("top_row")
+        with self.session() as s:
+            query = (select(PatientKek.patient_id, PatientKek.version, top.c.created_at)
+                     .join(newest, newest.c.pid == PatientKek.patient_id)
+                     .join(top, and_(top.c.patient_id == newest.c.pid, top.c.version == newest.c.top))
+                     .where(PatientKek.version < newest.c.top, PatientKek.version != TOMBSTONE_VERSION))
+            if after is not None:
+                query = query.where(or_(PatientKek.patient_id > after[0],
+                                        and_(PatientKek.patient_id == after[0], PatientKek.version > after[1])))
+            return [(pid, int(v), created) for pid, v, created in
+                    s.execute(query.order_by(PatientKek.patient_id, PatientKek.version).limit(limit))]
+
+    def delete_patient_keks(self, items: list[tuple[str, int]]) -> int:
+        """Delete retired KEK versions; never a patient's newest version or a tombstone. Returns rows deleted."""
+        deleted = 0
+        with self.session() as s, s.begin():
+            for patient_id, version in items:
+                if version == TOMBSTONE_VERSION:
+                    continue
+                top = s.scalar(select(func.max(PatientKek.version)).where(PatientKek.patient_id == patient_id))
+                if top is None or version >= top:
+                    continue
+                result = s.execute(delete(PatientKek).where(PatientKek.patient_id == patient_id,
+                                                            PatientKek.version == version))
+                deleted += result.rowcount or 0
+        if deleted and self.is_sqlite:
+            with self._engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    # --- rotation requests ----------------------------------------------------------------------------------------
+    def add_rotation_request(self, row: RotationRequest) -> None:
+        with self.session() as s, s.begin():
+            s.add(row)
+
+    def rotation_request(self, request_id: str) -> RotationRequest | None:
+        with self.session() as s:
+            return s.get(RotationRequest, request_id)
+
+    def rotation_requests(self, *, target: str | None = None, statuses: tuple[str, ...] | None = None,
+                          limit: int = 100) -> list[RotationRequest]:
+        """Newest first."""
+        with self.session() as s:
+            query = select(RotationRequest)
+            if target is not None:
+                query = query.where(RotationRequest.target == target)
+            if statuses is not None:
+                query = query.where(RotationRequest.status.in_(statuses))
+            return list(s.scalars(query.order_by(RotationRequest.requested_at.desc(), RotationRequest.id)
+                                  .limit(limit)))
+
+    def move_rotation_request(self, request_id: str, *, from_status: str, **values) -> bool:
+        """Compare-and-swap a request's status (and other columns): False if it was not in `from_status` (two
+        approvers racing: only one wins)."""
+        with self.session() as s, s.begin():
+            result = s.execute(update(RotationRequest).where(RotationRequest.id == request_id,
+                                                             RotationRequest.status == from_status)
+                               .values(**values).execution_options(synchronize_session=False))
+            return bool(result.rowcount)
+
+    # --- rewrap jobs ------------------------------------------------------------------------------------------------
+    def add_rewrap_job(self, row: RewrapJob) -> None:
+        with self.session() as s, s.begin():
+            s.add(row)
+
+    def unfinished_rewrap_job(self) -> RewrapJob | None:
+        with self.session() as s:
+            return s.scalars(select(RewrapJob).where(RewrapJob.status == "running")
+                             .order_by(RewrapJob.started_at.desc()).limit(1)).first()
+
+    def rewrap_jobs(self, *, limit: int = 10) -> list[RewrapJob]:
+        with self.session() as s:
+            return list(s.scalars(select(RewrapJob).order_by(RewrapJob.started_at.desc()).limit(limit)))
+
+    def take_over_rewrap_job(self, job_id: str, runner: str, *, now: dt.datetime) -> bool:
+        with self.session() as s, s.begin():
+            result = s.execute(update(RewrapJob).where(RewrapJob.id == job_id, RewrapJob.status == "running")
+                               .values(runner=runner, updated_at=now).execution_options(synchronize_session=False))
+            return bool(result.rowcount)
+
+    def save_rewrap_job(self, job_id: str, runner: str, **values) -> bool:
+        """Record progress; False when another process took the job over (the caller must stop)."""
+        unknown = set(values) - set(JOB_FIELDS)
+        if unknown:
+            raise ValueError(f"not rewrap job fields: {sorted(unknown)}")
+        with self.session() as s, s.begin():
+            result = s.execute(update(RewrapJob).where(RewrapJob.id == job_id, RewrapJob.runner == runner)
+                               .values(**values).execution_options(synchronize_session=False))
+            return bool(result.rowcount)
 
     def count_rows(self) -> dict[str, int]:
         with self.session() as s:

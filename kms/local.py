@@ -1,10 +1,20 @@
 """The `local` root-key provider: a versioned root keyset in a file sealed by a passphrase (or, for development only,
 a single key given through an environment variable).
 
-Owns: the sealed key file format, its creation (never overwriting), opening, and adding a root version; wrapping and
-unwrapping with the root keys.
-Never: writes a root key unsealed, puts the passphrase or any key byte in a message, or overwrites an existing key
-file on create (losing it would shred every patient at once).
+Owns: the sealed key file format, its creation (never overwriting), opening, adding and retiring root versions;
+wrapping and unwrapping with the root keys.
+Never: writes a root key unsealed, puts the passphrase or any key byte in a message, overwrites an existing key
+file on create (losing it would shred every patient at once), keeps the passphrase string after open, or replaces
+the key file other than atomically (a crash leaves the old file or the new one, never half of either).
+
+Rotation (`add_version()`, `retire_version(v)`): a provider opened from (or created at) a file remembers the path and
+the sealing key derived at open (an AES-GCM object, not the passphrase), so rotation needs no passphrase again. Each
+change re-reads the file under an exclusive lock (flock on the file, re-checked against the path's inode), unseals
+it with the remembered key (a file re-sealed under another passphrase is refused), changes the keyset, seals it with
+a fresh nonce (same salt and KDF parameters: same key), writes a 0600 temp file, fsyncs it, renames it over the
+old file and fsyncs the directory. Versions only grow; a retired version number is never reused. Another process
+that still holds an older keyset notices the change on its next wrap (the file is stat'ed at most once a second) or
+when asked to unwrap a version it does not know, and reloads with its own remembered key.
 
 Key file (integers big-endian):
 
@@ -33,9 +43,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import os
 import struct
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -84,14 +98,34 @@ def _check_passphrase(passphrase: bytes) -> None:
         raise KeyStoreError("a non-empty passphrase (bytes) is required to seal or open the root key file")
 
 
-def _seal(keys: dict[int, bytes], passphrase: bytes, params: dict) -> bytes:
-    salt, nonce = os.urandom(SALT_SIZE), os.urandom(NONCE_SIZE)
-    head = _HEAD.pack(MAGIC, FILE_FORMAT, KDF_ARGON2ID, params["t"], params["m"], params["p"], salt, nonce)
+class _Sealing:
+    """The key that seals one key file (derived once, at open or create) with the salt and KDF parameters it was
+    derived with. Holds no passphrase."""
+
+    __slots__ = ("aead", "salt", "params")
+
+    def __init__(self, aead: AESGCM, salt: bytes, params: dict) -> None:
+        self.aead, self.salt, self.params = aead, salt, params
+
+    def __repr__(self) -> str:
+        return "_Sealing(<hidden>)"
+
+
+def _seal_with(keys: dict[int, bytes], sealing: _Sealing) -> bytes:
+    params, nonce = sealing.params, os.urandom(NONCE_SIZE)
+    head = _HEAD.pack(MAGIC, FILE_FORMAT, KDF_ARGON2ID, params["t"], params["m"], params["p"], sealing.salt, nonce)
     payload = struct.pack(">I", len(keys)) + b"".join(_ENTRY.pack(v, keys[v]) for v in sorted(keys))
-    return head + _derive(passphrase, salt, params).encrypt(nonce, payload, head)
+    return head + sealing.aead.encrypt(nonce, payload, head)
 
 
-def _unseal(blob: bytes, passphrase: bytes, path: Path) -> tuple[dict[int, bytes], dict]:
+def _seal(keys: dict[int, bytes], passphrase: bytes, params: dict) -> tuple[bytes, _Sealing]:
+    salt = os.urandom(SALT_SIZE)
+    sealing = _Sealing(_derive(passphrase, salt, params), salt, params)
+    return _seal_with(keys, sealing), sealing
+
+
+def _parse_head(blob: bytes, path: Path) -> tuple[dict, bytes, bytes]:
+    """(params, salt, nonce) of a key file, bounded before anything expensive happens."""
     corrupt = KeyStoreError(f"root key file {path} is damaged or not a healthvault root key file")
     if len(blob) < HEAD_SIZE + TAG_SIZE or len(blob) > _MAX_FILE:
         raise corrupt
@@ -102,8 +136,23 @@ def _unseal(blob: bytes, passphrase: bytes, path: Path) -> tuple[dict[int, bytes
         params = _check_params({"t": t, "m": m, "p": p})
     except ValueError:
         raise corrupt from None
+    return params, salt, nonce
+
+
+def _unseal(blob: bytes, passphrase: bytes, path: Path) -> tuple[dict[int, bytes], _Sealing]:
+    params, salt, _ = _parse_head(blob, path)
+    sealing = _Sealing(_derive(passphrase, salt, params), salt, params)
+    return _unseal_with(blob, sealing, path), sealing
+
+
+def _unseal_with(blob: bytes, sealing: _Sealing, path: Path) -> dict[int, bytes]:
+    corrupt = KeyStoreError(f"root key file {path} is damaged or not a healthvault root key file")
+    params, salt, nonce = _parse_head(blob, path)
+    if salt != sealing.salt or params != sealing.params:
+        raise WrongPassphrase(f"the root key file {path} was re-sealed under another passphrase since this process "
+                              "opened it: open it again")
     try:
-        payload = _derive(passphrase, salt, params).decrypt(nonce, blob[HEAD_SIZE:], blob[:HEAD_SIZE])
+        payload = sealing.aead.decrypt(nonce, blob[HEAD_SIZE:], blob[:HEAD_SIZE])
     except InvalidTag:
         raise WrongPassphrase(
             f"the passphrase does not open the root key file {path} (wrong passphrase, or the file was altered)"
@@ -122,7 +171,7 @@ def _unseal(blob: bytes, passphrase: bytes, path: Path) -> tuple[dict[int, bytes
             raise corrupt
         keys[version] = key
         previous = version
-    return keys, params
+    return keys
 
 
 def _read(path: Path) -> bytes:
@@ -164,15 +213,50 @@ def _write_new(path: Path, blob: bytes, *, replace: bool) -> None:
             os.unlink(tmp)
 
 
+@contextmanager
+def _locked(path: Path):
+    """An exclusive flock on the key file as it is now; re-taken when a concurrent rotation renamed a new file over
+    the one we locked (a lock on a replaced inode protects nothing)."""
+    for _ in range(100):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise RootKeyMissing(f"no root key file at {path}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                yield
+                return
+        finally:
+            os.close(fd)  # closing drops the lock
+    raise KeyStoreError(f"root key file {path} keeps changing; try again")
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class LocalProvider(RootKeyProvider):
     name = "local"
+    _REFRESH_EVERY = 1.0  # seconds between stat() checks for a keyset another process changed
 
-    def __init__(self, keys: dict[int, bytes]) -> None:
+    def __init__(self, keys: dict[int, bytes], *, _path: Path | None = None, _sealing: _Sealing | None = None) -> None:
         """Use create/open/from_env_value; this takes ownership of already-unsealed keys."""
         if not keys:
             raise KeyStoreError("a root keyset needs at least one version")
-        self._ciphers = {version: AESGCM(bytes(key)) for version, key in keys.items()}
-        self._current = max(self._ciphers)
+        # (ciphers by version, current version), swapped as one object so a concurrent reader never pairs a new
+        # current version with an old cipher table.
+        self._keyset: tuple[dict[int, AESGCM], int] = ({}, 0)
+        self._install(keys)
+        self._path = Path(_path) if _path is not None else None
+        self._sealing = _sealing
+        self._stamp = _stamp(self._path) if self._path is not None else None
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
 
     @classmethod
     def create(cls, path: Path, passphrase: bytes, *, kdf_params: dict | None = None) -> LocalProvider:
@@ -184,16 +268,17 @@ class LocalProvider(RootKeyProvider):
         if not path.parent.is_dir():
             raise KeyStoreError(f"directory {path.parent} for the root key file does not exist")
         keys = {1: os.urandom(KEY_SIZE)}
-        _write_new(path, _seal(keys, passphrase, params), replace=False)
-        return cls(keys)
+        blob, sealing = _seal(keys, passphrase, params)
+        _write_new(path, blob, replace=False)
+        return cls(keys, _path=path, _sealing=sealing)
 
     @classmethod
     def open(cls, path: Path, passphrase: bytes) -> LocalProvider:
         path = Path(path)
         blob = _read(path)
         _check_passphrase(passphrase)
-        keys, _ = _unseal(blob, passphrase, path)
-        return cls(keys)
+        keys, sealing = _unseal(blob, passphrase, path)
+        return cls(keys, _path=path, _sealing=sealing)
 
     @classmethod
     def from_env_value(cls, value: str) -> LocalProvider:
@@ -209,45 +294,117 @@ class LocalProvider(RootKeyProvider):
             raise KeyStoreError("the development root key must be base64 of exactly 32 bytes")
         return cls({1: raw})
 
-    def add_version(self, path: Path, passphrase: bytes) -> int:
-        """Append a new root version to the sealed file and start wrapping with it.
-
-        The file is re-read and unsealed first, so rotating from a stale process never drops a version another
-        process added, and a wrong passphrase fails before anything is written.
-        """
-        path = Path(path)
+    # --- rotation -------------------------------------------------------------------------------------------------
+    def _target(self, path: Path | None, passphrase: bytes | None) -> tuple[Path, bytes | None]:
+        if path is None:
+            if self._path is None or self._sealing is None:
+                raise KeyStoreError("this root key was not opened from a key file (development key from the "
+                                    "environment?): it cannot be rotated or retired here")
+            return self._path, None
+        if passphrase is None:
+            raise KeyStoreError("a passphrase is needed with an explicit key file path")
         _check_passphrase(passphrase)
-        keys, params = _unseal(_read(path), passphrase, path)
-        for version in self._ciphers:
+        return Path(path), passphrase
+
+    def _change(self, path: Path | None, passphrase: bytes | None, edit) -> int:
+        """Re-read, unseal, edit, re-seal and atomically replace the key file under the file lock."""
+        target, given = self._target(path, passphrase)
+        with self._lock, _locked(target):
+            blob = _read(target)
+            if given is not None:
+                keys, sealing = _unseal(blob, given, target)
+            else:
+                sealing = self._sealing
+                keys = _unseal_with(blob, sealing, target)
+            for version in self._keyset[0]:
+                if version not in keys and version > max(keys):  # an older file put back: version numbers would clash
+                    raise KeyStoreError(f"root key file {target} does not hold the versions this process uses")
+            result = edit(keys)
+            _write_new(target, _seal_with(keys, sealing), replace=True)
+            self._install(keys)
+            if target == self._path or self._path is None:
+                self._path, self._sealing = target, sealing
+                self._stamp = _stamp(target)
+        return result
+
+    def _install(self, keys: dict[int, bytes]) -> None:
+        self._keyset = ({v: AESGCM(bytes(k)) for v, k in keys.items()}, max(keys))
+
+    def add_version(self, path: Path | None = None, passphrase: bytes | None = None) -> int:
+        """Append a new root version to the sealed file and start wrapping with it; returns the new version.
+
+        With no arguments, uses the file and sealing key remembered at open/create. (An explicit path and
+        passphrase are still accepted.) The file is re-read first, so rotating from a stale process never drops a
+        version another process added, and a wrong passphrase fails before anything is written.
+        """
+
+        def edit(keys: dict[int, bytes]) -> int:
+            if len(keys) >= _MAX_VERSIONS:
+                raise KeyStoreError("the root keyset is full: retire old versions first")
+            version = max(keys) + 1
+            keys[version] = os.urandom(KEY_SIZE)
+            return version
+
+        return self._change(path, passphrase, edit)
+
+    def retire_version(self, version: int) -> None:
+        """Remove a root version from the sealed file for good. Refuses the current version and unknown versions.
+
+        The caller (KeyManager) first checks that no wrapped key in the key store still names this version."""
+
+        def edit(keys: dict[int, bytes]) -> None:
             if version not in keys:
-                raise KeyStoreError(f"root key file {path} does not hold the versions this process uses")
-        version = max(keys) + 1
-        keys[version] = os.urandom(KEY_SIZE)
-        _write_new(path, _seal(keys, passphrase, params), replace=True)
-        self._ciphers = {v: AESGCM(k) for v, k in keys.items()}
-        self._current = version
-        return version
+                raise KeyStoreError(f"root version {version} is not in the keyset")
+            if version == max(keys):
+                raise KeyStoreError(f"root version {version} is the current one and cannot be retired")
+            del keys[version]
+
+        self._change(None, None, edit)
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reload the keyset if another process changed the file (rotation, retirement); True if it changed."""
+        if self._path is None or self._sealing is None:
+            return False
+        now = time.monotonic()
+        if not force and now - self._checked < self._REFRESH_EVERY:
+            return False
+        self._checked = now
+        stamp = _stamp(self._path)
+        if stamp is None or stamp == self._stamp:
+            return False
+        with self._lock:
+            try:
+                keys = _unseal_with(_read(self._path), self._sealing, self._path)
+            except KeyStoreError:
+                return False  # keep serving with what we have; rotation tools report the problem
+            self._install(keys)
+            self._stamp = stamp
+        return True
 
     # --- RootKeyProvider ------------------------------------------------------------------------------------------
-    @property
     def versions(self) -> tuple[int, ...]:
-        return tuple(sorted(self._ciphers))
+        self.refresh()
+        return tuple(sorted(self._keyset[0]))
 
     def current_version(self) -> int:
-        return self._current
+        self.refresh()
+        return self._keyset[1]
 
     @staticmethod
     def _aad(version: int, associated_data: bytes) -> bytes:
         return _WRAP_DOMAIN + struct.pack(">I", version) + bytes(associated_data)
 
     def wrap(self, plaintext_key: bytes, associated_data: bytes) -> tuple[int, bytes]:
-        version = self._current
+        self.refresh()
+        ciphers, version = self._keyset
         nonce = os.urandom(NONCE_SIZE)
-        return version, nonce + self._ciphers[version].encrypt(nonce, bytes(plaintext_key),
-                                                                self._aad(version, associated_data))
+        return version, nonce + ciphers[version].encrypt(nonce, bytes(plaintext_key),
+                                                         self._aad(version, associated_data))
 
     def unwrap(self, root_version: int, wrapped: bytes, associated_data: bytes) -> bytes:
-        cipher = self._ciphers.get(root_version)
+        cipher = self._keyset[0].get(root_version)
+        if cipher is None and self.refresh(force=True):
+            cipher = self._keyset[0].get(root_version)
         if cipher is None or len(wrapped) < NONCE_SIZE + TAG_SIZE:
             raise CryptoError()
         try:
@@ -257,4 +414,4 @@ class LocalProvider(RootKeyProvider):
             raise CryptoError() from None
 
     def __repr__(self) -> str:
-        return f"LocalProvider(versions={list(self.versions)})"
+        return f"LocalProvider(versions={list(self.versions())})"

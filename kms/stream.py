@@ -15,7 +15,7 @@ Wire format (integers big-endian):
     header, 49 bytes
     offset  size  field
     0       1     format_version   u8, = 1
-    1       1     suite            u8 (1 = AES-256-GCM)
+    1       1     suite            u8 (1 = AES-256-GCM, 2 = SM4-GCM)
     2       16    key_id           the DEK's id
     18      4     key_version      u32
     22      4     segment_size     u32, plaintext bytes per full segment, 4 KiB..16 MiB
@@ -28,10 +28,13 @@ Wire format (integers big-endian):
 Only the last segment is shorter than segment_size, and it is always present (an empty plaintext still gets one
 16-byte segment), so a stream ending on a full segment is by construction truncated.
 
-Subkey = HKDF-SHA256(ikm = DEK, salt = salt, info = b"hv/stream/v1" || header[0:26] || associated_data), 32 bytes.
-A fresh subkey per blob means the DEK (which may also encrypt fields with random nonces) never shares a nonce space
-with a file, and the associated data is bound through the key.
-Segment i: AES-256-GCM under the subkey, nonce = nonce_prefix(7) || u32 i || u8 last (0 or 1), AAD = header (49).
+Subkey = HKDF-H(ikm = DEK, salt = salt, info = b"hv/stream/v1" || header[0:26] || associated_data), where the
+header's suite picks H and the length: SHA-256 and 32 bytes for AES-256-GCM (suite 1), SM3 and 16 bytes for SM4-GCM
+(suite 2). A fresh subkey per blob means the DEK (which may also encrypt fields with random nonces) never shares a
+nonce space with a file, and the associated data is bound through the key.
+Segment i: the suite's AEAD (AES-256-GCM or SM4-GCM) under the subkey, nonce = nonce_prefix(7) || u32 i || u8 last
+(0 or 1), AAD = header (49). A blob is opened with the suite its header names, so old AES blobs keep decrypting after
+a switch to the SM suite.
 The index in the nonce catches reordering and duplication; the last flag catches truncation and appending; the
 header in every AAD catches header edits.
 """
@@ -44,7 +47,6 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kms import suites
@@ -76,8 +78,10 @@ def _subkey_aead(key: DataKey, header: bytes, associated_data: bytes):
     material = key.material()
     salt = header[PREFIX_SIZE:PREFIX_SIZE + SALT_SIZE]
     info = _INFO_DOMAIN + header[:PREFIX_SIZE] + bytes(associated_data)
-    subkey = HKDF(algorithm=hashes.SHA256(), length=suites.KEY_SIZE, salt=salt, info=info).derive(material)
-    return suites.new_aead(key.suite, subkey)
+    suite = key.suite  # resolve() has checked it equals the header's suite
+    subkey = HKDF(algorithm=suites.hash_algorithm(suite), length=suites.key_size(suite), salt=salt,
+                  info=info).derive(material)
+    return suites.new_aead(suite, subkey)
 
 
 class _Segments:

@@ -22,6 +22,9 @@ PASSPHRASE = b"correct horse battery staple 42"
 CHEAP_KDF = {"t": 1, "m": 1024, "p": 1}
 CHEAP_PASSWORDS = dict(password_time_cost=1, password_memory_kib=1024, password_parallelism=1)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# HEALTHVAULT_TEST_KMS=pkcs11 runs every vault this file builds on a SoftHSM2 token (tests/softhsm.py) instead of a
+# sealed local key file; tests/test_pkcs11_foundation.py runs the foundation suite that way.
+TEST_KMS = os.environ.get("HEALTHVAULT_TEST_KMS", "local")
 
 
 def _pg_reachable() -> bool:
@@ -81,8 +84,24 @@ class FakeClock:
         self.now += dt.timedelta(**delta)
 
 
+def kms_overrides(data_dir) -> dict:
+    """Settings for the root-key provider under test: none for `local`; a SoftHSM2 token and a key label of this data
+    directory's own for `pkcs11` (the PIN comes from a file, as in a deployment)."""
+    if TEST_KMS != "pkcs11":
+        return {}
+    import hashlib
+
+    from tests.softhsm import process_softhsm
+
+    hsm = process_softhsm()
+    return dict(kms_provider="pkcs11", pkcs11_module=hsm.module, pkcs11_token_label=hsm.token_label,
+                pkcs11_pin_file=str(hsm.pin_file),
+                pkcs11_key_label="hv-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:16])
+
+
 def make_settings(tmp_path, backend: str, request=None, **overrides) -> Settings:
     data_dir = tmp_path / "var"
+    overrides = {**kms_overrides(data_dir), **overrides}
     if backend == "postgres":
         data_schema, key_schema = request.getfixturevalue("pg_schemas")
         url = f"{PG_URL}?options=-csearch_path%3D{data_schema}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import struct
 import zlib
@@ -9,8 +10,12 @@ import zlib
 from vault.identifiers import check_digit
 
 
-def make_id_number(region: str = "110105", birth: str = "19491231", seq: str | None = None) -> str:
-    """A valid GB 11643 number (random sequence unless given)."""
+def make_id_number(region: str = "110105", birth: str | None = None, seq: str | None = None) -> str:
+    """A valid GB 11643 number: random birth date and sequence unless given (~20 million combinations, so two
+    patients of one test do not collide on the unique blind index the way a 3-digit sequence alone did)."""
+    if birth is None:
+        day = dt.date(1950, 1, 1) + dt.timedelta(days=random.randint(0, 20_000))
+        birth = day.strftime("%Y%m%d")
     seq = seq or f"{random.randint(0, 999):03d}"
     body = region + birth + seq
     return body + check_digit(body)
@@ -67,10 +72,18 @@ def jpeg_bytes(payload: bytes = b"") -> bytes:
 PASSWORD = "Str0ng-Passw0rd!"
 
 
+def consents(client, *, ocr: bool = True) -> dict:
+    """The separate consents (PIPL-1) on the notice version the server shows now."""
+    notice = client.get("/v1/privacy-notice")
+    assert notice.status_code == 200, notice.text
+    return {"notice_version": notice.json()["version"], "health_data": True, "id_number": True, "ocr": ocr}
+
+
 def register(client, *, username: str, real_name: str = "张三", id_number: str | None = None,
-             phone: str | None = None, password: str = PASSWORD) -> dict:
+             phone: str | None = None, password: str = PASSWORD, ocr: bool = True) -> dict:
     body = {"username": username, "password": password, "real_name": real_name,
-            "id_number": id_number or make_id_number(), "phone": phone or make_phone()}
+            "id_number": id_number or make_id_number(), "phone": phone or make_phone(),
+            "consents": consents(client, ocr=ocr)}
     response = client.post("/v1/patients/register", json=body)
     assert response.status_code == 201, response.text
     return {**body, "patient_id": response.json()["patient_id"]}

@@ -10,7 +10,8 @@ from vault.errors import PROBLEM_BASE
 from audit.models import AuditEvent
 from vault.models import Account, Patient, Record
 
-from tests.helpers import PASSWORD, jpeg_bytes, login, make_id_number, pdf_bytes, png_bytes, register, upload
+from tests.helpers import (PASSWORD, consents, jpeg_bytes, login, make_id_number, pdf_bytes, png_bytes, register,
+                           upload)
 
 PROBLEM = "application/problem+json"
 
@@ -110,7 +111,7 @@ def test_list_is_paginated_with_a_cursor(client, clock):
 def test_invalid_id_number_is_rejected_and_nothing_stored(client, vault, id_number, reason):
     response = client.post("/v1/patients/register", json={
         "username": "badid", "password": PASSWORD, "real_name": "李四", "id_number": id_number,
-        "phone": "13800138000"})
+        "phone": "13800138000", "consents": consents(client)})
     body = _assert_problem(response, 422, "invalid-id-number")
     assert body["reason"] == reason
     assert id_number not in response.text
@@ -119,7 +120,7 @@ def test_invalid_id_number_is_rejected_and_nothing_stored(client, vault, id_numb
 
 def test_registration_rejects_unknown_fields_and_duplicates(client, vault):
     base = {"username": "Alice", "password": PASSWORD, "real_name": "艾丽丝", "id_number": make_id_number(),
-            "phone": "13900139000"}
+            "phone": "13900139000", "consents": consents(client)}
     _assert_problem(client.post("/v1/patients/register", json={**base, "nationality": "x"}), 422, "validation-error")
     assert client.post("/v1/patients/register", json=base).status_code == 201
     for variant in ("alice", "Ａｌｉｃｅ"):
@@ -276,5 +277,5 @@ def test_every_allowed_access_is_audited(client, vault):
     client.get("/v1/patients/me", headers=headers)
     with vault.session() as session:
         actions = [e.action for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id))]
-    assert actions == ["patient.register", "login", "record.create", "record.read", "record.download",
-                       "record.list", "patient.read"]
+    assert actions == ["patient.register", *["consent.give"] * 3, "login", "record.create", "record.read",
+                       "record.download", "record.list", "patient.read"]

@@ -69,8 +69,14 @@ def test_archive_prunes_only_expired_events_and_the_log_still_verifies(client, v
     result = audit_trail.archive(vault, out=tmp_path / "a0", now=at(2026, 7, 29))
     assert result["archived"] == 0 and _count(vault) == old_events + young
 
+    # Archiving prunes a prefix of the log: it stops at the first event still protected, here the separate consents
+    # given at registration (PIPL-1, kept three years).
+    with vault.session() as session:
+        first_kept = session.scalar(select(func.min(AuditEvent.id)).where(AuditEvent.action == "consent.give"))
+        expired = session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.id < first_kept))
+    assert 0 < expired < old_events
     result = audit_trail.archive(vault, out=tmp_path / "a1", now=at(2027, 1, 11))
-    assert result["archived"] == old_events
+    assert result["archived"] == expired
     assert verify.verify_bundle(tmp_path / "a1", audit_trail.signer(vault).vkey()).ok
     with vault.session() as session:
         tombstone = session.scalars(select(Checkpoint).where(Checkpoint.kind == "tombstone")).one()

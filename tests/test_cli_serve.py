@@ -97,7 +97,8 @@ def test_real_server_round_trip_and_no_plaintext(cli_env, tmp_path):
         with httpx.Client(base_url=base, timeout=30) as http:
             created = http.post("/v1/patients/register", json={
                 "username": "netuser", "password": PASSWORD, "real_name": name, "id_number": id_number,
-                "phone": "13655556666"})
+                "phone": "13655556666", "consents": {"notice_version": http.get("/v1/privacy-notice").json()["version"],
+                                                     "health_data": True, "id_number": True, "ocr": True}})
             assert created.status_code == 201, created.text
             token = http.post("/v1/auth/login", json={"username": "netuser", "password": PASSWORD}).json()
             headers = {"Authorization": f"Bearer {token['access_token']}"}

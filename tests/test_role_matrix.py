@@ -6,10 +6,11 @@ import datetime as dt
 import time
 
 
-from tests.helpers import login, png_bytes, register, staff, upload
+from tests.helpers import PASSWORD, login, png_bytes, register, staff, upload
 
 PUBLIC = {("GET", "/healthz"), ("POST", "/v1/patients/register"), ("POST", "/v1/auth/login"),
-          ("POST", "/v1/auth/totp/enroll"), ("POST", "/v1/auth/totp/activate"), ("POST", "/v1/auth/password")}
+          ("POST", "/v1/auth/totp/enroll"), ("POST", "/v1/auth/totp/activate"), ("POST", "/v1/auth/password"),
+          ("GET", "/v1/privacy-notice")}
 STAFF = ("doctor", "escort", "auditor", "sysadmin", "secadmin", "auditadmin")
 ROLES = ("patient", *STAFF)
 AUDITORS = {"auditor", "auditadmin"}
@@ -34,6 +35,15 @@ EXPECTED = {
     ("PATCH", "/v1/records/{record_id}/lab-results"): {"patient"},
     ("GET", "/v1/records/{record_id}/lab-results/history"): {"patient"},
     ("GET", "/v1/patients/me/lab-trends"): {"patient"},
+    ("POST", "/v1/records/{record_id}/lab-results/extraction"): {"patient"},
+    ("GET", "/v1/patients/me/consents"): {"patient"},
+    ("POST", "/v1/patients/me/consents"): {"patient"},
+    ("DELETE", "/v1/patients/me"): {"patient"},  # erasure: run as a second patient (`eraser`)
+    ("GET", "/v1/keys/status"): {"secadmin"} | AUDITORS,  # the auditor sees key status but cannot act
+    ("GET", "/v1/keys/rotations"): {"secadmin"} | AUDITORS,
+    ("GET", "/v1/keys/rotations/{request_id}"): {"secadmin"} | AUDITORS,
+    ("POST", "/v1/keys/rotations"): {"secadmin"},  # 409 while another request is open: allowed, not denied
+    ("POST", "/v1/keys/rotations/{request_id}/approve"): {"secadmin"},  # requested by a second secadmin (below)
 }
 DENIED = (401, 403, 404)
 
@@ -51,6 +61,8 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
     object.__setattr__(vault.settings, "idle_timeout_seconds", 10**7)
     patient = register(client, username="matrix-patient")
     headers = {"patient": login(client, "matrix-patient")}
+    register(client, username="matrix-eraser")  # DELETE /v1/patients/me erases the caller: not the matrix patient
+    eraser = login(client, "matrix-eraser")
     for role in STAFF:
         h = staff(client, vault, role, f"m-{role}")
         h.pop("_secret")
@@ -64,7 +76,10 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
         if client.get(f"/v1/audit/exports/{export_id}", headers=headers["auditor"]).json()["status"] == "done":
             break
         time.sleep(0.05)
-    params = {"record_id": record_id, "grant_id": grant["grant_id"], "export_id": export_id}
+    requester = staff(client, vault, "secadmin", "m-secadmin-2")  # two-person rule: m-secadmin approves its request
+    requester.pop("_secret")
+    request_id = client.post("/v1/keys/rotations", headers=requester, json={}).json()["request_id"]
+    params = {"record_id": record_id, "grant_id": grant["grant_id"], "export_id": export_id, "request_id": request_id}
     bodies = {
         ("POST", "/v1/grants"): {"json": {"grantee": "m-escort", "categories": ["lab_report"], "actions": ["view"],
                                           "purpose": "matrix", "expires_at": (clock() + dt.timedelta(days=1)).isoformat()}},
@@ -73,6 +88,8 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
         ("POST", "/v1/records"): {"data": {"category": "other"}, "files": {"file": ("a.png", png_bytes(b"n"))}},
         ("PATCH", "/v1/records/{record_id}/lab-results"): {"json": {"row": 0, "field": "value", "value": "1"}},
         ("GET", "/v1/patients/me/lab-trends"): {"params": {"code": "GLU"}},
+        ("POST", "/v1/patients/me/consents"): {"json": {"ocr": True}},
+        ("DELETE", "/v1/patients/me"): {"json": {"password": PASSWORD}},
     }
     mismatches = []
     routes = sorted(EXPECTED, key=lambda r: (r == ("POST", "/v1/auth/logout"), r[0] == "DELETE", r))
@@ -80,7 +97,8 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
         url = path.format(**params)
         for role in (None, *ROLES):
             extra = dict(bodies.get((method, path), {}))
-            response = client.request(method, url, headers=headers.get(role, {}), **extra)
+            who = eraser if (method, path, role) == ("DELETE", "/v1/patients/me", "patient") else headers.get(role, {})
+            response = client.request(method, url, headers=who, **extra)
             allowed = response.status_code not in DENIED
             if allowed != (role in EXPECTED[(method, path)]):
                 mismatches.append((method, path, role, response.status_code))

@@ -151,3 +151,16 @@ def test_idle_staff_accounts_are_disabled_and_their_tokens_die(client, vault, cl
         assert accounts.disable_idle_staff(session, vault, ctx=RequestContext()) == ["idle-escort"]
     assert client.get("/v1/shared", headers=headers).status_code == 401
     assert client.get("/v1/shared", headers=active).status_code == 200
+
+
+def test_a_patient_who_enrolled_totp_must_give_a_code(client, vault, clock):
+    register(client, username="otp-patient")
+    enrolled = client.post("/v1/auth/totp/enroll", json={"username": "otp-patient", "password": PASSWORD})
+    assert enrolled.status_code == 200, enrolled.text
+    secret = enrolled.json()["secret"]
+    assert client.post("/v1/auth/totp/activate", json={"username": "otp-patient", "password": PASSWORD,
+                                                        "otp": totp_code(secret, clock())}).status_code == 204
+    missing = _login(client, "otp-patient")
+    assert missing.status_code == 401 and missing.json()["type"].endswith(":otp-required")
+    clock.advance(seconds=60)
+    assert _login(client, "otp-patient", otp=totp_code(secret, clock())).status_code == 200

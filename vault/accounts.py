@@ -114,12 +114,12 @@ def authenticate(session: Session, vault, *, username: str, password: str, ctx: 
 
 def login(session: Session, vault, *, username: str, password: str, ctx: RequestContext,
           otp: str | None = None) -> tuple[str, int]:
-    """Verify the password (and the TOTP code for staff roles) and issue a token."""
+    """Verify the password (and the TOTP code for staff roles, or for anyone who enrolled) and issue a token."""
     account = authenticate(session, vault, username=username, password=password, ctx=ctx)
-    if account.role in totp.ROLES_REQUIRING_TOTP:
-        if not account.totp_enabled:
-            _refuse_sign_in(session, vault, account, ctx, "otp-not-enrolled")
-            raise OtpEnrollmentRequired()
+    if account.role in totp.ROLES_REQUIRING_TOTP and not account.totp_enabled:
+        _refuse_sign_in(session, vault, account, ctx, "otp-not-enrolled")
+        raise OtpEnrollmentRequired()
+    if account.totp_enabled:  # a patient who turned two-factor on gets it enforced too
         if not otp:
             _refuse_sign_in(session, vault, account, ctx, "otp-missing")
             raise OtpRequired()

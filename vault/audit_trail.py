@@ -3,13 +3,18 @@
 Owns who may read the trail (through the gate: auditor and auditadmin only; a patient only the events about their
 own data) and running the long jobs (exports) with progress. Reading the trail is itself audited. Nothing here
 writes or changes events except by appending through `vault.audit_log`.
+
+Suites: the checkpoint signer is Ed25519 ("aes") or SM2 ("sm", kms.sm2), and its key type fixes the tree hash and the
+export's file hashes (SHA-256 or SM3, audit.verify). An export carries only checkpoints by the current signer (a fresh
+one is signed when the newest is by another key, e.g. after a suite switch), so one pinned key verifies it; the
+events in it may be of both formats. Older checkpoints by the previous key stay in the database and in older exports,
+and their roots can be recomputed from any newer export's leaves.bin (docs/sm-suite.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import secrets
 import threading
 from collections.abc import Callable
@@ -20,8 +25,9 @@ from sqlalchemy.orm import Session
 
 from audit import bundle, log, retention, trail
 from audit.models import ArchivePermit, AuditEvent, Checkpoint, Leaf
-from audit.verify import leaf_data, verify_bundle
-from vault import audit_log, gate
+from audit.verify import HASHES, claims_signer, leaf_data, verify_bundle
+from kms import suites
+from vault import audit_log, fields, gate
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext
 from vault.models import Account
@@ -32,14 +38,18 @@ PATIENT_VISIBLE_ACTIONS = ("patient.read", "record.create", "record.read", "reco
 
 
 def signer(vault):
-    return log.signer_from_key(vault.settings.audit_origin, vault.keys.service_key(log.SIGNING_PURPOSE))
+    """The checkpoint and export signer of the configured suite: Ed25519 from the `audit-signing` key, or SM2 from
+    the `sm:audit-signing` key."""
+    suite = fields.suite_of(vault)
+    seed = vault.keys.service_key(suites.purpose(log.SIGNING_PURPOSE, suite))
+    return log.signer_from_key(vault.settings.audit_origin, seed, sm2=suite == suites.SM4_GCM)
 
 
-def checkpoint_now(vault, *, force: bool = False) -> Checkpoint | None:
+def checkpoint_now(vault, *, force: bool = False, by=None) -> Checkpoint | None:
     """Integrate pending events and sign a checkpoint (None when nothing was new)."""
     with vault.session() as session:
         try:
-            made = log.integrate(session, cache=vault.log_cache, signer=signer(vault),
+            made = log.integrate(session, cache=vault.log_cache, signer=by or signer(vault),
                                  origin=vault.settings.audit_origin, now=vault.clock(), force=force)
             session.commit()
         except BaseException:
@@ -148,16 +158,16 @@ def access_log(session: Session, vault, *, identity: Identity, ctx: RequestConte
     target = gate.Target("patient", patient_id, patient_id, exists=patient_id is not None)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="access_log.read", target=target)
     session.commit()
-    mine = audit_log.patient_pseudonym(vault, patient_id)
-    query = select(AuditEvent).where(and_(AuditEvent.patient_pseudonym == mine,
+    mine = audit_log.patient_pseudonyms(vault, patient_id)  # every suite's form: events from before a switch too
+    query = select(AuditEvent).where(and_(AuditEvent.patient_pseudonym.in_(mine),
                                           AuditEvent.action.in_(PATIENT_VISIBLE_ACTIONS)))
     rows, next_cursor = _page(session, query, limit=limit, cursor=cursor)
-    me = audit_log.actor_pseudonym(vault, identity.account_id)
-    staff = {audit_log.actor_pseudonym(vault, a.id): a.username
-             for a in session.scalars(select(Account).where(Account.role != "patient"))} if rows else {}
+    me = set(audit_log.actor_pseudonyms(vault, identity.account_id))
+    staff = {p: a.username for a in session.scalars(select(Account).where(Account.role != "patient"))
+             for p in audit_log.actor_pseudonyms(vault, a.id)} if rows else {}
     entries = [AccessEntry(
         event_id=r.id, occurred_at=r.occurred_at, action=r.action, outcome=r.outcome, actor_role=r.actor_role,
-        actor_name="you" if r.actor == me else staff.get(r.actor, "another account"),
+        actor_name="you" if r.actor in me else staff.get(r.actor, "another account"),
         resource_type=r.resource_type, resource_id=r.resource_id, grant_id=r.grant_id, reason=r.reason)
         for r in rows]
     return entries, next_cursor
@@ -191,12 +201,15 @@ def write_export(vault, *, since: dt.datetime | None, until: dt.datetime | None,
 
     The events are the contiguous run of leaves from the first to the last event in the range (events of other
     times that the log interleaved between them come along, so the run stays provable); archived leaves are never
-    included. `leaf_range` selects leaves directly (the archiver)."""
-    checkpoint_now(vault, force=False)
+    included. `leaf_range` selects leaves directly (the archiver). Only checkpoints by the current signer are
+    exported (see the module docstring)."""
+    by = signer(vault)
+    vkey = by.verifier_key()
+    checkpoint_now(vault, force=False, by=by)
     with vault.session() as session:
         latest = log.latest_checkpoint(session)
-        if latest is None:
-            latest = checkpoint_now(vault, force=True)
+        if latest is None or not claims_signer(latest.note, vkey):
+            latest = checkpoint_now(vault, force=True, by=by)
         size = latest.tree_size
         floor = pruned_below(session)
         if leaf_range is not None:
@@ -224,12 +237,13 @@ def write_export(vault, *, since: dt.datetime | None, until: dt.datetime | None,
         all_leaves = [leaf_data(c, s, bytes(h)) for c, s, h in session.execute(
             select(Leaf.chain_id, Leaf.seq, Leaf.event_hash).where(Leaf.leaf_index < size)
             .order_by(Leaf.leaf_index))]
-        covering = session.scalars(select(Checkpoint).where(Checkpoint.tree_size >= last + 1)
-                                   .order_by(Checkpoint.tree_size, Checkpoint.id).limit(1)).first()
+        covering = next((c for c in session.scalars(
+            select(Checkpoint).where(Checkpoint.tree_size >= last + 1, Checkpoint.tree_size <= size)
+            .order_by(Checkpoint.tree_size, Checkpoint.id)) if claims_signer(c.note, vkey)), None)
         notes = [c.note for c in (covering, latest) if c is not None]
         notes = list(dict.fromkeys(notes))
     bundle.write_bundle(out, origin=vault.settings.audit_origin, events=events, first_leaf=first,
-                        all_leaf_data=all_leaves, checkpoints=notes, signer=signer(vault),
+                        all_leaf_data=all_leaves, checkpoints=notes, signer=by,
                         since=since.isoformat() if since else None, until=until.isoformat() if until else None,
                         created_at=vault.clock().isoformat())
     if progress:
@@ -302,8 +316,9 @@ def archive(vault, *, out: Path, now: dt.datetime | None = None) -> dict:
 
     Only a prefix of the log is pruned: the first event still inside its retention period (six months at least, one
     year by default, three years for grant/consent/export events) stops the prefix. The archive is verified before
-    anything is removed; the prune, its permit and a signed tombstone checkpoint (`pruned-below <leaf> <sha256>`)
-    commit together, so the chain still verifies across the gap from the leaves that remain."""
+    anything is removed; the prune, its permit and a signed tombstone checkpoint (`pruned-below <leaf> <hash>`, the
+    hash of the archive's manifest.json with the signer's hash: SHA-256, or SM3 in the SM suite) commit together, so
+    the chain still verifies across the gap from the leaves that remain."""
     now = now or vault.clock()
     checkpoint_now(vault, force=True)
     with vault.session() as session:
@@ -321,10 +336,11 @@ def archive(vault, *, out: Path, now: dt.datetime | None = None) -> dict:
     if end == start:
         return {"archived": 0, "below_leaf": start}
     result = write_export(vault, since=None, until=None, out=out, leaf_range=(start, end))
-    report = verify_bundle(out, signer(vault).vkey())
+    by = signer(vault)
+    report = verify_bundle(out, by.vkey())
     if not report.ok:
         raise IntegrityFailure("The archive did not verify; nothing was pruned")
-    archive_sha = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+    archive_sha = HASHES[by.hash_name]((out / "manifest.json").read_bytes()).hexdigest()
     with vault.session() as session:
         try:
             log.lock_log(session)
@@ -337,7 +353,7 @@ def archive(vault, *, out: Path, now: dt.datetime | None = None) -> dict:
             audit_log.append(session, vault, identity=Identity(account_id="cli:archive", role="operator"),
                              ctx=RequestContext(request_id="archive"), action="audit.archive", outcome="allow",
                              resource_type="audit", resource_id=archive_sha[:32], reason=f"below-{end}")
-            log.integrate(session, cache=vault.log_cache, signer=signer(vault), origin=vault.settings.audit_origin,
+            log.integrate(session, cache=vault.log_cache, signer=by, origin=vault.settings.audit_origin,
                           now=now, force=True, kind="tombstone", extensions=(f"pruned-below {end} {archive_sha}",))
             session.commit()
         except BaseException:

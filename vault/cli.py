@@ -20,6 +20,7 @@ from vault import accounts
 from vault.errors import VaultError
 from vault.identity import RequestContext
 from vault.models import STAFF_ROLES
+from vault.profile import ProductionRefused
 from ocr.cli import ocr_command
 from vault.settings import Settings
 
@@ -37,8 +38,8 @@ def _passphrase(passphrase_file: str | None, *, confirm: bool = False) -> bytes 
         return env.encode()
     if passphrase_file:
         return _read_secret_file(passphrase_file)
-    if os.environ.get("HEALTHVAULT_ROOT_KEY"):
-        return None
+    if os.environ.get("HEALTHVAULT_ROOT_KEY") or os.environ.get("HEALTHVAULT_KMS_PROVIDER") == "pkcs11":
+        return None  # a development key, or the root key is in a token (its PIN: vault.runtime, env or file)
     if not sys.stdin.isatty():
         raise click.UsageError(f"no passphrase: set {PASSPHRASE_ENV} or pass --passphrase-file")
     return click.prompt("Root key passphrase", hide_input=True, confirmation_prompt=confirm).encode()
@@ -65,7 +66,7 @@ def _open(data_dir, passphrase_file):
     settings = _settings(data_dir)
     try:
         return open_vault(settings, _passphrase(passphrase_file))
-    except KeyStoreError as exc:
+    except (KeyStoreError, ProductionRefused) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -247,6 +248,210 @@ def users_disable_idle(data_dir, passphrase_file) -> None:
     click.echo(f"disabled {len(names)} idle staff account(s)" + (": " + ", ".join(names) if names else ""))
 
 
+@main.group("patients")
+def patients_group() -> None:
+    """Patient data operations run by an operator on the host."""
+
+
+@patients_group.command("erase")
+@_common
+@click.argument("patient_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (erasure cannot be undone).")
+def patients_erase(data_dir, passphrase_file, patient_id, yes) -> None:
+    """Erase a patient by crypto-shredding (PIPL art. 47): destroy their KEKs, blind indexes, records and blobs.
+
+    Audited with the patient's pseudonym only. Running it again finishes an interrupted erasure."""
+    from vault import erasure
+
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("erasure cannot be undone: pass --yes to confirm")
+        click.confirm(f"Erase patient {patient_id} for good?", abort=True)
+    vault = _open(data_dir, passphrase_file)
+    try:
+        with vault.session() as session:
+            report = erasure.erase_by_operator(session, vault, patient_id=patient_id, actor=_cli_identity(),
+                                               ctx=RequestContext(request_id="cli"))
+    except VaultError as exc:
+        raise click.ClickException(exc.detail) from exc
+    except KeyStoreError as exc:
+        raise click.ClickException(f"{exc} (nothing was erased unless the patient is marked erased: run again)") \
+            from exc
+    finally:
+        vault.close()
+    if report.already_erased:
+        click.echo(f"patient {report.patient_pseudonym} was already erased")
+    else:
+        click.echo(f"erased patient {report.patient_pseudonym}: {report.key_versions_destroyed} key version(s) "
+                   f"destroyed, {report.records_deleted} record(s) and {report.grants_revoked} grant(s) removed")
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """Rotate, rewrap, retire and inspect keys (root -> patient KEK -> record DEK). See docs/key-rotation.md."""
+
+
+def _keys_status_text(status) -> list[str]:
+    lines = [f"provider {status.provider}, suite {status.suite}, current root version {status.current_root_version}",
+             "root versions:"]
+    for r in status.root_versions:
+        lines.append(f"  v{r.version}{' (current)' if r.current else ''}: wraps {r.patient_keks} patient KEK(s), "
+                     f"{r.service_keys} service key(s)")
+    lines.append("patient KEK versions:")
+    for k in status.kek_versions:
+        lines.append(f"  v{k.version}: {k.keks} patient(s), wraps {k.deks} DEK(s)")
+    lines.append(f"waiting for rewrap: {status.keks_under_old_root} KEK(s) and {status.service_keys_under_old_root} "
+                 f"service key(s) under an old root, {status.deks_under_old_kek} DEK(s) under an old KEK")
+    if status.deks_unreadable:
+        lines.append(f"UNREADABLE wrapped DEKs (integrity problem): {status.deks_unreadable}")
+    lines.append(f"root rotation requests open: {status.pending_rotations}")
+    job = status.rewrap_job
+    if job is not None:
+        lines.append(f"last rewrap job {job.job_id}: {job.status}, phase {job.phase}, {job.scanned}/{job.total} "
+                     f"looked at, {job.rewrapped} rewrapped, {job.failed} failed")
+    return lines
+
+
+def _keys_open(data_dir, passphrase_file):
+    from vault import keyops
+
+    vault = _open(data_dir, passphrase_file)
+    keyops.attach_auditor(vault)
+    return vault
+
+
+@keys_group.command("status")
+@_common
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+def keys_status(data_dir, passphrase_file, as_json) -> None:
+    """Root and KEK versions, what each wraps, and what still waits for a rewrap."""
+    import dataclasses
+    import json
+
+    from vault import audit_log, keyops
+
+    vault = _keys_open(data_dir, passphrase_file)
+    try:
+        status = keyops.compute_status(vault)
+        with vault.session() as session:
+            audit_log.append(session, vault, identity=_cli_identity(), ctx=RequestContext(request_id="cli"),
+                             action="key.status", outcome="allow", resource_type="keys")
+            session.commit()
+    finally:
+        vault.close()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(status), default=str, indent=2))
+    else:
+        click.echo("\n".join(_keys_status_text(status)))
+
+
+@keys_group.command("rotate")
+@_common
+@click.option("--root", "root", is_flag=True, help="A new root version (two-person rule in production).")
+@click.option("--kek", "patient_id", metavar="PATIENT", help="A new KEK version for one patient.")
+@click.option("--all-keks", "all_keks", is_flag=True, help="A new KEK version for every patient.")
+def keys_rotate(data_dir, passphrase_file, root, patient_id, all_keks) -> None:
+    """Make a new key version; everything wrapped from now on uses it. Old wraps keep opening until rewrapped."""
+    if sum((bool(root), bool(patient_id), bool(all_keks))) != 1:
+        raise click.UsageError("give exactly one of --root, --kek PATIENT, --all-keks")
+    from vault import keyops
+
+    ctx = RequestContext(request_id="cli")
+    vault = _keys_open(data_dir, passphrase_file)
+    try:
+        if root:
+            if vault.settings.profile != "production":
+                click.echo("warning: development profile: a root rotation without a second secadmin's approval "
+                           "(the production profile refuses this; see POST /v1/keys/rotations)", err=True)
+            view = keyops.rotate_root_cli(vault, identity=_cli_identity(), ctx=ctx)
+            click.echo(f"root key rotated: version {view.new_version} is current (request {view.request_id}); "
+                       "run `healthvault keys rewrap` to move old wraps")
+        elif patient_id:
+            version = keyops.rotate_kek(vault, patient_id=patient_id, identity=_cli_identity(), ctx=ctx)
+            click.echo(f"patient KEK rotated: version {version}; run `healthvault keys rewrap` to move old DEKs")
+        else:
+            from tqdm import tqdm
+
+            with tqdm(unit="patient", desc="rotate KEKs") as bar:
+                count = keyops.rotate_all_keks(vault, identity=_cli_identity(), ctx=ctx, progress=bar.update)
+            click.echo(f"rotated the KEK of {count} patient(s); run `healthvault keys rewrap` to move old DEKs")
+    except keyops.TwoPersonRuleRefused as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        vault.close()
+
+
+@keys_group.command("rewrap")
+@_common
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 50_000))
+@click.option("--pause-ms", default=0, show_default=True, type=click.IntRange(0, 60_000),
+              help="Sleep between batches to leave room for the live service.")
+@click.option("--retire", "then_retire", is_flag=True, help="Retire unreferenced old versions afterwards.")
+@click.option("--grace-seconds", default=3600, show_default=True, type=click.IntRange(0, None),
+              help="With --retire: keep old versions this long after the newest was created.")
+def keys_rewrap(data_dir, passphrase_file, batch_size, pause_ms, then_retire, grace_seconds) -> None:
+    """Move every wrapped key to the newest version (resumes an interrupted run; safe to repeat)."""
+    from tqdm import tqdm
+
+    from vault import keyops
+
+    ctx = RequestContext(request_id="cli")
+    vault = _keys_open(data_dir, passphrase_file)
+    bar = tqdm(total=0, unit="key", desc="rewrap")
+
+    def progress(view) -> None:
+        bar.total = view.total
+        bar.n = view.scanned
+        bar.set_postfix_str(f"{view.phase} rewrapped={view.rewrapped} failed={view.failed}", refresh=False)
+        bar.refresh()
+
+    try:
+        job = keyops.rewrap(vault, identity=_cli_identity(), ctx=ctx, batch_size=batch_size, progress=progress,
+                            pause_seconds=pause_ms / 1000)
+        bar.close()
+        click.echo(f"rewrap job {job.job_id} done: {job.scanned} key(s) looked at, {job.rewrapped} rewrapped, "
+                   f"{job.failed} failed")
+        if then_retire:
+            _echo_retired(keyops.retire(vault, identity=_cli_identity(), ctx=ctx, grace_seconds=grace_seconds))
+    except keyops.RewrapTakenOver as exc:
+        raise click.ClickException("another rewrap run took this job over; this one stopped") from exc
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        bar.close()
+        vault.close()
+    if job.failed:
+        raise click.ClickException(f"{job.failed} wrapped key(s) did not open (audited as key.unwrap_failed); "
+                                   "their versions are kept")
+
+
+def _echo_retired(result) -> None:
+    click.echo(f"retired root version(s): {', '.join(map(str, result.root_versions)) or 'none'}; "
+               f"retired {result.kek_versions} old patient KEK version(s)")
+    for reason in result.refused:
+        click.echo(f"kept: {reason}")
+
+
+@keys_group.command("retire")
+@_common
+@click.option("--grace-seconds", default=3600, show_default=True, type=click.IntRange(0, None),
+              help="Keep old versions this long after the newest was created (in-flight uploads).")
+def keys_retire(data_dir, passphrase_file, grace_seconds) -> None:
+    """Destroy old root and KEK versions that nothing references any more (refuses the rest, saying why)."""
+    from vault import keyops
+
+    vault = _keys_open(data_dir, passphrase_file)
+    try:
+        _echo_retired(keyops.retire(vault, identity=_cli_identity(), ctx=RequestContext(request_id="cli"),
+                                    grace_seconds=grace_seconds))
+    except KeyStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        vault.close()
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -268,6 +473,14 @@ def serve(data_dir, passphrase_file, host, port, tls_cert, tls_key) -> None:
         raise click.UsageError("--tls-cert and --tls-key go together")
     if not tls_cert and not _is_loopback(host):
         raise click.UsageError(f"refusing to serve on {host} without TLS: pass --tls-cert and --tls-key")
+    from vault import profile
+
+    settings = _settings(data_dir)
+    try:  # every refusal at once, before the key is opened: settings and transport
+        profile.refuse_unless_ready(profile.settings_checks(settings)
+                                    + profile.serving_checks(settings, host=host, tls=bool(tls_cert)), settings)
+    except ProductionRefused as exc:
+        raise click.ClickException(str(exc)) from exc
     import uvicorn
 
     from api.app import create_app
@@ -288,6 +501,55 @@ def serve(data_dir, passphrase_file, host, port, tls_cert, tls_key) -> None:
         checkpointer.stop()
         vault.close()
         log_listener.stop()
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Data directory (default: $HEALTHVAULT_DATA_DIR, else ./var).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
+def doctor(data_dir, as_json) -> None:
+    """Print what this deployment still lacks for MLPS level 3 and 密评 (exit 1 if anything is lacking).
+
+    Needs no passphrase or PIN: it reads the settings and, when it exists, the data database (never a key).
+    """
+    import datetime as dt
+    import json
+
+    from vault import db, profile
+
+    settings = _settings(data_dir)
+    engine = None
+    factory = None
+    if settings.is_sqlite and not (settings.data_dir / "vault.db").exists():
+        pass  # not initialised yet: settings checks only
+    else:
+        engine = db.make_engine(settings.database_url)
+        factory = db.make_sessionmaker(engine)
+    try:
+        try:
+            checks = profile.run_all(settings, session_factory=factory, now=dt.datetime.now(dt.timezone.utc))
+        except Exception as exc:  # an unreachable or uninitialised database is itself a finding
+            checks = profile.run_all(settings) + [profile.Check(
+                id="database-reachable", rows="BAK-1", scope="mlps", ok=False,
+                message=f"the data database could not be read ({type(exc).__name__}): run `healthvault init`")]
+    finally:
+        if engine is not None:
+            engine.dispose()
+    lacking = [c for c in checks if not c.ok]
+    if as_json:
+        click.echo(json.dumps({"profile": settings.profile, "kms_provider": settings.kms_provider,
+                               "crypto_suite": settings.crypto_suite, "lacking": len(lacking),
+                               "checks": [c.as_dict() for c in checks]}, ensure_ascii=False, indent=2))
+    else:
+        click.echo(f"healthvault doctor: profile={settings.profile} kms_provider={settings.kms_provider} "
+                   f"crypto_suite={settings.crypto_suite}")
+        for c in checks:
+            mark = "ok    " if c.ok else ("REFUSE" if c.refuse and settings.profile == "production" else "LACKS ")
+            click.echo(f"  [{mark}] {c.rows:<8} {c.scope:<9} {c.message}")
+        mlps = sum(1 for c in lacking if "mlps" in c.scope)
+        miping = sum(1 for c in lacking if "密评" in c.scope)
+        click.echo(f"{len(lacking)} lacking: {mlps} for MLPS level 3, {miping} for 密评 (GB/T 39786)")
+    sys.exit(1 if lacking else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

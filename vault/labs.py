@@ -5,6 +5,9 @@ where a real queue — Celery or Dramatiq on Redis/RabbitMQ — plugs in, the jo
 LabReport sealed under the record's DEK, and the record's status pending → done / needs_review / failed (with the
 OCR package's stable error code). A failing page never takes the worker down. `ocr/` stays pure: it gets bytes and
 returns a report; identities, keys and the database stay here.
+OCR is optional processing (PIPL-1): without the patient's `ocr` consent on the current notice an upload is stored
+with status `declined` and nothing is read; the worker checks the consent again when it runs, so a withdrawal stops
+queued jobs too. After giving consent the patient can ask for extraction of an earlier upload (`request_extraction`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from sqlalchemy import select, update
 
 from kms.stream import iter_decrypt
-from vault import fields, gate
+from vault import fields, gate, privacy
 from vault.errors import Conflict, InvalidInput
 from vault.identity import Identity, RequestContext
 from vault.models import LabCorrection, Record
@@ -51,8 +54,32 @@ class LabJobs:
             self._pool.shutdown(wait=True)
 
 
+DECLINED = "declined"
+
+
 def wants_extraction(category: str) -> bool:
     return category in EXTRACTABLE
+
+
+def initial_status(session, vault, *, patient_id: str, category: str) -> str | None:
+    """A new upload's OCR status: None (not a lab sheet), `pending` (queued) or `declined` (no OCR consent)."""
+    if not wants_extraction(category):
+        return None
+    return "pending" if privacy.ocr_allowed(session, vault, patient_id=patient_id) else DECLINED
+
+
+def ensure_not_declined(record) -> None:
+    """Lab-result endpoints say plainly when there are no values because the patient declined OCR."""
+    if record.ocr_status == DECLINED:
+        raise declined_error()
+
+
+def declined_error() -> privacy.OcrDeclined:
+    return privacy.OcrDeclined(
+        "No values were extracted because automatic reading (OCR) was declined. To have lab sheets read, give the "
+        f"ocr consent (POST {privacy.CONSENT_ENDPOINT}), then ask for extraction "
+        "(POST /v1/records/{record_id}/lab-results/extraction)",
+        extra={"status": DECLINED, "consents": privacy.CONSENT_ENDPOINT})
 
 
 def mark_pending(session, record_id: str) -> None:
@@ -70,6 +97,12 @@ def run_extraction(vault, record_id: str) -> str:
             record = session.get(Record, record_id)
             if record is None:
                 return "failed"
+            if not privacy.ocr_allowed(session, vault, patient_id=record.patient_id):
+                # Consent withdrawn (or the notice changed) after the job was queued: nothing is read.
+                session.execute(update(Record).where(Record.id == record_id)
+                                .values(ocr_status=DECLINED, ocr_error=None))
+                session.commit()
+                return DECLINED
             target = gate.Target("record", record.id, record.patient_id, category=record.category,
                                  label=record.label)
             # The extraction is the vault processing PHI on the patient's behalf: on the record, not silent.
@@ -130,6 +163,7 @@ def correct(session, vault, *, identity: Identity, ctx: RequestContext, record_i
                                        action="lab.correct")
     report = results_of(vault, record, dek)
     if report is None:
+        ensure_not_declined(record)
         raise Conflict("This record has no extracted lab results (yet)", extra={"status": record.ocr_status})
     if not 0 <= row < len(report["results"]):
         raise InvalidInput("No such extracted row", extra={"reason": "row"})
@@ -176,6 +210,8 @@ def trends(session, vault, *, identity: Identity, ctx: RequestContext, code: str
     gate.enter(vault, session, identity=identity, ctx=ctx, action="lab.read",
                target=gate.Target("patient", patient_id, patient_id, exists=patient_id is not None))
     session.commit()
+    if not privacy.ocr_allowed(session, vault, patient_id=patient_id):
+        raise declined_error()
     points = []
     for record in session.scalars(select(Record).where(Record.patient_id == patient_id,
                                                        Record.lab_results_enc.is_not(None))
@@ -188,3 +224,23 @@ def trends(session, vault, *, identity: Identity, ctx: RequestContext, code: str
                 points.append(TrendPoint(record.id, at, row.get("value"), row.get("value_num"), row.get("unit"),
                                          row.get("flag")))
     return sorted(points, key=lambda p: p.at)  # stable: same-day sheets keep their upload order
+
+
+def request_extraction(session, vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> str:
+    """Queue (again) the extraction of one lab sheet: after OCR consent was given late, or after a failure.
+
+    The gate decides as for any change to the record (`record.update`: the owner only; grants never carry it)."""
+    from vault import records  # records imports this module to queue extractions
+
+    record, _dek = records.get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id,
+                                        action="record.update")
+    if not wants_extraction(record.category):
+        raise Conflict("Only lab reports are read by OCR", extra={"status": record.ocr_status})
+    if record.ocr_status == "pending":
+        raise Conflict("An extraction of this record is already queued", extra={"status": "pending"})
+    if not privacy.ocr_allowed(session, vault, patient_id=record.patient_id):
+        raise declined_error()
+    mark_pending(session, record.id)
+    session.commit()
+    vault.labs.submit(vault, record.id)
+    return "pending"

@@ -13,7 +13,7 @@ import datetime as dt
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from audit.models import UTCDateTime
+from audit.models import BigId, UTCDateTime
 
 
 class Base(DeclarativeBase):
@@ -39,6 +39,8 @@ class Patient(Base):
     birth_date_enc: Mapped[bytes] = mapped_column(LargeBinary)
     id_number_bidx: Mapped[bytes] = mapped_column(LargeBinary(16), unique=True)
     phone_bidx: Mapped[bytes] = mapped_column(LargeBinary(16), index=True)
+    # Set when the patient is erased (vault/erasure.py): the KEK is destroyed, blind indexes replaced by random bytes.
+    erased_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Account(Base):
@@ -113,3 +115,24 @@ class LabCorrection(Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     change_enc: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+CONSENT_ITEMS = ("health_data", "id_number", "ocr")
+
+
+class Consent(Base):
+    """One consent decision (PIPL-1): an item given or not, against the privacy notice's version and SHA-256.
+
+    Append-only (database triggers refuse UPDATE and DELETE): a withdrawal is a new row, so the history is the table.
+    """
+
+    __tablename__ = "consents"
+    __table_args__ = (Index("ix_consents_patient", "patient_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"))
+    item: Mapped[str] = mapped_column(String(16))
+    given: Mapped[bool] = mapped_column(Boolean)
+    notice_version: Mapped[str] = mapped_column(String(32))
+    notice_hash: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -3,6 +3,8 @@
 Owns how a patient's identifying data is stored: real name, ID number, phone and birth date are sealed under the
 patient's profile DEK (wrapped by the patient KEK in the separate key store), and ID number and phone also get an HMAC
 blind index so they can be found without decrypting any row. Nothing here returns an unmasked ID number or phone.
+Registration stores nothing without the two separate consents of PIPL-1 (vault/privacy.py); an erased patient
+(vault/erasure.py) reads as absent.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from kms import blind_index
-from vault import accounts, fields, gate
+from vault import accounts, fields, gate, privacy
 from vault.errors import Conflict, InvalidInput
 from vault.identifiers import (
     birth_date_from_id,
@@ -44,11 +45,21 @@ class Profile:
 
 
 def id_number_index(vault, normalized: str) -> bytes:
-    return blind_index.compute(vault.keys.service_key(ID_INDEX_PURPOSE), kind="id_number", normalized_value=normalized)
+    """The index a new row stores (HMAC-SHA-256 or HMAC-SM3 by crypto_suite); lookups use id_number_indexes."""
+    return fields.blind_index(vault, ID_INDEX_PURPOSE, kind="id_number", normalized_value=normalized)
 
 
 def phone_index(vault, normalized: str) -> bytes:
-    return blind_index.compute(vault.keys.service_key(PHONE_INDEX_PURPOSE), kind="phone", normalized_value=normalized)
+    return fields.blind_index(vault, PHONE_INDEX_PURPOSE, kind="phone", normalized_value=normalized)
+
+
+def id_number_indexes(vault, normalized: str) -> list[bytes]:
+    """Every index the ID number may be stored under (rows indexed before a crypto_suite switch too)."""
+    return fields.blind_index_candidates(vault, ID_INDEX_PURPOSE, kind="id_number", normalized_value=normalized)
+
+
+def phone_indexes(vault, normalized: str) -> list[bytes]:
+    return fields.blind_index_candidates(vault, PHONE_INDEX_PURPOSE, kind="phone", normalized_value=normalized)
 
 
 def _clean_name(real_name: str) -> str:
@@ -59,8 +70,12 @@ def _clean_name(real_name: str) -> str:
 
 
 def register(session: Session, vault, *, username: str, password: str, real_name: str, id_number: str, phone: str,
-             birth_date: dt.date | None, ctx: RequestContext) -> str:
-    """Create the patient, their KEK and their account; returns the patient id."""
+             birth_date: dt.date | None, ctx: RequestContext, consents: privacy.Choices | None) -> str:
+    """Create the patient, their KEK, their account and their consent rows; returns the patient id.
+
+    Both separate consents (health data, ID number) on the current privacy notice come first: without them nothing is
+    validated or stored (422 consent-required)."""
+    notice = privacy.check_registration(vault, consents)
     id_norm = normalize_id_number(id_number, today=vault.clock().date())
     phone_norm = normalize_phone(phone)
     name = _clean_name(real_name)
@@ -71,7 +86,7 @@ def register(session: Session, vault, *, username: str, password: str, real_name
     account = accounts.build(vault, username=username, password=password, role="patient", patient_id=patient_id)
     id_bidx = id_number_index(vault, id_norm)
     taken = session.scalar(
-        select(Patient.id).where(Patient.id_number_bidx == id_bidx).limit(1)
+        select(Patient.id).where(Patient.id_number_bidx.in_(id_number_indexes(vault, id_norm))).limit(1)
     ) or session.scalar(select(Account.id).where(Account.username == account.username).limit(1))
     if taken:
         raise Conflict("An account with these details already exists")
@@ -98,6 +113,8 @@ def register(session: Session, vault, *, username: str, password: str, real_name
     identity = Identity(account_id=account.id, role="patient", patient_id=patient_id)
     gate.audit(vault, session, identity=identity, ctx=ctx, action="patient.register",
                target=gate.Target("patient", patient_id, patient_id), outcome="allow", reason="self")
+    privacy.record_registration(session, vault, identity=identity, ctx=ctx, patient_id=patient_id,
+                                choices=consents, notice=notice)
     try:
         session.commit()
     except IntegrityError as exc:
@@ -114,6 +131,8 @@ def get(session: Session, *, patient_id: str) -> Patient | None:
 def get_profile(session: Session, vault, *, identity: Identity, ctx: RequestContext, patient_id: str) -> Profile:
     """The masked profile, through the gate."""
     patient = get(session, patient_id=patient_id)
+    if patient is not None and patient.erased_at is not None:
+        patient = None  # crypto-shredded: nothing left to read
     target = gate.Target("patient", patient_id, patient_id if patient else None, exists=patient is not None)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="patient.read", target=target)
     session.commit()
@@ -133,9 +152,9 @@ def find_ids(session: Session, vault, *, id_number: str | None = None, phone: st
     """Patient ids whose ID number or phone matches exactly, by blind index only: no row is decrypted."""
     clauses = []
     if id_number is not None:
-        clauses.append(Patient.id_number_bidx == id_number_index(vault, normalize_id_number(id_number)))
+        clauses.append(Patient.id_number_bidx.in_(id_number_indexes(vault, normalize_id_number(id_number))))
     if phone is not None:
-        clauses.append(Patient.phone_bidx == phone_index(vault, normalize_phone(phone)))
+        clauses.append(Patient.phone_bidx.in_(phone_indexes(vault, normalize_phone(phone))))
     if not clauses:
         return []
     return list(session.scalars(select(Patient.id).where(or_(*clauses)).order_by(Patient.id)))

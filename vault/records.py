@@ -87,7 +87,7 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
         title_enc=fields.seal(sink.dek, title, column="title", **where) if title is not None else None,
         filename_enc=fields.seal(sink.dek, filename, column="filename", **where) if filename is not None else None,
         sha256_enc=fields.seal(sink.dek, sink.sha256, column="sha256", **where),
-        ocr_status="pending" if labs.wants_extraction(category) else None,
+        ocr_status=labs.initial_status(session, vault, patient_id=sink.patient_id, category=category),
     )
     session.add(record)
     session.flush()

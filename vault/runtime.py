@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from audit import trail
 from audit.log import LogCache
 from audit.sink import Sink
-from kms import KeyCache, KeyManager, KeyStore, LocalProvider, RootKeyMissing
-from vault import db
+from kms import KeyCache, KeyManager, KeyStore, KeyStoreError, LocalProvider, Pkcs11Provider, RootKeyMissing
+from kms import sm2, suites
+from vault import db, profile
 from vault.blobstore import BlobStore, LocalBlobStore
 from vault.labs import LabJobs
 from vault.passwords import PasswordPolicy
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # audit_trail imports the runtime's neighbours; the type is o
     from vault.audit_trail import ExportJobs
 
 ROOT_KEY_ENV = "HEALTHVAULT_ROOT_KEY"
+PKCS11_PIN_ENV = "HEALTHVAULT_PKCS11_PIN"
 
 
 def utcnow() -> dt.datetime:
@@ -78,8 +80,31 @@ def _export_jobs():
     return ExportJobs()
 
 
+def _pkcs11_pin(settings: Settings) -> bytes:
+    """The token's user PIN: $HEALTHVAULT_PKCS11_PIN, else the file named by pkcs11_pin_file (never an argument)."""
+    env_value = os.environ.get(PKCS11_PIN_ENV)
+    if env_value:
+        return env_value.encode()
+    if settings.pkcs11_pin_file:
+        try:
+            data = Path(settings.pkcs11_pin_file).read_bytes()[:1024]
+        except OSError as exc:
+            raise KeyStoreError(
+                f"cannot read the PKCS#11 PIN file {settings.pkcs11_pin_file}: {exc.strerror}") from None
+        return data.rstrip(b"\r\n")
+    raise KeyStoreError(f"no PKCS#11 PIN: set {PKCS11_PIN_ENV} or pkcs11_pin_file (HEALTHVAULT_PKCS11_PIN_FILE)")
+
+
+def _open_pkcs11(settings: Settings, *, create: bool) -> Pkcs11Provider:
+    return Pkcs11Provider.open(module=settings.pkcs11_module, token_label=settings.pkcs11_token_label,
+                               key_label=settings.pkcs11_key_label, pin=_pkcs11_pin(settings), create=create)
+
+
 def open_root_key(settings: Settings, passphrase: bytes | None):
-    """The root-key provider: a development key from $HEALTHVAULT_ROOT_KEY, else the sealed key file."""
+    """The root-key provider: with kms_provider = pkcs11, the token's root key (no passphrase; the PIN from env or
+    file); else a development key from $HEALTHVAULT_ROOT_KEY, else the sealed key file."""
+    if settings.kms_provider == "pkcs11":
+        return _open_pkcs11(settings, create=False)
     env_value = os.environ.get(ROOT_KEY_ENV)
     if env_value:
         return LocalProvider.from_env_value(env_value)
@@ -94,7 +119,10 @@ def open_root_key(settings: Settings, passphrase: bytes | None):
 
 def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = True,
                clock: Callable[[], dt.datetime] = utcnow) -> Vault:
-    """Open an initialised vault; raises kms.KeyStoreError (clear message) on a missing key or wrong passphrase."""
+    """Open an initialised vault; raises kms.KeyStoreError (clear message) on a missing key or wrong passphrase, and
+    vault.profile.ProductionRefused when the production profile finds a setting it will not run with."""
+    profile.refuse_unless_ready(profile.settings_checks(settings), settings)
+    suite = _require_suite(settings)
     provider = open_root_key(settings, passphrase)
     keystore = KeyStore(settings.keystore_url, schema=settings.keystore_schema)
     engine = db.make_engine(settings.database_url)
@@ -102,10 +130,11 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         keystore.migrate()
         db.migrate(engine)
         with engine.begin() as conn, Session(conn) as session:
-            trail.ensure_chains(session, settings.effective_audit_chains)
+            trail.ensure_chains(session, settings.effective_audit_chains,
+                                trail.SM_EVENT_FORMAT if suite == suites.SM4_GCM else trail.EVENT_FORMAT)
             session.flush()
     cache = KeyCache(max_age=settings.key_cache_max_age, max_uses=settings.key_cache_max_uses)
-    keys = KeyManager(provider, keystore, cache=cache)
+    keys = KeyManager(provider, keystore, cache=cache, suite=suite)
     blobs = LocalBlobStore(settings.blob_dir)
     blobs.sweep_temp()
     sessions = db.make_sessionmaker(engine)
@@ -123,14 +152,30 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
             parallelism=settings.password_parallelism,
         ),
         clock=clock,
+        log_cache=LogCache("sm3" if suite == suites.SM4_GCM else "sha256"),
     )
 
 
+def _require_suite(settings: Settings) -> int:
+    """The configured crypto_suite's id, after known-answer tests of every primitive it needs (SM4-GCM, SM3 and
+    HMAC-SM3, SM2 for "sm"); kms.suites.SuiteUnavailable (a KeyStoreError, shown by the CLI) names what is missing."""
+    suite = suites.by_name(settings.crypto_suite)
+    suites.require(suite)
+    if suite == suites.SM4_GCM:
+        sm2.require()
+    return suite
+
+
 def init_data_dir(settings: Settings, passphrase: bytes | None, *, kdf_params: dict | None = None) -> Path:
-    """Create the data directory and the sealed root key (unless a development key is given by env)."""
+    """Create the data directory and the root key: with kms_provider = pkcs11, version 1 inside the token when the
+    token holds none under the key label (never replacing one); else the sealed key file (unless a development key
+    is given by env)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(settings.data_dir, 0o700)
     (settings.data_dir / "keys").mkdir(exist_ok=True, mode=0o700)
+    if settings.kms_provider == "pkcs11":
+        _open_pkcs11(settings, create=True).close()
+        return settings.data_dir
     if not os.environ.get(ROOT_KEY_ENV) and not settings.root_key_path.exists():
         if not passphrase:
             raise RootKeyMissing("a passphrase is needed to seal the new root key")

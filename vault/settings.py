@@ -15,6 +15,9 @@ ENV_PREFIX = "HEALTHVAULT_"
 DEFAULT_DATA_DIR = "./var"
 MiB = 1024 * 1024
 MIN_LOG_RETENTION_DAYS = 184
+CRYPTO_SUITES = frozenset({"aes", "sm"})
+KMS_PROVIDERS = frozenset({"local", "pkcs11"})
+PROFILES = frozenset({"development", "production"})
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -60,12 +63,31 @@ class Settings:
     alert_webhook: str | None = None
     # LOG-1: service and access logs are kept at least 184 days (Cybersecurity Law art. 21: six months).
     log_retention_days: int = 365
+    # Issue 6. Cipher suite for every NEW ciphertext, blind index, audit hash and checkpoint signature:
+    # "aes" (AES-256-GCM, HMAC-SHA-256, SHA-256, Ed25519) or "sm" (SM4-GCM, HMAC-SM3, SM3, SM2; GB/T 39786).
+    # Old data keeps decrypting whatever the setting: every ciphertext header names its suite.
+    crypto_suite: str = "aes"
+    # Where the root key lives: "local" (sealed file) or "pkcs11" (non-extractable key in a PKCS#11 token).
+    # The PIN is never a setting: $HEALTHVAULT_PKCS11_PIN, or the file named by pkcs11_pin_file.
+    kms_provider: str = "local"
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_key_label: str = "healthvault-root"
+    pkcs11_pin_file: str | None = None
+    # PIPL-1: the privacy notice patients consent to (None: the notice bundled with the vault). Its hash is stored
+    # with every consent; a changed notice forces re-consent before further processing.
+    privacy_notice_path: str | None = None
+    # "development" or "production"; production refuses the local provider, plain HTTP and weak settings.
+    profile: str = "development"
 
     def __post_init__(self) -> None:
         if self.log_retention_days < MIN_LOG_RETENTION_DAYS:
             raise ValueError(f"log_retention_days must be at least {MIN_LOG_RETENTION_DAYS} (six months)")
         if self.audit_retention_days < MIN_LOG_RETENTION_DAYS:
             raise ValueError(f"audit_retention_days must be at least {MIN_LOG_RETENTION_DAYS} (six months)")
+        for name, allowed in (("crypto_suite", CRYPTO_SUITES), ("kms_provider", KMS_PROVIDERS), ("profile", PROFILES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(sorted(allowed))}")
 
     @property
     def log_dir(self) -> Path:
@@ -96,6 +118,8 @@ class Settings:
         database_url = _env("DATABASE_URL") or f"sqlite:///{root / 'vault.db'}"
         keystore_url = _env("KEYSTORE_URL")
         keystore_schema = None
+        if keystore_url is not None and not keystore_url.startswith("sqlite"):
+            keystore_schema = _env("KEYSTORE_SCHEMA")  # an explicit key-store server may still want its own schema
         if keystore_url is None:
             if database_url.startswith("sqlite"):
                 keystore_url = f"sqlite:///{root / 'keys' / 'keys.db'}"
@@ -116,7 +140,10 @@ class Settings:
                            ("lockout_minutes", int), ("idle_timeout_seconds", int), ("admin_networks", str),
                            ("staff_password_max_age_days", int), ("password_history", int),
                            ("staff_idle_disable_days", int),
-                           ("alert_denials_per_minute", int), ("alert_webhook", str)):
+                           ("alert_denials_per_minute", int), ("alert_webhook", str),
+                           ("crypto_suite", str), ("kms_provider", str), ("pkcs11_module", str),
+                           ("pkcs11_token_label", str), ("pkcs11_key_label", str), ("pkcs11_pin_file", str),
+                           ("privacy_notice_path", str), ("profile", str)):
             raw = _env(name.upper())
             if raw is not None:
                 values[name] = kind(raw)

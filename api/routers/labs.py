@@ -4,7 +4,7 @@ import uuid
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import current_identity, get_ctx, get_vault
-from api.schemas import LabCorrectionIn, TrendPointOut
+from api.schemas import ExtractionOut, LabCorrectionIn, TrendPointOut
 from vault import labs, records
 from vault.identity import Identity, RequestContext
 from vault.runtime import Vault
@@ -26,7 +26,17 @@ def lab_result_history(record_id: uuid.UUID, identity: Identity = Depends(curren
     with vault.session() as session:
         record, dek = records.get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=str(record_id),
                                            action="lab.read")
+        labs.ensure_not_declined(record)
         return labs.history(session, record=record, dek=dek)
+
+
+@router.post("/v1/records/{record_id}/lab-results/extraction", status_code=202, response_model=ExtractionOut)
+def request_extraction(record_id: uuid.UUID, identity: Identity = Depends(current_identity),
+                       vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> ExtractionOut:
+    """Queue OCR of this lab sheet again (e.g. after giving the ocr consent later); 409 ocr-declined without it."""
+    with vault.session() as session:
+        status = labs.request_extraction(session, vault, identity=identity, ctx=ctx, record_id=str(record_id))
+    return ExtractionOut(record_id=str(record_id), ocr_status=status)
 
 
 @router.get("/v1/patients/me/lab-trends", response_model=list[TrendPointOut], tags=["patients"])

@@ -27,7 +27,7 @@ def test_canonical_bytes_and_hash_are_exactly_as_documented():
 
 
 @pytest.mark.parametrize("change", [
-    {"extra": 1}, {"v": 2}, {"v": True}, {"chain": -1}, {"chain": 65536}, {"seq": 2**64}, {"seq": "1"},
+    {"extra": 1}, {"v": 3}, {"v": 0}, {"v": True}, {"chain": -1}, {"chain": 65536}, {"seq": 2**64}, {"seq": "1"},
     {"time": "2026-11-25T09:31:00Z"}, {"time": "2026-11-25 09:31:00.123456Z"}, {"prev_hash": "0" * 63},
     {"prev_hash": "A" * 64}, {"reason": 1.5}, {"reason": True}, {"reason": ["x"]},
 ])

@@ -9,10 +9,10 @@ from kms.keystore import KeyStoreBase
 from .conftest import PG_URL
 
 
-def test_own_metadata_with_exactly_two_tables():
-    assert set(KeyStoreBase.metadata.tables) == {"patient_keks", "service_keys"}
+def test_own_metadata_with_exactly_its_tables():
+    assert set(KeyStoreBase.metadata.tables) == {"patient_keks", "service_keys", "rotation_requests", "rewrap_jobs"}
     assert {c.name for c in KeyStoreBase.metadata.tables["patient_keks"].columns} == {
-        "patient_id", "version", "root_version", "wrapped", "created_at", "destroyed_at"}
+        "patient_id", "version", "root_version", "wrapped", "created_at", "destroyed_at", "suite"}
     assert {c.name for c in KeyStoreBase.metadata.tables["service_keys"].columns} == {
         "purpose", "version", "root_version", "wrapped", "created_at"}
 
@@ -21,9 +21,9 @@ def test_migrate_is_idempotent_and_uses_its_own_version_table(store, tmp_path):
     store.migrate()
     engine = create_engine(f"sqlite:///{tmp_path / 'keys.db'}")
     names = set(inspect(engine).get_table_names())
-    assert names == {"patient_keks", "service_keys", "kms_alembic_version"}
+    assert names == {"patient_keks", "service_keys", "rotation_requests", "rewrap_jobs", "kms_alembic_version"}
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM kms_alembic_version")).scalar() == "kms_0001"
+        assert conn.execute(text("SELECT version_num FROM kms_alembic_version")).scalar() == "kms_0002"
     engine.dispose()
 
 
@@ -62,7 +62,7 @@ def test_postgres_schema_round_trip(pg_schema, provider, clock):
         store.migrate()
         admin = create_engine(PG_URL)
         tables = set(inspect(admin).get_table_names(schema=pg_schema))
-        assert tables == {"patient_keks", "service_keys", "kms_alembic_version"}
+        assert tables == {"patient_keks", "service_keys", "rotation_requests", "rewrap_jobs", "kms_alembic_version"}
         admin.dispose()
 
         manager = KeyManager(provider, store, cache=KeyCache(), clock=clock)

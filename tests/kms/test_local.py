@@ -117,7 +117,7 @@ def test_add_version_rotates_and_keeps_old_versions(root_path, provider):
     v2, new = provider.wrap(b"b" * 32, b"ad")
     assert (v1, v2) == (1, 2)
     reopened = LocalProvider.open(root_path, PASSPHRASE)
-    assert reopened.versions == (1, 2)
+    assert reopened.versions() == (1, 2)
     assert reopened.unwrap(1, old, b"ad") == b"a" * 32
     assert reopened.unwrap(2, new, b"ad") == b"b" * 32
     with pytest.raises(CryptoError):  # the version is bound into the AAD
