@@ -1,11 +1,17 @@
 """Authorization decision latency with 1,000 and 1,000,000 active grants in PostgreSQL, same run.
 
-    python bench/bench_authz.py [--grants 1000000] [--samples 2000] [--threads 4] [--quick]
+    python bench/bench_authz.py [--grants 1000000] [--samples 3000] [--threads 4] [--rounds 9] [--quick]
 
-A decision is what the gate does per request: the indexed query for the caller's live grants on this patient, the
-per-thread Casbin enforcer loaded with those policies, enforce. Requests mix allow (a real grant) and deny (a real
-doctor, a patient who granted them nothing). Targets (issue 4): p99 <= 1 ms at 1M grants and <= 2x the p99 at 1k.
-Also measures grant create + revoke through the service layer (target >= 500 grants/s). Fresh schema, dropped after.
+A decision is what the gate does per request (`consent.engine.decide`): one indexed query for the caller's live
+grants and break-glass claims on this patient, the per-thread Casbin enforcer loaded with the policies that can
+match, enforce. Requests mix allow (a real grant) and deny (a real doctor, a patient who granted them nothing); every
+decision is checked. Both table sizes are filled first, then measured in interleaved rounds, from 1 thread and from
+`--threads` threads (own session each, one process: the GIL and the 2 cores are shared, as in a worker's
+threadpool). Figures are medians over rounds. Targets (issue 4): from 1 thread, p99 <= 1 ms at 1M grants and
+<= 2x the p99 at 1k; from N threads, <= 2x the p99 at 1k; never a wrong decision. The N-thread absolute p99 is
+printed next to a floor measured in the same rounds (a bare prepared psycopg query from as many threads): on 2
+shared vCPUs closed-loop threads queue for the CPU and the GIL, and that floor alone reaches 0.6-1 ms.
+Grant create/revoke throughput: bench_grants.py. Fresh schemas, dropped after.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import os
 import random
 import secrets
+import statistics
 import sys
 import threading
 import time
@@ -57,7 +64,10 @@ def _fill(engine, n: int, doctors: list[str], patients: list[str], now: dt.datet
     return granted
 
 
-def _measure(engine, granted, doctors, patients, samples: int, threads: int) -> dict:
+def _measure(engine, granted, doctors, samples: int, threads: int) -> dict:
+    """Latency of `consent.engine.decide` (wall clock, as the calling thread sees it) from `threads` threads, each
+    with its own session and connection; half the requests are granted, half are a real doctor asking for a patient
+    who granted them nothing. Every decision is checked against that expectation."""
     from sqlalchemy.orm import Session
 
     from consent import engine as consent
@@ -65,57 +75,102 @@ def _measure(engine, granted, doctors, patients, samples: int, threads: int) -> 
     now = dt.datetime.now(UTC)
     lat: list[float] = []
     wrong = []
+    rng = random.Random(samples * 31 + threads)
+    plan = []
+    for k in range(samples):
+        if k % 2 == 0:
+            doctor, patient, record = rng.choice(granted)
+            plan.append((doctor, patient, record, True))
+        else:
+            plan.append((rng.choice(doctors), str(uuid.uuid4()), str(uuid.uuid4()), False))
+    ready = threading.Barrier(threads)
 
-    def run(count: int) -> None:
+    def run(part: list) -> None:
+        mine = []
         with Session(engine) as session:
-            for k in range(count):
-                if k % 2 == 0:
-                    doctor, patient, record = random.choice(granted)
-                    expect = True
-                else:
-                    doctor, patient, record = random.choice(doctors), str(uuid.uuid4()), str(uuid.uuid4())
-                    expect = False
+            ready.wait()
+            for k, (doctor, patient, record, expect) in enumerate(part):
                 req = consent.Request(account_id=doctor, role="doctor", own_patient_id=None, patient_id=patient,
                                       obj=f"record:{record}", cls="category:lab_report/normal", action="record.read")
                 t0 = time.perf_counter()
                 decision = consent.decide(session, req, now=now)
-                lat.append(time.perf_counter() - t0)
+                mine.append(time.perf_counter() - t0)
                 if decision.allowed != expect:
                     wrong.append((doctor, patient))
                 if k % 100 == 99:
-                    session.rollback()
+                    session.rollback()  # a request's transaction ends; the next one begins
+        lat.extend(mine)
 
-    workers = [threading.Thread(target=run, args=(samples // threads,)) for _ in range(threads)]
+    started = time.perf_counter()
+    workers = [threading.Thread(target=run, args=(plan[n::threads],)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - started
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e6  # noqa: E731
+    return {"p50_us": q(0.50), "p99_us": q(0.99), "max_us": lat[-1] * 1e6, "n": len(lat), "wrong": len(wrong),
+            "per_s": len(lat) / elapsed}
+
+
+def _floor(engine, granted, samples: int, threads: int) -> dict:
+    """The same lookups as a bare indexed psycopg query (prepared, no SQLAlchemy, no Casbin, no policy building), from
+    the same number of threads: what this machine gives any per-request database read at this concurrency."""
+    sql = "SELECT id, record_ids FROM grants WHERE grantee_id = %s AND patient_id = %s AND expires_at > %s"
+    now = dt.datetime.now(UTC)
+    rng = random.Random(samples * 17 + threads)
+    plan = [rng.choice(granted)[:2] for _ in range(samples)]
+    lat: list[float] = []
+    ready = threading.Barrier(threads)
+
+    def run(part: list) -> None:
+        mine = []
+        raw = engine.raw_connection()
+        try:
+            ready.wait()
+            with raw.driver_connection.cursor() as cursor:
+                for doctor, patient in part:
+                    t0 = time.perf_counter()
+                    cursor.execute(sql, (doctor, patient, now), prepare=True)
+                    cursor.fetchall()
+                    mine.append(time.perf_counter() - t0)
+            raw.rollback()
+        finally:
+            raw.close()
+        lat.extend(mine)
+
+    workers = [threading.Thread(target=run, args=(plan[n::threads],)) for n in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
     lat.sort()
-    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e6  # noqa: E731
-    return {"p50_us": q(0.50), "p99_us": q(0.99), "n": len(lat), "wrong": len(wrong)}
+    return {"p50_us": lat[len(lat) // 2] * 1e6, "p99_us": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e6}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grants", type=int, default=1_000_000)
-    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--samples", type=int, default=3000, help="decisions per measurement")
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.grants, args.samples = 20_000, 400
+        args.grants, args.samples, args.rounds = 20_000, 400, 1
 
     from sqlalchemy import create_engine, text
 
     from vault import db
 
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    schemas = {}
+    schemas = []
     try:
-        results = {}
+        setups = {}
         for size in (1000, args.grants):
             schema = f"hvauthz_{secrets.token_hex(4)}"
-            schemas[size] = schema
+            schemas.append(schema)
             with admin.connect() as conn:
                 conn.execute(text(f"CREATE SCHEMA {schema}"))
             engine = db.make_engine(f"{PG_URL}?options=-csearch_path%3D{schema}")
@@ -124,23 +179,59 @@ def main() -> int:
             patients = [str(uuid.uuid4()) for _ in range(max(100, size // 2))]
             started = time.perf_counter()
             granted = _fill(engine, size, doctors, patients, dt.datetime.now(UTC))
-            fill_s = time.perf_counter() - started
-            _measure(engine, granted, doctors, patients, 200, 1)  # warm
-            single = _measure(engine, granted, doctors, patients, args.samples, 1)
-            multi = _measure(engine, granted, doctors, patients, args.samples, args.threads)
-            results[size] = (single, multi)
-            print(f"{size:>9,} grants (loaded in {fill_s:.1f} s): 1 thread p50 {single['p50_us']:.0f} µs "
-                  f"p99 {single['p99_us']:.0f} µs | {args.threads} threads p50 {multi['p50_us']:.0f} µs "
-                  f"p99 {multi['p99_us']:.0f} µs | wrong decisions {single['wrong'] + multi['wrong']}")
+            print(f"{size:>9,} grants loaded in {time.perf_counter() - started:.1f} s")
+            setups[size] = (engine, granted, doctors)
+            _measure(engine, granted, doctors, 400, args.threads)  # warm: connections, prepared statements
+        # Interleaved rounds (the order flips each round), so a burst of load from other tenants hits both sizes.
+        runs: dict[tuple[int, int], list[dict]] = {}
+        floors: dict[int, list[dict]] = {}
+        print(f"{args.rounds} rounds x {args.samples} decisions per case; load average {os.getloadavg()[0]:.2f}")
+        for r in range(args.rounds):
+            sizes = (1000, args.grants) if r % 2 == 0 else (args.grants, 1000)
+            for threads in (1, args.threads):
+                for size in sizes:
+                    engine, granted, doctors = setups[size]
+                    runs.setdefault((size, threads), []).append(
+                        _measure(engine, granted, doctors, args.samples, threads))
+                engine, granted, _ = setups[args.grants]
+                floors.setdefault(threads, []).append(_floor(engine, granted, args.samples, threads))
+        med = {key: {f: statistics.median(m[f] for m in ms) for f in ("p50_us", "p99_us", "max_us", "per_s")}
+               | {"wrong": sum(m["wrong"] for m in ms), "best_p99": min(m["p99_us"] for m in ms)}
+               for key, ms in runs.items()}
+        for threads in (1, args.threads):
+            for size in (1000, args.grants):
+                m = med[(size, threads)]
+                print(f"{size:>9,} grants, {threads} thread{'s' if threads > 1 else ' '}: p50 {m['p50_us']:5.0f} µs  "
+                      f"p99 {m['p99_us']:5.0f} µs (best {m['best_p99']:.0f})  max {m['max_us']:6.0f} µs  "
+                      f"{m['per_s']:6.0f} decisions/s  wrong {m['wrong']}")
+        for threads in (1, args.threads):
+            f = floors[threads]
+            print(f"  floor, bare indexed query at {args.grants:,}, {threads} thread{'s' if threads > 1 else ' '}: "
+                  f"p50 {statistics.median(x['p50_us'] for x in f):5.0f} µs  "
+                  f"p99 {statistics.median(x['p99_us'] for x in f):5.0f} µs")
+        verdicts = []
+        for threads in (1, args.threads):
+            small, big = med[(1000, threads)], med[(args.grants, threads)]
+            ratio = big["p99_us"] / small["p99_us"]
+            correct = big["wrong"] == small["wrong"] == 0
+            if threads == 1:
+                ok = big["p99_us"] <= 1000 and ratio <= 2.0 and correct
+                rule = "targets <= 1000 µs and <= 2x, no wrong decision"
+            else:
+                # Closed-loop threads on this 2-vCPU box (shared with PostgreSQL and other work) queue for the CPU and
+                # the GIL: their absolute p99 is the machine's (compare the floor line), so it is printed, and what is
+                # judged is that 1M grants cost no more than 1k under the same concurrency, and no wrong decision.
+                ok = ratio <= 2.0 and correct
+                rule = "target <= 2x, no wrong decision; absolute p99 reported against the floor"
+            verdicts.append(ok)
+            print(f"{threads} thread{'s' if threads > 1 else ''}: p99 at {args.grants:,} = {big['p99_us']:.0f} µs, "
+                  f"{ratio:.2f}x the p99 at 1,000 ({rule}): {'PASS' if ok else 'FAIL'}")
+        print(f"result: {'PASS' if all(verdicts) else 'FAIL'}; load average {os.getloadavg()[0]:.2f}")
+        for engine, _, _ in setups.values():
             engine.dispose()
-        small, big = results[1000][0], results[args.grants][0]
-        ratio = big["p99_us"] / small["p99_us"]
-        ok = big["p99_us"] <= 1000 and ratio <= 2.0
-        print(f"p99 at {args.grants:,} = {big['p99_us']:.0f} µs, {ratio:.2f}x the p99 at 1,000 "
-              f"(targets <= 1000 µs and <= 2x): {'PASS' if ok else 'FAIL'}; load average {os.getloadavg()[0]:.2f}")
     finally:
         with admin.connect() as conn:
-            for schema in schemas.values():
+            for schema in schemas:
                 conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
         admin.dispose()
     return 0

@@ -21,27 +21,16 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import loadgen  # noqa: E402
+from _rounds import print_summary, run_rounds, summarize  # noqa: E402
 from _server import ServerError, VaultServer, loadavg  # noqa: E402
 
 TARGET_RATIO = 0.30
-
-
-def _fmt_run(name: str, run: dict) -> str:
-    p50 = run["p50_ms"] if run["p50_ms"] is not None else float("nan")
-    p99 = run["p99_ms"] if run["p99_ms"] is not None else float("nan")
-    cpu = run.get("server_cpu_us_per_request")
-    cpu_s = f"{cpu:,.0f} µs" if cpu is not None else "n/a"
-    err = f"  ERRORS {run['errors']} {run['error_kinds']}" if run["errors"] else ""
-    return (f"{name:8s} {run['rps']:>9,.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
-            f"server CPU/req {cpu_s}  client CPU/req {run['client_cpu_us_per_request'] or 0:,.0f} µs{err}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,49 +65,21 @@ def main(argv: list[str] | None = None) -> int:
             cases = {"healthz": ("/healthz", []), "records": (record_path, auth_header)}
             print(f"server pid {server.pid} on port {server.port}; record {record['record_id']} "
                   f"({record.get('size_bytes')} bytes)")
-            for index in range(args.rounds):
-                order = ["healthz", "records"] if index % 2 == 0 else ["records", "healthz"]
-                result: dict = {"round": index + 1}
-                for name in order:
-                    path, headers = cases[name]
-                    run = loadgen.run_subprocess(server.port, path, headers=headers, connections=args.connections,
-                                                 seconds=args.seconds, warmup=args.warmup, cpu_pid=server.pid)
-                    result[name] = run
-                    if not server.alive():
-                        raise ServerError(f"server died during the {name} run:\n{server.log_tail()}")
-                result["ratio"] = (result["records"]["rps"] / result["healthz"]["rps"]
-                                   if result["healthz"]["rps"] else 0.0)
-                result["loadavg"] = list(os.getloadavg())
-                rounds.append(result)
-                print(f"round {index + 1}/{args.rounds}  (load {result['loadavg'][0]:.2f})")
-                for name in ("healthz", "records"):
-                    print("  " + _fmt_run(name, result[name]))
-                print(f"  ratio records/healthz {result['ratio']:.3f}")
+            cases = {name: (server, path, headers) for name, (path, headers) in cases.items()}
+            rounds = run_rounds(cases, baseline="healthz", subject="records", rounds=args.rounds,
+                                connections=args.connections, seconds=args.seconds, warmup=args.warmup)
     except (ServerError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
 
-    def med(name: str, key: str) -> float:
-        values = [r[name][key] for r in rounds if r[name][key] is not None]
-        return statistics.median(values) if values else float("nan")
-
-    summary = {name: {key: med(name, key) for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")}
-               for name in ("healthz", "records")}
-    for name in ("healthz", "records"):
-        summary[name]["rps_per_round"] = [r[name]["rps"] for r in rounds]
-        summary[name]["errors"] = sum(r[name]["errors"] for r in rounds)
-        if summary[name]["errors"]:
-            failures.append(f"{name}: {summary[name]['errors']} failed requests")
+    summary = summarize(rounds, ("healthz", "records"))
+    failures += [f"{name}: {summary[name]['errors']} failed requests" for name in ("healthz", "records")
+                 if summary[name]["errors"]]
     ratio = summary["records"]["rps"] / summary["healthz"]["rps"] if summary["healthz"]["rps"] else 0.0
     verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
     print()
     print("summary (medians over rounds)")
-    for name in ("healthz", "records"):
-        s = summary[name]
-        per_round = ", ".join(f"{v:,.0f}" for v in s["rps_per_round"])
-        print(f"  {name:8s} {s['rps']:>9,.0f} req/s  [{per_round}]  p50 {s['p50_ms']:.2f} ms  "
-              f"p99 {s['p99_ms']:.2f} ms  server CPU/req {s['server_cpu_us_per_request']:,.0f} µs  "
-              f"errors {s['errors']}")
+    print_summary(summary, ("healthz", "records"))
     per_round_ratio = ", ".join(f"{r['ratio']:.3f}" for r in rounds)
     print(f"  ratio records/healthz {ratio:.3f} (per round: {per_round_ratio})  "
           f"target >= {TARGET_RATIO:.2f}: {verdict}")

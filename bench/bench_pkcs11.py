@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import loadgen  # noqa: E402
+from _rounds import print_summary, run_rounds, summarize  # noqa: E402
 from _server import REPO_ROOT, ServerError, VaultServer, loadavg  # noqa: E402
 
 TARGET_RATIO = 0.80
@@ -102,14 +102,6 @@ def _fmt_raw(name: str, figures: dict) -> str:
             f"unwrap x4 threads {figures['unwrap_4_threads']['ops_s']:>10,.0f} ops/s")
 
 
-def _fmt_run(name: str, run: dict) -> str:
-    cpu = run.get("server_cpu_us_per_request")
-    cpu_s = f"{cpu:,.0f} µs" if cpu is not None else "n/a"
-    err = f"  ERRORS {run['errors']} {run['error_kinds']}" if run["errors"] else ""
-    return (f"{name:7s} {run['rps']:>9,.0f} req/s  p50 {run['p50_ms'] or float('nan'):7.2f} ms  "
-            f"p99 {run['p99_ms'] or float('nan'):7.2f} ms  server CPU/req {cpu_s}{err}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
@@ -173,46 +165,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise ServerError("the pkcs11 server wrote a root key file: it is not using the token")
             print(f"servers: local pid {local_server.pid} port {local_server.port}; "
                   f"pkcs11 pid {p11_server.pid} port {p11_server.port}")
-            for index in range(args.rounds):
-                order = ["local", "pkcs11"] if index % 2 == 0 else ["pkcs11", "local"]
-                result: dict = {"round": index + 1}
-                for name in order:
-                    server, path, headers = cases[name]
-                    result[name] = loadgen.run_subprocess(server.port, path, headers=headers,
-                                                          connections=args.connections, seconds=args.seconds,
-                                                          warmup=args.warmup, cpu_pid=server.pid)
-                    if not server.alive():
-                        raise ServerError(f"the {name} server died:\n{server.log_tail()}")
-                result["ratio"] = result["pkcs11"]["rps"] / result["local"]["rps"] if result["local"]["rps"] else 0.0
-                result["loadavg"] = list(os.getloadavg())
-                rounds.append(result)
-                print(f"round {index + 1}/{args.rounds}  (load {result['loadavg'][0]:.2f})")
-                for name in ("local", "pkcs11"):
-                    print("  " + _fmt_run(name, result[name]))
-                print(f"  ratio pkcs11/local {result['ratio']:.3f}")
+            rounds = run_rounds(cases, baseline="local", subject="pkcs11", rounds=args.rounds,
+                                connections=args.connections, seconds=args.seconds, warmup=args.warmup)
     except (ServerError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
 
-    def med(name: str, key: str) -> float:
-        values = [r[name][key] for r in rounds if r[name][key] is not None]
-        return statistics.median(values) if values else float("nan")
-
-    summary = {name: {key: med(name, key) for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")}
-               for name in ("local", "pkcs11")}
-    for name in ("local", "pkcs11"):
-        summary[name]["rps_per_round"] = [r[name]["rps"] for r in rounds]
-        summary[name]["errors"] = sum(r[name]["errors"] for r in rounds)
+    summary = summarize(rounds, ("local", "pkcs11"))
     ratio = summary["pkcs11"]["rps"] / summary["local"]["rps"] if summary["local"]["rps"] else 0.0
     verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
     print()
     print("summary (medians over rounds), GET /v1/records/{id} with the key cache warm")
-    for name in ("local", "pkcs11"):
-        s = summary[name]
-        per_round = ", ".join(f"{v:,.0f}" for v in s["rps_per_round"])
-        print(f"  {name:7s} {s['rps']:>9,.0f} req/s  [{per_round}]  p50 {s['p50_ms']:.2f} ms  "
-              f"p99 {s['p99_ms']:.2f} ms  server CPU/req {s['server_cpu_us_per_request']:,.0f} µs  "
-              f"errors {s['errors']}")
+    print_summary(summary, ("local", "pkcs11"))
     per_round_ratio = ", ".join(f"{r['ratio']:.3f}" for r in rounds)
     print(f"  ratio pkcs11/local {ratio:.3f} (per round: {per_round_ratio}; median of rounds "
           f"{statistics.median(r['ratio'] for r in rounds):.3f})  target >= {TARGET_RATIO:.2f}: {verdict}")

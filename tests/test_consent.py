@@ -189,3 +189,114 @@ def test_thread_enforcers_never_carry_a_previous_callers_role():
     for t in threads:
         t.join()
     assert all(results) and len(results) == 3000
+
+
+def test_prefiltered_decisions_equal_the_full_policy_set(vault, clock):
+    """The engine loads only the policies that can match (this caller, this patient, this action, this object or
+    category, live): every decision must equal the one a plain enforcer holding ALL policies gives — including a
+    grant naming hundreds of records, revoked, expired and not-yet-valid grants, and break-glass claims."""
+    import itertools
+    import json
+    import uuid
+
+    import casbin
+    from casbin.model import Model
+
+    from consent import engine
+    from consent.models import BreakGlass, Grant
+
+    now = clock()
+    hour = dt.timedelta(hours=1)
+    ids = lambda n: [str(uuid.uuid4()) for _ in range(n)]  # noqa: E731
+    doc_a, doc_b, doc_c, escort = ids(4)
+    pat_p, pat_q = ids(2)
+    r1, r2, r3, r4, r5, other = ids(6)
+    many = ids(250)
+    roles = {doc_a: "doctor", doc_b: "doctor", doc_c: "doctor", escort: "escort"}
+
+    def grant(who, patient, records, categories=(), future=False, actions=("view",), nbf=-1, exp=1, revoked=False):
+        return Grant(id=str(uuid.uuid4()), patient_id=patient, grantee_id=who, record_ids=json.dumps(list(records)),
+                     categories=json.dumps(list(categories)), include_future=future, actions=json.dumps(list(actions)),
+                     purpose_enc=b"x", consult_ref=None, not_before=now + nbf * hour, expires_at=now + exp * hour,
+                     created_at=now - 2 * hour, revoked_at=now - hour / 2 if revoked else None, receipt="{}")
+
+    grants = [
+        grant(doc_a, pat_p, [*many[:125], r1, *many[125:]], ["lab_report"], future=True),
+        grant(doc_a, pat_p, [r2], actions=("download",), nbf=1, exp=2),  # not yet valid
+        grant(doc_a, pat_p, [r3], actions=("view", "download"), revoked=True),
+        grant(doc_a, pat_p, [r4], nbf=-3, exp=-1),  # expired
+        grant(doc_b, pat_p, [r4], actions=("view", "download")),
+        grant(doc_a, pat_q, [r5], ["exam_report"]),
+        grant(escort, pat_p, [r1, r2], ["exam_report"], future=True),
+    ]
+    claims = [BreakGlass(id=str(uuid.uuid4()), doctor_id=doc_c, patient_id=pat_p, reason_enc=b"x",
+                         created_at=now - hour / 2, expires_at=now + hour / 2),
+              BreakGlass(id=str(uuid.uuid4()), doctor_id=doc_a, patient_id=pat_q, reason_enc=b"x",
+                         created_at=now - 2 * hour, expires_at=now - hour)]
+    with vault.session() as session:
+        session.add_all(grants + claims)
+        session.commit()
+
+    model = Model()
+    model.load_model_from_text(engine.MODEL_TEXT)
+    everything = casbin.Enforcer(model)
+    everything.add_policies([list(p) for p in engine.ROLE_POLICIES])
+    for g in grants:
+        if g.revoked_at is None:
+            everything.add_policies(engine.grant_policies(g))
+    for c in claims:
+        everything.add_policies([[f"user:{c.doctor_id}", f"patient:{c.patient_id}", "*", act,
+                                  engine.stamp(c.created_at), engine.stamp(c.expires_at), f"breakglass:{c.id}"]
+                                 for act in engine.BREAKGLASS_ACTIONS])
+    for account, role in roles.items():
+        everything.add_grouping_policy(f"user:{account}", f"role:{role}")
+
+    by_id = {g.id: g for g in grants} | {c.id: c for c in claims}
+    outcomes = []
+    with vault.session() as session:
+        for account, patient, rid, cls, action in itertools.product(
+                roles, (pat_p, pat_q), (r1, r2, r3, r4, r5, other, many[0], many[-1]),
+                ("category:lab_report/normal", "category:lab_report/special", "category:exam_report/sensitive", "-"),
+                ("record.read", "record.list", "record.download", "patient.read", "record.update")):
+            request = engine.Request(account_id=account, role=roles[account], own_patient_id=None, patient_id=patient,
+                                     obj=f"record:{rid}", cls=cls, action=action)
+            decision = engine.decide(session, request, now=now)
+            assert len(engine._local.enforcer.get_policy()) <= 3  # never the 250-record grant's whole scope
+            expected = everything.enforce(f"user:{account}", f"patient:{patient}", request.obj, cls, action,
+                                          engine.stamp(now))
+            assert decision.allowed == expected, (request, decision)
+            if decision.allowed:
+                source = by_id[decision.grant_id]
+                assert getattr(source, "grantee_id", getattr(source, "doctor_id", None)) == account
+                assert source.patient_id == patient
+            outcomes.append(decision.allowed)
+        session.rollback()
+    assert 40 < sum(outcomes) < len(outcomes) - 40  # both outcomes well represented
+
+
+def test_revoking_twice_keeps_the_first_time_and_audits_both(client, vault, clock, people):
+    grant = _grant(client, clock, people["patient"]).json()
+    first = client.delete(f"/v1/grants/{grant['grant_id']}", headers=people["patient"])
+    clock.advance(minutes=5)
+    second = client.delete(f"/v1/grants/{grant['grant_id']}", headers=people["patient"])
+    assert first.status_code == second.status_code == 200
+    assert first.json()["revoked_at"] == second.json()["revoked_at"] is not None
+    assert not second.json()["active"] and second.json()["purpose"] == "复诊咨询 consult 42"
+    assert client.get(f"/v1/records/{people['lab']}", headers=people["doctor"]).status_code == 404
+    with vault.session() as session:
+        revokes = session.scalars(select(AuditEvent).where(AuditEvent.action == "grant.revoke",
+                                                           AuditEvent.grant_id == grant["grant_id"])).all()
+    assert [e.outcome for e in revokes] == ["allow", "allow"]
+
+
+def test_grant_views_carry_purpose_and_grantee_on_every_path(client, clock, people):
+    p, d = people["patient"], people["doctor"]
+    created = _grant(client, clock, p, consult_ref="appt-7").json()
+    expected = {k: created[k] for k in ("grant_id", "grantee_username", "grantee_role", "purpose", "consult_ref",
+                                        "record_ids", "categories", "actions", "receipt")}
+    assert expected["purpose"] == "复诊咨询 consult 42" and expected["grantee_username"] == "dr-zhang"
+    for headers in (p, d):  # the patient's list and the doctor's list
+        listed = {g["grant_id"]: g for g in client.get("/v1/grants", headers=headers).json()}
+        assert {k: listed[created["grant_id"]][k] for k in expected} == expected
+    revoked = client.delete(f"/v1/grants/{created['grant_id']}", headers=p).json()
+    assert {k: revoked[k] for k in expected} == expected and revoked["revoked_at"] and not revoked["active"]

@@ -706,9 +706,16 @@ _AUDITORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def attach_auditor(vault) -> KeyEventAuditor:
-    """Audit key events of this vault's KeyManager (idempotent; the API app and the `keys` CLI call it)."""
+    """Audit key events of this vault's KeyManager (idempotent; open_vault attaches it in every process)."""
     auditor = _AUDITORS.get(vault.keys)
     if auditor is None:
         auditor = _AUDITORS[vault.keys] = KeyEventAuditor(vault)
         vault.keys.add_listener(auditor)
     return auditor
+
+
+def flush_auditor(vault, timeout: float = 5.0) -> None:
+    """Write any queued key events now (Vault.close calls it, so no writer thread outlives the engine's use)."""
+    auditor = _AUDITORS.get(vault.keys)
+    if auditor is not None:
+        auditor.flush(timeout)

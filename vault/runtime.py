@@ -56,6 +56,9 @@ class Vault:
         return self.sessions()
 
     def close(self) -> None:
+        from vault import keyops
+
+        keyops.flush_auditor(self)  # queued key events are written while the engine is still there
         self.labs.shutdown()
         self.engine.dispose()
         self.keystore.dispose()
@@ -139,7 +142,7 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
     blobs.sweep_temp()
     sessions = db.make_sessionmaker(engine)
     _forward_audit_events(sessions, settings)
-    return Vault(
+    vault = Vault(
         settings=settings,
         engine=engine,
         sessions=sessions,
@@ -154,6 +157,10 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         clock=clock,
         log_cache=LogCache("sm3" if suite == suites.SM4_GCM else "sha256"),
     )
+    from vault import keyops  # keyops imports the gate, which imports this module's neighbours
+
+    keyops.attach_auditor(vault)  # every process audits failed unwraps (API, every CLI verb, jobs)
+    return vault
 
 
 def _require_suite(settings: Settings) -> int:
