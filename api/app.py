@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 from api import problems
 from api.deps import processing_consent
 from api.middleware import EdgeMiddleware
-from api.routers import audit, auth, health, keys, labs, patients, privacy, records, sharing
+from api.routers import accounts, audit, auth, health, keys, labs, patients, privacy, records, sharing
 from vault import keyops
 from vault import privacy as privacy_notice
 from vault.runtime import Vault
@@ -49,7 +49,7 @@ def create_app(vault: Vault) -> FastAPI:
     app.state.vault = vault
     problems.install(app)
     for router in (health.router, auth.router, patients.router, records.router, audit.router, sharing.router, labs.router,
-                   privacy.router, keys.router):
+                   privacy.router, keys.router, accounts.router):
         app.include_router(router)
     keyops.attach_auditor(vault)  # failed unwraps reported by kms reach the audit trail
     app.add_middleware(EdgeMiddleware)

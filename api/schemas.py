@@ -341,3 +341,49 @@ class RotationOut(BaseModel):
 
 class RotationPage(BaseModel):
     items: list[RotationOut]
+
+
+class AccountCreateIn(_In):
+    """A staff account made over the API: doctor, escort or auditor; admin roles are CLI-only (403)."""
+
+    username: str = Field(min_length=1, max_length=256)
+    password: str = Field(min_length=1, max_length=256)
+    role: str = Field(min_length=1, max_length=16)
+
+
+class AccountPatchIn(_In):
+    active: StrictBool
+
+
+class AccountRoleIn(_In):
+    role: str = Field(min_length=1, max_length=16)
+
+
+class AccountOut(BaseModel):
+    """Never a password hash, TOTP secret, patient link or any PHI."""
+
+    id: str
+    username: str
+    role: str
+    active: bool
+    totp_enabled: bool
+    locked: bool
+    must_change_password: bool
+    created_at: dt.datetime
+    last_login_at: dt.datetime | None
+
+
+class AccountPage(BaseModel):
+    items: list[AccountOut]
+    next_cursor: str | None
+
+
+class PolicyRuleOut(BaseModel):
+    role: str
+    object: str
+    action: str
+
+
+class PolicyOut(BaseModel):
+    source: str
+    items: list[PolicyRuleOut]

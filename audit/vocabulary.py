@@ -10,6 +10,7 @@ ACTIONS = frozenset(
     {
         # identity
         "login", "login_failed", "logout", "account.create", "account.update", "account_locked",
+        "account.list", "account.role", "policy.read",
         # patients and records
         "patient.register", "patient.read", "patient.erase",
         "record.create", "record.read", "record.list", "record.download", "record.update", "record.delete",
@@ -29,5 +30,6 @@ OUTCOMES = frozenset({"allow", "deny", "error"})
 # PIPL arts. 55-56: records of provision to third parties (grants, consents, exports) are kept three years.
 LONG_RETENTION_ACTIONS = frozenset(
     {"grant.create", "grant.revoke", "consent.give", "consent.withdraw", "breakglass", "audit.export",
-     "patient.erase", "key.shred", "key.request", "key.approve", "key.rotate", "key.retire"}
+     "patient.erase", "key.shred", "key.request", "key.approve", "key.rotate", "key.retire",
+     "account.role"}  # privilege changes: kept as long as the consents they could have bypassed
 )

@@ -277,5 +277,5 @@ def test_every_allowed_access_is_audited(client, vault):
     client.get("/v1/patients/me", headers=headers)
     with vault.session() as session:
         actions = [e.action for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id))]
-    assert actions == ["patient.register", *["consent.give"] * 3, "login", "record.create", "record.read",
+    assert actions == ["patient.register", "key.create", *["consent.give"] * 3, "login", "record.create", "record.read",
                        "record.download", "record.list", "patient.read"]

@@ -44,6 +44,12 @@ EXPECTED = {
     ("GET", "/v1/keys/rotations/{request_id}"): {"secadmin"} | AUDITORS,
     ("POST", "/v1/keys/rotations"): {"secadmin"},  # 409 while another request is open: allowed, not denied
     ("POST", "/v1/keys/rotations/{request_id}/approve"): {"secadmin"},  # requested by a second secadmin (below)
+    ("GET", "/v1/accounts"): {"sysadmin"},  # AC-3: sysadmin manages accounts, secadmin roles, auditadmin nothing
+    ("POST", "/v1/accounts"): {"sysadmin"},
+    ("PATCH", "/v1/accounts/{account_id}"): {"sysadmin"},
+    ("POST", "/v1/accounts/{account_id}/unlock"): {"sysadmin"},
+    ("PUT", "/v1/accounts/{account_id}/role"): {"secadmin"},
+    ("GET", "/v1/policy"): {"secadmin"} | AUDITORS,
 }
 DENIED = (401, 403, 404)
 
@@ -79,7 +85,12 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
     requester = staff(client, vault, "secadmin", "m-secadmin-2")  # two-person rule: m-secadmin approves its request
     requester.pop("_secret")
     request_id = client.post("/v1/keys/rotations", headers=requester, json={}).json()["request_id"]
-    params = {"record_id": record_id, "grant_id": grant["grant_id"], "export_id": export_id, "request_id": request_id}
+    target = staff(client, vault, "doctor", "m-target")  # the account the account-admin routes act on
+    target.pop("_secret")
+    account_id = client.get("/v1/accounts", headers=headers["sysadmin"], params={"limit": 500}).json()["items"]
+    account_id = next(a["id"] for a in account_id if a["username"] == "m-target")
+    params = {"record_id": record_id, "grant_id": grant["grant_id"], "export_id": export_id, "request_id": request_id,
+              "account_id": account_id}
     bodies = {
         ("POST", "/v1/grants"): {"json": {"grantee": "m-escort", "categories": ["lab_report"], "actions": ["view"],
                                           "purpose": "matrix", "expires_at": (clock() + dt.timedelta(days=1)).isoformat()}},
@@ -90,6 +101,9 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
         ("GET", "/v1/patients/me/lab-trends"): {"params": {"code": "GLU"}},
         ("POST", "/v1/patients/me/consents"): {"json": {"ocr": True}},
         ("DELETE", "/v1/patients/me"): {"json": {"password": PASSWORD}},
+        ("POST", "/v1/accounts"): {"json": {"username": "m-created", "password": PASSWORD, "role": "doctor"}},
+        ("PATCH", "/v1/accounts/{account_id}"): {"json": {"active": True}},
+        ("PUT", "/v1/accounts/{account_id}/role"): {"json": {"role": "escort"}},
     }
     mismatches = []
     routes = sorted(EXPECTED, key=lambda r: (r == ("POST", "/v1/auth/logout"), r[0] == "DELETE", r))

@@ -47,6 +47,7 @@ Decision = engine.Decision
 
 # Operations of administrators and compliance staff; with `admin_networks` set they are reachable only from there.
 ADMIN_ACTIONS = frozenset({"audit.read", "audit.export", "account.create", "account.update", "account.list",
+                           "account.role", "policy.read",
                            "key.rotate", "key.status", "key.request", "key.approve"})
 
 

@@ -113,6 +113,8 @@ def register(session: Session, vault, *, username: str, password: str, real_name
     identity = Identity(account_id=account.id, role="patient", patient_id=patient_id)
     gate.audit(vault, session, identity=identity, ctx=ctx, action="patient.register",
                target=gate.Target("patient", patient_id, patient_id), outcome="allow", reason="self")
+    gate.audit(vault, session, identity=identity, ctx=ctx, action="key.create",  # the KEK made above (key event)
+               target=gate.Target("patient-kek", "v1", patient_id), outcome="allow", reason="registration")
     privacy.record_registration(session, vault, identity=identity, ctx=ctx, patient_id=patient_id,
                                 choices=consents, notice=notice)
     try:
