@@ -74,6 +74,7 @@ def _open(data_dir, passphrase_file):
 def main() -> None:
     """Health Vault: encrypted, consent-gated, audited health records."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migration chatter drowns what the operator asked for
 
 
 @main.command()
@@ -292,7 +293,10 @@ def keys_group() -> None:
 
 
 def _keys_status_text(status) -> list[str]:
-    lines = [f"provider {status.provider}, suite {status.suite}, current root version {status.current_root_version}",
+    from kms import suites
+
+    lines = [f"provider {status.provider}, suite {suites.name_of(status.suite)} (id {status.suite}) for new keys, "
+             f"current root version {status.current_root_version}",
              "root versions:"]
     for r in status.root_versions:
         lines.append(f"  v{r.version}{' (current)' if r.current else ''}: wraps {r.patient_keks} patient KEK(s), "
