@@ -256,3 +256,29 @@ def scanned_pdf(sheet: Sheet) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "PDF", resolution=150)
     return buf.getvalue()
+
+
+def photo_of(sheet: Sheet, *, long_side: int = 2800, keystone: float = 0.06, quality: int = 80) -> bytes:
+    """A phone photo of the sheet: the page lying on a darker desk, keystone perspective, JPEG; larger than the
+    OCR working size so the pipeline has to find the page, warp it and scale it down."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    page = cv2.cvtColor(np.asarray(Image.open(io.BytesIO(sheet.data)).convert("RGB")), cv2.COLOR_RGB2BGR)
+    ph, pw = page.shape[:2]
+    H = long_side
+    W = int(long_side * 0.75)
+    # the page covers ~70 % of the frame's height, its top edge narrower than its bottom (camera tilted)
+    top, bottom = 0.14 * H, 0.86 * H
+    half_b = 0.5 * (bottom - top) * pw / ph
+    half_t = half_b * (1 - 2 * keystone)
+    cx = W / 2
+    dst = np.float32([[cx - half_t, top], [cx + half_t, top], [cx + half_b, bottom], [cx - half_b, bottom]])
+    src = np.float32([[0, 0], [pw - 1, 0], [pw - 1, ph - 1], [0, ph - 1]])
+    m = cv2.getPerspectiveTransform(src, dst)
+    desk = np.full((H, W, 3), (60, 80, 100), np.uint8)
+    out = cv2.warpPerspective(page, m, (W, H), dst=desk, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+    ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()

@@ -119,7 +119,7 @@ def test_engine_runs_with_network_blocked(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     eng_mod.set_engine(None)  # force a fresh load (model files opened, sessions built) with no network
     try:
-        e = eng_mod.RapidOCREngine()
+        e = eng_mod.RapidOCREngine()  # with openvino installed, detection runs there: it must stay offline too
         eng_mod.set_engine(e)
         s = image_sheet(rows=ROWS[:3])
         rep = extract(s.data)
