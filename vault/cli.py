@@ -316,14 +316,6 @@ def _keys_status_text(status) -> list[str]:
     return lines
 
 
-def _keys_open(data_dir, passphrase_file):
-    from vault import keyops
-
-    vault = _open(data_dir, passphrase_file)
-    keyops.attach_auditor(vault)
-    return vault
-
-
 @keys_group.command("status")
 @_common
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
@@ -334,7 +326,7 @@ def keys_status(data_dir, passphrase_file, as_json) -> None:
 
     from vault import audit_log, keyops
 
-    vault = _keys_open(data_dir, passphrase_file)
+    vault = _open(data_dir, passphrase_file)
     try:
         status = keyops.compute_status(vault)
         with vault.session() as session:
@@ -361,7 +353,7 @@ def keys_rotate(data_dir, passphrase_file, root, patient_id, all_keks) -> None:
     from vault import keyops
 
     ctx = RequestContext(request_id="cli")
-    vault = _keys_open(data_dir, passphrase_file)
+    vault = _open(data_dir, passphrase_file)
     try:
         if root:
             if vault.settings.profile != "production":
@@ -402,7 +394,7 @@ def keys_rewrap(data_dir, passphrase_file, batch_size, pause_ms, then_retire, gr
     from vault import keyops
 
     ctx = RequestContext(request_id="cli")
-    vault = _keys_open(data_dir, passphrase_file)
+    vault = _open(data_dir, passphrase_file)
     bar = tqdm(total=0, unit="key", desc="rewrap")
 
     def progress(view) -> None:
@@ -446,7 +438,7 @@ def keys_retire(data_dir, passphrase_file, grace_seconds) -> None:
     """Destroy old root and KEK versions that nothing references any more (refuses the rest, saying why)."""
     from vault import keyops
 
-    vault = _keys_open(data_dir, passphrase_file)
+    vault = _open(data_dir, passphrase_file)
     try:
         _echo_retired(keyops.retire(vault, identity=_cli_identity(), ctx=RequestContext(request_id="cli"),
                                     grace_seconds=grace_seconds))

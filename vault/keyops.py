@@ -1,5 +1,5 @@
-"""Key operations of the vault: status, rotation (root under the two-person rule, patient KEKs), rewrap, retirement,
-and the audit of key events.
+"""Key operations of the vault: status, rotation (root under the two-person rule, patient KEKs), rewrap and
+retirement. Key events raised inside other flows (failed unwraps) are audited by `vault.key_events`.
 
 Owns: the wrapped-DEK columns of the data database (`DEK_COLUMNS`: every column holding a DEK wrapped by a patient
 KEK must be listed here, or retirement could delete a KEK still in use; a test checks the models against it), the
@@ -30,12 +30,9 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import queue
 import secrets
-import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 
 from sqlalchemy import bindparam, func, select, update
@@ -43,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from kms import CryptoError, KeyDestroyed, KeyStoreError
 from kms.keystore import RewrapJob, RotationRequest
-from kms.manager import KeyEvent, RewrapBatch, wrapped_kek_version
+from kms.manager import RewrapBatch, wrapped_kek_version
 from vault import audit_log, gate
 from vault.errors import Conflict, Forbidden, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext
@@ -80,7 +77,7 @@ def _audit(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
                      reason=reason[:128] if reason else None)
 
 
-def _audit_now(vault, **kwargs) -> None:
+def audit_now(vault, **kwargs) -> None:
     """One audit event in its own transaction (key-store changes cannot share the data database's)."""
     with vault.session() as session:
         _audit(session, vault, **kwargs)
@@ -356,7 +353,7 @@ def rotate_root_cli(vault, *, identity: Identity, ctx: RequestContext, profile: 
             return view
     if profile == "production":
         pending = [r for r in store.rotation_requests(target="root", statuses=("pending",)) if not _expired(r, now)]
-        _audit_now(vault, identity=identity, ctx=ctx, action="key.rotate", outcome="deny", resource_type="root-key",
+        audit_now(vault, identity=identity, ctx=ctx, action="key.rotate", outcome="deny", resource_type="root-key",
                    reason="two-person-rule")
         hint = (f"request {pending[0].id} is waiting for a second secadmin's approval"
                 if pending else "no approved request exists")
@@ -371,12 +368,12 @@ def rotate_root_cli(vault, *, identity: Identity, ctx: RequestContext, profile: 
         version = vault.keys.rotate_root()
     except KeyStoreError:
         store.move_rotation_request(row.id, from_status="executing", status="failed")
-        _audit_now(vault, identity=identity, ctx=ctx, action="key.rotate", outcome="error", resource_type="root-key",
+        audit_now(vault, identity=identity, ctx=ctx, action="key.rotate", outcome="error", resource_type="root-key",
                    resource_id=row.id, reason="provider-refused")
         raise
     store.move_rotation_request(row.id, from_status="executing", status="executed", executed_at=vault.clock(),
                                 new_version=version)
-    _audit_now(vault, identity=identity, ctx=ctx, action="key.rotate", resource_type="root-key",
+    audit_now(vault, identity=identity, ctx=ctx, action="key.rotate", resource_type="root-key",
                resource_id=str(version), reason=f"single-person ({profile} profile):{row.id}")
     return _view(store.rotation_request(row.id), vault.clock())
 
@@ -388,7 +385,7 @@ def rotate_kek(vault, *, patient_id: str, identity: Identity, ctx: RequestContex
         version = vault.keys.rotate_patient_key(patient_id)
     except KeyDestroyed:
         raise KeyStoreError("this patient was erased: there is no key to rotate") from None
-    _audit_now(vault, identity=identity, ctx=ctx, action="key.rotate", resource_type="patient-kek",
+    audit_now(vault, identity=identity, ctx=ctx, action="key.rotate", resource_type="patient-kek",
                resource_id=str(version), patient_id=patient_id, reason="kek")
     return version
 
@@ -403,7 +400,7 @@ def rotate_all_keks(vault, *, identity: Identity, ctx: RequestContext, batch_siz
             return total
         done = vault.keys.rotate_patient_keys(ids)
         total += len(done)
-        _audit_now(vault, identity=identity, ctx=ctx, action="key.rotate", resource_type="patient-kek",
+        audit_now(vault, identity=identity, ctx=ctx, action="key.rotate", resource_type="patient-kek",
                    reason=f"all-keks batch:{len(done)}")
         after = ids[-1]
         if progress is not None:
@@ -490,7 +487,7 @@ def rewrap(vault, *, identity: Identity, ctx: RequestContext, batch_size: int = 
             raise RewrapTakenOver()
         job.runner = runner
         how = "resumed"
-    _audit_now(vault, identity=identity, ctx=ctx, action="key.rewrap", resource_type="rewrap-job", resource_id=job.id,
+    audit_now(vault, identity=identity, ctx=ctx, action="key.rewrap", resource_type="rewrap-job", resource_id=job.id,
                reason=f"{how} phase={job.phase} root={keys.current_root_version()}")
     state = {"phase": job.phase, "cursor": job.cursor, "scanned": job.scanned, "rewrapped": job.rewrapped,
              "failed": job.failed, "total": max(job.total, job.scanned)}
@@ -534,7 +531,7 @@ def rewrap(vault, *, identity: Identity, ctx: RequestContext, batch_size: int = 
         elif phase == "service":
             batch = keys.rewrap_service_keys()
             if batch.scanned:
-                _audit_now(vault, identity=identity, ctx=ctx, action="key.rewrap", resource_type="service-key",
+                audit_now(vault, identity=identity, ctx=ctx, action="key.rewrap", resource_type="service-key",
                            resource_id=job.id, outcome="allow" if not batch.failed else "error",
                            reason=f"batch scanned={batch.scanned} rewrapped={batch.rewrapped} failed={batch.failed}")
             account(batch, "done")
@@ -548,7 +545,7 @@ def rewrap(vault, *, identity: Identity, ctx: RequestContext, batch_size: int = 
                 account(batch, str(batch.last))
     finished = vault.clock()
     save(phase="done", cursor=None, status="done", finished_at=finished, total=state["scanned"])
-    _audit_now(vault, identity=identity, ctx=ctx, action="key.rewrap", resource_type="rewrap-job", resource_id=job.id,
+    audit_now(vault, identity=identity, ctx=ctx, action="key.rewrap", resource_type="rewrap-job", resource_id=job.id,
                outcome="allow" if not state["failed"] else "error",
                reason=f"done scanned={state['scanned']} rewrapped={state['rewrapped']} failed={state['failed']}")
     return _job_view(next(j for j in store.rewrap_jobs(limit=20) if j.id == job.id))
@@ -598,7 +595,7 @@ def retire(vault, *, identity: Identity, ctx: RequestContext, grace_seconds: int
         if doomed:
             deleted = keys.retire_patient_keks(doomed)
             result.kek_versions += deleted
-            _audit_now(vault, identity=identity, ctx=ctx, action="key.retire", resource_type="patient-kek",
+            audit_now(vault, identity=identity, ctx=ctx, action="key.retire", resource_type="patient-kek",
                        reason=f"batch retired={deleted}")
     if in_use:
         result.refused.append(f"{in_use} old KEK version(s) still wrap DEKs: run `healthvault keys rewrap` first")
@@ -625,97 +622,6 @@ def retire(vault, *, identity: Identity, ctx: RequestContext, grace_seconds: int
             result.refused.append(str(exc))
             continue
         result.root_versions.append(version)
-        _audit_now(vault, identity=identity, ctx=ctx, action="key.retire", resource_type="root-key",
+        audit_now(vault, identity=identity, ctx=ctx, action="key.retire", resource_type="root-key",
                    resource_id=str(version), reason="unreferenced")
     return result
-
-
-# --- key events raised inside other flows ----------------------------------------------------------------------------------
-_RESOURCE = {"kek": "patient-kek", "dek": "dek", "service": "service-key"}
-
-
-class KeyEventAuditor:
-    """Writes failed unwraps reported by KeyManager into the audit trail, from a background thread.
-
-    A failed unwrap happens inside a request that may hold the audit chain's lock (SQLite's write lock, a PostgreSQL
-    chain-head row) in its own transaction, so writing the event synchronously from that thread in another
-    transaction could wait on itself. The event is queued and appended by a writer thread in its own transaction
-    (started on demand, gone after a few idle seconds); `flush()` waits for the queue. Crypto-shredding is audited
-    by the erasure service in the erasure's own transaction (`key.shred`), so it is not repeated here.
-    """
-
-    IDLE_SECONDS = 5.0
-
-    def __init__(self, vault, *, max_queue: int = 10_000) -> None:
-        self._vault = weakref.ref(vault)
-        self._queue: queue.Queue[KeyEvent] = queue.Queue(maxsize=max_queue)
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        self.dropped = 0
-
-    def __call__(self, event: KeyEvent) -> None:
-        if event.action != "key.unwrap_failed" or threading.current_thread() is self._thread:
-            return  # the writer's own failures (e.g. the pseudonym key) must not feed back into it
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self.dropped += 1
-            log.error("key event queue full: %d event(s) not audited", self.dropped)
-            return
-        with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="key-event-audit", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                event = self._queue.get(timeout=self.IDLE_SECONDS)
-            except queue.Empty:
-                with self._start_lock:
-                    if self._queue.empty():
-                        self._thread = None
-                        return
-                continue
-            try:
-                self._write(event)
-            except Exception as exc:  # noqa: BLE001 - logged by class only; never takes the process down
-                log.error("could not audit a key event: %s", type(exc).__name__)
-            finally:
-                self._queue.task_done()
-
-    def _write(self, event: KeyEvent) -> None:
-        vault = self._vault()
-        if vault is None:
-            return
-        _audit_now(vault, identity=SYSTEM, ctx=RequestContext(request_id="kms"), action=event.action,
-                   outcome="error", resource_type=_RESOURCE.get(event.kind, event.kind),
-                   resource_id=event.name, patient_id=event.patient_id, reason=event.detail)
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued event is written (tests, shutdown); False on timeout."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-
-_AUDITORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def attach_auditor(vault) -> KeyEventAuditor:
-    """Audit key events of this vault's KeyManager (idempotent; open_vault attaches it in every process)."""
-    auditor = _AUDITORS.get(vault.keys)
-    if auditor is None:
-        auditor = _AUDITORS[vault.keys] = KeyEventAuditor(vault)
-        vault.keys.add_listener(auditor)
-    return auditor
-
-
-def flush_auditor(vault, timeout: float = 5.0) -> None:
-    """Write any queued key events now (Vault.close calls it, so no writer thread outlives the engine's use)."""
-    auditor = _AUDITORS.get(vault.keys)
-    if auditor is not None:
-        auditor.flush(timeout)

@@ -56,9 +56,9 @@ class Vault:
         return self.sessions()
 
     def close(self) -> None:
-        from vault import keyops
+        from vault import key_events
 
-        keyops.flush_auditor(self)  # queued key events are written while the engine is still there
+        key_events.flush_auditor(self)  # queued key events are written while the engine is still there
         self.labs.shutdown()
         self.engine.dispose()
         self.keystore.dispose()
@@ -157,9 +157,9 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         clock=clock,
         log_cache=LogCache("sm3" if suite == suites.SM4_GCM else "sha256"),
     )
-    from vault import keyops  # keyops imports the gate, which imports this module's neighbours
+    from vault import key_events  # imports the gate, which imports this module's neighbours
 
-    keyops.attach_auditor(vault)  # every process audits failed unwraps (API, every CLI verb, jobs)
+    key_events.attach_auditor(vault)  # every process audits failed unwraps (API, every CLI verb, jobs)
     return vault
 
 
