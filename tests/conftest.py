@@ -6,6 +6,7 @@ directory, and talk to the FastAPI app over its ASGI interface or a real socket.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import secrets
@@ -127,6 +128,31 @@ def vault(settings, clock, monkeypatch):
     instance = open_vault(settings, PASSPHRASE, clock=clock)
     yield instance
     instance.close()
+
+
+@pytest.fixture
+def pg_app_role_settings(tmp_path, request, monkeypatch):
+    """(owner settings, the same settings as a fresh login role in `healthvault_app`) on the real PostgreSQL.
+
+    The owner initialises and migrates; the app settings reach the data schema as the service's restricted role (the
+    key store keeps its own credential, here the owner's). The role is dropped afterwards."""
+    monkeypatch.delenv("HEALTHVAULT_ROOT_KEY", raising=False)
+    owner = make_settings(tmp_path, "postgres", request)
+    init_data_dir(owner, PASSPHRASE, kdf_params=CHEAP_KDF)
+    open_vault(owner, PASSPHRASE).close()  # the owner migrates
+    login_role = f"hv_svc_{secrets.token_hex(4)}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {login_role} LOGIN IN ROLE healthvault_app"))
+    data_schema = owner.database_url.split("search_path%3D", 1)[1]
+    app_url = PG_URL.replace("postgres@", f"{login_role}@") + f"?options=-csearch_path%3D{data_schema}"
+    try:
+        yield owner, dataclasses.replace(owner, database_url=app_url)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP OWNED BY {login_role}"))
+            conn.execute(text(f"DROP ROLE {login_role}"))
+        admin.dispose()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, inspect, select
 
 from audit.models import AuditEvent
 from kms import CryptoError, KeyDestroyed, KeyStoreError
@@ -312,52 +312,32 @@ def test_the_kms_refuses_an_erased_patient_in_a_fresh_process(vault, client):
 
 
 @pytest.mark.postgres
-def test_erasure_runs_as_the_postgres_app_role(tmp_path, request, monkeypatch, clock):
+def test_erasure_runs_as_the_postgres_app_role(pg_app_role_settings, clock):
     """The service's role (`healthvault_app`) may do every step of an erasure, and still cannot touch the consent
     history or the trail."""
-    import secrets
-
     from fastapi.testclient import TestClient
-    from sqlalchemy import create_engine
     from sqlalchemy.exc import DBAPIError
 
     from api.app import create_app
-    from tests.conftest import CHEAP_KDF, PG_URL, make_settings
-    from vault.runtime import init_data_dir
 
-    monkeypatch.delenv("HEALTHVAULT_ROOT_KEY", raising=False)
-    owner_settings = make_settings(tmp_path, "postgres", request)
-    init_data_dir(owner_settings, PASSPHRASE, kdf_params=CHEAP_KDF)
-    open_vault(owner_settings, PASSPHRASE).close()  # the owner migrates
-    login_role = f"hv_svc_{secrets.token_hex(4)}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE ROLE {login_role} LOGIN IN ROLE healthvault_app"))
-    data_schema = owner_settings.database_url.split("search_path%3D", 1)[1]
-    app_url = PG_URL.replace("postgres@", f"{login_role}@") + f"?options=-csearch_path%3D{data_schema}"
+    _owner_settings, app_settings = pg_app_role_settings
+    app_vault = open_vault(app_settings, PASSPHRASE, clock=clock)
     try:
-        app_vault = open_vault(dataclasses.replace(owner_settings, database_url=app_url), PASSPHRASE, clock=clock)
-        try:
-            with TestClient(create_app(app_vault), raise_server_exceptions=False) as client:
-                patient = register(client, username="app-role-leaver")
-                headers = login(client, "app-role-leaver")
-                record_id = upload(client, headers, png_bytes(b"a"), category="other").json()["record_id"]
-                staff(client, app_vault, "doctor", "dr-app-role")
-                assert client.post("/v1/grants", headers=headers, json={
-                    "grantee": "dr-app-role", "record_ids": [record_id], "actions": ["view"], "purpose": "consult",
-                    "expires_at": (clock() + dt.timedelta(days=1)).isoformat()}).status_code == 201
-                response = _erase(client, headers)
-                assert response.status_code == 200, response.text
-                assert response.json()["grants_revoked"] == 1
-            assert app_vault.keystore.is_destroyed(patient["patient_id"])
-            for statement in ("UPDATE consents SET given = true", "DELETE FROM consents", "TRUNCATE consents"):
-                with pytest.raises(DBAPIError, match="permission denied|append-only"):
-                    with app_vault.engine.begin() as conn:
-                        conn.exec_driver_sql(statement)
-        finally:
-            app_vault.close()
+        with TestClient(create_app(app_vault), raise_server_exceptions=False) as client:
+            patient = register(client, username="app-role-leaver")
+            headers = login(client, "app-role-leaver")
+            record_id = upload(client, headers, png_bytes(b"a"), category="other").json()["record_id"]
+            staff(client, app_vault, "doctor", "dr-app-role")
+            assert client.post("/v1/grants", headers=headers, json={
+                "grantee": "dr-app-role", "record_ids": [record_id], "actions": ["view"], "purpose": "consult",
+                "expires_at": (clock() + dt.timedelta(days=1)).isoformat()}).status_code == 201
+            response = _erase(client, headers)
+            assert response.status_code == 200, response.text
+            assert response.json()["grants_revoked"] == 1
+        assert app_vault.keystore.is_destroyed(patient["patient_id"])
+        for statement in ("UPDATE consents SET given = true", "DELETE FROM consents", "TRUNCATE consents"):
+            with pytest.raises(DBAPIError, match="permission denied|append-only"):
+                with app_vault.engine.begin() as conn:
+                    conn.exec_driver_sql(statement)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP OWNED BY {login_role}"))
-            conn.execute(text(f"DROP ROLE {login_role}"))
-        admin.dispose()
+        app_vault.close()
