@@ -558,39 +558,41 @@ class KeyManager:
         for row in rows:
             batch.last = (row.patient_id, row.version)
             patient = row.patient_id.encode("utf-8")
-            aad = _kek_aad(patient, row.version, row.suite or AES_256_GCM)
-            try:
-                material = bytearray(self._provider.unwrap(row.root_version, row.wrapped, aad))
-            except CryptoError:
+            moved = self._rewrap_under_current_root(row.root_version, row.wrapped,
+                                                    _kek_aad(patient, row.version, row.suite or AES_256_GCM))
+            if moved is None:
                 batch.failed += 1
                 batch.failures.append(row.patient_id)
                 continue
-            try:
-                new_root, wrapped = self._provider.wrap(bytes(material), aad)
-            finally:
-                _zero(material)
-            changes.append((row.patient_id, row.version, row.root_version, new_root, wrapped))
+            changes.append((row.patient_id, row.version, row.root_version, *moved))
         if changes:
             batch.rewrapped = self._store.update_kek_wraps(changes)
         return batch
+
+    def _rewrap_under_current_root(self, root_version: int, wrapped: bytes,
+                                   aad: bytes) -> tuple[int, bytes] | None:
+        """(new root version, new wrap) of a root-wrapped key, the plaintext zeroed at once; None if it did not open."""
+        try:
+            material = bytearray(self._provider.unwrap(root_version, wrapped, aad))
+        except CryptoError:
+            return None
+        try:
+            return self._provider.wrap(bytes(material), aad)
+        finally:
+            _zero(material)
 
     def rewrap_service_keys(self) -> RewrapBatch:
         """Move every service key wrapped by an old root version to the current one."""
         rows = self._store.service_keys_under_old_root(self._provider.current_version())
         batch = RewrapBatch(scanned=len(rows))
         for row in rows:
-            aad = _svc_aad(row.purpose.encode("utf-8"), row.version)
-            try:
-                material = bytearray(self._provider.unwrap(row.root_version, row.wrapped, aad))
-            except CryptoError:
+            moved = self._rewrap_under_current_root(row.root_version, row.wrapped,
+                                                    _svc_aad(row.purpose.encode("utf-8"), row.version))
+            if moved is None:
                 batch.failed += 1
                 batch.failures.append(row.purpose)
                 continue
-            try:
-                new_root, wrapped = self._provider.wrap(bytes(material), aad)
-            finally:
-                _zero(material)
-            if self._store.update_service_key_wrap(row.purpose, row.version, row.root_version, new_root, wrapped):
+            if self._store.update_service_key_wrap(row.purpose, row.version, row.root_version, *moved):
                 batch.rewrapped += 1
         return batch
 
