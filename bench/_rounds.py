@@ -17,6 +17,14 @@ from _server import ServerError
 STAT_KEYS = ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")
 
 
+def add_round_arguments(parser) -> None:
+    """--seconds, --rounds, --connections, --warmup: the knobs of `run_rounds`, the same in every A/B bench."""
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--connections", type=int, default=64, help="concurrent keep-alive connections (default 64)")
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each run (default 0.5)")
+
+
 def fmt_run(name: str, run: dict, width: int = 8) -> str:
     p50 = run["p50_ms"] if run["p50_ms"] is not None else float("nan")
     p99 = run["p99_ms"] if run["p99_ms"] is not None else float("nan")

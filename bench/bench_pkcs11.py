@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _rounds import print_summary, run_rounds, summarize  # noqa: E402
+from _rounds import add_round_arguments, print_summary, run_rounds, summarize  # noqa: E402
 from _server import REPO_ROOT, ServerError, VaultServer, loadavg  # noqa: E402
 
 TARGET_RATIO = 0.80
@@ -104,10 +104,7 @@ def _fmt_raw(name: str, figures: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--connections", type=int, default=64, help="concurrent keep-alive connections (default 64)")
-    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each run (default 0.5)")
+    add_round_arguments(parser)
     parser.add_argument("--ops", type=int, default=5000, help="raw wrap/unwrap operations per repeat (default 5000)")
     parser.add_argument("--quick", action="store_true", help="smoke size: 1 round x 1 s, 8 connections, 1000 ops")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
