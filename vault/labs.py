@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 
 from kms.stream import iter_decrypt
 from vault import fields, gate, privacy
-from vault.errors import Conflict, InvalidInput
+from vault.errors import Conflict, InvalidInput, OcrDeclined
 from vault.identity import Identity, RequestContext
 from vault.models import LabCorrection, Record
 from vault.uploads import blob_aad
@@ -74,8 +74,8 @@ def ensure_not_declined(record) -> None:
         raise declined_error()
 
 
-def declined_error() -> privacy.OcrDeclined:
-    return privacy.OcrDeclined(
+def declined_error() -> OcrDeclined:
+    return OcrDeclined(
         "No values were extracted because automatic reading (OCR) was declined. To have lab sheets read, give the "
         f"ocr consent (POST {privacy.CONSENT_ENDPOINT}), then ask for extraction "
         "(POST /v1/records/{record_id}/lab-results/extraction)",

@@ -29,7 +29,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from vault import gate
-from vault.errors import NotFound, VaultError
+from vault.errors import ConsentRequired, NotFound, OcrDeclined, RegistrationConsentRequired
 from vault.identity import Identity, RequestContext
 from vault.models import CONSENT_ITEMS, Consent
 
@@ -41,28 +41,6 @@ OPTIONAL_ITEMS = ("ocr",)
 LANGUAGES = ("zh", "en")
 MAX_NOTICE_BYTES = 256 * 1024
 MAX_VERSION_LENGTH = 32
-
-
-class ConsentRequired(VaultError):
-    """Processing refused: the patient has not given (or not re-given, on the current notice) a required consent."""
-
-    slug = "consent-required"
-    status = 403
-    title = "Consent to the current privacy notice is required"
-
-
-class RegistrationConsentRequired(ConsentRequired):
-    """Registration without both separate consents: nothing is stored."""
-
-    status = 422
-
-
-class OcrDeclined(VaultError):
-    """The patient declined (or withdrew) the optional OCR processing: no values were extracted."""
-
-    slug = "ocr-declined"
-    status = 409
-    title = "Automatic lab-sheet reading (OCR) was declined"
 
 
 class NoticeError(ValueError):
