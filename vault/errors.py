@@ -65,7 +65,9 @@ IntegrityFailure = _error(
 AuditUnavailable = _error("AuditUnavailable", "audit-unavailable", 503, "The audit trail is unavailable")
 # PIPL-1: processing refused until the patient gives (or re-gives, on the current notice) a required consent;
 # at registration the same problem is a 422 and nothing is stored.
-ConsentRequired = _error("ConsentRequired", "consent-required", 403, "Consent to the current privacy notice is required")
+ConsentRequired = _error(
+    "ConsentRequired", "consent-required", 403, "Consent to the current privacy notice is required"
+)
 RegistrationConsentRequired = type("RegistrationConsentRequired", (ConsentRequired,),
                                    {"status": 422, "__doc__": "Registration without both separate consents"})
 OcrDeclined = _error("OcrDeclined", "ocr-declined", 409, "Automatic lab-sheet reading (OCR) was declined")
