@@ -22,6 +22,7 @@ from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from audit import verify
+from audit.statements import HotStatement
 from audit.models import AuditEvent, ChainHead, UTCDateTime
 from audit.vocabulary import ACTIONS, OUTCOMES
 
@@ -96,16 +97,16 @@ def ensure_chains(session: Session, chains: int, event_format: int = EVENT_FORMA
 
 _HEADS = ChainHead.__table__
 _EVENTS = AuditEvent.__table__
-_ADVANCE = (update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(seq=_HEADS.c.seq + 1)
-            .returning(_HEADS.c.seq, _HEADS.c.hash))
-_MOVE = update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(hash=bindparam("h"))
+_ADVANCE = HotStatement(update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(seq=_HEADS.c.seq + 1)
+                        .returning(_HEADS.c.seq, _HEADS.c.hash))
+_MOVE = HotStatement(update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(hash=bindparam("h")))
 _INSERT_COLUMNS = (*_COLUMNS, "hash")
-_INSERT = insert(_EVENTS).values({name: bindparam(name) for name in _INSERT_COLUMNS})
+_INSERT = HotStatement(insert(_EVENTS).values({name: bindparam(name) for name in _INSERT_COLUMNS}))
 # PostgreSQL: the head's new hash and the event go in one round trip (a data-modifying CTE always runs).
-_INSERT_AND_MOVE = text(
+_INSERT_AND_MOVE = HotStatement(text(
     "WITH moved_head AS (UPDATE audit_chain_heads SET hash = :h WHERE chain_id = :c) "
     f"INSERT INTO audit_events ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(':' + c for c in _INSERT_COLUMNS)})"
-).bindparams(bindparam("occurred_at", type_=UTCDateTime()))
+).bindparams(bindparam("occurred_at", type_=UTCDateTime())))
 
 
 def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int,
@@ -114,13 +115,12 @@ def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int,
 
     Two round trips on PostgreSQL: the head UPDATE that takes the chain's lock and returns (seq, prev_hash), then one
     statement that moves the head's hash and inserts the event; the lock is then held only through the caller's
-    commit. Statements are built once and run as Core on the session's connection (the ORM paths cost more than
-    the database work here). `event_format` 2 (the "sm" suite) hashes with SM3 into the chains from 32768."""
+    commit. Statements are built once and run on the session's driver connection (`audit.statements`: SQLAlchemy's
+    execution path costs more than the database work here). `event_format` 2 (the "sm" suite) hashes with SM3 into the chains from 32768."""
     if event.action not in ACTIONS or event.outcome not in OUTCOMES:
         raise ValueError("unknown audit action or outcome")
     chain = chain_for(event.patient or event.actor, chains, event_format)
-    connection = session.connection()
-    moved = connection.execute(_ADVANCE, {"c": chain}).first()
+    moved = _ADVANCE.first(session, {"c": chain})
     if moved is None:
         raise RuntimeError(f"audit chain {chain} has no head row")
     seq, prev_hash = moved
@@ -133,11 +133,11 @@ def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int,
     )
     exported = _canonical(values)
     values["hash"] = exported["hash"] = verify.event_hash(verify.canonical_bytes(exported)).hex()
-    if connection.dialect.name == "postgresql":
-        connection.execute(_INSERT_AND_MOVE, {**values, "c": chain, "h": values["hash"]})
+    if session.get_bind().dialect.name == "postgresql":
+        _INSERT_AND_MOVE.execute(session, {**values, "c": chain, "h": values["hash"]})
     else:
-        connection.execute(_MOVE, {"c": chain, "h": values["hash"]})
-        connection.execute(_INSERT, values)
+        _MOVE.execute(session, {"c": chain, "h": values["hash"]})
+        _INSERT.execute(session, values)
     session.info.setdefault(PENDING_KEY, []).append(exported)
     return exported
 

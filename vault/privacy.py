@@ -28,8 +28,9 @@ from pathlib import Path
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from audit.statements import HotStatement
 from vault import gate
-from vault.errors import ConsentRequired, NotFound, OcrDeclined, RegistrationConsentRequired
+from vault.errors import ConsentRequired, NotFound, RegistrationConsentRequired
 from vault.identity import Identity, RequestContext
 from vault.models import CONSENT_ITEMS, Consent
 
@@ -174,21 +175,15 @@ def _current_and_given(state: ItemState | None) -> bool:
 
 
 _C = Consent.__table__
-# Newest first; the hot path (every processing request of a patient) stops reading once every item is seen.
-_LATEST = (select(_C.c.item, _C.c.given, _C.c.notice_hash)
-           .where(_C.c.patient_id == bindparam("patient")).order_by(_C.c.id.desc()))
+# Newest first, on the driver's cursor: the hot path (every processing request of a patient).
+_LATEST = HotStatement(select(_C.c.item, _C.c.given, _C.c.notice_hash)
+                       .where(_C.c.patient_id == bindparam("patient")).order_by(_C.c.id.desc()))
 
 
 def _latest(session: Session, patient_id: str) -> dict[str, tuple[bool, str]]:
     seen: dict[str, tuple[bool, str]] = {}
-    result = session.connection().execute(_LATEST, {"patient": patient_id})
-    try:
-        for row in result:
-            seen.setdefault(row.item, (row.given, row.notice_hash))
-            if len(seen) == len(CONSENT_ITEMS):
-                break
-    finally:
-        result.close()
+    for row in _LATEST.rows(session, {"patient": patient_id}):
+        seen.setdefault(row.item, (row.given, row.notice_hash))
     return seen
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
+from audit.statements import HotStatement
 from kms import CryptoError, DataKey
 from kms.stream import iter_decrypt
 from vault import fields, gate, labs
@@ -129,15 +130,15 @@ def _open_dek(vault, record: Record):
 
 
 _RECORDS = Record.__table__
-_BY_ID = select(_RECORDS).where(_RECORDS.c.id == bindparam("id"))
+_BY_ID = HotStatement(select(_RECORDS).where(_RECORDS.c.id == bindparam("id")))
 
 
 def get(session: Session, *, record_id: str):
     """The record's row (read-only, attribute access like the model), or None.
 
-    A Core select on the session's connection: the read path's hottest query, and the ORM identity-map load cost
-    several times the database work."""
-    return session.connection().execute(_BY_ID, {"id": record_id}).first()
+    Run on the driver's cursor: the read path's hottest query, where the ORM identity-map load and even SQLAlchemy's
+    Core execution path cost several times the database work."""
+    return _BY_ID.first(session, {"id": record_id})
 
 
 def get_or_raise(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,

@@ -15,6 +15,7 @@ import secrets
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from audit.statements import HotStatement
 from vault.errors import Unauthenticated
 from vault.identity import Identity
 from vault.models import Account, AuthToken
@@ -41,8 +42,8 @@ def issue(session: Session, *, account: Account, now: dt.datetime, ttl_seconds: 
 
 
 _TOKENS, _ACCOUNTS = AuthToken.__table__, Account.__table__
-# Built once, run as Core: this runs on every authenticated request.
-_LOOKUP = (
+# Built once, run on the driver's cursor: this runs on every authenticated request.
+_LOOKUP = HotStatement(
     select(_TOKENS.c.expires_at, _TOKENS.c.revoked_at, _TOKENS.c.created_at, _TOKENS.c.last_seen_at, _ACCOUNTS.c.id,
            _ACCOUNTS.c.role, _ACCOUNTS.c.patient_id, _ACCOUNTS.c.is_active)
     .join(_ACCOUNTS, _ACCOUNTS.c.id == _TOKENS.c.account_id)
@@ -60,7 +61,7 @@ def resolve(session: Session, *, token: str, now: dt.datetime, idle_timeout_seco
     if not token.startswith(PREFIX) or len(token) > 128:
         raise Unauthenticated()
     digest = _digest(token)
-    row = session.connection().execute(_LOOKUP, {"h": digest}).first()
+    row = _LOOKUP.first(session, {"h": digest})
     if row is None or row.revoked_at is not None or row.expires_at <= now or not row.is_active:
         raise Unauthenticated()
     last_seen = row.last_seen_at or row.created_at

@@ -1,0 +1,109 @@
+"""Hot statements: a Core statement compiled once per dialect and run straight on the session's DBAPI connection.
+
+Owns the execution path of the few statements every request runs (the audit chain step here; the token lookup, the
+consent state and the record row in vault/). SQLAlchemy's execution context costs ~40 µs per statement on this
+machine, three to four times what SQLite spends on the statement itself (bench/bench_http.py, docs/performance.md),
+and an authenticated read runs six of them. A `HotStatement` keeps everything SQLAlchemy decides — the SQL text of
+the same Core statement compiled for the connection's dialect, the parameter order, and the bind and result type
+processors (so `UTCDateTime`, booleans and the SQLite datetime strings convert exactly as on the ORM path) — and
+skips only the per-call machinery. Driver errors are re-raised as SQLAlchemy's own exception classes with the
+parameters hidden, so callers keep catching `SQLAlchemyError` and no bound value reaches a message.
+
+Never: builds SQL from values (every value is a bound parameter), runs outside the session's transaction (it uses
+the connection the session has checked out and begun), or takes an expanding (IN-list) parameter.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any
+
+from sqlalchemy import exc
+from sqlalchemy.orm import Session
+
+
+class _Compiled:
+    __slots__ = ("sql", "names", "defaults", "required", "binds", "row", "results", "named", "prepare")
+
+    def __init__(self, statement, dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        if any(getattr(b, "expanding", False) for b in compiled.binds.values()):
+            raise ValueError("hot statements take no expanding parameters")
+        self.sql: str = compiled.string
+        self.named = dialect.paramstyle in ("named", "pyformat")
+        # Every parameter the text names, with the values the statement itself fixes (e.g. the 1 of `seq + 1`).
+        self.defaults: dict[str, Any] = compiled.construct_params(_check=False)
+        self.required = frozenset(name for name, bind in compiled.binds.items() if bind.required)
+        self.names: tuple[str, ...] = tuple(compiled.positiontup) if not self.named else tuple(self.defaults)
+        self.binds = tuple((name, processor) for name in self.names
+                           if (processor := compiled.binds[name].type._cached_bind_processor(dialect)) is not None)
+        columns = compiled._result_columns  # (keyname, name, objects, type) per selected or returned column
+        self.row = namedtuple("Row", [c[0] for c in columns], rename=True) if columns else None
+        self.results = tuple((index, processor) for index, column in enumerate(columns)
+                             if (processor := column[3]._cached_result_processor(dialect, None)) is not None)
+        self.prepare = dialect.driver == "psycopg"
+
+    def parameters(self, values: dict[str, Any]):
+        if not self.required.issubset(values):
+            raise exc.ArgumentError(f"missing parameters: {sorted(self.required.difference(values))}")
+        values = {**self.defaults, **values}
+        for name, processor in self.binds:
+            values[name] = processor(values[name])
+        if self.named:
+            return values
+        return tuple(values[name] for name in self.names)
+
+    def shape(self, raw: tuple):
+        if self.results:
+            raw = list(raw)
+            for index, processor in self.results:
+                raw[index] = processor(raw[index])
+        return self.row._make(raw)
+
+
+class HotStatement:
+    """One Core statement (select, insert, update … returning, or text with typed bindparams)."""
+
+    def __init__(self, statement) -> None:
+        self.statement = statement
+        self._by_dialect: dict[type, _Compiled] = {}
+
+    def _compiled(self, dialect) -> _Compiled:
+        compiled = self._by_dialect.get(type(dialect))
+        if compiled is None:
+            compiled = self._by_dialect[type(dialect)] = _Compiled(self.statement, dialect)
+        return compiled
+
+    def _run(self, session: Session, values: dict[str, Any], fetch):
+        connection = session.connection()
+        compiled = self._compiled(connection.dialect)
+        params = compiled.parameters(values)
+        dbapi_connection = connection.connection.dbapi_connection
+        cursor = dbapi_connection.cursor()
+        try:
+            if compiled.prepare:
+                cursor.execute(compiled.sql, params, prepare=True)
+            else:
+                cursor.execute(compiled.sql, params)
+            return fetch(cursor, compiled)
+        except connection.dialect.loaded_dbapi.Error as error:
+            raise exc.DBAPIError.instance(compiled.sql, None, error, connection.dialect.loaded_dbapi.Error,
+                                          hide_parameters=True, dialect=connection.dialect) from error
+        finally:
+            cursor.close()
+
+    def execute(self, session: Session, values: dict[str, Any]) -> None:
+        """Run a statement that returns no rows."""
+        self._run(session, values, lambda cursor, compiled: None)
+
+    def first(self, session: Session, values: dict[str, Any]):
+        """The first row (attribute access by column name) or None."""
+        def fetch(cursor, compiled):
+            raw = cursor.fetchone()
+            return None if raw is None else compiled.shape(raw)
+        return self._run(session, values, fetch)
+
+    def rows(self, session: Session, values: dict[str, Any]) -> list:
+        def fetch(cursor, compiled):
+            return [compiled.shape(raw) for raw in cursor.fetchall()]
+        return self._run(session, values, fetch)

@@ -1,0 +1,78 @@
+"""Hot statements (audit.statements) against the ORM path, on SQLite and the real PostgreSQL: the same values and types
+back, the session's transaction honoured, driver errors as SQLAlchemy errors without the bound values."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import bindparam, exc, insert, select, update
+
+from audit.models import ChainHead
+from audit.statements import HotStatement
+from vault import privacy, records, tokens
+from vault.models import AuthToken, Consent, Record
+
+from tests.helpers import login, png_bytes, register, upload
+
+
+@pytest.fixture
+def patient(client):
+    person = register(client, username="hot.stmt")
+    headers = login(client, "hot.stmt")
+    record = upload(client, headers, png_bytes(b"hot"), title="hot title").json()
+    return {**person, "headers": headers, "record_id": record["record_id"]}
+
+
+def test_rows_match_the_orm_values_and_types(vault, patient):
+    with vault.session() as session:
+        token_row = session.scalars(select(AuthToken)).first()
+        hot = tokens._LOOKUP.first(session, {"h": token_row.token_hash})
+        assert (hot.expires_at, hot.created_at, hot.revoked_at) == (token_row.expires_at, token_row.created_at, None)
+        assert hot.expires_at.tzinfo is not None and hot.expires_at.utcoffset() == dt.timedelta(0)
+        assert hot.is_active is True and hot.role == "patient"
+
+        record = session.get(Record, patient["record_id"])
+        hot_record = records.get(session, record_id=patient["record_id"])
+        for column in Record.__table__.columns:
+            assert getattr(hot_record, column.name) == getattr(record, column.name), column.name
+        assert hot_record.created_at.tzinfo is not None
+
+        consents = session.scalars(select(Consent).where(Consent.patient_id == patient["patient_id"])
+                                   .order_by(Consent.id.desc())).all()
+        hot_consents = privacy._LATEST.rows(session, {"patient": patient["patient_id"]})
+        assert [(c.item, c.given, c.notice_hash) for c in consents] == [tuple(r) for r in hot_consents]
+        assert all(type(r.given) is bool for r in hot_consents)
+
+        assert records.get(session, record_id="00000000-0000-0000-0000-000000000000") is None
+
+
+def test_a_missing_parameter_is_refused_not_sent_as_null(vault):
+    with vault.session() as session, pytest.raises(exc.ArgumentError, match="missing parameters"):
+        tokens._LOOKUP.first(session, {})
+
+
+def test_statements_run_inside_the_session_transaction(vault):
+    move = HotStatement(update(ChainHead).where(ChainHead.chain_id == bindparam("c")).values(hash=bindparam("h")))
+    read = HotStatement(select(ChainHead.hash).where(ChainHead.chain_id == bindparam("c")))
+    with vault.session() as session:
+        before = read.first(session, {"c": 0}).hash
+        move.execute(session, {"c": 0, "h": "f" * 64})
+        assert read.first(session, {"c": 0}).hash == "f" * 64
+        session.rollback()
+        assert read.first(session, {"c": 0}).hash == before
+        move.execute(session, {"c": 0, "h": "e" * 64})
+        session.commit()
+    with vault.session() as session:
+        assert session.get(ChainHead, 0).hash == "e" * 64
+
+
+def test_driver_errors_are_sqlalchemy_errors_without_the_values(vault):
+    duplicate = HotStatement(insert(ChainHead).values(chain_id=bindparam("c"), seq=bindparam("s"),
+                                                      hash=bindparam("h"), integrated_seq=bindparam("i")))
+    secret = "SECRET-VALUE-" + "9" * 51
+    with vault.session() as session:
+        with pytest.raises(exc.IntegrityError) as caught:
+            duplicate.execute(session, {"c": 0, "s": 5, "h": secret, "i": -1})
+        assert secret not in str(caught.value) and secret not in repr(caught.value.params)
+        session.rollback()
