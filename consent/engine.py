@@ -6,6 +6,12 @@ claims for this one patient (one indexed query), of each grant only the rows for
 category — into an enforcer private to this thread, cleared before every decision. The filtering only drops rules
 the matcher could never match (tests/test_consent.py compares every decision with an enforcer holding all rules);
 Casbin still decides. docs/authorization.md explains the layout and its figures.
+
+A request that reads no grant or claim (a patient on their own data, staff on role permissions, anyone without a
+patient in view) is decided by the static role file and the ownership rule alone: every such policy has `*` for
+domain and object and the open validity window 0000..9999, so Casbin's answer is a function of (role, action,
+owner-or-not). Casbin decides each such triple once per process and the answer is kept (`_STATIC_DECISIONS`); the
+check at import below turns this off if the role file ever gets a policy of another shape.
 Never: keeps a decision or anything read from the grant and break-glass tables beyond one request (withdrawal takes
 effect on the next request in every process), shares an enforcer between threads, or lets an error become an allow.
 """
@@ -52,6 +58,9 @@ ROLE_POLICIES = _role_policies()
 ROLE_POLICIES_BY_ACTION: dict[str, list[list[str]]] = {}
 for _policy in ROLE_POLICIES:
     ROLE_POLICIES_BY_ACTION.setdefault(_policy[3], []).append(_policy)
+# The static decisions may be kept only while every role policy ignores domain, object and time (see the docstring).
+STATIC_DECISIONS_HOLD = all(p[1] == "*" and p[2] == "*" and p[4] == "0000" and p[5] == "9999" for p in ROLE_POLICIES)
+_STATIC_DECISIONS: dict[tuple[str, str, bool], "Decision"] = {}
 
 
 def stamp(moment: dt.datetime) -> str:
@@ -195,11 +204,18 @@ def decide(session: Session, request: Request, *, now: dt.datetime) -> Decision:
         # r.cls), and the lookup already fixed sub and dom. The enforcer's linear scan stays at a handful of rules
         # whatever the role table, the grant count or a grant's scope size.
         act = request.action
+        reads_sources = bool(request.patient_id) and request.role in ("doctor", "escort")
+        owner = request.role == "patient" and bool(request.own_patient_id) and act in OWNER_ACTIONS
+        static_key = (request.role, act, owner and request.patient_id == request.own_patient_id)
+        if not reads_sources and STATIC_DECISIONS_HOLD:
+            kept = _STATIC_DECISIONS.get(static_key)
+            if kept is not None:
+                return kept
         policies = [list(p) for p in ROLE_POLICIES_BY_ACTION.get(act, ())]
         sub = f"user:{request.account_id}"
-        if request.role == "patient" and request.own_patient_id and act in OWNER_ACTIONS:
+        if owner:
             policies.append([sub, f"patient:{request.own_patient_id}", "*", act, "0000", "9999", "owner"])
-        if request.patient_id and request.role in ("doctor", "escort"):
+        if reads_sources:
             want = ("*", request.obj, request.cls)
             breakglass = request.role == "doctor" and act in BREAKGLASS_ACTIONS
             for source in live_sources(session, who=request.account_id, patient_id=request.patient_id, now=now):
@@ -217,9 +233,10 @@ def decide(session: Session, request: Request, *, now: dt.datetime) -> Decision:
         enforcer.build_role_links()
         dom = f"patient:{request.patient_id}" if request.patient_id else "-"
         allowed, explain = enforcer.enforce_ex(sub, dom, request.obj, request.cls, request.action, stamp(now))
-        if allowed:
-            return Decision(True, explain[-1] if explain else "role")
-        return Decision(False, "no-policy")
+        decision = Decision(True, explain[-1] if explain else "role") if allowed else Decision(False, "no-policy")
+        if not reads_sources and STATIC_DECISIONS_HOLD:
+            _STATIC_DECISIONS[static_key] = decision
+        return decision
     except Exception:  # noqa: BLE001 - fail closed
         return Decision(False, "error")
 

@@ -191,6 +191,46 @@ def test_thread_enforcers_never_carry_a_previous_callers_role():
     assert all(results) and len(results) == 3000
 
 
+def test_kept_static_decisions_equal_a_fresh_enforcer_for_every_role_action_and_ownership():
+    """Decisions that read no grant are kept per (role, action, owner-or-not); each kept answer, asked again with
+    other accounts, patients, objects and times, must equal what a fresh enforcer holding every role policy and the
+    caller's ownership rule says."""
+    import casbin
+    from casbin.model import Model
+
+    from audit.vocabulary import ACTIONS
+    from consent import engine
+    from vault.models import ROLES
+
+    assert engine.STATIC_DECISIONS_HOLD
+    now = dt.datetime.now(dt.timezone.utc)
+    checked = 0
+    for round_ in range(2):  # the first round fills the kept decisions, the second is answered from them
+        for role in ROLES:
+            for action in sorted(ACTIONS):
+                for own, target in (("p-own", "p-own"), ("p-own", "p-other"), (None, "p-any"), ("p-own", None)):
+                    account = f"acct-{role}-{round_}"
+                    request = engine.Request(account_id=account, role=role, own_patient_id=own, patient_id=target,
+                                             obj=f"record:r{round_}", cls="category:lab_report/normal", action=action)
+                    if target and role in ("doctor", "escort"):
+                        continue  # reads grants: never kept (covered by the test below)
+                    decision = engine.decide(None, request, now=now + dt.timedelta(days=400 * round_))
+                    model = Model()
+                    model.load_model_from_text(engine.MODEL_TEXT)
+                    fresh = casbin.Enforcer(model)
+                    fresh.add_policies([list(p) for p in engine.ROLE_POLICIES])
+                    if role == "patient" and own:
+                        fresh.add_policies([[f"user:{account}", f"patient:{own}", "*", a, "0000", "9999", "owner"]
+                                            for a in engine.OWNER_ACTIONS])
+                    fresh.add_grouping_policy(f"user:{account}", f"role:{role}")
+                    dom = f"patient:{target}" if target else "-"
+                    expected = fresh.enforce(f"user:{account}", dom, request.obj, request.cls, action,
+                                             engine.stamp(now))
+                    assert decision.allowed == expected, (request, decision)
+                    checked += 1
+    assert checked > 500 and any(k[2] for k in engine._STATIC_DECISIONS)
+
+
 def test_prefiltered_decisions_equal_the_full_policy_set(vault, clock):
     """The engine loads only the policies that can match (this caller, this patient, this action, this object or
     category, live): every decision must equal the one a plain enforcer holding ALL policies gives — including a
