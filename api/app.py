@@ -9,25 +9,29 @@ import contextlib
 
 import anyio
 import anyio.to_thread
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from api import problems
-from api.deps import processing_consent
+from api.lanes import DatabaseLane
 from api.middleware import EdgeMiddleware
 from api.routers import accounts, audit, auth, health, keys, labs, patients, privacy, records, sharing
 from vault import privacy as privacy_notice
 from vault.runtime import Vault
 
 
-def _limit_sqlite_threads(vault: Vault):
+def _lifespan(vault: Vault, lane: DatabaseLane):
     """SQLite admits one writer, and every audited request writes: more than a few DB threads only queue in SQLite's
-    busy handler and fight over the GIL (measured: same req/s, higher CPU and p99). PostgreSQL keeps the default."""
+    busy handler and fight over the GIL (measured: same req/s, higher CPU and p99). PostgreSQL keeps the default.
+    The hot reads have their own lane (api/lanes.py), stopped when the app stops."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         if vault.settings.is_sqlite:
             anyio.to_thread.current_default_thread_limiter().total_tokens = SQLITE_THREADS
-        yield
+        try:
+            yield
+        finally:
+            lane.close()
 
     return lifespan
 
@@ -37,17 +41,18 @@ SQLITE_THREADS = 4
 
 def create_app(vault: Vault) -> FastAPI:
     privacy_notice.current_notice(vault)  # a missing or malformed privacy notice stops start-up, not a registration
+    lane = DatabaseLane(vault, single_thread=vault.settings.is_sqlite)
     app = FastAPI(
-        # PIPL-1: every route names the processing it does, for the consent check at identity resolution.
-        dependencies=[Depends(processing_consent)],
-        lifespan=_limit_sqlite_threads(vault),
+        lifespan=_lifespan(vault, lane),
         title="Health Vault",
         version="0.1.0",
         description="Privacy-first health record vault. Errors are RFC 9457 problem+json.",
     )
     app.state.vault = vault
+    app.state.db_lane = lane
     problems.install(app)
-    for router in (health.router, auth.router, patients.router, records.router, audit.router, sharing.router, labs.router,
+    # Routers are tried in this order on every request: the hot record reads come right after the health check.
+    for router in (health.router, records.router, auth.router, patients.router, audit.router, sharing.router, labs.router,
                    privacy.router, keys.router, accounts.router):
         app.include_router(router)
     app.add_middleware(EdgeMiddleware)

@@ -1,24 +1,25 @@
 """FastAPI dependencies: the running vault, the request context and the caller's identity.
 
 Owns reading credentials from the Authorization header only (never cookies or the URL). Dependencies that touch no
-I/O are `async def` on purpose: FastAPI runs every plain `def` dependency in the thread pool, one hop each. Identity resolution hits the
-token table on every request so that a revoked or expired token fails on the very next request in every worker.
+I/O are `async def` on purpose: FastAPI runs every plain `def` dependency in the thread pool, one hop each. Identity
+resolution hits the token table on every request so that a revoked or expired token fails on the very next request
+in every worker.
 
-Separate consent (PIPL-1): `processing_consent` runs on every route (installed app-wide by api/app.py) and names
-the processing the route does for a patient (`PROCESSING`, keyed by method and route template), or nothing. The
-check itself happens where the caller is resolved — `current_identity` and `as_caller` — in the same session and
-thread-pool hop: a patient without both consents on the current privacy notice gets 403 `consent-required`
-(audited as a denial of that action) before the route does anything. Routes a patient must always reach (their
-profile, access log, consents, withdrawing grants, erasure) are in `CONSENT_EXEMPT`; a test keeps the two lists
-covering every patient route.
+Separate consent (PIPL-1): every patient route names the processing it does (`PROCESSING`, keyed by method and
+route template) or is exempt. The check happens where the caller is resolved — `current_identity` and `as_caller` —
+in the same session and thread hop, with the action read from the matched route: a patient without both consents
+on the current privacy notice gets 403 `consent-required` (audited as a denial of that action) before the route
+does anything. Routes a patient must always reach (their profile, access log, consents, withdrawing grants, erasure)
+are in `CONSENT_EXEMPT`; a test keeps the two lists covering every patient route.
 """
 
 from __future__ import annotations
 
-import contextvars
+import dataclasses
 
 from fastapi import Depends, Request
 
+from api.lanes import DatabaseLane
 from vault import privacy, tokens
 from vault.errors import Unauthenticated
 from vault.identity import Identity, RequestContext
@@ -44,24 +45,23 @@ CONSENT_EXEMPT: frozenset[tuple[str, str]] = frozenset({
     ("DELETE", "/v1/grants/{grant_id}"),
 })
 
-# Set per request by `processing_consent` (an async dependency: no thread hop); thread-pool calls copy the context.
-# Unset means the dependency did not run for this request: the check then fails closed instead of skipping.
-_processing: contextvars.ContextVar[tuple[str, RequestContext] | None] = contextvars.ContextVar(
-    "healthvault_processing")
-
 
 async def get_vault(request: Request) -> Vault:
     return request.app.state.vault
 
 
-async def get_ctx(request: Request) -> RequestContext:
+def _context(request: Request) -> RequestContext:
     client = request.client.host if request.client else None
     agent = request.headers.get("user-agent")
     return RequestContext(request_id=getattr(request.state, "request_id", None), client_addr=client,
                           user_agent=agent[:256] if agent else None)
 
 
-async def bearer_token(request: Request) -> str:
+async def get_ctx(request: Request) -> RequestContext:
+    return _context(request)
+
+
+def _token(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
@@ -69,39 +69,55 @@ async def bearer_token(request: Request) -> str:
     return value.strip()
 
 
-async def processing_consent(request: Request, ctx: RequestContext = Depends(get_ctx)) -> None:
-    """Name this route's processing (or none) for the consent check done at identity resolution."""
+async def bearer_token(request: Request) -> str:
+    return _token(request)
+
+
+def processing_action(request: Request) -> str | None:
+    """The audited action this route's processing stands for, or None (not a processing route)."""
     route = request.scope.get("route")
     method = "GET" if request.method == "HEAD" else request.method
-    action = PROCESSING.get((method, getattr(route, "path", "")))
-    _processing.set((action, ctx) if action else None)
+    return PROCESSING.get((method, getattr(route, "path", "")))
 
 
-def _check_consent(session, vault: Vault, identity: Identity) -> None:
-    try:
-        pending = _processing.get()
-    except LookupError:
-        raise RuntimeError("processing_consent is not installed on this app (api/app.py)") from None
-    if pending is not None:
-        action, ctx = pending
+def _resolve(session, vault: Vault, token: str, action: str | None, ctx: RequestContext) -> Identity:
+    identity = tokens.resolve(session, token=token, now=vault.clock(),
+                              idle_timeout_seconds=vault.settings.idle_timeout_seconds)
+    if action is not None:
         privacy.require_processing_consent(session, vault, identity=identity, ctx=ctx, action=action)
+    return identity
 
 
-def current_identity(token: str = Depends(bearer_token), vault: Vault = Depends(get_vault)) -> Identity:
+def current_identity(request: Request, token: str = Depends(bearer_token), vault: Vault = Depends(get_vault),
+                     ctx: RequestContext = Depends(get_ctx)) -> Identity:
     with vault.session() as session:
-        identity = tokens.resolve(session, token=token, now=vault.clock(),
-                                  idle_timeout_seconds=vault.settings.idle_timeout_seconds)
-        _check_consent(session, vault, identity)
-        return identity
+        return _resolve(session, vault, token, processing_action(request), ctx)
 
 
-def as_caller(vault: Vault, token: str, work):
-    """Resolve the token and run `work(session, identity)` in one session, in one worker-thread hop.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Caller:
+    """What a hot read takes from its request, gathered by one dependency (FastAPI spends ~40 µs on each one)."""
 
-    The hot read endpoints use this instead of `current_identity` so a request costs one thread-pool hop and one
+    vault: Vault
+    lane: DatabaseLane
+    token: str
+    ctx: RequestContext
+    action: str | None
+
+
+async def caller(request: Request) -> Caller:
+    return Caller(vault=request.app.state.vault, lane=request.app.state.db_lane, token=_token(request),
+                  ctx=_context(request), action=processing_action(request))
+
+
+def _in_one_session(caller: Caller, work):
+    with caller.lane.session() as session:
+        return work(session, _resolve(session, caller.vault, caller.token, caller.action, caller.ctx))
+
+
+async def as_caller(caller: Caller, work):
+    """Resolve the token and run `work(session, identity)` in one session, in one hop to the database lane.
+
+    The hot read endpoints use this instead of `current_identity` so a request costs one thread hop and one
     connection checkout, not two. The consent check (PIPL-1) runs here too, in the same session."""
-    with vault.session() as session:
-        identity = tokens.resolve(session, token=token, now=vault.clock(),
-                                  idle_timeout_seconds=vault.settings.idle_timeout_seconds)
-        _check_consent(session, vault, identity)
-        return work(session, identity)
+    return await caller.lane.run(_in_one_session, caller, work)

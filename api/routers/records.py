@@ -5,7 +5,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import multipart
-from api.deps import as_caller, bearer_token, current_identity, get_ctx, get_vault
+from api.deps import Caller, as_caller, caller, current_identity, get_ctx, get_vault
 from api.schemas import RecordOut, RecordPage
 from vault import records
 from vault.errors import InvalidInput, PayloadTooLarge
@@ -84,33 +84,31 @@ async def upload(request: Request, identity: Identity = Depends(current_identity
 
 @router.get("", response_model=RecordPage)
 async def list_records(limit: int = Query(50, ge=1, le=records.MAX_PAGE),
-                       cursor: str | None = Query(None, max_length=512), token: str = Depends(bearer_token),
-                       vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> RecordPage:
+                       cursor: str | None = Query(None, max_length=512), who: Caller = Depends(caller)) -> RecordPage:
     def work(session, identity) -> RecordPage:
-        views, next_cursor = records.list_own(session, vault, identity=identity, ctx=ctx, limit=limit, cursor=cursor)
+        views, next_cursor = records.list_own(session, who.vault, identity=identity, ctx=who.ctx, limit=limit,
+                                              cursor=cursor)
         return RecordPage(items=[_out(v) for v in views], next_cursor=next_cursor)
 
-    return await run_in_threadpool(as_caller, vault, token, work)
+    return await as_caller(who, work)
 
 
 @router.get("/{record_id}", response_model=RecordOut)
-async def get_record(record_id: uuid.UUID, token: str = Depends(bearer_token), vault: Vault = Depends(get_vault),
-                     ctx: RequestContext = Depends(get_ctx)) -> RecordOut:
+async def get_record(record_id: uuid.UUID, who: Caller = Depends(caller)) -> RecordOut:
     def work(session, identity) -> Response:
         # Serialised once here (FastAPI would validate the returned model against response_model a second time).
-        view = records.read(session, vault, identity=identity, ctx=ctx, record_id=str(record_id))
+        view = records.read(session, who.vault, identity=identity, ctx=who.ctx, record_id=str(record_id))
         return Response(_out(view).model_dump_json(), media_type="application/json")
 
-    return await run_in_threadpool(as_caller, vault, token, work)
+    return await as_caller(who, work)
 
 
 @router.get("/{record_id}/content", response_class=StreamingResponse)
-async def get_content(record_id: uuid.UUID, token: str = Depends(bearer_token), vault: Vault = Depends(get_vault),
-                      ctx: RequestContext = Depends(get_ctx)) -> StreamingResponse:
+async def get_content(record_id: uuid.UUID, who: Caller = Depends(caller)) -> StreamingResponse:
     def work(session, identity):
-        return records.open_content(session, vault, identity=identity, ctx=ctx, record_id=str(record_id))
+        return records.open_content(session, who.vault, identity=identity, ctx=who.ctx, record_id=str(record_id))
 
-    view, chunks = await run_in_threadpool(as_caller, vault, token, work)
+    view, chunks = await as_caller(who, work)
     return StreamingResponse(
         chunks,
         media_type=view.content_type,
