@@ -40,9 +40,9 @@ from sqlalchemy.orm import Session
 
 from kms import CryptoError, KeyDestroyed, KeyStoreError
 from kms.keystore import RewrapJob, RotationRequest
-from kms.manager import RewrapBatch, wrapped_kek_version
+from kms.manager import RewrapBatch
 from vault import audit_log, gate
-from vault.errors import Conflict, Forbidden, InvalidInput, NotFound
+from vault.errors import Conflict, Forbidden, InvalidInput
 from vault.identity import Identity, RequestContext
 from vault.models import Patient, Record
 
