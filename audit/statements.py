@@ -61,6 +61,21 @@ class _Compiled:
         return self.row._make(raw)
 
 
+_CONNECTION_KEY = "audit.statements.connection"
+
+
+def _connection(session: Session):
+    """The session's connection for its current transaction, asked of the ORM once per transaction (the ORM's
+    `Session.connection()` walks its transaction state machine on every call)."""
+    transaction = session.get_transaction()
+    cached = session.info.get(_CONNECTION_KEY)
+    if transaction is not None and cached is not None and cached[0] is transaction:
+        return cached[1]
+    connection = session.connection()
+    session.info[_CONNECTION_KEY] = (session.get_transaction(), connection)
+    return connection
+
+
 class HotStatement:
     """One Core statement (select, insert, update … returning, or text with typed bindparams)."""
 
@@ -75,7 +90,7 @@ class HotStatement:
         return compiled
 
     def _run(self, session: Session, values: dict[str, Any], fetch):
-        connection = session.connection()
+        connection = _connection(session)
         compiled = self._compiled(connection.dialect)
         params = compiled.parameters(values)
         dbapi_connection = connection.connection.dbapi_connection

@@ -76,3 +76,18 @@ def test_driver_errors_are_sqlalchemy_errors_without_the_values(vault):
             duplicate.execute(session, {"c": 0, "s": 5, "h": secret, "i": -1})
         assert secret not in str(caught.value) and secret not in repr(caught.value.params)
         session.rollback()
+
+
+def test_the_connection_is_asked_of_the_session_again_after_each_transaction(vault):
+    from audit import statements
+
+    with vault.session() as session:
+        first = statements._connection(session)
+        assert statements._connection(session) is first is session.connection()
+        session.commit()
+        second = statements._connection(session)
+        assert second is session.connection() and second is not first  # a new transaction, a new Connection
+        session.rollback()
+        assert statements._connection(session) is session.connection()
+    with vault.session() as other:
+        assert statements._connection(other) is other.connection()
