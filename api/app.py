@@ -52,8 +52,8 @@ def create_app(vault: Vault) -> FastAPI:
     app.state.db_lane = lane
     problems.install(app)
     # Routers are tried in this order on every request: the hot record reads come right after the health check.
-    for router in (health.router, records.router, auth.router, patients.router, audit.router, sharing.router, labs.router,
-                   privacy.router, keys.router, accounts.router):
+    for router in (health.router, records.router, auth.router, patients.router, audit.router, sharing.router,
+                   labs.router, privacy.router, keys.router, accounts.router):
         app.include_router(router)
     app.add_middleware(EdgeMiddleware)
     return app

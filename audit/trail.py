@@ -22,8 +22,8 @@ from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from audit import verify
-from audit.statements import HotStatement
 from audit.models import AuditEvent, ChainHead, UTCDateTime
+from audit.statements import HotStatement
 from audit.vocabulary import ACTIONS, OUTCOMES
 
 GENESIS = "0" * 64
@@ -116,7 +116,8 @@ def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int,
     Two round trips on PostgreSQL: the head UPDATE that takes the chain's lock and returns (seq, prev_hash), then one
     statement that moves the head's hash and inserts the event; the lock is then held only through the caller's
     commit. Statements are built once and run on the session's driver connection (`audit.statements`: SQLAlchemy's
-    execution path costs more than the database work here). `event_format` 2 (the "sm" suite) hashes with SM3 into the chains from 32768."""
+    execution path costs more than the database work here). `event_format` 2 (the "sm" suite) hashes with SM3 into
+    the chains from 32768."""
     if event.action not in ACTIONS or event.outcome not in OUTCOMES:
         raise ValueError("unknown audit action or outcome")
     chain = chain_for(event.patient or event.actor, chains, event_format)
