@@ -50,14 +50,26 @@ class DatabaseLane:
 
     def session(self) -> Session:
         """A session for work running in `run`: on the lane, bound to the lane's connection (reopened if it was
-        invalidated; a transaction a failed request left open is rolled back first); else a pooled session."""
+        invalidated); else a pooled session.
+
+        The lane's connection never goes back to the pool, so it does what the pool's reset-on-return would: a
+        transaction a failed request left open is rolled back at both levels — SQLAlchemy's, and the driver's (a
+        COMMIT that SQLite refused leaves the driver in a transaction SQLAlchemy no longer knows about, holding the
+        write lock)."""
         if not self._single_thread:
             return self._vault.session()
         connection = self._connection
-        if connection is None or connection.closed or connection.invalidated:
+        if connection is not None and (connection.closed or connection.invalidated):
+            connection.close()
+            connection = None
+        if connection is None:
             connection = self._connection = self._vault.engine.connect()
-        elif connection.in_transaction():
-            connection.rollback()
+        else:
+            if connection.in_transaction():
+                connection.rollback()
+            driver = connection.connection.dbapi_connection
+            if getattr(driver, "in_transaction", False):
+                driver.rollback()
         return self._vault.sessions(bind=connection)
 
     def _close_connection(self) -> None:

@@ -15,7 +15,9 @@ the connection the session has checked out and begun), or takes an expanding (IN
 
 from __future__ import annotations
 
+import weakref
 from collections import namedtuple
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import exc
@@ -64,15 +66,20 @@ class _Compiled:
 _CONNECTION_KEY = "audit.statements.connection"
 
 
+def _current_transaction(session: Session):
+    return session.get_nested_transaction() or session.get_transaction()
+
+
 def _connection(session: Session):
-    """The session's connection for its current transaction, asked of the ORM once per transaction (the ORM's
-    `Session.connection()` walks its transaction state machine on every call)."""
-    transaction = session.get_transaction()
+    """The session's connection, asked of the ORM once per (sub)transaction: the ORM's `Session.connection()` walks
+    its transaction state machine on every call. A new savepoint, a finished transaction or one that a failed flush
+    deactivated goes back to the ORM, which emits the SAVEPOINT or raises PendingRollbackError as it always does."""
+    transaction = _current_transaction(session)
     cached = session.info.get(_CONNECTION_KEY)
-    if transaction is not None and cached is not None and cached[0] is transaction:
+    if transaction is not None and transaction.is_active and cached is not None and cached[0] is transaction:
         return cached[1]
     connection = session.connection()
-    session.info[_CONNECTION_KEY] = (session.get_transaction(), connection)
+    session.info[_CONNECTION_KEY] = (_current_transaction(session), connection)
     return connection
 
 
@@ -81,12 +88,13 @@ class HotStatement:
 
     def __init__(self, statement) -> None:
         self.statement = statement
-        self._by_dialect: dict[type, _Compiled] = {}
+        # Per dialect instance (one per engine): two engines of one dialect class may compile differently.
+        self._by_dialect: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def _compiled(self, dialect) -> _Compiled:
-        compiled = self._by_dialect.get(type(dialect))
+        compiled = self._by_dialect.get(dialect)
         if compiled is None:
-            compiled = self._by_dialect[type(dialect)] = _Compiled(self.statement, dialect)
+            compiled = self._by_dialect[dialect] = _Compiled(self.statement, dialect)
         return compiled
 
     def _run(self, session: Session, values: dict[str, Any], fetch):
@@ -122,3 +130,12 @@ class HotStatement:
         def fetch(cursor, compiled):
             return [compiled.shape(raw) for raw in cursor.fetchall()]
         return self._run(session, values, fetch)
+
+    def scan(self, session: Session, values: dict[str, Any], visit: Callable[[Any], bool], *, batch: int = 16) -> None:
+        """Hand rows to `visit` in order until it returns True (the rest is never fetched) or they run out."""
+        def fetch(cursor, compiled):
+            while raws := cursor.fetchmany(batch):
+                for raw in raws:
+                    if visit(compiled.shape(raw)):
+                        return
+        self._run(session, values, fetch)

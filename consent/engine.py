@@ -8,8 +8,8 @@ the matcher could never match (tests/test_consent.py compares every decision wit
 Casbin still decides. docs/authorization.md explains the layout and its figures.
 
 A request that reads no grant or claim (a patient on their own data, staff on role permissions, anyone without a
-patient in view) is decided by the static role file and the ownership rule alone: every such policy has `*` for
-domain and object and the open validity window 0000..9999, so Casbin's answer is a function of (role, action,
+patient in view) is decided by the static role file and the ownership rule alone: every such policy names a role
+(not a user), has `*` for domain and object and the open validity window 0000..9999, so Casbin's answer is a function of (role, action,
 owner-or-not). Casbin decides each such triple once per process and the answer is kept (`_STATIC_DECISIONS`); the
 check at import below turns this off if the role file ever gets a policy of another shape.
 Never: keeps a decision or anything read from the grant and break-glass tables beyond one request (withdrawal takes
@@ -59,7 +59,8 @@ ROLE_POLICIES_BY_ACTION: dict[str, list[list[str]]] = {}
 for _policy in ROLE_POLICIES:
     ROLE_POLICIES_BY_ACTION.setdefault(_policy[3], []).append(_policy)
 # The static decisions may be kept only while every role policy ignores domain, object and time (see the docstring).
-STATIC_DECISIONS_HOLD = all(p[1] == "*" and p[2] == "*" and p[4] == "0000" and p[5] == "9999" for p in ROLE_POLICIES)
+STATIC_DECISIONS_HOLD = all(p[0].startswith("role:") and p[1] == "*" and p[2] == "*" and p[4] == "0000"
+                            and p[5] == "9999" for p in ROLE_POLICIES)
 _STATIC_DECISIONS: dict[tuple[str, str, bool], "Decision"] = {}
 
 

@@ -231,6 +231,17 @@ def test_kept_static_decisions_equal_a_fresh_enforcer_for_every_role_action_and_
     assert checked > 500 and any(k[2] for k in engine._STATIC_DECISIONS)
 
 
+def test_nothing_is_kept_when_the_role_file_has_another_shape(monkeypatch):
+    from consent import engine
+
+    monkeypatch.setattr(engine, "STATIC_DECISIONS_HOLD", False)
+    monkeypatch.setattr(engine, "_STATIC_DECISIONS", {})
+    request = engine.Request(account_id="a", role="auditor", own_patient_id=None, patient_id=None, obj="audit",
+                             cls="-", action="audit.read")
+    assert engine.decide(None, request, now=dt.datetime.now(dt.timezone.utc)).allowed
+    assert engine._STATIC_DECISIONS == {}
+
+
 def test_prefiltered_decisions_equal_the_full_policy_set(vault, clock):
     """The engine loads only the policies that can match (this caller, this patient, this action, this object or
     category, live): every decision must equal the one a plain enforcer holding ALL policies gives — including a

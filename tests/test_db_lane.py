@@ -82,6 +82,38 @@ def test_a_transaction_a_failed_read_left_open_is_rolled_back(vault):
         assert session.get(ChainHead, 0).hash == before
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_transaction_only_the_driver_knows_about_is_rolled_back(vault):
+    """A COMMIT SQLite refused leaves the driver in a transaction SQLAlchemy has forgotten: the next read must not
+    commit the failed request's writes, nor keep the write lock."""
+    lane = DatabaseLane(vault, single_thread=True)
+
+    def read_head() -> str:
+        with lane.session() as session:
+            return session.scalar(select(ChainHead.hash).where(ChainHead.chain_id == 0))
+
+    def write_behind_sqlalchemys_back() -> bool:
+        driver = lane._connection.connection.dbapi_connection
+        driver.execute("UPDATE audit_chain_heads SET hash = ? WHERE chain_id = 0", ("b" * 64,))
+        return driver.in_transaction and not lane._connection.in_transaction()
+
+    try:
+        before = asyncio.run(lane.run(read_head))
+        assert asyncio.run(lane.run(write_behind_sqlalchemys_back))
+        assert asyncio.run(lane.run(read_head)) == before
+
+        def driver_idle() -> bool:
+            with lane.session() as session:
+                session.connection()
+            return not lane._connection.connection.dbapi_connection.in_transaction
+
+        assert asyncio.run(lane.run(driver_idle))
+    finally:
+        lane.close()
+    with vault.session() as session:
+        assert session.get(ChainHead, 0).hash == before
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("backend", ["postgres"])
 def test_postgres_reads_use_the_pool(backend, request):

@@ -91,3 +91,54 @@ def test_the_connection_is_asked_of_the_session_again_after_each_transaction(vau
         assert statements._connection(session) is session.connection()
     with vault.session() as other:
         assert statements._connection(other) is other.connection()
+
+
+def _insert_head():
+    return HotStatement(insert(ChainHead).values(chain_id=bindparam("c"), seq=-1, hash="0" * 64, integrated_seq=-1))
+
+
+def _heads_between(vault, low: int, high: int) -> list[int]:
+    with vault.session() as session:
+        return sorted(session.scalars(select(ChainHead.chain_id).where(ChainHead.chain_id.between(low, high))))
+
+
+def test_savepoints_behave_as_on_the_orm_path(vault):
+    """Rows 1..3 with a rolled-back savepoint around row 2: the hot path keeps what the ORM path keeps."""
+    hot = _insert_head()
+    with vault.session() as session:
+        hot.execute(session, {"c": 901})
+        nested = session.begin_nested()
+        hot.execute(session, {"c": 902})
+        nested.rollback()
+        hot.execute(session, {"c": 903})
+        session.commit()
+    orm = insert(ChainHead).values(chain_id=bindparam("c"), seq=-1, hash="0" * 64, integrated_seq=-1)
+    with vault.session() as session:
+        session.execute(orm, {"c": 911})
+        nested = session.begin_nested()
+        session.execute(orm, {"c": 912})
+        nested.rollback()
+        session.execute(orm, {"c": 913})
+        session.commit()
+    assert [c - 900 for c in _heads_between(vault, 901, 903)] == [c - 910 for c in _heads_between(vault, 911, 913)]
+
+
+def test_a_failed_flush_stops_hot_statements_until_rollback(vault):
+    read = HotStatement(select(ChainHead.hash).where(ChainHead.chain_id == bindparam("c")))
+    with vault.session() as session:
+        assert read.first(session, {"c": 0}) is not None  # the connection is cached for this transaction
+        session.add(ChainHead(chain_id=0, seq=-1, hash="0" * 64, integrated_seq=-1))  # duplicate key
+        with pytest.raises(exc.IntegrityError):
+            session.flush()
+        with pytest.raises(exc.PendingRollbackError):
+            read.first(session, {"c": 0})
+        session.rollback()
+        assert read.first(session, {"c": 0}) is not None
+
+
+def test_scan_stops_fetching_when_told(vault, patient):
+    seen = []
+    with vault.session() as session:
+        privacy._LATEST.scan(session, {"patient": patient["patient_id"]}, lambda row: seen.append(row) or True)
+        everything = privacy._LATEST.rows(session, {"patient": patient["patient_id"]})
+    assert len(everything) > 1 and seen == everything[:1]

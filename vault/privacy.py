@@ -175,15 +175,20 @@ def _current_and_given(state: ItemState | None) -> bool:
 
 
 _C = Consent.__table__
-# Newest first, on the driver's cursor: the hot path (every processing request of a patient).
+# Newest first, on the driver's cursor: the hot path (every processing request of a patient) stops reading once every
+# item is seen, however long the patient's append-only history.
 _LATEST = HotStatement(select(_C.c.item, _C.c.given, _C.c.notice_hash)
                        .where(_C.c.patient_id == bindparam("patient")).order_by(_C.c.id.desc()))
 
 
 def _latest(session: Session, patient_id: str) -> dict[str, tuple[bool, str]]:
     seen: dict[str, tuple[bool, str]] = {}
-    for row in _LATEST.rows(session, {"patient": patient_id}):
+
+    def visit(row) -> bool:
         seen.setdefault(row.item, (row.given, row.notice_hash))
+        return len(seen) == len(CONSENT_ITEMS)
+
+    _LATEST.scan(session, {"patient": patient_id}, visit)
     return seen
 
 
