@@ -70,12 +70,14 @@ def test_archive_prunes_only_expired_events_and_the_log_still_verifies(client, v
     assert result["archived"] == 0 and _count(vault) == old_events + young
 
     # Archiving prunes a prefix of the log: it stops at the first event still protected, here the separate consents
-    # given at registration (PIPL-1, kept three years).
+    # given at registration (PIPL-1, kept three years). The prefix starts with the vault's start-up events (its
+    # service keys' creation, stamped by the test clock's real "now"), so the archive runs more than a year after
+    # those too.
     with vault.session() as session:
         first_kept = session.scalar(select(func.min(AuditEvent.id)).where(AuditEvent.action == "consent.give"))
         expired = session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.id < first_kept))
     assert 0 < expired < old_events
-    result = audit_trail.archive(vault, out=tmp_path / "a1", now=at(2027, 1, 11))
+    result = audit_trail.archive(vault, out=tmp_path / "a1", now=at(2028, 1, 11))
     assert result["archived"] == expired
     assert verify.verify_bundle(tmp_path / "a1", audit_trail.signer(vault).vkey()).ok
     with vault.session() as session:
@@ -87,7 +89,7 @@ def test_archive_prunes_only_expired_events_and_the_log_still_verifies(client, v
     report = verify.verify_bundle(_export(vault, tmp_path / "after"), audit_trail.signer(vault).vkey())
     assert report.ok, report.problems
     # A second archive run at the same time finds nothing more to remove.
-    assert audit_trail.archive(vault, out=tmp_path / "a2", now=at(2027, 1, 11))["archived"] == 0
+    assert audit_trail.archive(vault, out=tmp_path / "a2", now=at(2028, 1, 11))["archived"] == 0
 
 
 def _export(vault, out):

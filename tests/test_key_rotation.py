@@ -19,9 +19,10 @@ from sqlalchemy import select, update
 
 from audit.models import AuditEvent
 from kms import LocalProvider
+from kms.keystore import ServiceKey
 from tests.conftest import PASSPHRASE
 from tests.helpers import login, png_bytes, register, staff, upload
-from vault import audit_log, key_events, keyops, records
+from vault import audit_log, audit_trail, key_events, keyops, records
 from vault.identity import Identity, RequestContext
 from vault.models import Account, Base, Patient, Record
 from vault.runtime import open_vault
@@ -457,6 +458,28 @@ def test_a_failed_unwrap_is_audited_with_a_pseudonym(client, vault):
     assert person["patient_id"] not in json.dumps([str(getattr(event, c)) for c in ("actor", "resource_id", "reason")])
 
 
+def test_every_service_key_is_created_and_audited_when_the_vault_opens(client, vault):
+    """No key is born unrecorded in the middle of another flow: the vault creates its service keys when it opens,
+    one `key.create` event each, and a full round of use (registration, sign-in, records, grants, TOTP, a
+    checkpoint) creates no other."""
+    startup = [e for e in _events(vault, "key.create") if e.resource_type == "service-key"]
+    purposes = [e.resource_id for e in startup]
+    assert len(purposes) == len(set(purposes)) == len(key_events._service_purposes(vault))
+    assert all((e.outcome, e.actor_role, e.reason) == ("allow", "system", "startup") for e in startup)
+    _populate(client, vault, patients=2, per_patient=1)
+    staff(client, vault, "doctor", "doc-keys")  # enrols TOTP
+    audit_trail.checkpoint_now(vault, force=True)
+    with vault.keystore.session() as session:
+        stored = {row.purpose for row in session.scalars(select(ServiceKey))}
+    assert stored == set(purposes)
+    reopened = open_vault(vault.settings, PASSPHRASE, clock=vault.clock)
+    try:
+        assert key_events.ensure_service_keys(reopened) == []
+    finally:
+        reopened.close()
+    assert len([e for e in _events(vault, "key.create") if e.resource_type == "service-key"]) == len(purposes)
+
+
 def test_status_over_the_api_shows_versions_counts_and_the_rewrap_job(client, vault):
     _populate(client, vault, patients=2, per_patient=2)
     sec = staff(client, vault, "secadmin", "sec-s")
@@ -485,21 +508,25 @@ def test_bench_rewrap_quick_runs_and_moves_every_key():
     assert figures["deks_per_s"] > 0 and figures["raw_keys_per_s"] > 0 and "ratio rewrap/raw" in result.stdout
 
 
-def test_a_provider_that_cannot_rotate_leaves_no_stuck_request(vault):
+def test_a_provider_that_cannot_rotate_leaves_no_stuck_request(tmp_path, backend, request, clock, monkeypatch):
     import base64
 
-    from kms import KeyManager, KeyStoreError
+    from kms import KeyStoreError
+    from tests.conftest import make_settings
+    from vault.runtime import ROOT_KEY_ENV, init_data_dir
 
-    real = vault.keys
-    # a real provider that cannot rotate: the development root key given by environment variable
-    vault.keys = KeyManager(LocalProvider.from_env_value(base64.b64encode(os.urandom(32)).decode()), vault.keystore)
+    # a real provider that cannot rotate: a vault run on the development root key given by environment variable
+    monkeypatch.setenv(ROOT_KEY_ENV, base64.b64encode(os.urandom(32)).decode())
+    settings = make_settings(tmp_path, backend, request, kms_provider="local")
+    init_data_dir(settings, None)
+    vault = open_vault(settings, None, clock=clock)
     try:
         with pytest.raises(KeyStoreError, match="cannot be rotated"):
             keyops.rotate_root_cli(vault, identity=OPERATOR, ctx=CTX, profile="development")
+        assert [r.status for r in vault.keystore.rotation_requests()] == ["failed"]
+        assert _events(vault, "key.rotate")[-1].outcome == "error"
     finally:
-        vault.keys = real
-    assert [r.status for r in vault.keystore.rotation_requests()] == ["failed"]
-    assert _events(vault, "key.rotate")[-1].outcome == "error"
+        vault.close()
 
 
 def test_rotation_and_rewrap_on_an_sm_suite_vault(tmp_path, clock, monkeypatch):

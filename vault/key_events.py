@@ -1,6 +1,8 @@
 """Key events that kms raises inside other flows (a failed unwrap in the middle of a request), into the audit trail.
 
-Owns: the listener attached to every vault's KeyManager (by `open_vault`) and its background writer.
+Owns: the listener attached to every vault's KeyManager (by `open_vault`) and its background writer; and creating
+the service keys when a vault opens (`ensure_service_keys`), each audited as `key.create`, so that none is created
+unrecorded on first use inside another flow.
 Never: writes from the thread that raised the event (that thread may hold the audit chain's lock in its own
 transaction), blocks or fails the request that raised it, or records key bytes or patient ids (pseudonyms only).
 Crypto-shredding is audited by the erasure service in the erasure's own transaction, so it is not repeated here.
@@ -108,3 +110,29 @@ def flush_auditor(vault, timeout: float = 5.0) -> None:
     auditor = _AUDITORS.get(vault.keys)
     if auditor is not None:
         auditor.flush(timeout)
+
+
+def _service_purposes(vault) -> list[str]:
+    """Every service key this vault's current suite uses (the names each module asks kms for)."""
+    from audit import log
+    from audit.pseudonyms import PURPOSE as PSEUDONYM
+    from consent import receipts
+    from kms import suites
+    from vault import fields, patients, totp
+
+    suite = fields.suite_of(vault)
+    return [*(suites.purpose(base, suite) for base in (PSEUDONYM, patients.ID_INDEX_PURPOSE,
+                                                       patients.PHONE_INDEX_PURPOSE, log.SIGNING_PURPOSE)),
+            receipts.PURPOSE, totp.PURPOSE]
+
+
+def ensure_service_keys(vault) -> list[str]:
+    """Create the service keys the vault will use that do not exist yet, each audited (`key.create`) in its own
+    transaction, so that no key is born unrecorded on first use in the middle of another flow. Returns the purposes
+    created (none on every start after the first)."""
+    created = [p for p in _service_purposes(vault) if vault.keystore.newest_service_key(p) is None]
+    for purpose in created:
+        vault.keys.service_key(purpose)
+        audit_now(vault, identity=SYSTEM, ctx=RequestContext(request_id="kms"), action="key.create", outcome="allow",
+                  resource_type="service-key", resource_id=purpose, reason="startup")
+    return created

@@ -160,6 +160,8 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
     from vault import key_events  # imports the gate, which imports this module's neighbours
 
     key_events.attach_auditor(vault)  # every process audits failed unwraps (API, every CLI verb, jobs)
+    if migrate:
+        key_events.ensure_service_keys(vault)
     return vault
 
 
