@@ -31,7 +31,7 @@ def _busy_session(client, n_patients: int = 3, reads: int = 10) -> list[dict]:
     people = []
     for i in range(n_patients):
         person = register(client, username=f"person{i}", real_name=f"患者{i}号测试",
-                          id_number=make_id_number(birth="19700101"), phone=f"1390000{i:04d}")
+                          id_number=make_id_number(birth="19700101", seq=f"{i:03d}"), phone=f"1390000{i:04d}")
         headers = login(client, f"person{i}")
         record_id = upload(client, headers, png_bytes(b"r%d" % i), title=f"化验单{i}").json()["record_id"]
         for _ in range(reads):
