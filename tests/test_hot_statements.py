@@ -93,8 +93,7 @@ def test_the_connection_is_asked_of_the_session_again_after_each_transaction(vau
         assert statements._connection(other) is other.connection()
 
 
-def _insert_head():
-    return HotStatement(insert(ChainHead).values(chain_id=bindparam("c"), seq=-1, hash="0" * 64, integrated_seq=-1))
+_NEW_HEAD = insert(ChainHead).values(chain_id=bindparam("c"), seq=-1, hash="0" * 64, integrated_seq=-1)
 
 
 def _heads_between(vault, low: int, high: int) -> list[int]:
@@ -104,22 +103,17 @@ def _heads_between(vault, low: int, high: int) -> list[int]:
 
 def test_savepoints_behave_as_on_the_orm_path(vault):
     """Rows 1..3 with a rolled-back savepoint around row 2: the hot path keeps what the ORM path keeps."""
-    hot = _insert_head()
-    with vault.session() as session:
-        hot.execute(session, {"c": 901})
-        nested = session.begin_nested()
-        hot.execute(session, {"c": 902})
-        nested.rollback()
-        hot.execute(session, {"c": 903})
-        session.commit()
-    orm = insert(ChainHead).values(chain_id=bindparam("c"), seq=-1, hash="0" * 64, integrated_seq=-1)
-    with vault.session() as session:
-        session.execute(orm, {"c": 911})
-        nested = session.begin_nested()
-        session.execute(orm, {"c": 912})
-        nested.rollback()
-        session.execute(orm, {"c": 913})
-        session.commit()
+    hot = HotStatement(_NEW_HEAD)
+    paths = {900: lambda session, c: hot.execute(session, {"c": c}),
+             910: lambda session, c: session.execute(_NEW_HEAD, {"c": c})}
+    for base, run in paths.items():
+        with vault.session() as session:
+            run(session, base + 1)
+            nested = session.begin_nested()
+            run(session, base + 2)
+            nested.rollback()
+            run(session, base + 3)
+            session.commit()
     assert [c - 900 for c in _heads_between(vault, 901, 903)] == [c - 910 for c in _heads_between(vault, 911, 913)]
 
 
