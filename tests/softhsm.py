@@ -79,6 +79,19 @@ class SoftHsm:
 _INSTANCE: SoftHsm | None = None
 
 
+def required(*, in_ci: bool) -> SoftHsm:
+    """This process's store for a test that needs one: fails the test in CI when SoftHSM2 is missing (CI installs
+    it), skips it elsewhere."""
+    import pytest
+
+    reason = missing()
+    if reason:
+        if in_ci:
+            pytest.fail(f"SoftHSM2 is required in CI: {reason}")
+        pytest.skip(reason)
+    return process_softhsm()
+
+
 def process_softhsm() -> SoftHsm:
     """This process's SoftHSM2 store (created on first call, before any module load; removed at exit)."""
     global _INSTANCE

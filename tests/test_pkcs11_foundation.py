@@ -35,12 +35,7 @@ BUDGET_SECONDS = 240  # measured ~20 s on the 2-core machine; the budget only st
 
 @pytest.fixture(scope="module")
 def hsm() -> softhsm.SoftHsm:
-    reason = softhsm.missing()
-    if reason:
-        if IN_CI:
-            pytest.fail(f"SoftHSM2 is required in CI: {reason}")
-        pytest.skip(reason)
-    return softhsm.process_softhsm()
+    return softhsm.required(in_ci=IN_CI)
 
 
 def test_the_vault_fixture_uses_the_provider_under_test(vault):

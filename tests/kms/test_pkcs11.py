@@ -27,12 +27,7 @@ NONCE, TAG = 12, 16
 
 @pytest.fixture(scope="module")
 def hsm() -> softhsm.SoftHsm:
-    reason = softhsm.missing()
-    if reason:
-        if IN_CI:
-            pytest.fail(f"SoftHSM2 is required in CI: {reason}")
-        pytest.skip(reason)
-    return softhsm.process_softhsm()
+    return softhsm.required(in_ci=IN_CI)
 
 
 @pytest.fixture
