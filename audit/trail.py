@@ -156,11 +156,20 @@ def _canonical(values: dict) -> dict:
 
 
 PENDING_KEY = "audit.pending"
+# A list in `session.info` under this key belongs to an enclosing transaction the session only holds a savepoint of:
+# the session's commit moves its events there, and the enclosing transaction forwards them when it commits.
+HELD_KEY = "audit.held"
 
 
 def take_committed(session: Session) -> list[dict]:
-    """The events this session appended, for forwarding once its transaction has committed."""
-    return session.info.pop(PENDING_KEY, [])
+    """The events this session appended, for forwarding once its transaction has committed; none when that commit
+    only released a savepoint (they wait in the enclosing transaction's `HELD_KEY` list)."""
+    events = session.info.pop(PENDING_KEY, [])
+    held = session.info.get(HELD_KEY)
+    if held is not None:
+        held.extend(events)
+        return []
+    return events
 
 
 def forget_pending(session: Session) -> None:

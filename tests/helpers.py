@@ -1,10 +1,13 @@
-"""Test helpers: valid identifiers, tiny real files, and the register → login flow over HTTP."""
+"""Test helpers: valid identifiers, tiny real files, the register → login flow over HTTP, an audit collector."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
+import socket
 import struct
+import threading
 import zlib
 
 from vault.identifiers import check_digit
@@ -134,3 +137,45 @@ def staff(client, vault, role: str, username: str, *, password: str = PASSWORD) 
     response = client.post("/v1/auth/login", json={"username": username, "password": password, "otp": code})
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}", "_secret": secret}
+
+
+class SinkListener:
+    """A real collector for audit/sink.py on a free local port: UDP syslog frames or TCP JSON lines."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.received: list[bytes] = []
+        family = socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
+        self.sock = socket.socket(socket.AF_INET, family)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        if kind == "tcp":
+            self.sock.listen(1)
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if self.kind == "udp":
+                    self.received.append(self.sock.recv(65536))
+                else:
+                    if conn is None:
+                        conn, _ = self.sock.accept()
+                        conn.settimeout(0.2)
+                    data = conn.recv(65536)
+                    if data:
+                        self.received.append(data)
+            except (TimeoutError, socket.timeout):
+                continue
+
+    def events(self) -> list[dict]:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+        if self.kind == "udp":
+            return [json.loads(frame.split(b" - audit - ", 1)[1]) for frame in self.received]
+        return [json.loads(line) for line in b"".join(self.received).splitlines() if line]

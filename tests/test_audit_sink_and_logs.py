@@ -3,54 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 
 import pytest
 
 from tests.conftest import CHEAP_KDF, PASSPHRASE, make_settings
-from tests.helpers import login, make_id_number, png_bytes, register, upload
+from tests.helpers import SinkListener, login, make_id_number, png_bytes, register, upload
 from tests.scan import find_in_bytes
-
-
-class _Listener:
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.received: list[bytes] = []
-        family = socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
-        self.sock = socket.socket(socket.AF_INET, family)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        if kind == "tcp":
-            self.sock.listen(1)
-        self.sock.settimeout(0.2)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        conn = None
-        while not self.stop.is_set():
-            try:
-                if self.kind == "udp":
-                    self.received.append(self.sock.recv(65536))
-                else:
-                    if conn is None:
-                        conn, _ = self.sock.accept()
-                        conn.settimeout(0.2)
-                    data = conn.recv(65536)
-                    if data:
-                        self.received.append(data)
-            except (TimeoutError, socket.timeout):
-                continue
-
-    def events(self) -> list[dict]:
-        self.stop.set()
-        self.thread.join()
-        self.sock.close()
-        if self.kind == "udp":
-            return [json.loads(frame.split(b" - audit - ", 1)[1]) for frame in self.received]
-        return [json.loads(line) for line in b"".join(self.received).splitlines() if line]
 
 
 @pytest.mark.parametrize("kind", ["udp", "tcp"])
@@ -63,7 +21,7 @@ def test_every_committed_event_reaches_the_collector_without_phi(tmp_path, monke
     from vault.runtime import init_data_dir, open_vault
 
     monkeypatch.delenv("HEALTHVAULT_ROOT_KEY", raising=False)
-    listener = _Listener(kind)
+    listener = SinkListener(kind)
     scheme = "syslog+udp" if kind == "udp" else "tcp"
     settings = make_settings(tmp_path, "sqlite", audit_sink=f"{scheme}://127.0.0.1:{listener.port}")
     init_data_dir(settings, PASSPHRASE, kdf_params=CHEAP_KDF)

@@ -118,3 +118,18 @@ def test_real_server_round_trip_and_no_plaintext(cli_env, tmp_path):
     assert "GET /v1/records/{record_id}/content 200" in log_text  # route templates, not ids
     assert rid not in log_text and access_token not in log_text and PASSWORD not in log_text
     assert scan_tree(tmp_path / "var", [id_number, name, marker, "13655556666", access_token, PASSWORD]) == []
+
+
+def test_serving_freezes_the_start_up_heap_and_collects_the_young_generation_less_often():
+    import gc
+
+    from vault.cli import GC_GEN0_THRESHOLD, settle_heap
+
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -1,117 +1,310 @@
-"""The database lane (api/lanes.py): on SQLite one thread and one kept connection for every hot read, a failed
-read's open transaction never leaks into the next one; on PostgreSQL the shared pool and pooled sessions."""
+"""The database lane (api/lanes.py) and its group commit (vault/group_commit.py).
+
+On SQLite: one thread and one kept connection; queued reads share one transaction, each in its own savepoint; no
+request is answered before the commit that holds its audit event; a unit's failure or leftover stays its own; a
+failed or lost shared transaction answers every unit it carried with AuditUnavailable. On PostgreSQL: the shared
+pool and pooled sessions."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import threading
+import time
+import uuid
 
 import pytest
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, event, func, select, text, update
 
 from api.lanes import DatabaseLane
-from audit.models import ChainHead
+from audit.models import AuditEvent, ChainHead
+from vault import audit_log
+from vault.errors import AuditUnavailable, NotFound
+from vault.identity import Identity, RequestContext
 
 from tests.conftest import require_pg
-from tests.helpers import login, png_bytes, register, upload
+from tests.helpers import SinkListener, login, png_bytes, register, upload
+from tests.test_audit_trail import _check_chains
 
 _seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen")
+_MOVE = update(ChainHead).where(ChainHead.chain_id == bindparam("c")).values(hash=bindparam("h"))
 
 
 def _dbapi(session):
     return session.connection().connection.dbapi_connection
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_sqlite_lane_runs_on_one_thread_with_one_kept_connection(vault):
-    lane = DatabaseLane(vault, single_thread=True)
+def _append(session, vault, tag: str) -> None:
+    """One audit event whose request id is `tag`, in the session's transaction."""
+    identity = Identity(account_id=str(uuid.uuid4()), role="patient", patient_id=str(uuid.uuid4()))
+    audit_log.append(session, vault, identity=identity, ctx=RequestContext(request_id=tag), action="record.read",
+                     outcome="allow", resource_type="record", resource_id=str(uuid.uuid4()),
+                     patient_id=identity.patient_id)
 
-    def where() -> tuple[int, object, str]:
-        with lane.session() as session:
-            return threading.get_ident(), _dbapi(session), _seen.get(None)
+
+def _tags(vault, prefix: str) -> set[str]:
+    with vault.session() as session:
+        return set(session.scalars(select(AuditEvent.request_id).where(AuditEvent.request_id.like(f"{prefix}%"))))
+
+
+class _Commits:
+    """Counts the lane's COMMITs and when each one returned."""
+
+    def __init__(self, engine, *, delay: float = 0.0) -> None:
+        self.times: list[float] = []
+        self.delay = delay
+        self.engine = engine
+        event.listen(engine, "commit", self._on_commit)
+
+    def _on_commit(self, _connection) -> None:
+        if threading.current_thread().name == "db-lane":
+            time.sleep(self.delay)  # an answer released before the COMMIT would show up during this pause
+            self.times.append(time.monotonic())
+
+    def remove(self) -> None:
+        event.remove(self.engine, "commit", self._on_commit)
+
+
+async def _one_batch(lane: DatabaseLane, units) -> list:
+    """Run `units` as one batch: a first unit holds the lane until all of them are queued behind it."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(10)
+
+    holder = asyncio.ensure_future(lane.run(hold))
+    while not started.is_set():
+        await asyncio.sleep(0.001)
+    tasks = [asyncio.ensure_future(_settled(lane, unit)) for unit in units]
+    while len(lane._queue) < len(units):
+        await asyncio.sleep(0.001)
+    release.set()
+    await holder
+    return await asyncio.gather(*tasks)
+
+
+async def _settled(lane: DatabaseLane, unit):
+    """(result, exception, when answered)."""
+    try:
+        result, error = await lane.run(unit), None
+    except Exception as exc:
+        result, error = None, exc
+    return result, error, time.monotonic()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_queued_reads_share_one_commit_on_one_thread_and_are_answered_after_it(vault):
+    lane = DatabaseLane(vault, single_thread=True)
+    commits = _Commits(vault.engine, delay=0.05)
+
+    def unit(i: int):
+        def work() -> tuple[int, object, str | None]:
+            with lane.session() as session:
+                _append(session, vault, f"shared-{i}")
+                session.commit()
+                return threading.get_ident(), _dbapi(session), _seen.get(None)
+        return work
 
     async def main():
         _seen.set("from the request")
-        return await asyncio.gather(*(lane.run(where) for _ in range(20)))
+        return await _one_batch(lane, [unit(i) for i in range(20)])
 
     try:
-        results = asyncio.run(main())
-        assert len({ident for ident, _, _ in results}) == 1 and results[0][0] != threading.get_ident()
-        assert len({id(conn) for _, conn, _ in results}) == 1
-        assert {seen for _, _, seen in results} == {"from the request"}
-
-        async def failing():
-            return await lane.run(lambda: 1 / 0)
-
-        with pytest.raises(ZeroDivisionError):
-            asyncio.run(failing())
+        answers = asyncio.run(main())
     finally:
         lane.close()
-    assert lane._connection is None
-    # An app that is started again (a second lifespan) gets a fresh lane thread and connection.
-    try:
-        again = asyncio.run(lane.run(where))
-        assert again[0] != threading.get_ident() and again[2] is None and lane._connection is not None
-    finally:
-        lane.close()
-    assert lane._connection is None
+        commits.remove()
+    assert all(error is None for _, error, _ in answers)
+    results = [result for result, _, _ in answers]
+    assert len({ident for ident, _, _ in results}) == 1 and results[0][0] != threading.get_ident()
+    assert len({id(conn) for _, conn, _ in results}) == 1
+    assert {seen for _, _, seen in results} == {"from the request"}
+    # the holder's batch and the 20 queued reads' batch: two COMMITs, and every answer came after the second
+    assert len(commits.times) == 2
+    assert min(when for _, _, when in answers) > commits.times[1]
+    assert _tags(vault, "shared-") == {f"shared-{i}" for i in range(20)}
+    with vault.session() as session:
+        _check_chains(session)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_a_transaction_a_failed_read_left_open_is_rolled_back(vault):
+def test_a_failing_unit_and_a_unit_that_leaves_its_session_open_take_nothing_else_with_them(vault):
     lane = DatabaseLane(vault, single_thread=True)
-    move = update(ChainHead).where(ChainHead.chain_id == bindparam("c")).values(hash=bindparam("h"))
+    with vault.session() as session:
+        head_before = session.get(ChainHead, 0).hash
 
-    def leave_open() -> str:
+    def committed() -> str:
+        with lane.session() as session:
+            _append(session, vault, "unit-a")
+            session.commit()
+        return "a"
+
+    def fails_after_writing() -> None:
+        with lane.session() as session:
+            _append(session, vault, "unit-b")
+            raise ValueError("the unit's own failure")
+
+    def leaves_open() -> str:
         session = lane.session()  # never closed: as if the request died between statements
-        before = session.scalar(select(ChainHead.hash).where(ChainHead.chain_id == 0))
-        session.execute(move, {"c": 0, "h": "a" * 64})
-        return before
+        _append(session, vault, "unit-c")
+        session.execute(_MOVE, {"c": 0, "h": "a" * 64})
+        return "c"
 
-    def read_head() -> str:
+    def denial_then_raise() -> None:
+        with lane.session() as session:
+            _append(session, vault, "unit-d")
+            session.commit()  # the gate commits a denial, then raises
+            raise NotFound()
+
+    def reads_head() -> str:
         with lane.session() as session:
             return session.scalar(select(ChainHead.hash).where(ChainHead.chain_id == 0))
 
     try:
-        before = asyncio.run(lane.run(leave_open))
-        assert asyncio.run(lane.run(read_head)) == before
+        answers = asyncio.run(_one_batch(lane, [committed, fails_after_writing, leaves_open, denial_then_raise,
+                                                reads_head]))
     finally:
         lane.close()
+    (a, a_error, _), (_, b_error, _), (c, c_error, _), (_, d_error, _), (head, head_error, _) = answers
+    assert (a, a_error, c, c_error, head_error) == ("a", None, "c", None, None)
+    assert isinstance(b_error, ValueError) and isinstance(d_error, NotFound)
+    assert _tags(vault, "unit-") == {"unit-a", "unit-d"}
     with vault.session() as session:
-        assert session.get(ChainHead, 0).hash == before
+        _check_chains(session)  # the rolled-back appends left no gap and no moved head behind
+        if head_before != "a" * 64:
+            assert session.get(ChainHead, 0).hash != "a" * 64
+    assert head != "a" * 64
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_a_transaction_only_the_driver_knows_about_is_rolled_back(vault):
-    """A COMMIT SQLite refused leaves the driver in a transaction SQLAlchemy has forgotten: the next read must not
-    commit the failed request's writes, nor keep the write lock."""
+def test_a_refused_commit_answers_every_unit_of_the_batch_with_audit_unavailable(vault, monkeypatch):
+    """A COMMIT that SQLite refuses (here: a deferred foreign key) keeps nothing of the batch, forwards none of its
+    events to the sink, and leaves neither the driver in a transaction nor the write lock taken."""
+    listener = SinkListener("tcp")
+    from audit.sink import Sink
+
+    monkeypatch.setattr(vault, "audit_sink", Sink(f"tcp://127.0.0.1:{listener.port}"))
     lane = DatabaseLane(vault, single_thread=True)
 
-    def read_head() -> str:
-        with lane.session() as session:
-            return session.scalar(select(ChainHead.hash).where(ChainHead.chain_id == 0))
+    def audited(tag: str):
+        def work() -> str:
+            with lane.session() as session:
+                _append(session, vault, tag)
+                session.commit()
+            return tag
+        return work
 
-    def write_behind_sqlalchemys_back() -> bool:
-        driver = lane._connection.connection.dbapi_connection
-        driver.execute("UPDATE audit_chain_heads SET hash = ? WHERE chain_id = 0", ("b" * 64,))
-        return driver.in_transaction and not lane._connection.in_transaction()
+    def poisons_the_commit() -> str:
+        with lane.session() as session:
+            session.execute(text("CREATE TEMP TABLE IF NOT EXISTS lane_parent (id INTEGER PRIMARY KEY)"))
+            session.execute(text("CREATE TEMP TABLE IF NOT EXISTS lane_child (parent INTEGER REFERENCES "
+                                 "lane_parent (id) DEFERRABLE INITIALLY DEFERRED)"))
+            session.execute(text("INSERT INTO lane_child VALUES (42)"))
+            session.commit()  # only a savepoint release: the deferred check runs at the shared COMMIT
+        return "poison"
+
+    def driver_idle() -> bool:
+        with lane.session() as session:
+            session.connection()
+        return True
 
     try:
-        before = asyncio.run(lane.run(read_head))
-        assert asyncio.run(lane.run(write_behind_sqlalchemys_back))
-        assert asyncio.run(lane.run(read_head)) == before
-
-        def driver_idle() -> bool:
-            with lane.session() as session:
-                session.connection()
-            return not lane._connection.connection.dbapi_connection.in_transaction
-
-        assert asyncio.run(lane.run(driver_idle))
+        failed = asyncio.run(_one_batch(lane, [audited("refused-1"), poisons_the_commit, audited("refused-2")]))
+        later = asyncio.run(_one_batch(lane, [audited("after-1"), driver_idle]))
     finally:
         lane.close()
+    assert [type(error) for _, error, _ in failed] == [AuditUnavailable] * 3
+    assert [(result, error) for result, error, _ in later] == [("after-1", None), (True, None)]
+    assert _tags(vault, "refused-") == set() and _tags(vault, "after-") == {"after-1"}
     with vault.session() as session:
-        assert session.get(ChainHead, 0).hash == before
+        _check_chains(session)
+        session.execute(_MOVE, {"c": -1, "h": "0" * 64})  # another connection can write: no lock left behind
+        session.commit()
+    time.sleep(0.3)
+    assert [e["request_id"] for e in listener.events()] == ["after-1"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_transaction_sqlite_ended_mid_batch_fails_what_it_held_and_reruns_the_rest(vault):
+    """SQLite rolls a transaction back by itself on some errors (a full disk, an I/O error); the units that wrote
+    into it must not be answered as if their events were kept, and the units after it run again in a new batch."""
+    lane = DatabaseLane(vault, single_thread=True)
+
+    def audited(tag: str):
+        def work() -> str:
+            with lane.session() as session:
+                _append(session, vault, tag)
+                session.commit()
+            return tag
+        return work
+
+    def transaction_lost() -> str:
+        with lane.session() as session:
+            _dbapi(session).rollback()  # stands in for SQLite's own rollback
+        return "lost"
+
+    try:
+        answers = asyncio.run(_one_batch(lane, [audited("lost-1"), transaction_lost, audited("rerun-1")]))
+    finally:
+        lane.close()
+    assert [type(error) for _, error, _ in answers[:2]] == [AuditUnavailable, AuditUnavailable]
+    assert answers[2][:2] == ("rerun-1", None)
+    assert _tags(vault, "lost-") == set() and _tags(vault, "rerun-") == {"rerun-1"}
+    with vault.session() as session:
+        _check_chains(session)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_lane_stops_with_its_connection_and_starts_again(vault):
+    lane = DatabaseLane(vault, single_thread=True)
+
+    def where() -> tuple[threading.Thread, str | None]:
+        with lane.session() as session:
+            session.connection()
+            return threading.current_thread(), _seen.get(None)
+
+    first = asyncio.run(lane.run(where))
+    worker = lane._worker
+    connection = worker.connection
+    lane.close()
+    assert not worker.is_alive() and connection.closed and worker.connection is None and lane._worker is None
+    with pytest.raises(RuntimeError):
+        lane.session()  # only work running on the lane gets a lane session
+    again = asyncio.run(lane.run(where))  # an app started again (a second lifespan) gets a fresh thread
+    lane.close()
+    assert again[0] is not first[0] and again[0] is not threading.current_thread() and again[1] is None
+
+    async def failing():
+        return await lane.run(lambda: 1 / 0)
+
+    with pytest.raises(ZeroDivisionError):
+        asyncio.run(failing())
+    lane.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_driver_savepoints_roll_back_and_raise_sqlalchemy_errors(vault):
+    """SAVEPOINT, RELEASE and ROLLBACK TO go straight to the driver on SQLite (vault/db.py)."""
+    from sqlalchemy.exc import OperationalError
+
+    with vault.engine.connect() as connection:
+        connection.begin()
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        nested = connection.begin_nested()
+        connection.execute(_MOVE, {"c": 0, "h": "c" * 64})
+        nested.rollback()
+        assert connection.scalar(select(ChainHead.hash).where(ChainHead.chain_id == 0)) != "c" * 64
+        nested = connection.begin_nested()
+        connection.execute(_MOVE, {"c": 0, "h": "d" * 64})
+        nested.commit()
+        assert connection.scalar(select(ChainHead.hash).where(ChainHead.chain_id == 0)) == "d" * 64
+        with pytest.raises(OperationalError) as caught:
+            vault.engine.dialect.do_release_savepoint(connection, "no_such_savepoint")
+        assert "no such savepoint" in str(caught.value)
+        connection.rollback()
+    with vault.session() as session:
+        assert session.scalar(select(func.count()).select_from(ChainHead).where(ChainHead.hash == "d" * 64)) == 0
 
 
 @pytest.mark.postgres
@@ -138,7 +331,7 @@ def test_reads_through_the_app_use_the_lane_and_stay_audited(client, vault, app)
     assert client.get("/v1/records", headers=headers).status_code == 200
     assert client.get(f"/v1/records/{record_id}/content", headers=headers).content == png_bytes(b"lane")
     lane = app.state.db_lane
-    assert (lane._connection is not None) == vault.settings.is_sqlite
+    assert (lane._worker is not None and lane._worker.connection is not None) == vault.settings.is_sqlite
     log = client.get("/v1/patients/me/access-log", headers=headers).json()["items"]
     assert sum(e["action"] == "record.read" for e in log) == 3
     assert person["patient_id"]

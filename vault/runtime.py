@@ -51,9 +51,15 @@ class Vault:
     log_cache: LogCache = dataclasses.field(default_factory=LogCache)
     exports: "ExportJobs" = dataclasses.field(default_factory=lambda: _export_jobs())
     labs: LabJobs = dataclasses.field(default_factory=LabJobs)
+    audit_sink: Sink | None = None
 
     def session(self) -> Session:
         return self.sessions()
+
+    def forward_audit_events(self, events: list[dict]) -> None:
+        """Hand events whose transaction has committed to the central sink, when one is configured."""
+        if self.audit_sink is not None and events:
+            self.audit_sink.send(events)
 
     def close(self) -> None:
         from vault import key_events
@@ -64,7 +70,7 @@ class Vault:
         self.keystore.dispose()
 
 
-def _forward_audit_events(sessions: sessionmaker[Session], settings: Settings) -> None:
+def _forward_audit_events(sessions: sessionmaker[Session], settings: Settings) -> Sink | None:
     """Hand committed events to the optional central sink; drop them on rollback."""
     sink = Sink(settings.audit_sink) if settings.audit_sink else None
 
@@ -75,6 +81,7 @@ def _forward_audit_events(sessions: sessionmaker[Session], settings: Settings) -
 
     event.listen(sessions, "after_commit", after_commit)
     event.listen(sessions, "after_soft_rollback", lambda session, _tx: trail.forget_pending(session))
+    return sink
 
 
 def _export_jobs():
@@ -141,7 +148,7 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
     blobs = LocalBlobStore(settings.blob_dir)
     blobs.sweep_temp()
     sessions = db.make_sessionmaker(engine)
-    _forward_audit_events(sessions, settings)
+    sink = _forward_audit_events(sessions, settings)
     vault = Vault(
         settings=settings,
         engine=engine,
@@ -156,6 +163,7 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         ),
         clock=clock,
         log_cache=LogCache("sm3" if suite == suites.SM4_GCM else "sha256"),
+        audit_sink=sink,
     )
     from vault import key_events  # imports the gate, which imports this module's neighbours
 
