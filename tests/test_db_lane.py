@@ -42,6 +42,16 @@ def _append(session, vault, tag: str) -> None:
                      patient_id=identity.patient_id)
 
 
+def _audited(lane: DatabaseLane, vault, tag: str):
+    """A unit that appends one audit event tagged `tag` and commits it (releases its savepoint)."""
+    def work() -> str:
+        with lane.session() as session:
+            _append(session, vault, tag)
+            session.commit()
+        return tag
+    return work
+
+
 def _tags(vault, prefix: str) -> set[str]:
     with vault.session() as session:
         return set(session.scalars(select(AuditEvent.request_id).where(AuditEvent.request_id.like(f"{prefix}%"))))
@@ -187,14 +197,6 @@ def test_a_refused_commit_answers_every_unit_of_the_batch_with_audit_unavailable
     monkeypatch.setattr(vault, "audit_sink", Sink(f"tcp://127.0.0.1:{listener.port}"))
     lane = DatabaseLane(vault, single_thread=True)
 
-    def audited(tag: str):
-        def work() -> str:
-            with lane.session() as session:
-                _append(session, vault, tag)
-                session.commit()
-            return tag
-        return work
-
     def poisons_the_commit() -> str:
         with lane.session() as session:
             session.execute(text("CREATE TEMP TABLE IF NOT EXISTS lane_parent (id INTEGER PRIMARY KEY)"))
@@ -210,8 +212,9 @@ def test_a_refused_commit_answers_every_unit_of_the_batch_with_audit_unavailable
         return True
 
     try:
-        failed = asyncio.run(_one_batch(lane, [audited("refused-1"), poisons_the_commit, audited("refused-2")]))
-        later = asyncio.run(_one_batch(lane, [audited("after-1"), driver_idle]))
+        failed = asyncio.run(_one_batch(lane, [_audited(lane, vault, "refused-1"), poisons_the_commit,
+                                               _audited(lane, vault, "refused-2")]))
+        later = asyncio.run(_one_batch(lane, [_audited(lane, vault, "after-1"), driver_idle]))
     finally:
         lane.close()
     assert [type(error) for _, error, _ in failed] == [AuditUnavailable] * 3
@@ -231,21 +234,14 @@ def test_a_transaction_sqlite_ended_mid_batch_fails_what_it_held_and_reruns_the_
     into it must not be answered as if their events were kept, and the units after it run again in a new batch."""
     lane = DatabaseLane(vault, single_thread=True)
 
-    def audited(tag: str):
-        def work() -> str:
-            with lane.session() as session:
-                _append(session, vault, tag)
-                session.commit()
-            return tag
-        return work
-
     def transaction_lost() -> str:
         with lane.session() as session:
             _dbapi(session).rollback()  # stands in for SQLite's own rollback
         return "lost"
 
     try:
-        answers = asyncio.run(_one_batch(lane, [audited("lost-1"), transaction_lost, audited("rerun-1")]))
+        answers = asyncio.run(_one_batch(lane, [_audited(lane, vault, "lost-1"), transaction_lost,
+                                                _audited(lane, vault, "rerun-1")]))
     finally:
         lane.close()
     assert [type(error) for _, error, _ in answers[:2]] == [AuditUnavailable, AuditUnavailable]
