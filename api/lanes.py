@@ -73,7 +73,11 @@ class _Worker(threading.Thread):
                     if not lane._queue:
                         return
                     batch = [lane._queue.popleft() for _ in range(min(lane.max_batch, len(lane._queue)))]
-                _answer(self._run_batch(batch))
+                try:
+                    answers = self._run_batch(batch)
+                except BaseException as exc:  # never leave a request waiting, never let the lane thread die
+                    answers = _unavailable(batch, exc)
+                _answer(answers)
         finally:
             if self.connection is not None:
                 self.connection.close()

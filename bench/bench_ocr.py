@@ -192,7 +192,6 @@ def main(argv=None) -> int:
     from ocr import extract
     from ocr.engine import get_engine
     from ocr.errors import OCRError
-    from ocr.inputs import load_pages
 
     items = samples(ds)
     if a.limit:

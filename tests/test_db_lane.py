@@ -90,8 +90,9 @@ async def _one_batch(lane: DatabaseLane, units) -> list:
     while len(lane._queue) < len(units):
         await asyncio.sleep(0.001)
     release.set()
-    await holder
-    return await asyncio.gather(*tasks)
+    # a request the lane never answers fails the test here instead of hanging it
+    await asyncio.wait_for(holder, 20)
+    return await asyncio.wait_for(asyncio.gather(*tasks), 20)
 
 
 async def _settled(lane: DatabaseLane, unit):
@@ -247,6 +248,33 @@ def test_a_transaction_sqlite_ended_mid_batch_fails_what_it_held_and_reruns_the_
     assert [type(error) for _, error, _ in answers[:2]] == [AuditUnavailable, AuditUnavailable]
     assert answers[2][:2] == ("rerun-1", None)
     assert _tags(vault, "lost-") == set() and _tags(vault, "rerun-") == {"rerun-1"}
+    with vault.session() as session:
+        _check_chains(session)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_an_unexpected_error_in_the_commit_answers_the_batch_and_the_lane_goes_on(vault, monkeypatch):
+    from vault.group_commit import GroupTransaction
+
+    lane = DatabaseLane(vault, single_thread=True)
+    real_commit = GroupTransaction.commit
+
+    def interrupted_once(self) -> None:
+        if any(e["request_id"] == "interrupted" for e in self._held):
+            raise KeyboardInterrupt  # not an Exception: it escapes the batch's own error handling
+        real_commit(self)
+
+    monkeypatch.setattr(GroupTransaction, "commit", interrupted_once)
+    try:
+        failed = asyncio.run(_one_batch(lane, [_audited(lane, vault, "interrupted")]))
+        worker = lane._worker
+        later = asyncio.run(_one_batch(lane, [_audited(lane, vault, "after-interrupt")]))
+        assert lane._worker is worker and worker.is_alive()
+    finally:
+        lane.close()
+    assert [type(error) for _, error, _ in failed] == [AuditUnavailable]
+    assert [(result, error) for result, error, _ in later] == [("after-interrupt", None)]
+    assert _tags(vault, "interrupted") == set() and _tags(vault, "after-interrupt") == {"after-interrupt"}
     with vault.session() as session:
         _check_chains(session)
 
