@@ -76,8 +76,12 @@ class _Worker(threading.Thread):
                 try:
                     answers = self._run_batch(batch)
                 except BaseException as exc:  # never leave a request waiting, never let the lane thread die
+                    self._discard_connection()  # with whatever transaction and write lock it still holds
                     answers = _unavailable(batch, exc)
-                _answer(answers)
+                try:
+                    _answer(answers)
+                except BaseException as exc:
+                    log.error("lane could not hand answers back: %s", type(exc).__name__)
         finally:
             if self.connection is not None:
                 self.connection.close()
@@ -86,7 +90,8 @@ class _Worker(threading.Thread):
     def _run_batch(self, batch: list[_Unit]) -> list[tuple[_Unit, Any, BaseException | None]]:
         try:
             group = self.group = GroupTransaction(self.lane._vault, self._ready_connection())
-        except Exception as exc:
+        except BaseException as exc:
+            self._discard_connection()
             return _unavailable(batch, exc)
         done: list[tuple[_Unit, Any, BaseException | None]] = []
         try:
@@ -98,15 +103,18 @@ class _Worker(threading.Thread):
                 group.end_unit()
             group.commit()
             return done
-        except Exception as exc:
+        except BaseException as exc:
             # Units not yet run go back to the front of the queue; those run here are answered 503 (their events are
             # not durable).
             with self.lane._ready:
                 self.lane._queue.extendleft(reversed(batch[len(done):]))
             try:
                 group.rollback()
-            except Exception:
-                self._discard_connection()
+            except BaseException:
+                pass
+            # A fresh connection for the next batch: a failed batch may have left this one with statements that a
+            # ROLLBACK does not reset (a half-read write cursor), on which no savepoint can be opened again.
+            self._discard_connection()
             return _unavailable([unit for unit, _r, _e in done], exc)
         finally:
             self.group = None
@@ -129,9 +137,17 @@ class _Worker(threading.Thread):
         return connection
 
     def _discard_connection(self) -> None:
+        """Close the kept connection for good (its driver connection too, which ends any transaction and lock it
+        held); the next batch opens a fresh one."""
         connection, self.connection = self.connection, None
-        if connection is not None:
-            connection.invalidate()
+        if connection is None:
+            return
+        try:
+            if not connection.closed:
+                connection.invalidate()
+        except Exception as exc:
+            log.error("lane connection not invalidated: %s", type(exc).__name__)
+        finally:
             connection.close()
 
 
@@ -158,13 +174,21 @@ def _answer(answers: list[tuple[_Unit, Any, BaseException | None]]) -> None:
 
 
 def _settle(settled: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    """Each future on its own: one that cannot take its answer must not leave the rest of the batch waiting."""
     for future, result, error in settled:
         if future.done():  # the request was cancelled (client gone) while its unit ran
             continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+        try:
+            if error is None:
+                future.set_result(result)
+            elif isinstance(error, Exception) and not isinstance(error, StopIteration):
+                future.set_exception(error)
+            else:  # StopIteration cannot cross a future, and an interrupt must not unwind the event loop
+                wrapped = RuntimeError(f"lane unit raised {type(error).__name__}")
+                wrapped.__cause__ = error
+                future.set_exception(wrapped)
+        except Exception as exc:
+            log.error("lane answer not delivered: %s", type(exc).__name__)
 
 
 class DatabaseLane:
@@ -184,7 +208,7 @@ class DatabaseLane:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._ready:
-            if self._worker is None:
+            if self._worker is None or not self._worker.is_alive():
                 self._worker = _Worker(self)
                 self._worker.start()
             self._queue.append(_Unit(contextvars.copy_context(), fn, args, loop, future))

@@ -85,6 +85,9 @@ async def _one_batch(lane: DatabaseLane, units) -> list:
 
     holder = asyncio.ensure_future(lane.run(hold))
     while not started.is_set():
+        if holder.done():  # the holder's batch failed before it ran: show why
+            await holder
+            raise AssertionError("the holding unit never ran")
         await asyncio.sleep(0.001)
     tasks = [asyncio.ensure_future(_settled(lane, unit)) for unit in units]
     while len(lane._queue) < len(units):
@@ -252,6 +255,120 @@ def test_a_transaction_sqlite_ended_mid_batch_fails_what_it_held_and_reruns_the_
         _check_chains(session)
 
 
+def _lock_is_free(vault) -> bool:
+    """Another connection can take SQLite's write lock at once."""
+    import sqlite3
+
+    other = sqlite3.connect(vault.settings.database_url.split("///", 1)[1], timeout=0.2)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.rollback()
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        other.close()
+
+
+def _lane_connection():
+    return threading.current_thread().connection.connection.dbapi_connection
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("after_loss", ["raises", "returns", "commits", "driver-only"])
+def test_a_transaction_silently_replaced_after_a_loss_is_never_committed(vault, after_loss):
+    """After SQLite's own rollback, pysqlite begins a new transaction at the next write without a word. Whatever the
+    unit does next, the batch must not commit that new transaction as if it were the shared one."""
+    lane = DatabaseLane(vault, single_thread=True)
+
+    def loses_then_writes() -> str:
+        if after_loss == "driver-only":  # no savepoint statement of the unit fails: the marker savepoint is gone
+            _lane_connection().rollback()
+            _lane_connection().execute("UPDATE audit_chain_heads SET hash = ? WHERE chain_id = 0", ("e" * 64,))
+            return "unnoticed"
+        with lane.session() as session:
+            _append(session, vault, "replaced-unit")
+            _dbapi(session).rollback()  # stands in for SQLite's own rollback
+            session.execute(_MOVE, {"c": 0, "h": "e" * 64})  # a new transaction begins here, silently
+            if after_loss == "raises":
+                raise ValueError("after the loss")
+            if after_loss == "commits":
+                session.commit()
+        return "unnoticed"
+
+    try:
+        answers = asyncio.run(_one_batch(lane, [_audited(lane, vault, "replaced-1"), loses_then_writes,
+                                                _audited(lane, vault, "replaced-2")]))
+        later = asyncio.run(_one_batch(lane, [_audited(lane, vault, "replaced-after")]))
+    finally:
+        lane.close()
+    assert AuditUnavailable in {type(error) for _, error, _ in answers}
+    assert all(result != "unnoticed" for result, _, _ in answers)
+    assert _tags(vault, "replaced-1") == set() and _tags(vault, "replaced-unit") == set()
+    assert [(result, error) for result, error, _ in later] == [("replaced-after", None)]
+    with vault.session() as session:
+        assert session.get(ChainHead, 0).hash != "e" * 64
+        _check_chains(session)
+    assert _lock_is_free(vault)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_savepoint_release_sqlite_refuses_fails_the_batch(vault):
+    """SQLite refuses to release a savepoint while a write statement is still being read (RETURNING, half
+    fetched). SQLAlchemy then believes the savepoint gone and never rolls it back: the unit's writes must not be
+    committed behind its error, nor the batch answered as if its stack were sound."""
+    lane = DatabaseLane(vault, single_thread=True)
+
+    def half_read_returning() -> str:
+        with lane.session() as session:
+            _append(session, vault, "half-read")
+            session.execute(text("CREATE TEMP TABLE IF NOT EXISTS lane_rows (n INTEGER)"))
+            session.execute(text("INSERT INTO lane_rows VALUES (1), (2), (3)"))
+            pending = _dbapi(session).cursor()  # SQLAlchemy buffers RETURNING rows; a driver cursor need not
+            pending.execute("UPDATE lane_rows SET n = n + 1 RETURNING n")
+            pending.fetchone()
+            try:
+                session.commit()
+            finally:
+                pending.close()  # the stack is sound again for SQLite, not for SQLAlchemy's idea of it
+        return "released"
+
+    try:
+        answers = asyncio.run(_one_batch(lane, [_audited(lane, vault, "half-1"), half_read_returning]))
+        later = asyncio.run(_one_batch(lane, [_audited(lane, vault, "half-after")]))
+    finally:
+        lane.close()
+    assert [type(error) for _, error, _ in answers] == [AuditUnavailable, AuditUnavailable]
+    assert _tags(vault, "half-") == {"half-after"} and _tags(vault, "half-read") == set()
+    assert [(result, error) for result, error, _ in later] == [("half-after", None)]
+    with vault.session() as session:
+        _check_chains(session)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_unit_gets_one_session_and_a_bad_answer_does_not_strand_the_others(vault):
+    lane = DatabaseLane(vault, single_thread=True)
+
+    def two_sessions() -> str:
+        with lane.session():
+            lane.session()  # SQLite nests savepoints: a second session would share the first one's fate
+        return "two"
+
+    def stops() -> None:
+        raise StopIteration  # an exception a future cannot carry
+
+    def fine() -> str:
+        return "fine"
+
+    try:
+        answers = asyncio.run(_one_batch(lane, [two_sessions, stops, fine]))
+    finally:
+        lane.close()
+    (_, two_error, _), (_, stop_error, _), (result, error, _) = answers
+    assert isinstance(two_error, RuntimeError) and isinstance(stop_error, RuntimeError)
+    assert (result, error) == ("fine", None)
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_an_unexpected_error_in_the_commit_answers_the_batch_and_the_lane_goes_on(vault, monkeypatch):
     from vault.group_commit import GroupTransaction
@@ -267,6 +384,7 @@ def test_an_unexpected_error_in_the_commit_answers_the_batch_and_the_lane_goes_o
     monkeypatch.setattr(GroupTransaction, "commit", interrupted_once)
     try:
         failed = asyncio.run(_one_batch(lane, [_audited(lane, vault, "interrupted")]))
+        assert _lock_is_free(vault)  # the interrupted batch let go of the write lock before the next one came
         worker = lane._worker
         later = asyncio.run(_one_batch(lane, [_audited(lane, vault, "after-interrupt")]))
         assert lane._worker is worker and worker.is_alive()

@@ -14,6 +14,9 @@ from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Set in a connection's `info` when a SAVEPOINT, RELEASE or ROLLBACK TO failed on it: the transaction's savepoint stack
+# is then not what SQLAlchemy believes (vault/group_commit.py refuses to commit such a transaction).
+SAVEPOINT_FAILED = "vault.db.savepoint_failed"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -33,7 +36,7 @@ def _driver_savepoints(dialect) -> None:
     SQLAlchemy compiles a fresh clause for each of them (every savepoint has its own name); on a savepoint per unit of
     the database lane's shared transaction (vault/group_commit.py) that cost about twice SQLite's own work. The names
     are SQLAlchemy's own (`sa_savepoint_N`), quoted by the dialect; a driver error is raised as SQLAlchemy's, as
-    from any statement."""
+    from any statement, and marks the connection (`SAVEPOINT_FAILED`)."""
     dbapi_error = dialect.loaded_dbapi.Error
     quote = dialect.identifier_preparer.quote
 
@@ -41,6 +44,7 @@ def _driver_savepoints(dialect) -> None:
         try:
             connection.connection.dbapi_connection.execute(sql)
         except dbapi_error as error:
+            connection.info[SAVEPOINT_FAILED] = True
             raise exc.DBAPIError.instance(sql, None, error, dbapi_error, hide_parameters=True,
                                           dialect=dialect) from error
 

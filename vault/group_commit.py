@@ -8,10 +8,14 @@ and takes nothing else with it. The audit events a unit committed are held here 
 after the shared COMMIT.
 
 Never: lets a result out before the shared COMMIT has succeeded. The lane hands results back only after `commit`
-returns. A failed commit, or a shared transaction that SQLite rolled back on its own mid-batch (a full disk, an I/O
-error; `end_unit` notices), is the caller's cue to answer every unit it carried with AuditUnavailable, so no read is
-answered whose audit event is not durable. Never lets a unit's session leak into the commit: `end_unit` closes what
-the unit left open, which rolls it back to its savepoint.
+returns. The following are the caller's cue to answer every unit the transaction carried with AuditUnavailable, so
+that no read is answered whose audit event is not durable:
+- a failed commit;
+- a shared transaction that SQLite rolled back on its own mid-batch (a full disk, an I/O error), which `end_unit`
+  notices, as does the marker savepoint if pysqlite silently began a new transaction;
+- a savepoint statement that failed.
+Never lets a unit's session leak into the commit: `end_unit` closes what the unit left open, which rolls it back to
+its savepoint.
 """
 
 from __future__ import annotations
@@ -22,13 +26,21 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from audit import trail
+from vault.db import SAVEPOINT_FAILED
 
 if TYPE_CHECKING:
     from vault.runtime import Vault
 
 
 class TransactionLost(Exception):
-    """SQLite ended the shared transaction by itself: what the batch's units wrote so far is gone."""
+    """The shared transaction is not the one the batch's units wrote into: SQLite ended it by itself, or a savepoint
+    statement failed and left the savepoint stack unlike what the units believe."""
+
+
+# A savepoint taken right after BEGIN and released just before COMMIT. pysqlite silently begins a new transaction at
+# the next write after SQLite rolled one back on its own; that new transaction has no such savepoint, so the release
+# fails and the batch is not committed.
+_MARKER = "hv_group_commit"
 
 
 class GroupTransaction:
@@ -45,12 +57,17 @@ class GroupTransaction:
             # state, and no append can meet SQLITE_BUSY_SNAPSHOT (a read transaction that another writer's commit
             # overtook can never become a write transaction).
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+            connection.info.pop(SAVEPOINT_FAILED, None)
+            self._driver().execute(f"SAVEPOINT {_MARKER}")
         except BaseException:
             self._transaction.rollback()
             raise
 
     def session(self) -> Session:
-        """A session for the current unit, inside a savepoint of the shared transaction."""
+        """The current unit's session, inside a savepoint of the shared transaction. One per unit: SQLite nests
+        savepoints, so a second session's savepoint would be released or rolled back with the first one's."""
+        if self._open:
+            raise RuntimeError("a unit of a group transaction has one session")
         session = self._vault.sessions(bind=self._connection, join_transaction_mode="create_savepoint",
                                        info={trail.HELD_KEY: self._held})
         self._open.append(session)
@@ -61,13 +78,15 @@ class GroupTransaction:
         open_sessions, self._open = self._open, []
         for session in open_sessions:
             session.close()
-        if not self._driver_in_transaction():
-            raise TransactionLost()
+        self._require_intact()
 
     def commit(self) -> None:
         """Commit every unit at once, then forward their audit events."""
-        if not self._driver_in_transaction():
-            raise TransactionLost()
+        self._require_intact()
+        try:
+            self._driver().execute(f"RELEASE SAVEPOINT {_MARKER}")
+        except self._connection.dialect.loaded_dbapi.Error:
+            raise TransactionLost() from None
         self._transaction.commit()
         held, self._held = self._held, []
         self._vault.forward_audit_events(held)
@@ -91,6 +110,8 @@ class GroupTransaction:
             return None
         return self._connection.connection.dbapi_connection
 
-    def _driver_in_transaction(self) -> bool:
+    def _require_intact(self) -> None:
         driver = self._driver()
-        return driver is not None and bool(driver.in_transaction)
+        if driver is None or not driver.in_transaction or self._connection.info.get(SAVEPOINT_FAILED) \
+                or self._connection.get_nested_transaction() is not None:
+            raise TransactionLost()
