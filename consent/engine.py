@@ -9,9 +9,10 @@ Casbin still decides. docs/authorization.md explains the layout and its figures.
 
 A request that reads no grant or claim (a patient on their own data, staff on role permissions, anyone without a
 patient in view) is decided by the static role file and the ownership rule alone: every such policy names a role
-(not a user), has `*` for domain and object and the open validity window 0000..9999, so Casbin's answer is a function of (role, action,
-owner-or-not). Casbin decides each such triple once per process and the answer is kept (`_STATIC_DECISIONS`); the
-check at import below turns this off if the role file ever gets a policy of another shape.
+(not a user), has `*` for domain and object and the open validity window 0000..9999, so Casbin's answer is a
+function of (role, action, owner-or-not). Casbin decides each such triple once per process and the answer is kept
+(`_STATIC_DECISIONS`); the check at import below turns this off if the role file ever gets a policy of another
+shape.
 Never: keeps a decision or anything read from the grant and break-glass tables beyond one request (withdrawal takes
 effect on the next request in every process), shares an enforcer between threads, or lets an error become an allow.
 """
