@@ -120,20 +120,14 @@ class _Worker(threading.Thread):
             self.group = None
 
     def _ready_connection(self) -> Connection:
-        """The kept connection, reopened when it was invalidated; a transaction something left open on it (at
-        SQLAlchemy's level or only at the driver's) is rolled back first."""
+        """The kept connection, reopened when it was invalidated. It holds no transaction here: a batch either
+        committed, or failed and had its connection discarded."""
         connection = self.connection
         if connection is not None and (connection.closed or connection.invalidated):
             self._discard_connection()
             connection = None
         if connection is None:
             connection = self.connection = self.lane._vault.engine.connect()
-        else:
-            if connection.in_transaction():
-                connection.rollback()
-            driver = connection.connection.dbapi_connection
-            if getattr(driver, "in_transaction", False):
-                driver.rollback()
         return connection
 
     def _discard_connection(self) -> None:

@@ -24,6 +24,12 @@ from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 
+def driver_error(sql: str, error: Exception, dialect) -> exc.DBAPIError:
+    """A driver error as SQLAlchemy's own exception class, with the parameters hidden."""
+    return exc.DBAPIError.instance(sql, None, error, dialect.loaded_dbapi.Error, hide_parameters=True,
+                                   dialect=dialect)
+
+
 class _Compiled:
     __slots__ = ("sql", "names", "defaults", "required", "binds", "row", "results", "named", "prepare")
 
@@ -110,8 +116,7 @@ class HotStatement:
                 cursor.execute(compiled.sql, params)
             return fetch(cursor, compiled)
         except connection.dialect.loaded_dbapi.Error as error:
-            raise exc.DBAPIError.instance(compiled.sql, None, error, connection.dialect.loaded_dbapi.Error,
-                                          hide_parameters=True, dialect=connection.dialect) from error
+            raise driver_error(compiled.sql, error, connection.dialect) from error
         finally:
             cursor.close()
 

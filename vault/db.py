@@ -10,8 +10,10 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+from audit.statements import driver_error
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Set in a connection's `info` when a SAVEPOINT, RELEASE or ROLLBACK TO failed on it: the transaction's savepoint stack
@@ -37,16 +39,14 @@ def _driver_savepoints(dialect) -> None:
     the database lane's shared transaction (vault/group_commit.py) that cost about twice SQLite's own work. The names
     are SQLAlchemy's own (`sa_savepoint_N`), quoted by the dialect; a driver error is raised as SQLAlchemy's, as
     from any statement, and marks the connection (`SAVEPOINT_FAILED`)."""
-    dbapi_error = dialect.loaded_dbapi.Error
     quote = dialect.identifier_preparer.quote
 
     def run(connection, sql: str) -> None:
         try:
             connection.connection.dbapi_connection.execute(sql)
-        except dbapi_error as error:
+        except dialect.loaded_dbapi.Error as error:
             connection.info[SAVEPOINT_FAILED] = True
-            raise exc.DBAPIError.instance(sql, None, error, dbapi_error, hide_parameters=True,
-                                          dialect=dialect) from error
+            raise driver_error(sql, error, dialect) from error
 
     dialect.do_savepoint = lambda connection, name: run(connection, f"SAVEPOINT {quote(name)}")
     dialect.do_release_savepoint = lambda connection, name: run(connection, f"RELEASE SAVEPOINT {quote(name)}")

@@ -70,18 +70,11 @@ class Vault:
         self.keystore.dispose()
 
 
-def _forward_audit_events(sessions: sessionmaker[Session], settings: Settings) -> Sink | None:
+def _forward_audit_events(vault: Vault) -> None:
     """Hand committed events to the optional central sink; drop them on rollback."""
-    sink = Sink(settings.audit_sink) if settings.audit_sink else None
-
-    def after_commit(session: Session) -> None:
-        events = trail.take_committed(session)
-        if sink is not None and events:
-            sink.send(events)
-
-    event.listen(sessions, "after_commit", after_commit)
-    event.listen(sessions, "after_soft_rollback", lambda session, _tx: trail.forget_pending(session))
-    return sink
+    event.listen(vault.sessions, "after_commit",
+                 lambda session: vault.forward_audit_events(trail.take_committed(session)))
+    event.listen(vault.sessions, "after_soft_rollback", lambda session, _tx: trail.forget_pending(session))
 
 
 def _export_jobs():
@@ -148,7 +141,6 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
     blobs = LocalBlobStore(settings.blob_dir)
     blobs.sweep_temp()
     sessions = db.make_sessionmaker(engine)
-    sink = _forward_audit_events(sessions, settings)
     vault = Vault(
         settings=settings,
         engine=engine,
@@ -163,8 +155,9 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         ),
         clock=clock,
         log_cache=LogCache("sm3" if suite == suites.SM4_GCM else "sha256"),
-        audit_sink=sink,
+        audit_sink=Sink(settings.audit_sink) if settings.audit_sink else None,
     )
+    _forward_audit_events(vault)
     from vault import key_events  # imports the gate, which imports this module's neighbours
 
     key_events.attach_auditor(vault)  # every process audits failed unwraps (API, every CLI verb, jobs)
