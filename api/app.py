@@ -41,7 +41,7 @@ SQLITE_THREADS = 4
 
 def create_app(vault: Vault) -> FastAPI:
     privacy_notice.current_notice(vault)  # a missing or malformed privacy notice stops start-up, not a registration
-    lane = DatabaseLane(vault, single_thread=vault.settings.is_sqlite)
+    lane = DatabaseLane(vault, single_thread=vault.settings.is_sqlite, on_loop=True)
     app = FastAPI(
         lifespan=_lifespan(vault, lane),
         title="Health Vault",

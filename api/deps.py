@@ -16,8 +16,10 @@ are in `CONSENT_EXEMPT`; a test keeps the two lists covering every patient route
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 
 from api.lanes import DatabaseLane
 from vault import privacy, tokens
@@ -105,9 +107,25 @@ class Caller:
     action: str | None
 
 
-async def caller(request: Request) -> Caller:
+def _caller(request: Request) -> Caller:
     return Caller(vault=request.app.state.vault, lane=request.app.state.db_lane, token=_token(request),
                   ctx=_context(request), action=processing_action(request))
+
+
+async def caller(request: Request) -> Caller:
+    return _caller(request)
+
+
+def record_path(request: Request) -> tuple[Caller, str]:
+    """The caller and the `{record_id}` of a route that declares neither, in FastAPI's order and with its errors: a
+    missing or malformed credential (401) first, then an id that is not a UUID (422)."""
+    who = _caller(request)
+    raw = request.path_params.get("record_id", "")
+    try:
+        return who, str(uuid.UUID(raw))
+    except (ValueError, TypeError):
+        raise RequestValidationError([{"type": "uuid_parsing", "loc": ("path", "record_id"),
+                                       "msg": "Input should be a valid UUID"}]) from None
 
 
 def _in_one_session(caller: Caller, work):

@@ -42,6 +42,9 @@ log = logging.getLogger("healthvault.api.lane")
 # Reads in one shared transaction. The lane holds SQLite's write lock for a whole batch, so this also bounds how
 # long another writer (an upload's commit) waits behind it: at ~0.5-1.5 ms per read, 16-48 ms.
 MAX_BATCH = 32
+# How an event loop waits for SQLite's write lock when another writer holds it: it tries again after a pause that
+# grows from 1 to 25 ms, and answers 503 after 10 s, like the busy timeout of every other connection (vault/db.py).
+LOCK_RETRY_MIN, LOCK_RETRY_MAX, LOCK_WAIT_SECONDS = 0.001, 0.025, 10.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -53,15 +56,88 @@ class _Unit:
     future: asyncio.Future
 
 
+class _Executor:
+    """A kept connection and the batch running on it: the worker thread has one, and so has each event loop.
+
+    `nowait`: the connection never waits for SQLite's write lock (busy timeout 0). A batch that cannot take the lock
+    at once is handed back unrun, for the worker thread, which waits for it."""
+
+    def __init__(self, lane: DatabaseLane, *, nowait: bool) -> None:
+        self.lane = lane
+        self.nowait = nowait
+        self.connection: Connection | None = None
+
+    def run_batch(self, batch: list[_Unit]) -> tuple[list[tuple[_Unit, Any, BaseException | None]], list[_Unit]]:
+        """(answers, units not run). Units not run went back unanswered: the lock was taken, or the shared
+        transaction failed before their turn."""
+        try:
+            group = GroupTransaction(self.lane._vault, self._ready_connection())
+        except BaseException as exc:
+            self.discard_connection()
+            if self.nowait:
+                return [], batch
+            return _unavailable(batch, exc), []
+        done: list[tuple[_Unit, Any, BaseException | None]] = []
+        self.lane._current.group = group
+        try:
+            for unit in batch:
+                try:
+                    done.append((unit, unit.context.run(unit.fn, *unit.args), None))
+                except BaseException as exc:  # the unit's own failure is its answer; the batch goes on
+                    done.append((unit, None, exc))
+                group.end_unit()
+            group.commit()
+            return done, []
+        except BaseException as exc:
+            # Those run here are answered 503 (their events are not durable); the rest go back.
+            try:
+                group.rollback()
+            except BaseException:
+                pass
+            # A fresh connection for the next batch: a failed batch may have left this one with statements that a
+            # ROLLBACK does not reset (a half-read write cursor), on which no savepoint can be opened again.
+            self.discard_connection()
+            return _unavailable([unit for unit, _r, _e in done], exc), batch[len(done):]
+        finally:
+            self.lane._current.group = None
+
+    def _ready_connection(self) -> Connection:
+        """The kept connection, reopened when it was invalidated. It holds no transaction here: a batch either
+        committed, or failed and had its connection discarded."""
+        connection = self.connection
+        if connection is not None and (connection.closed or connection.invalidated):
+            self.discard_connection()
+            connection = None
+        if connection is None:
+            connection = self.connection = self.lane._vault.engine.connect()
+            if self.nowait:
+                connection.connection.dbapi_connection.execute("PRAGMA busy_timeout=0")
+        return connection
+
+    def discard_connection(self) -> None:
+        """Close the kept connection for good (its driver connection too, which ends any transaction and lock it
+        held, and never returns a connection without a busy timeout to the pool); the next batch opens a fresh
+        one."""
+        connection, self.connection = self.connection, None
+        if connection is None:
+            return
+        try:
+            if not connection.closed:
+                connection.invalidate()
+        except Exception as exc:
+            log.error("lane connection not invalidated: %s", type(exc).__name__)
+        finally:
+            connection.close()
+
+
 class _Worker(threading.Thread):
-    """The lane's thread, with the connection and the batch only it touches."""
+    """The lane's thread: runs what the event loops could not (the write lock was taken), waiting for the lock."""
 
     def __init__(self, lane: DatabaseLane) -> None:
         super().__init__(name="db-lane", daemon=True)
         self.lane = lane
         self.closing = False
-        self.connection: Connection | None = None
-        self.group: GroupTransaction | None = None
+        self.executor = _Executor(lane, nowait=False)
 
     def run(self) -> None:
         lane = self.lane
@@ -74,75 +150,79 @@ class _Worker(threading.Thread):
                         return
                     batch = [lane._queue.popleft() for _ in range(min(lane.max_batch, len(lane._queue)))]
                 try:
-                    answers = self._run_batch(batch)
+                    answers, unrun = self.executor.run_batch(batch)
                 except BaseException as exc:  # never leave a request waiting, never let the lane thread die
-                    self._discard_connection()  # with whatever transaction and write lock it still holds
-                    answers = _unavailable(batch, exc)
+                    self.executor.discard_connection()  # with whatever transaction and write lock it still holds
+                    answers, unrun = _unavailable(batch, exc), []
+                if unrun:
+                    with lane._ready:
+                        lane._queue.extendleft(reversed(unrun))
                 try:
                     _answer(answers)
                 except BaseException as exc:
                     log.error("lane could not hand answers back: %s", type(exc).__name__)
         finally:
-            if self.connection is not None:
-                self.connection.close()
-                self.connection = None
+            self.executor.discard_connection()
 
-    def _run_batch(self, batch: list[_Unit]) -> list[tuple[_Unit, Any, BaseException | None]]:
+
+class _LoopRunner:
+    """Runs the reads queued on one event loop, on that loop.
+
+    The units the request tasks queue are run by one callback scheduled after them, so the reads that arrive in the
+    same loop iteration share a batch. The loop never waits for SQLite's write lock: its connection has no busy
+    timeout, and while another writer holds the lock (an upload's commit, a CLI rewrap) the batch is tried again a
+    little later, the loop serving other requests in between, until `LOCK_WAIT_SECONDS` have passed."""
+
+    def __init__(self, lane: DatabaseLane, loop: asyncio.AbstractEventLoop) -> None:
+        self.lane = lane
+        self.loop = loop
+        self.queue: collections.deque[_Unit] = collections.deque()
+        self.scheduled = False
+        self.locked_since: float | None = None  # when the write lock was first found taken, while it still is
+        self.executor = _Executor(lane, nowait=True)
+
+    def submit(self, unit: _Unit) -> None:
+        self.queue.append(unit)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.drain)
+
+    def drain(self) -> None:
+        self.scheduled = False
+        batch = [self.queue.popleft() for _ in range(min(self.lane.max_batch, len(self.queue)))]
         try:
-            group = self.group = GroupTransaction(self.lane._vault, self._ready_connection())
-        except BaseException as exc:
-            self._discard_connection()
-            return _unavailable(batch, exc)
-        done: list[tuple[_Unit, Any, BaseException | None]] = []
-        try:
-            for unit in batch:
-                try:
-                    done.append((unit, unit.context.run(unit.fn, *unit.args), None))
-                except BaseException as exc:  # the unit's own failure is its answer; the batch goes on
-                    done.append((unit, None, exc))
-                group.end_unit()
-            group.commit()
-            return done
-        except BaseException as exc:
-            # Units not yet run go back to the front of the queue; those run here are answered 503 (their events are
-            # not durable).
-            with self.lane._ready:
-                self.lane._queue.extendleft(reversed(batch[len(done):]))
-            try:
-                group.rollback()
-            except BaseException:
-                pass
-            # A fresh connection for the next batch: a failed batch may have left this one with statements that a
-            # ROLLBACK does not reset (a half-read write cursor), on which no savepoint can be opened again.
-            self._discard_connection()
-            return _unavailable([unit for unit, _r, _e in done], exc)
-        finally:
-            self.group = None
+            answers, unrun = self.executor.run_batch(batch)
+        except BaseException as exc:  # never leave a request waiting, never unwind the event loop
+            self.executor.discard_connection()
+            answers, unrun = _unavailable(batch, exc), []
+        _settle([(unit.future, result, error) for unit, result, error in answers])
+        if unrun:
+            self.queue.extendleft(reversed(unrun))
+            self._again_later()
+        else:
+            self.locked_since = None
+            if self.queue:
+                self.scheduled = True
+                self.loop.call_soon(self.drain)
 
-    def _ready_connection(self) -> Connection:
-        """The kept connection, reopened when it was invalidated. It holds no transaction here: a batch either
-        committed, or failed and had its connection discarded."""
-        connection = self.connection
-        if connection is not None and (connection.closed or connection.invalidated):
-            self._discard_connection()
-            connection = None
-        if connection is None:
-            connection = self.connection = self.lane._vault.engine.connect()
-        return connection
-
-    def _discard_connection(self) -> None:
-        """Close the kept connection for good (its driver connection too, which ends any transaction and lock it
-        held); the next batch opens a fresh one."""
-        connection, self.connection = self.connection, None
-        if connection is None:
+    def _again_later(self) -> None:
+        now = self.loop.time()
+        if self.locked_since is None:
+            self.locked_since = now
+        waited = now - self.locked_since
+        if waited > LOCK_WAIT_SECONDS:
+            units, self.queue, self.locked_since = list(self.queue), collections.deque(), None
+            answers = _unavailable(units, TimeoutError("SQLite's write lock stayed taken"))
+            _settle([(unit.future, result, error) for unit, result, error in answers])
             return
-        try:
-            if not connection.closed:
-                connection.invalidate()
-        except Exception as exc:
-            log.error("lane connection not invalidated: %s", type(exc).__name__)
-        finally:
-            connection.close()
+        self.scheduled = True
+        self.loop.call_later(min(LOCK_RETRY_MAX, LOCK_RETRY_MIN + waited / 2), self.drain)
+
+    def close(self) -> list[_Unit]:
+        """Stop; the units still queued are returned for the worker thread."""
+        self.executor.discard_connection()
+        units, self.queue = list(self.queue), collections.deque()
+        return units
 
 
 def _unavailable(units: list[_Unit], cause: BaseException) -> list[tuple[_Unit, Any, BaseException | None]]:
@@ -186,41 +266,59 @@ def _settle(settled: list[tuple[asyncio.Future, Any, BaseException | None]]) -> 
 
 
 class DatabaseLane:
-    def __init__(self, vault: Vault, *, single_thread: bool, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, vault: Vault, *, single_thread: bool, on_loop: bool = False,
+                 max_batch: int = MAX_BATCH) -> None:
         self._vault = vault
         self._single_thread = single_thread
+        self._on_loop = single_thread and on_loop
         self.max_batch = max_batch
         self._queue: collections.deque[_Unit] = collections.deque()
         self._ready = threading.Condition()
         self._worker: _Worker | None = None  # started on first use, again after a close (app restart)
+        self._runners: dict[asyncio.AbstractEventLoop, _LoopRunner] = {}
+        self._current = threading.local()  # .group: the group transaction running on this thread, if any
 
     async def run(self, fn: Callable[..., T], *args) -> T:
-        """Run `fn(*args)` off the event loop: as one unit of the lane's next batch, or in the shared pool when there
-        is no lane."""
+        """Run `fn(*args)` as one unit of a batch (on this event loop when the write lock is free, else on the lane
+        thread), or in the shared pool when there is no lane."""
         if not self._single_thread:
             return await run_in_threadpool(fn, *args)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        unit = _Unit(contextvars.copy_context(), fn, args, loop, future)
+        if self._on_loop:
+            runner = self._runners.get(loop)
+            if runner is None:
+                runner = self._runners[loop] = _LoopRunner(self, loop)
+            runner.submit(unit)
+        else:
+            self._to_worker([unit])
+        return await future
+
+    def _to_worker(self, units: list[_Unit]) -> None:
         with self._ready:
             if self._worker is None or not self._worker.is_alive():
                 self._worker = _Worker(self)
                 self._worker.start()
-            self._queue.append(_Unit(contextvars.copy_context(), fn, args, loop, future))
+            self._queue.extend(units)
             self._ready.notify()
-        return await future
 
     def session(self) -> Session:
         """A session for work running in `run`: on the lane, one inside the batch's shared transaction; else a pooled
         session."""
         if not self._single_thread:
             return self._vault.session()
-        worker = threading.current_thread()
-        if not isinstance(worker, _Worker) or worker.lane is not self or worker.group is None:
+        group = getattr(self._current, "group", None)
+        if group is None:
             raise RuntimeError("a lane session exists only for work running on the lane")
-        return worker.group.session()
+        return group.session()
 
     def close(self) -> None:
-        """Finish the queued work, stop the thread and close its connection."""
+        """Finish the queued work, stop the thread and close the connections."""
+        runners, self._runners = list(self._runners.values()), {}
+        leftover = [unit for runner in runners for unit in runner.close()]
+        if leftover:
+            self._to_worker(leftover)
         with self._ready:
             worker, self._worker = self._worker, None
             if worker is None:

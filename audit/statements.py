@@ -124,6 +124,21 @@ class HotStatement:
         """Run a statement that returns no rows."""
         self._run(session, values, lambda cursor, compiled: None)
 
+    def execute_many(self, connection, rows: list[dict[str, Any]]) -> None:
+        """Run a statement that returns no rows once per parameter set, in one driver call, on `connection` (a
+        Connection inside the transaction the rows belong to)."""
+        if not rows:
+            return
+        compiled = self._compiled(connection.dialect)
+        params = [compiled.parameters(values) for values in rows]
+        cursor = connection.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany(compiled.sql, params)
+        except connection.dialect.loaded_dbapi.Error as error:
+            raise driver_error(compiled.sql, error, connection.dialect) from error
+        finally:
+            cursor.close()
+
     def first(self, session: Session, values: dict[str, Any]):
         """The first row (attribute access by column name) or None."""
         def fetch(cursor, compiled):

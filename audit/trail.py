@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from audit import verify
 from audit.models import AuditEvent, ChainHead, UTCDateTime
-from audit.statements import HotStatement
+from audit.statements import HotStatement, _connection
 from audit.vocabulary import ACTIONS, OUTCOMES
 
 GENESIS = "0" * 64
@@ -101,6 +101,9 @@ _ADVANCE = HotStatement(update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")
                         .returning(_HEADS.c.seq, _HEADS.c.hash))
 _MOVE = HotStatement(update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(hash=bindparam("h")))
 _INSERT_COLUMNS = (*_COLUMNS, "hash")
+_HEAD = HotStatement(select(_HEADS.c.seq, _HEADS.c.hash).where(_HEADS.c.chain_id == bindparam("c")))
+_SET_HEAD = HotStatement(update(_HEADS).where(_HEADS.c.chain_id == bindparam("c"))
+                         .values(seq=bindparam("s"), hash=bindparam("h")))
 _INSERT = HotStatement(insert(_EVENTS).values({name: bindparam(name) for name in _INSERT_COLUMNS}))
 # PostgreSQL: the head's new hash and the event go in one round trip (a data-modifying CTE always runs).
 _INSERT_AND_MOVE = HotStatement(text(
@@ -121,7 +124,8 @@ def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int,
     if event.action not in ACTIONS or event.outcome not in OUTCOMES:
         raise ValueError("unknown audit action or outcome")
     chain = chain_for(event.patient or event.actor, chains, event_format)
-    moved = _ADVANCE.first(session, {"c": chain})
+    deferred: DeferredChains | None = session.info.get(DEFERRED_KEY)
+    moved = deferred.next_link(session, chain) if deferred is not None else _ADVANCE.first(session, {"c": chain})
     if moved is None:
         raise RuntimeError(f"audit chain {chain} has no head row")
     seq, prev_hash = moved
@@ -134,7 +138,9 @@ def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int,
     )
     exported = _canonical(values)
     values["hash"] = exported["hash"] = verify.event_hash(verify.canonical_bytes(exported)).hex()
-    if session.get_bind().dialect.name == "postgresql":
+    if deferred is not None:
+        deferred.add(session, values)
+    elif session.get_bind().dialect.name == "postgresql":
         _INSERT_AND_MOVE.execute(session, {**values, "c": chain, "h": values["hash"]})
     else:
         _MOVE.execute(session, {"c": chain, "h": values["hash"]})
@@ -165,6 +171,9 @@ def take_committed(session: Session) -> list[dict]:
     """The events this session appended, for forwarding once its transaction has committed; none when that commit
     only released a savepoint (they wait in the enclosing transaction's `HELD_KEY` list)."""
     events = session.info.pop(PENDING_KEY, [])
+    deferred = session.info.get(DEFERRED_KEY)
+    if deferred is not None:
+        deferred.committed(session)
     held = session.info.get(HELD_KEY)
     if held is not None:
         held.extend(events)
@@ -174,3 +183,113 @@ def take_committed(session: Session) -> list[dict]:
 
 def forget_pending(session: Session) -> None:
     session.info.pop(PENDING_KEY, None)
+    DeferredChains.rolled_back(session)
+
+
+# A `DeferredChains` in `session.info` under this key: the session is one unit of a group transaction
+# (vault/group_commit.py), whose chain steps are linked in memory and written when the group commits.
+DEFERRED_KEY = "audit.deferred"
+_STEPS_KEY = "audit.deferred.steps"  # the unit's steps since its last commit (they roll back with its savepoint)
+_FLUSHED_KEY = "audit.deferred.flushed"  # committed steps a flush wrote inside the unit's current savepoint
+
+
+class _Step:
+    __slots__ = ("values", "written")
+
+    def __init__(self, values: dict) -> None:
+        self.values = values
+        self.written = False
+
+
+class DeferredChains:
+    """The chain steps of one group transaction: linked in memory as units append, written in one go at its commit.
+
+    Why: a group transaction holds SQLite's write lock from its first statement to its COMMIT, so no other writer
+    can move a chain head in between, and the three statements of each chain step (advance the head, move its hash,
+    insert the event) can be replaced by one read of each head the batch touches and one multi-row insert at the end.
+    Each event is still linked, hashed and returned when it is appended, and is written in the same transaction as
+    the unit that appended it.
+
+    Savepoint semantics follow the units' sessions. The steps a unit appended since its last commit live in its
+    session's `info`; its commit (the release of its savepoint) hands them here (`take_committed`), and its rollback
+    drops them (`forget_pending`). A chain's next link is the unit's own newest step on that chain, else the newest
+    committed one, else the head row as the database holds it.
+
+    Never: writes a step whose unit rolled back, or a chain that does not continue its head row link by link
+    (`write` checks this before any row goes in). A statement that reads through the ORM inside a unit (the
+    denial-burst count reads `audit_events`) sees every step appended so far: `flush` writes them first.
+    """
+
+    def __init__(self) -> None:
+        self._base: dict[int, tuple[int, str]] = {}  # each touched chain's head row as the batch found it
+        self._heads: dict[int, tuple[int, str]] = {}  # each touched chain's newest committed step
+        self._committed: list[_Step] = []
+
+    def next_link(self, session: Session, chain: int) -> tuple[int, str] | None:
+        """(seq, prev_hash) for the next event on `chain`, or None when the chain has no head row."""
+        for step in reversed(session.info.get(_STEPS_KEY, ())):
+            if step.values["chain_id"] == chain:
+                return step.values["seq"] + 1, step.values["hash"]
+        head = self._heads.get(chain)
+        if head is None:
+            row = _HEAD.first(session, {"c": chain})
+            if row is None:
+                return None
+            head = self._heads[chain] = self._base[chain] = (row.seq, row.hash)
+        else:
+            _connection(session)  # the unit's savepoint exists, so its commit or rollback reaches this batch
+        return head[0] + 1, head[1]
+
+    def add(self, session: Session, values: dict) -> None:
+        session.info.setdefault(_STEPS_KEY, []).append(_Step(values))
+
+    def committed(self, session: Session) -> None:
+        """The session released its savepoint: its steps are now the batch's, and what its flushes wrote stays."""
+        session.info.pop(_FLUSHED_KEY, None)
+        steps = session.info.pop(_STEPS_KEY, ())
+        self._committed.extend(steps)
+        for step in steps:
+            self._heads[step.values["chain_id"]] = (step.values["seq"], step.values["hash"])
+
+    def flush(self, session: Session) -> None:
+        """Write every step appended so far, inside the session's savepoint. Committed steps written here count as
+        unwritten again if that savepoint rolls back (`rolled_back`)."""
+        connection = _connection(session)
+        committed = [step for step in self._committed if not step.written]
+        self._write(connection, [*committed, *session.info.get(_STEPS_KEY, ())])
+        session.info.setdefault(_FLUSHED_KEY, []).extend(committed)
+
+    @staticmethod
+    def rolled_back(session: Session) -> None:
+        """The session's savepoint rolled back: its own steps are gone, and so are the rows its flushes wrote."""
+        session.info.pop(_STEPS_KEY, None)
+        for step in session.info.pop(_FLUSHED_KEY, ()):
+            step.written = False
+
+    def write(self, connection) -> None:
+        """Write the committed steps not yet written; raise ChainBroken when they do not continue the head rows."""
+        last: dict[int, tuple[int, str]] = dict(self._base)
+        for step in self._committed:
+            values = step.values
+            seq, prev_hash = last[values["chain_id"]]
+            if values["seq"] != seq + 1 or values["prev_hash"] != prev_hash:
+                raise ChainBroken(f"audit chain {values['chain_id']} does not continue at seq {values['seq']}")
+            last[values["chain_id"]] = (values["seq"], values["hash"])
+        self._write(connection, self._committed)
+
+    @staticmethod
+    def _write(connection, steps: list[_Step]) -> list[_Step]:
+        new = [step for step in steps if not step.written]
+        if not new:
+            return new
+        heads = {step.values["chain_id"]: step.values for step in new}
+        _INSERT.execute_many(connection, [step.values for step in new])
+        _SET_HEAD.execute_many(connection, [{"c": chain, "s": values["seq"], "h": values["hash"]}
+                                            for chain, values in heads.items()])
+        for step in new:
+            step.written = True
+        return new
+
+
+class ChainBroken(Exception):
+    """Deferred chain steps that do not link to their chain's head row: the batch must not commit."""

@@ -51,6 +51,7 @@ class GroupTransaction:
         self._connection = connection
         self._held: list[dict] = []
         self._open: list[Session] = []
+        self._chains = trail.DeferredChains()
         self._transaction = connection.begin()
         try:
             # The write lock is taken now, not at the first audit append. The batch's reads then see the newest
@@ -69,7 +70,7 @@ class GroupTransaction:
         if self._open:
             raise RuntimeError("a unit of a group transaction has one session")
         session = self._vault.sessions(bind=self._connection, join_transaction_mode="create_savepoint",
-                                       info={trail.HELD_KEY: self._held})
+                                       info={trail.HELD_KEY: self._held, trail.DEFERRED_KEY: self._chains})
         self._open.append(session)
         return session
 
@@ -78,11 +79,16 @@ class GroupTransaction:
         open_sessions, self._open = self._open, []
         for session in open_sessions:
             session.close()
+            trail.DeferredChains.rolled_back(session)  # what it had not committed, closing rolled back
         self._require_intact()
 
     def commit(self) -> None:
         """Commit every unit at once, then forward their audit events."""
         self._require_intact()
+        try:
+            self._chains.write(self._connection)
+        except trail.ChainBroken:
+            raise TransactionLost() from None
         try:
             self._driver().execute(f"RELEASE SAVEPOINT {_MARKER}")
         except self._connection.dialect.loaded_dbapi.Error:

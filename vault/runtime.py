@@ -70,11 +70,20 @@ class Vault:
         self.keystore.dispose()
 
 
-def _forward_audit_events(vault: Vault) -> None:
-    """Hand committed events to the optional central sink; drop them on rollback."""
+def _track_audit_events(vault: Vault) -> None:
+    """Hand committed events to the optional central sink and drop them on rollback; in a unit of a group
+    transaction, the same two moments commit or drop its deferred chain steps (audit.trail.DeferredChains)."""
     event.listen(vault.sessions, "after_commit",
                  lambda session: vault.forward_audit_events(trail.take_committed(session)))
     event.listen(vault.sessions, "after_soft_rollback", lambda session, _tx: trail.forget_pending(session))
+    event.listen(vault.sessions, "do_orm_execute", _flush_deferred_chain_steps)
+
+
+def _flush_deferred_chain_steps(state) -> None:
+    """A unit of a group transaction that reads through the ORM sees the audit events it and the batch appended."""
+    deferred = state.session.info.get(trail.DEFERRED_KEY)
+    if deferred is not None:
+        deferred.flush(state.session)
 
 
 def _export_jobs():
@@ -157,7 +166,7 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         log_cache=LogCache("sm3" if suite == suites.SM4_GCM else "sha256"),
         audit_sink=Sink(settings.audit_sink) if settings.audit_sink else None,
     )
-    _forward_audit_events(vault)
+    _track_audit_events(vault)
     from vault import key_events  # imports the gate, which imports this module's neighbours
 
     key_events.attach_auditor(vault)  # every process audits failed unwraps (API, every CLI verb, jobs)
