@@ -262,6 +262,8 @@ def test_a_missing_record_is_404_and_audited(client, vault):
     missing = "00000000-0000-4000-8000-000000000000"
     _assert_problem(client.get(f"/v1/records/{missing}", headers=headers), 404, "not-found")
     _assert_problem(client.get("/v1/records/not-a-uuid", headers=headers), 422, "validation-error")
+    _assert_problem(client.get("/v1/records/not-a-uuid/content", headers=headers), 422, "validation-error")
+    _assert_problem(client.get("/v1/records/not-a-uuid"), 401, "unauthenticated")  # the credential comes first
     with vault.session() as session:
         event = session.scalars(select(AuditEvent).where(AuditEvent.resource_id == missing)).one()
     assert (event.outcome, event.reason) == ("deny", "not-found")

@@ -60,14 +60,15 @@ def _tags(vault, prefix: str) -> set[str]:
 class _Commits:
     """Counts the lane's COMMITs and when each one returned."""
 
-    def __init__(self, engine, *, delay: float = 0.0) -> None:
+    def __init__(self, engine, *, delay: float = 0.0, thread: str | None = "db-lane") -> None:
         self.times: list[float] = []
         self.delay = delay
         self.engine = engine
+        self.thread = thread  # only the COMMITs on this thread (None: on any)
         event.listen(engine, "commit", self._on_commit)
 
     def _on_commit(self, _connection) -> None:
-        if threading.current_thread().name == "db-lane":
+        if self.thread is None or threading.current_thread().name == self.thread:
             time.sleep(self.delay)  # an answer released before the COMMIT would show up during this pause
             self.times.append(time.monotonic())
 
@@ -479,3 +480,126 @@ def test_reads_through_the_app_use_the_lane_and_stay_audited(client, vault, app)
     log = client.get("/v1/patients/me/access-log", headers=headers).json()["items"]
     assert sum(e["action"] == "record.read" for e in log) == 3
     assert person["patient_id"]
+
+
+# ------------------------------------------------------------------------------------------ on the event loop
+async def _gathered(lane: DatabaseLane, units) -> list:
+    """Run `units` as requests arriving together: queued in one loop iteration, so one batch on the loop."""
+    return await asyncio.wait_for(asyncio.gather(*(_settled(lane, unit) for unit in units)), 20)
+
+
+def _hold_write_lock(vault):
+    """Another connection that holds SQLite's write lock until closed."""
+    import sqlite3
+
+    other = sqlite3.connect(vault.settings.database_url.split("///", 1)[1], timeout=1, check_same_thread=False,
+                            isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_on_the_loop_reads_arriving_together_share_one_commit_and_are_answered_after_it(vault):
+    lane = DatabaseLane(vault, single_thread=True, on_loop=True)
+    commits = _Commits(vault.engine, delay=0.05, thread=None)
+
+    def unit(i: int):
+        def work() -> tuple[int, str | None]:
+            with lane.session() as session:
+                _append(session, vault, f"loop-{i}")
+                session.commit()
+                return threading.get_ident(), _seen.get(None)
+        return work
+
+    async def main():
+        _seen.set("from the request")
+        return threading.get_ident(), await _gathered(lane, [unit(i) for i in range(20)])
+
+    try:
+        loop_thread, answers = asyncio.run(main())
+    finally:
+        lane.close()
+        commits.remove()
+    assert all(error is None for _, error, _ in answers)
+    assert {result for result, _, _ in answers} == {(loop_thread, "from the request")}
+    assert lane._worker is None  # the lock was free: nothing went to the lane thread
+    assert len(commits.times) == 1 and min(when for _, _, when in answers) > commits.times[0]
+    assert _tags(vault, "loop-") == {f"loop-{i}" for i in range(20)}
+    with vault.session() as session:
+        _check_chains(session)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_on_the_loop_a_taken_write_lock_is_waited_for_without_blocking_the_loop(vault):
+    """While another writer holds the lock, the reads wait and the loop goes on serving; once it is released, they
+    run and are answered."""
+    lane = DatabaseLane(vault, single_thread=True, on_loop=True)
+    other = _hold_write_lock(vault)
+
+    async def main():
+        reads = asyncio.ensure_future(_gathered(lane, [_audited(lane, vault, f"waited-{i}") for i in range(3)]))
+        started = time.monotonic()
+        for _ in range(30):  # ~0.3 s in which the loop must keep turning
+            await asyncio.sleep(0.01)
+        turning = time.monotonic() - started
+        assert not reads.done()
+        other.rollback()  # the other writer finishes
+        return turning, await reads
+
+    try:
+        turning, answers = asyncio.run(main())
+    finally:
+        other.close()
+        lane.close()
+    assert turning < 2  # a loop that waited in SQLite's busy handler would have stood still for its 10 s
+    assert [(result, error) for result, error, _ in answers] == [(f"waited-{i}", None) for i in range(3)]
+    assert _tags(vault, "waited-") == {f"waited-{i}" for i in range(3)}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_on_the_loop_a_lock_that_stays_taken_answers_audit_unavailable(vault, monkeypatch):
+    import api.lanes
+
+    monkeypatch.setattr(api.lanes, "LOCK_WAIT_SECONDS", 0.2)
+    lane = DatabaseLane(vault, single_thread=True, on_loop=True)
+    other = _hold_write_lock(vault)
+    try:
+        started = time.monotonic()
+        answers = asyncio.run(_gathered(lane, [_audited(lane, vault, "starved-1"), _audited(lane, vault, "starved-2")]))
+        waited = time.monotonic() - started
+        other.rollback()
+        later = asyncio.run(_gathered(lane, [_audited(lane, vault, "after-starved")]))
+    finally:
+        other.close()
+        lane.close()
+    assert [type(error) for _, error, _ in answers] == [AuditUnavailable] * 2 and 0.2 <= waited < 5
+    assert [(result, error) for result, error, _ in later] == [("after-starved", None)]
+    assert _tags(vault, "starved-") == set()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_on_the_loop_failures_stay_their_own_and_a_lost_transaction_fails_what_it_held(vault):
+    lane = DatabaseLane(vault, single_thread=True, on_loop=True)
+
+    def fails_after_writing() -> None:
+        with lane.session() as session:
+            _append(session, vault, "loop-failed")
+            raise ValueError("the unit's own failure")
+
+    def transaction_lost() -> str:
+        with lane.session() as session:
+            _dbapi(session).rollback()  # stands in for SQLite's own rollback
+        return "lost"
+
+    try:
+        first = asyncio.run(_gathered(lane, [_audited(lane, vault, "loop-kept"), fails_after_writing]))
+        second = asyncio.run(_gathered(lane, [_audited(lane, vault, "loop-lost"), transaction_lost,
+                                              _audited(lane, vault, "loop-rerun")]))
+    finally:
+        lane.close()
+    assert first[0][:2] == ("loop-kept", None) and isinstance(first[1][1], ValueError)
+    assert [type(error) for _, error, _ in second[:2]] == [AuditUnavailable, AuditUnavailable]
+    assert second[2][:2] == ("loop-rerun", None)
+    assert _tags(vault, "loop-") == {"loop-kept", "loop-rerun"}
+    with vault.session() as session:
+        _check_chains(session)
