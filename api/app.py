@@ -22,7 +22,8 @@ from vault.runtime import Vault
 def _lifespan(vault: Vault, lane: DatabaseLane):
     """SQLite admits one writer, and every audited request writes: more than a few DB threads only queue in SQLite's
     busy handler and fight over the GIL (measured: same req/s, higher CPU and p99). PostgreSQL keeps the default.
-    The hot reads have their own lane (api/lanes.py), stopped when the app stops."""
+    The hot reads go through the database lane (api/lanes.py: batches on this event loop), closed when the app
+    stops."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -7,7 +7,7 @@ in every worker.
 
 Separate consent (PIPL-1): every patient route names the processing it does (`PROCESSING`, keyed by method and
 route template) or is exempt. The check happens where the caller is resolved — `current_identity` and `as_caller` —
-in the same session and thread hop, with the action read from the matched route: a patient without both consents
+in the same session as the route's own work, with the action read from the matched route: a patient without both consents
 on the current privacy notice gets 403 `consent-required` (audited as a denial of that action) before the route
 does anything. Routes a patient must always reach (their profile, access log, consents, withdrawing grants, erasure)
 are in `CONSENT_EXEMPT`; a test keeps the two lists covering every patient route.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
+import pydantic
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 
@@ -98,7 +99,8 @@ def current_identity(request: Request, token: str = Depends(bearer_token), vault
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Caller:
-    """What a hot read takes from its request, gathered by one dependency (FastAPI spends ~40 µs on each one)."""
+    """What a hot read takes from its request: gathered by one dependency (FastAPI spends ~40 µs on each one), or by
+    `record_path` for the routes that declare no dependency at all."""
 
     vault: Vault
     lane: DatabaseLane
@@ -120,12 +122,13 @@ def record_path(request: Request) -> tuple[Caller, str]:
     """The caller and the `{record_id}` of a route that declares neither, in FastAPI's order and with its errors: a
     missing or malformed credential (401) first, then an id that is not a UUID (422)."""
     who = _caller(request)
-    raw = request.path_params.get("record_id", "")
     try:
-        return who, str(uuid.UUID(raw))
-    except (ValueError, TypeError):
-        raise RequestValidationError([{"type": "uuid_parsing", "loc": ("path", "record_id"),
-                                       "msg": "Input should be a valid UUID"}]) from None
+        return who, str(_UUID.validate_python(request.path_params.get("record_id")))
+    except pydantic.ValidationError as exc:  # the errors FastAPI itself gives for a `record_id: uuid.UUID` parameter
+        raise RequestValidationError([{**error, "loc": ("path", "record_id")} for error in exc.errors()]) from None
+
+
+_UUID = pydantic.TypeAdapter(uuid.UUID)
 
 
 def _in_one_session(caller: Caller, work):
@@ -134,8 +137,8 @@ def _in_one_session(caller: Caller, work):
 
 
 async def as_caller(caller: Caller, work):
-    """Resolve the token and run `work(session, identity)` in one session, in one hop to the database lane.
+    """Resolve the token and run `work(session, identity)` in one session, as one unit of the database lane.
 
-    The hot read endpoints use this instead of `current_identity` so a request costs one thread hop and one
-    connection checkout, not two. The consent check (PIPL-1) runs here too, in the same session."""
+    The hot read endpoints use this instead of `current_identity` so that identity, consent check (PIPL-1) and the
+    route's work share one session and, on SQLite, one savepoint of a batch (api/lanes.py), not two trips."""
     return await caller.lane.run(_in_one_session, caller, work)

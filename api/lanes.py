@@ -1,24 +1,27 @@
-"""Where a hot request's blocking database work runs: one dedicated thread on SQLite, the shared pool on PostgreSQL.
+"""Where a hot request's database work runs: in batches on the event loop (SQLite), or in the shared pool (PostgreSQL).
 
-Owns the SQLite lane. SQLite admits one writer, and every audited read writes its audit event. Several threads serving
-reads would only queue in SQLite's busy handler and pass the GIL back and forth. The lane is one thread with a
-connection it keeps. It takes the reads queued since its last batch (up to `MAX_BATCH`) and runs them one after
-another in one shared write transaction, each read in its own savepoint (`vault.group_commit`). It commits once, then
-answers every request of the batch in one hand-off to the event loop. Measured with bench/bench_http.py on 2 cores,
-this costs a third less server CPU per read than one transaction and one hand-off per read (docs/performance.md).
-PostgreSQL takes concurrent writers on different audit chains, so it keeps the shared thread pool and its connection
-pool, one transaction per read.
+Owns the SQLite lane. SQLite admits one writer, and every audited read writes its audit event. The reads queued in one
+turn of the event loop (up to `MAX_BATCH`) run one after another in one shared write transaction, each read in its own
+savepoint (`vault.group_commit`), on a connection the loop keeps; one COMMIT, then every request of the batch is
+answered. Running them on the loop itself, instead of on a thread of their own, saves the thread hand-offs and the
+GIL's back and forth between two busy threads: measured with bench/bench_http.py on 2 cores, about a fifth of the
+server CPU per read (docs/performance.md). The lane thread (`_Worker`) runs the same batches for a lane built with
+`on_loop=False`, and runs what is still queued when the lane closes. PostgreSQL takes concurrent writers on different
+audit chains, so it keeps the shared thread pool and its connection pool, one transaction per read.
 
 Never: answers a request before the shared commit that holds its audit event has succeeded. A batch whose commit fails
-answers every request in it with AuditUnavailable (503). Never runs database work on the event loop itself: a writer
-holding SQLite's lock (an upload's commit, a CLI rewrap batch) would then stall every connection, health checks
-included. Never drops the caller's context variables: each unit runs in a copy of them, as the thread pool does.
+answers every request in it with AuditUnavailable (503). Never waits for a lock on the event loop: the loop's
+connection has no busy timeout, so a batch that finds SQLite's write lock taken (an upload's commit, the audit
+checkpointer, a CLI rewrap batch) is tried again a little later while the loop goes on serving, health checks
+included; after `LOCK_WAIT_SECONDS` it answers 503. Never returns that connection to the pool: it is closed for good.
+Never drops the caller's context variables: each unit runs in a copy of them, as the thread pool does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextvars
 import dataclasses
 import logging
@@ -31,7 +34,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from vault.errors import AuditUnavailable
-from vault.group_commit import GroupTransaction
+from vault.group_commit import GroupTransaction, LockTaken
 
 if TYPE_CHECKING:
     from vault.runtime import Vault
@@ -45,6 +48,8 @@ MAX_BATCH = 32
 # How an event loop waits for SQLite's write lock when another writer holds it: it tries again after a pause that
 # grows from 1 to 25 ms, and answers 503 after 10 s, like the busy timeout of every other connection (vault/db.py).
 LOCK_RETRY_MIN, LOCK_RETRY_MAX, LOCK_WAIT_SECONDS = 0.001, 0.025, 10.0
+# Every this many batches an event loop has the WAL checkpointed on a thread (its own connection never does it).
+CHECKPOINT_EVERY = 32
 
 
 @dataclasses.dataclass(slots=True)
@@ -54,28 +59,32 @@ class _Unit:
     args: tuple
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
+    since: float = 0.0  # when an event loop queued it (its own wait for the write lock counts from here)
 
 
 class _Executor:
     """A kept connection and the batch running on it: the worker thread has one, and so has each event loop.
 
-    `nowait`: the connection never waits for SQLite's write lock (busy timeout 0). A batch that cannot take the lock
-    at once is handed back unrun, for the worker thread, which waits for it."""
+    `nowait` (the event loop's): the connection never waits for SQLite's write lock (busy timeout 0), and never
+    checkpoints the WAL inside a COMMIT (the loop has that done on a thread, `_LoopRunner._checkpoint`). A batch that
+    cannot take the lock at once is handed back unrun."""
 
-    def __init__(self, lane: DatabaseLane, *, nowait: bool) -> None:
+    def __init__(self, lane: DatabaseLane, *, nowait: bool,
+                 forward: Callable[[list[dict]], None] | None = None) -> None:
         self.lane = lane
         self.nowait = nowait
+        self.forward = forward  # where committed audit events go (default: the vault's sink, on this thread)
         self.connection: Connection | None = None
 
     def run_batch(self, batch: list[_Unit]) -> tuple[list[tuple[_Unit, Any, BaseException | None]], list[_Unit]]:
-        """(answers, units not run). Units not run went back unanswered: the lock was taken, or the shared
-        transaction failed before their turn."""
+        """(answers, units not run). Units not run went back unanswered: the write lock was taken (`nowait`), or the
+        shared transaction failed before their turn."""
         try:
-            group = GroupTransaction(self.lane._vault, self._ready_connection())
+            group = GroupTransaction(self.lane._vault, self._ready_connection(), forward=self.forward)
+        except LockTaken:  # only without a busy timeout; the connection stays good
+            return [], batch
         except BaseException as exc:
             self.discard_connection()
-            if self.nowait:
-                return [], batch
             return _unavailable(batch, exc), []
         done: list[tuple[_Unit, Any, BaseException | None]] = []
         self.lane._current.group = group
@@ -111,7 +120,9 @@ class _Executor:
         if connection is None:
             connection = self.connection = self.lane._vault.engine.connect()
             if self.nowait:
-                connection.connection.dbapi_connection.execute("PRAGMA busy_timeout=0")
+                driver = connection.connection.dbapi_connection
+                driver.execute("PRAGMA busy_timeout=0")
+                driver.execute("PRAGMA wal_autocheckpoint=0")
         return connection
 
     def discard_connection(self) -> None:
@@ -131,7 +142,8 @@ class _Executor:
 
 
 class _Worker(threading.Thread):
-    """The lane's thread: runs what the event loops could not (the write lock was taken), waiting for the lock."""
+    """The lane's thread, for a lane built with `on_loop=False` (and for what is still queued when a lane closes):
+    runs the same batches on a connection that waits for the write lock in SQLite's busy handler."""
 
     def __init__(self, lane: DatabaseLane) -> None:
         super().__init__(name="db-lane", daemon=True)
@@ -170,25 +182,32 @@ class _LoopRunner:
 
     The units the request tasks queue are run by one callback scheduled after them, so the reads that arrive in the
     same loop iteration share a batch. The loop never waits for SQLite's write lock: its connection has no busy
-    timeout, and while another writer holds the lock (an upload's commit, a CLI rewrap) the batch is tried again a
-    little later, the loop serving other requests in between, until `LOCK_WAIT_SECONDS` have passed."""
+    timeout, and while another writer holds the lock (an upload's commit, the audit checkpointer, a CLI rewrap) the
+    batch is tried again a little later, the loop serving other requests in between. A read that has waited
+    `LOCK_WAIT_SECONDS` for the lock is answered 503. Audit events go to the sink on a thread of their own (the
+    sink's socket I/O must not stall the loop), and the WAL is checkpointed on a pool thread."""
 
     def __init__(self, lane: DatabaseLane, loop: asyncio.AbstractEventLoop) -> None:
         self.lane = lane
         self.loop = loop
         self.queue: collections.deque[_Unit] = collections.deque()
-        self.scheduled = False
+        self.pending: asyncio.Handle | asyncio.TimerHandle | None = None  # the scheduled drain, if any
+        self.closed = False
         self.locked_since: float | None = None  # when the write lock was first found taken, while it still is
-        self.executor = _Executor(lane, nowait=True)
+        self.executor = _Executor(lane, nowait=True, forward=lane._forward_off_loop)
+        self.batches = 0
+        self.checkpointing = False
 
     def submit(self, unit: _Unit) -> None:
+        unit.since = self.loop.time()
         self.queue.append(unit)
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self.drain)
+        if self.pending is None:
+            self.pending = self.loop.call_soon(self.drain)
 
     def drain(self) -> None:
-        self.scheduled = False
+        self.pending = None
+        if self.closed:
+            return
         batch = [self.queue.popleft() for _ in range(min(self.lane.max_batch, len(self.queue)))]
         try:
             answers, unrun = self.executor.run_batch(batch)
@@ -199,30 +218,62 @@ class _LoopRunner:
         if unrun:
             self.queue.extendleft(reversed(unrun))
             self._again_later()
-        else:
-            self.locked_since = None
-            if self.queue:
-                self.scheduled = True
-                self.loop.call_soon(self.drain)
+            return
+        self.locked_since = None
+        if self.queue:
+            self.pending = self.loop.call_soon(self.drain)
+        self.batches += 1
+        if self.batches % CHECKPOINT_EVERY == 0:
+            self._checkpoint()
 
     def _again_later(self) -> None:
         now = self.loop.time()
         if self.locked_since is None:
             self.locked_since = now
-        waited = now - self.locked_since
-        if waited > LOCK_WAIT_SECONDS:
-            units, self.queue, self.locked_since = list(self.queue), collections.deque(), None
-            answers = _unavailable(units, TimeoutError("SQLite's write lock stayed taken"))
+        expired = [unit for unit in self.queue if now - unit.since > LOCK_WAIT_SECONDS]
+        if expired:
+            self.queue = collections.deque(unit for unit in self.queue if now - unit.since <= LOCK_WAIT_SECONDS)
+            answers = _unavailable(expired, TimeoutError("SQLite's write lock stayed taken"))
             _settle([(unit.future, result, error) for unit, result, error in answers])
+        if self.queue:
+            self.pending = self.loop.call_later(min(LOCK_RETRY_MAX, LOCK_RETRY_MIN + (now - self.locked_since) / 2),
+                                                self.drain)
+        else:
+            self.locked_since = None
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL back into the database file on a pool thread. SQLite would otherwise do it inside the COMMIT
+        that crosses 1,000 WAL pages, on the loop: measured 15-20 ms with every connection waiting."""
+        if self.checkpointing:
             return
-        self.scheduled = True
-        self.loop.call_later(min(LOCK_RETRY_MAX, LOCK_RETRY_MIN + waited / 2), self.drain)
+        try:
+            done = self.loop.run_in_executor(None, _checkpoint_wal, self.lane._vault.engine)
+        except RuntimeError:  # the loop's executor has shut down: the loop is ending
+            return
+        self.checkpointing = True
+        done.add_done_callback(self._checkpointed)
+
+    def _checkpointed(self, done: asyncio.Future) -> None:
+        self.checkpointing = False
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("WAL checkpoint failed: %s", type(done.exception()).__name__)
 
     def close(self) -> list[_Unit]:
-        """Stop; the units still queued are returned for the worker thread."""
+        """Stop for good (a drain already scheduled does nothing) and close the connection; the units still queued
+        are returned. Runs on the runner's own loop, or when that loop no longer runs."""
+        self.closed = True
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
         self.executor.discard_connection()
         units, self.queue = list(self.queue), collections.deque()
         return units
+
+
+def _checkpoint_wal(engine) -> None:
+    """A passive checkpoint: it copies what it can without waiting for readers or writers."""
+    with engine.connect() as connection:
+        connection.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _unavailable(units: list[_Unit], cause: BaseException) -> list[tuple[_Unit, Any, BaseException | None]]:
@@ -277,10 +328,11 @@ class DatabaseLane:
         self._worker: _Worker | None = None  # started on first use, again after a close (app restart)
         self._runners: dict[asyncio.AbstractEventLoop, _LoopRunner] = {}
         self._current = threading.local()  # .group: the group transaction running on this thread, if any
+        self._forwarder: concurrent.futures.ThreadPoolExecutor | None = None  # the sink's thread, for the loops
 
     async def run(self, fn: Callable[..., T], *args) -> T:
-        """Run `fn(*args)` as one unit of a batch (on this event loop when the write lock is free, else on the lane
-        thread), or in the shared pool when there is no lane."""
+        """Run `fn(*args)` as one unit of a batch (on this event loop, or on the lane thread for a lane built with
+        `on_loop=False`), or in the shared pool when there is no lane (PostgreSQL)."""
         if not self._single_thread:
             return await run_in_threadpool(fn, *args)
         loop = asyncio.get_running_loop()
@@ -289,11 +341,29 @@ class DatabaseLane:
         if self._on_loop:
             runner = self._runners.get(loop)
             if runner is None:
-                runner = self._runners[loop] = _LoopRunner(self, loop)
+                runner = self._new_runner(loop)
             runner.submit(unit)
         else:
             self._to_worker([unit])
         return await future
+
+    def _new_runner(self, loop: asyncio.AbstractEventLoop) -> _LoopRunner:
+        """A runner for this loop; the runners of loops that have closed since give back their connections."""
+        with self._ready:
+            for gone in [other for other in self._runners if other.is_closed()]:
+                self._runners.pop(gone).close()
+            runner = self._runners[loop] = _LoopRunner(self, loop)
+        return runner
+
+    def _forward_off_loop(self, events: list[dict]) -> None:
+        """Hand committed events to the sink on one thread of their own, in commit order."""
+        if not events or self._vault.audit_sink is None:
+            return
+        with self._ready:
+            if self._forwarder is None:
+                self._forwarder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit-forward")
+            forwarder = self._forwarder
+        forwarder.submit(self._vault.forward_audit_events, events)
 
     def _to_worker(self, units: list[_Unit]) -> None:
         with self._ready:
@@ -314,15 +384,29 @@ class DatabaseLane:
         return group.session()
 
     def close(self) -> None:
-        """Finish the queued work, stop the thread and close the connections."""
-        runners, self._runners = list(self._runners.values()), {}
-        leftover = [unit for runner in runners for unit in runner.close()]
+        """Finish the queued work, stop the threads and close the connections (at the app's lifespan end, on its
+        loop)."""
+        with self._ready:
+            runners, self._runners = list(self._runners.values()), {}
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        leftover: list[_Unit] = []
+        for runner in runners:
+            if runner.loop is current or not runner.loop.is_running():
+                leftover += runner.close()
+            else:  # another loop still turns: its runner stops there, between two batches
+                runner.loop.call_soon_threadsafe(lambda runner=runner: self._to_worker(runner.close()))
         if leftover:
             self._to_worker(leftover)
         with self._ready:
             worker, self._worker = self._worker, None
-            if worker is None:
-                return
-            worker.closing = True
-            self._ready.notify_all()
-        worker.join()
+            forwarder, self._forwarder = self._forwarder, None
+            if worker is not None:
+                worker.closing = True
+                self._ready.notify_all()
+        if worker is not None:
+            worker.join()
+        if forwarder is not None:
+            forwarder.shutdown(wait=True)  # the events of every committed batch reach the sink

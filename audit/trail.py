@@ -20,6 +20,8 @@ import datetime as dt
 
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.util import find_tables
 
 from audit import verify
 from audit.models import AuditEvent, ChainHead, UTCDateTime
@@ -120,7 +122,8 @@ def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int,
     statement that moves the head's hash and inserts the event; the lock is then held only through the caller's
     commit. Statements are built once and run on the session's driver connection (`audit.statements`: SQLAlchemy's
     execution path costs more than the database work here). `event_format` 2 (the "sm" suite) hashes with SM3 into
-    the chains from 32768."""
+    the chains from 32768. In a unit of a group transaction (SQLite) the step is linked here and written at the
+    group's commit (`DeferredChains`)."""
     if event.action not in ACTIONS or event.outcome not in OUTCOMES:
         raise ValueError("unknown audit action or outcome")
     chain = chain_for(event.patient or event.actor, chains, event_format)
@@ -181,7 +184,12 @@ def take_committed(session: Session) -> list[dict]:
     return events
 
 
-def forget_pending(session: Session) -> None:
+def forget_pending(session: Session, rolled_back) -> None:
+    """The session's transaction `rolled_back`: its events are gone. A `begin_nested()` savepoint that rolls back
+    takes none of them: the events appended before it are still in the transaction, and a unit of a group transaction
+    appends and writes none inside it (`DeferredChains` refuses)."""
+    if rolled_back.nested:
+        return
     session.info.pop(PENDING_KEY, None)
     DeferredChains.rolled_back(session)
 
@@ -227,6 +235,7 @@ class DeferredChains:
 
     def next_link(self, session: Session, chain: int) -> tuple[int, str] | None:
         """(seq, prev_hash) for the next event on `chain`, or None when the chain has no head row."""
+        _refuse_nested(session)
         for step in reversed(session.info.get(_STEPS_KEY, ())):
             if step.values["chain_id"] == chain:
                 return step.values["seq"] + 1, step.values["hash"]
@@ -254,6 +263,7 @@ class DeferredChains:
     def flush(self, session: Session) -> None:
         """Write every step appended so far, inside the session's savepoint. Committed steps written here count as
         unwritten again if that savepoint rolls back (`rolled_back`)."""
+        _refuse_nested(session)
         connection = _connection(session)
         committed = [step for step in self._committed if not step.written]
         self._write(connection, [*committed, *session.info.get(_STEPS_KEY, ())])
@@ -289,6 +299,24 @@ class DeferredChains:
         for step in new:
             step.written = True
         return new
+
+
+def _refuse_nested(session: Session) -> None:
+    """Steps are tracked per unit savepoint, not per `begin_nested()` savepoint inside it: appending or writing them
+    there is refused rather than risk an event lost or kept wrongly (no hot read nests savepoints)."""
+    if session.get_nested_transaction() is not None:
+        raise RuntimeError("audit events of a group transaction cannot be appended or read inside begin_nested()")
+
+
+_TRAIL_TABLES = frozenset({"audit_events", "audit_chain_heads"})
+
+
+def reads_the_trail(statement) -> bool:
+    """Whether a statement run through the ORM may read or write the trail's tables (a textual one always may)."""
+    if isinstance(statement, TextClause):
+        return True
+    return any(getattr(table, "name", None) in _TRAIL_TABLES for table in find_tables(
+        statement, include_aliases=True, include_joins=True, include_selects=True, include_crud=True))
 
 
 class ChainBroken(Exception):

@@ -603,3 +603,185 @@ def test_on_the_loop_failures_stay_their_own_and_a_lost_transaction_fails_what_i
     assert _tags(vault, "loop-") == {"loop-kept", "loop-rerun"}
     with vault.session() as session:
         _check_chains(session)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_on_the_loop_the_wal_is_checkpointed_on_a_thread_never_inside_a_loop_commit(vault, monkeypatch):
+    import api.lanes
+
+    checkpoints: list[int] = []
+    checkpoint = api.lanes._checkpoint_wal
+
+    def recorded(engine) -> None:
+        checkpoint(engine)
+        checkpoints.append(threading.get_ident())
+
+    monkeypatch.setattr(api.lanes, "CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(api.lanes, "_checkpoint_wal", recorded)
+    lane = DatabaseLane(vault, single_thread=True, on_loop=True)
+
+    def loop_connection_pragma() -> int:
+        with lane.session() as session:
+            return _dbapi(session).execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+
+    async def main():
+        answers = []
+        for i in range(4):
+            answers.append(await _gathered(lane, [_audited(lane, vault, f"wal-{i}")]))
+            runner = lane._runners[asyncio.get_running_loop()]
+            for _ in range(500):  # a checkpoint on its thread finishes while the loop turns
+                if not runner.checkpointing:
+                    break
+                await asyncio.sleep(0.01)
+        pragma = await _gathered(lane, [loop_connection_pragma])
+        return threading.get_ident(), answers, pragma
+
+    try:
+        loop_thread, answers, pragma = asyncio.run(main())
+    finally:
+        lane.close()
+    assert all(error is None for batch in answers for _, error, _ in batch)
+    assert pragma[0][:2] == (0, None)  # the loop's own connection never checkpoints inside a COMMIT
+    assert len(checkpoints) == 2 and loop_thread not in checkpoints  # after batches 2 and 4, on a thread
+    with vault.engine.connect() as connection:  # and the checkpoint copied the WAL back
+        busy, logged, copied = connection.connection.dbapi_connection.execute(
+            "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and logged == copied
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_on_the_loop_a_stalled_audit_sink_never_stalls_the_loop(vault, monkeypatch):
+    """The sink's socket I/O (a TCP connect that hangs until its 2 s timeout) runs on a thread of its own."""
+    import socket
+
+    from audit.sink import Sink
+
+    collector = socket.socket()
+    collector.bind(("127.0.0.1", 0))
+    collector.listen(0)
+    fillers = []  # a full accept queue: further connection attempts hang
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        try:
+            filler.connect(collector.getsockname())
+        except BlockingIOError:
+            pass
+        fillers.append(filler)
+    monkeypatch.setattr(vault, "audit_sink", Sink(f"tcp://127.0.0.1:{collector.getsockname()[1]}"))
+    lane = DatabaseLane(vault, single_thread=True, on_loop=True)
+
+    async def main():
+        gaps, last = [], time.monotonic()
+
+        async def ticker():
+            nonlocal last
+            while True:
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticking = asyncio.ensure_future(ticker())
+        answers = [await _gathered(lane, [_audited(lane, vault, f"sunk-{i}")]) for i in range(2)]
+        await asyncio.sleep(0.05)
+        ticking.cancel()
+        return answers, max(gaps)
+
+    try:
+        answers, longest_stall = asyncio.run(main())
+    finally:
+        lane.close()
+        for sock in (collector, *fillers):
+            sock.close()
+    assert [batch[0][:2] for batch in answers] == [("sunk-0", None), ("sunk-1", None)]
+    assert longest_stall < 0.5
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_on_the_loop_connections_go_back_closed_when_the_lane_or_a_loop_ends(vault):
+    """A loop's kept connection has no busy timeout: it never returns to the pool. A closed lane's retry timer runs
+    nothing, and the runners of loops that have ended give their connections back."""
+    import gc
+
+    lane = DatabaseLane(vault, single_thread=True, on_loop=True)
+    for i in range(20):  # more loops than the pool has connections (8 + 8 overflow)
+        assert asyncio.run(_gathered(lane, [_audited(lane, vault, f"loops-{i}")]))[0][:2] == (f"loops-{i}", None)
+    assert len(lane._runners) == 1 and vault.engine.pool.checkedout() == 1
+    other = _hold_write_lock(vault)
+
+    async def close_while_retrying():
+        waiting = asyncio.ensure_future(lane.run(_audited(lane, vault, "closed-while-waiting")))
+        await asyncio.sleep(0.05)
+        runner = next(iter(lane._runners.values()))
+        assert runner.pending is not None and len(runner.queue) == 1  # its retry timer is set
+        threading.Timer(0.2, other.rollback).start()
+        lane.close()  # as at the lifespan's end: the queued read goes to the lane thread, which waits for the lock
+        answer = await waiting
+        await asyncio.sleep(0.1)  # the cancelled timer would have fired by now
+        return runner, answer
+
+    try:
+        runner, answer = asyncio.run(close_while_retrying())
+    finally:
+        other.close()
+    assert answer == "closed-while-waiting" and runner.executor.connection is None
+    del runner
+    gc.collect()
+    pooled = [vault.engine.connect() for _ in range(vault.engine.pool.checkedin())]
+    try:
+        assert pooled and {c.exec_driver_sql("PRAGMA busy_timeout").scalar() for c in pooled} == {10000}
+    finally:
+        for connection in pooled:
+            connection.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_on_the_loop_each_read_waits_its_own_time_for_the_lock(vault, monkeypatch):
+    import api.lanes
+
+    monkeypatch.setattr(api.lanes, "LOCK_WAIT_SECONDS", 0.3)
+    lane = DatabaseLane(vault, single_thread=True, on_loop=True)
+    other = _hold_write_lock(vault)
+
+    async def timed(tag: str, delay: float):
+        await asyncio.sleep(delay)
+        started = time.monotonic()
+        result, error, _ = await _settled(lane, _audited(lane, vault, tag))
+        return type(error), time.monotonic() - started
+
+    async def main():
+        return await asyncio.gather(timed("own-a", 0), timed("own-b", 0.25))
+
+    try:
+        (a_error, a_waited), (b_error, b_waited) = asyncio.run(main())
+    finally:
+        other.close()
+        lane.close()
+    assert a_error is b_error is AuditUnavailable
+    assert 0.3 <= a_waited < 1 and 0.3 <= b_waited < 1  # b's wait counts from when b was queued
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_on_the_loop_a_begin_that_fails_for_another_reason_answers_at_once(vault):
+    """Only a taken lock is waited for: any other failure to begin answers 503 at once, and the next batch gets a
+    fresh connection."""
+    lane = DatabaseLane(vault, single_thread=True, on_loop=True)
+
+    async def main():
+        first = await _gathered(lane, [_audited(lane, vault, "begin-1")])
+        runner = lane._runners[asyncio.get_running_loop()]
+        runner.executor.connection.connection.dbapi_connection.close()  # the driver connection is gone
+        started = time.monotonic()
+        broken = await _gathered(lane, [_audited(lane, vault, "begin-2")])
+        took = time.monotonic() - started
+        again = await _gathered(lane, [_audited(lane, vault, "begin-3")])
+        return first, broken, took, again
+
+    try:
+        first, broken, took, again = asyncio.run(main())
+    finally:
+        lane.close()
+    assert first[0][:2] == ("begin-1", None) and again[0][:2] == ("begin-3", None)
+    assert isinstance(broken[0][1], AuditUnavailable) and took < 0.5
+    assert _tags(vault, "begin-") == {"begin-1", "begin-3"}

@@ -138,3 +138,46 @@ def test_steps_that_do_not_continue_their_head_row_are_never_committed(vault):
     assert _stored(vault, "broken-") == {}
     with vault.session() as session:
         _check_chains(session)
+
+
+def test_a_nested_savepoint_keeps_the_steps_before_it_and_refuses_steps_inside_it(vault):
+    with vault.engine.connect() as connection:
+        group = GroupTransaction(vault, connection)
+
+        def work(session):
+            _append(session, vault, "nested-outer")
+            try:
+                with session.begin_nested():
+                    raise ValueError("an optional sub-step fails")
+            except ValueError:
+                pass
+            with pytest.raises(RuntimeError), session.begin_nested():
+                _append(session, vault, "nested-inner")
+            session.commit()
+
+        _unit(group, work)
+        group.commit()
+    assert set(_stored(vault, "nested-")) == {"nested-outer"}
+    with vault.session() as session:
+        _check_chains(session)
+
+
+def test_reads_of_other_tables_leave_the_steps_deferred(vault):
+    """Only a statement on the trail's tables writes the steps early: a list read's query of its records must not
+    write (and, when its unit ends, roll back) the batch's events each time."""
+    from vault.models import Record
+
+    with vault.engine.connect() as connection:
+        group = GroupTransaction(vault, connection)
+        written: list[int] = []
+
+        def work(session):
+            _append(session, vault, "listed")
+            session.commit()
+            session.scalars(select(Record).limit(1)).all()
+            written.append(connection.connection.dbapi_connection.execute(
+                "SELECT count(*) FROM audit_events WHERE request_id = 'listed'").fetchone()[0])
+
+        _unit(group, work)
+        group.commit()
+    assert written == [0] and set(_stored(vault, "listed")) == {"listed"}

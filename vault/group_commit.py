@@ -5,7 +5,8 @@ one writer, and every audited read writes its audit event, so each read used to 
 append of ~7 pages) and thread hand-offs. N queued reads that share one transaction pay for them once
 (docs/performance.md). A unit that commits only releases its savepoint. A unit that fails rolls back to its savepoint
 and takes nothing else with it. The audit events a unit committed are held here and reach the central sink only
-after the shared COMMIT.
+after the shared COMMIT. Their chain steps are linked in memory and written together just before that COMMIT
+(`audit.trail.DeferredChains`): one multi-row insert instead of three statements per event.
 
 Never: lets a result out before the shared COMMIT has succeeded. The lane hands results back only after `commit`
 returns. The following are the caller's cue to answer every unit the transaction carried with AuditUnavailable, so
@@ -13,19 +14,22 @@ that no read is answered whose audit event is not durable:
 - a failed commit;
 - a shared transaction that SQLite rolled back on its own mid-batch (a full disk, an I/O error), which `end_unit`
   notices, as does the marker savepoint if pysqlite silently began a new transaction;
-- a savepoint statement that failed.
+- a savepoint statement that failed;
+- deferred chain steps that do not continue their head rows (`trail.ChainBroken`).
 Never lets a unit's session leak into the commit: `end_unit` closes what the unit left open, which rolls it back to
 its savepoint.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from audit import trail
+from audit.statements import driver_error
 from vault.db import SAVEPOINT_FAILED
 
 if TYPE_CHECKING:
@@ -43,12 +47,24 @@ class TransactionLost(Exception):
 _MARKER = "hv_group_commit"
 
 
-class GroupTransaction:
-    """One shared write transaction on `connection` (a SQLite connection the caller keeps for itself)."""
+class LockTaken(Exception):
+    """BEGIN IMMEDIATE found SQLite's write lock held by another connection (on a connection without a busy timeout,
+    at once). Nothing was begun; the connection can be used again."""
 
-    def __init__(self, vault: Vault, connection: Connection) -> None:
+
+_SQLITE_BUSY = 5  # the primary result code; extended codes (BUSY_RECOVERY, ...) keep it in their low byte
+
+
+class GroupTransaction:
+    """One shared write transaction on `connection` (a SQLite connection the caller keeps for itself).
+
+    `forward` receives the audit events once the COMMIT has succeeded (default: `Vault.forward_audit_events`)."""
+
+    def __init__(self, vault: Vault, connection: Connection,
+                 forward: Callable[[list[dict]], None] | None = None) -> None:
         self._vault = vault
         self._connection = connection
+        self._forward = forward or vault.forward_audit_events
         self._held: list[dict] = []
         self._open: list[Session] = []
         self._chains = trail.DeferredChains()
@@ -57,7 +73,12 @@ class GroupTransaction:
             # The write lock is taken now, not at the first audit append. The batch's reads then see the newest
             # state, and no append can meet SQLITE_BUSY_SNAPSHOT (a read transaction that another writer's commit
             # overtook can never become a write transaction).
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                self._driver().execute("BEGIN IMMEDIATE")
+            except connection.dialect.loaded_dbapi.OperationalError as error:
+                if getattr(error, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY:
+                    raise LockTaken() from None
+                raise driver_error("BEGIN IMMEDIATE", error, connection.dialect) from error
             connection.info.pop(SAVEPOINT_FAILED, None)
             self._driver().execute(f"SAVEPOINT {_MARKER}")
         except BaseException:
@@ -95,7 +116,7 @@ class GroupTransaction:
             raise TransactionLost() from None
         self._transaction.commit()
         held, self._held = self._held, []
-        self._vault.forward_audit_events(held)
+        self._forward(held)
 
     def rollback(self) -> None:
         """Undo every unit, at SQLAlchemy's level and the driver's (a refused COMMIT leaves the driver in the

@@ -2,8 +2,9 @@
 
 Owns the record rows and their blobs. Each record has its own DEK (wrapped by the patient KEK) that seals the blob and
 every free-text column. Every call passes the gate; reads commit their audit event before anything is decrypted (on
-the SQLite lane that commit releases the read's savepoint, and the lane answers only after the shared COMMIT: see
-vault/group_commit.py). A record row exists only if its blob was committed; a failed create removes the blob it wrote.
+SQLite, in a batch of reads, that commit releases the read's savepoint, and the read is answered only after the
+batch's COMMIT: see vault/group_commit.py). A record row exists only if its blob was committed; a failed create
+removes the blob it wrote.
 """
 
 from __future__ import annotations
