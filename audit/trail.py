@@ -184,11 +184,12 @@ def take_committed(session: Session) -> list[dict]:
     return events
 
 
-def forget_pending(session: Session, rolled_back) -> None:
-    """The session's transaction `rolled_back`: its events are gone. A `begin_nested()` savepoint that rolls back
-    takes none of them: the events appended before it are still in the transaction, and a unit of a group transaction
-    appends and writes none inside it (`DeferredChains` refuses)."""
-    if rolled_back.nested:
+def forget_pending(session: Session, rolled_back=None) -> None:
+    """The session's transaction (`rolled_back`, None: the unit savepoint of a group transaction's session) rolled
+    back: its events are gone. A `begin_nested()` savepoint that rolls back takes none of them: the events appended
+    before it are still in the transaction, and a unit of a group transaction appends and writes none inside it
+    (`DeferredChains` refuses)."""
+    if rolled_back is not None and rolled_back.nested:
         return
     session.info.pop(PENDING_KEY, None)
     DeferredChains.rolled_back(session)

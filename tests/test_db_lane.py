@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sqlite3
 import threading
 import time
 import uuid
@@ -258,8 +259,6 @@ def test_a_transaction_sqlite_ended_mid_batch_fails_what_it_held_and_reruns_the_
 
 def _lock_is_free(vault) -> bool:
     """Another connection can take SQLite's write lock at once."""
-    import sqlite3
-
     other = sqlite3.connect(vault.settings.database_url.split("///", 1)[1], timeout=0.2)
     try:
         other.execute("BEGIN IMMEDIATE")
@@ -490,8 +489,6 @@ async def _gathered(lane: DatabaseLane, units) -> list:
 
 def _hold_write_lock(vault):
     """Another connection that holds SQLite's write lock until closed."""
-    import sqlite3
-
     other = sqlite3.connect(vault.settings.database_url.split("///", 1)[1], timeout=1, check_same_thread=False,
                             isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
@@ -785,3 +782,62 @@ def test_on_the_loop_a_begin_that_fails_for_another_reason_answers_at_once(vault
     assert first[0][:2] == ("begin-1", None) and again[0][:2] == ("begin-3", None)
     assert isinstance(broken[0][1], AuditUnavailable) and took < 0.5
     assert _tags(vault, "begin-") == {"begin-1", "begin-3"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_unit_session_commits_and_undoes_its_whole_unit_with_or_without_an_orm_transaction(vault):
+    """A unit's session opens the unit's savepoint at the driver while the ORM holds no transaction; once the ORM
+    begins one, it nests inside. Either way a commit keeps what the unit did since its last commit, and a rollback,
+    a close or a failure undoes it, and no savepoint of the unit outlives it."""
+    from vault.group_commit import GroupTransaction, UnitSession
+
+    def insert(tag: str):
+        return text("INSERT INTO unit_marks VALUES (:tag)").bindparams(tag=tag)
+
+    def setup(session):
+        session.connection().execute(text("CREATE TEMP TABLE unit_marks (tag TEXT)"))
+        session.commit()
+
+    def driver_only(session):  # the ORM never begins a transaction
+        session.connection().execute(insert("a1"))
+        session.commit()
+        session.connection().execute(insert("a2"))
+        session.rollback()
+        session.connection().execute(insert("a3"))
+        session.commit()
+
+    def orm_then_driver(session):
+        session.execute(insert("b1"))  # the ORM's transaction
+        session.connection().execute(insert("b2"))  # inside it
+        session.rollback()
+        session.connection().execute(insert("b3"))  # the unit's own savepoint
+        session.execute(insert("b4"))  # the ORM's, nested inside
+        session.commit()
+
+    def closed_uncommitted(session):
+        session.connection().execute(insert("c1"))
+        session.execute(insert("c2"))
+
+    def fails_after_commit(session):
+        session.connection().execute(insert("d1"))
+        session.commit()
+        session.execute(insert("d2"))
+        raise ValueError("after its commit")
+
+    with vault.engine.connect() as connection:
+        group = GroupTransaction(vault, connection)
+        driver = connection.connection.dbapi_connection
+        for work in (setup, driver_only, orm_then_driver, closed_uncommitted, fails_after_commit):
+            session = group.session()
+            assert isinstance(session, UnitSession)
+            try:
+                with session:
+                    work(session)
+            except ValueError:
+                pass
+            group.end_unit()
+            with pytest.raises(sqlite3.OperationalError, match="no such savepoint"):
+                driver.execute("RELEASE SAVEPOINT hv_unit")
+        kept = sorted(tag for (tag,) in driver.execute("SELECT tag FROM unit_marks"))
+        group.commit()
+    assert kept == ["a1", "a3", "b3", "b4", "d1"]

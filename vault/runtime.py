@@ -71,22 +71,12 @@ class Vault:
 
 
 def _track_audit_events(vault: Vault) -> None:
-    """Hand committed events to the optional central sink and drop them on rollback; in a unit of a group
-    transaction, the same two moments commit or drop its deferred chain steps (audit.trail.DeferredChains)."""
+    """Hand committed events to the optional central sink; drop them on rollback. (The sessions of a group
+    transaction's units do the same bookkeeping themselves: vault.group_commit.UnitSession.)"""
     event.listen(vault.sessions, "after_commit",
                  lambda session: vault.forward_audit_events(trail.take_committed(session)))
     event.listen(vault.sessions, "after_soft_rollback",
                  lambda session, rolled_back: trail.forget_pending(session, rolled_back))
-    event.listen(vault.sessions, "do_orm_execute", _flush_deferred_chain_steps)
-
-
-def _flush_deferred_chain_steps(state) -> None:
-    """A unit of a group transaction that reads the trail through the ORM sees the events it and the batch
-    appended (other statements leave them deferred)."""
-    deferred = state.session.info.get(trail.DEFERRED_KEY)
-    if deferred is not None and trail.reads_the_trail(state.statement):
-        deferred.flush(state.session)
-
 
 def _export_jobs():
     from vault.audit_trail import ExportJobs
