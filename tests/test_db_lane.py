@@ -841,3 +841,63 @@ def test_a_unit_session_commits_and_undoes_its_whole_unit_with_or_without_an_orm
         kept = sorted(tag for (tag,) in driver.execute("SELECT tag FROM unit_marks"))
         group.commit()
     assert kept == ["a1", "a3", "b3", "b4", "d1"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("end", ["close", "reset"])
+def test_a_unit_session_closed_or_reset_and_used_again_keeps_nothing_from_before(vault, end):
+    """The session may be used again after close() or reset() (no rollback event fires): what it wrote and appended
+    before must be gone, in the database and in the batch's events."""
+    from vault.group_commit import GroupTransaction
+
+    forwarded: list[dict] = []
+    with vault.engine.connect() as connection:
+        group = GroupTransaction(vault, connection, forward=forwarded.extend)
+        with group.session() as session:
+            session.connection().execute(text("CREATE TEMP TABLE reuse_marks (tag TEXT)"))
+            session.commit()
+        group.end_unit()
+        session = group.session()
+        session.connection().execute(text("INSERT INTO reuse_marks VALUES ('undone')"))
+        _append(session, vault, f"reuse-{end}-undone")
+        getattr(session, end)()
+        session.connection().execute(text("INSERT INTO reuse_marks VALUES ('kept')"))
+        _append(session, vault, f"reuse-{end}-kept")
+        session.commit()
+        group.end_unit()
+        kept = [tag for (tag,) in connection.connection.dbapi_connection.execute("SELECT tag FROM reuse_marks")]
+        group.commit()
+    assert kept == ["kept"]
+    assert [e["request_id"] for e in forwarded] == [f"reuse-{end}-kept"] and _tags(vault, "reuse-") == {
+        f"reuse-{end}-kept"}
+    with vault.session() as session:
+        _check_chains(session)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_unit_session_refuses_a_transaction_of_its_own_and_a_savepoint_outside_the_shared_one(vault):
+    from sqlalchemy.exc import InvalidRequestError, OperationalError
+
+    from vault.group_commit import GroupTransaction, TransactionLost
+
+    with vault.engine.connect() as connection:
+        group = GroupTransaction(vault, connection)
+        session = group.session()
+        session.connection()
+        with pytest.raises(InvalidRequestError):  # its end would not be the unit's
+            session.begin()
+        session.close()
+        group.end_unit()
+        session = group.session()
+        _append(session, vault, "outside-before")
+        connection.connection.dbapi_connection.rollback()  # stands in for SQLite's own rollback
+        with pytest.raises(OperationalError):
+            session.rollback()
+        with pytest.raises(OperationalError, match="no transaction to hold the savepoint"):
+            session.connection()  # would begin a transaction whose RELEASE commits on its own
+        session.close()
+        with pytest.raises(TransactionLost):
+            group.end_unit()
+        group.rollback()
+    assert _tags(vault, "outside-") == set()
+    assert _lock_is_free(vault)

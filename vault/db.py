@@ -19,6 +19,11 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Set in a connection's `info` when a SAVEPOINT, RELEASE or ROLLBACK TO failed on it: the transaction's savepoint stack
 # is then not what SQLAlchemy believes (vault/group_commit.py refuses to commit such a transaction).
 SAVEPOINT_FAILED = "vault.db.savepoint_failed"
+# Set in a connection's `info` by a caller whose savepoints must all nest in the transaction it holds open
+# (vault/group_commit.py). On SQLite a SAVEPOINT outside any transaction begins one, and its RELEASE then commits on its
+# own: after SQLite ended the shared transaction by itself, a unit's writes would be committed behind the batch's 503.
+# Such a SAVEPOINT is refused (and marks the connection, as a failed one does).
+SAVEPOINT_NEEDS_TRANSACTION = "vault.db.savepoint_needs_transaction"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -48,7 +53,16 @@ def _driver_savepoints(dialect) -> None:
             connection.info[SAVEPOINT_FAILED] = True
             raise driver_error(sql, error, dialect) from error
 
-    dialect.do_savepoint = lambda connection, name: run(connection, f"SAVEPOINT {quote(name)}")
+    def savepoint(connection, name: str) -> None:
+        sql = f"SAVEPOINT {quote(name)}"
+        if connection.info.get(SAVEPOINT_NEEDS_TRANSACTION) \
+                and not connection.connection.dbapi_connection.in_transaction:
+            connection.info[SAVEPOINT_FAILED] = True
+            raise driver_error(sql, dialect.loaded_dbapi.OperationalError("no transaction to hold the savepoint"),
+                               dialect)
+        run(connection, sql)
+
+    dialect.do_savepoint = savepoint
     dialect.do_release_savepoint = lambda connection, name: run(connection, f"RELEASE SAVEPOINT {quote(name)}")
     dialect.do_rollback_to_savepoint = lambda connection, name: run(connection,
                                                                     f"ROLLBACK TO SAVEPOINT {quote(name)}")

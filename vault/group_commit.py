@@ -26,11 +26,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, event
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
 from audit import trail
 from audit.statements import driver_error
-from vault.db import SAVEPOINT_FAILED
+from vault.db import SAVEPOINT_FAILED, SAVEPOINT_NEEDS_TRANSACTION
 
 if TYPE_CHECKING:
     from vault.runtime import Vault
@@ -54,13 +55,15 @@ class UnitSession(Session):
 
     Why not a plain Session joined with `create_savepoint`: the hot reads run their statements straight on the driver
     (audit.statements), so the ORM's transaction would only open and release the unit's savepoint, and its state
-    machine cost ~180 µs of a read's ~570 in process (docs/performance.md). While the ORM holds no transaction of its own, this session
-    opens, releases and rolls back the unit's savepoint itself, at the driver, and does the audit bookkeeping the ORM
-    events would do (`trail.take_committed`, `trail.forget_pending`). Once the ORM begins a transaction (a query, a
-    flush), it runs in a savepoint nested inside the unit's, and commit, rollback and close end both.
+    machine cost ~180 µs of a read's ~570 in process (docs/performance.md). While the ORM holds no transaction of its
+    own, this session opens, releases and rolls back the unit's savepoint itself, at the driver, and does the audit
+    bookkeeping the ORM events would do (`trail.take_committed`, `trail.forget_pending`). Once the ORM begins a
+    transaction (a query, a flush), it runs in a savepoint nested inside the unit's, and commit, rollback, close and
+    reset end both.
 
-    Never: lets a commit or rollback end less than the whole unit since its last commit, or the ORM's savepoint outlive
-    the unit's."""
+    Never: lets a commit, rollback, close or reset end less than the whole unit since its last commit, or the ORM's
+    savepoint outlive the unit's; begins a transaction of its own (`begin()`) while the unit's savepoint is open; opens
+    the unit's savepoint outside the shared transaction (vault.db refuses: its RELEASE would commit on its own)."""
 
     def __init__(self, connection: Connection, info: dict) -> None:
         super().__init__(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False,
@@ -70,10 +73,15 @@ class UnitSession(Session):
     def connection(self, bind_arguments=None, execution_options=None) -> Connection:
         if self._transaction is None and bind_arguments is None and execution_options is None:
             if not self._unit_open:
-                self.bind.dialect.do_savepoint(self.bind, _UNIT)
+                self.bind.dialect.do_savepoint(self.bind, _UNIT)  # refused outside the shared transaction (vault.db)
                 self._unit_open = True
             return self.bind
         return super().connection(bind_arguments, execution_options)
+
+    def begin(self, nested: bool = False):
+        if self._unit_open and not nested:  # as a Session whose transaction has begun: its end is the unit's
+            raise InvalidRequestError("A transaction is already begun on this Session.")
+        return super().begin(nested)
 
     def commit(self) -> None:
         if self._transaction is not None:
@@ -90,10 +98,24 @@ class UnitSession(Session):
         self._end_unit_savepoint(commit=False)
 
     def close(self) -> None:
+        self._undo_and(super().close)
+
+    def reset(self) -> None:
+        self._undo_and(super().reset)
+
+    def _undo_and(self, end) -> None:
+        """`end` the ORM's part (close or reset: no rollback event), then undo the unit's savepoint and what it
+        appended: a unit savepoint left open would be released, with the unit's writes, by the batch's COMMIT, and the
+        session may be used again before the unit ends."""
+        begun = self._unit_open or self._transaction is not None
         try:
-            super().close()
-        finally:  # a unit savepoint left open would be released, with the unit's writes, by the batch's COMMIT
-            self._end_unit_savepoint(commit=False)
+            end()
+        finally:
+            try:
+                self._end_unit_savepoint(commit=False)
+            finally:
+                if begun:
+                    trail.forget_pending(self)
 
     def _end_unit_savepoint(self, *, commit: bool) -> None:
         if not self._unit_open:
@@ -150,6 +172,7 @@ class GroupTransaction:
                     raise LockTaken() from None
                 raise driver_error("BEGIN IMMEDIATE", error, connection.dialect) from error
             connection.info.pop(SAVEPOINT_FAILED, None)
+            connection.info[SAVEPOINT_NEEDS_TRANSACTION] = True
             self._driver().execute(f"SAVEPOINT {_MARKER}")
         except BaseException:
             self._transaction.rollback()
@@ -168,8 +191,7 @@ class GroupTransaction:
         """Close the sessions the unit opened; raise TransactionLost when the shared transaction did not survive it."""
         open_sessions, self._open = self._open, []
         for session in open_sessions:
-            session.close()
-            trail.DeferredChains.rolled_back(session)  # what it had not committed, closing rolled back
+            session.close()  # rolls back what it had not committed, and drops what that appended
         self._require_intact()
 
     def commit(self) -> None:
@@ -184,6 +206,7 @@ class GroupTransaction:
         except self._connection.dialect.loaded_dbapi.Error:
             raise TransactionLost() from None
         self._transaction.commit()
+        self._connection.info.pop(SAVEPOINT_NEEDS_TRANSACTION, None)
         held, self._held = self._held, []
         self._forward(held)
 
@@ -197,6 +220,7 @@ class GroupTransaction:
         try:
             self._transaction.rollback()  # also closes out a transaction a failed COMMIT left deactivated
         finally:
+            self._connection.info.pop(SAVEPOINT_NEEDS_TRANSACTION, None)
             driver = self._driver()
             if driver is not None and driver.in_transaction:
                 driver.rollback()
