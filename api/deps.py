@@ -7,10 +7,10 @@ in every worker.
 
 Separate consent (PIPL-1): every patient route names the processing it does (`PROCESSING`, keyed by method and
 route template) or is exempt. The check happens where the caller is resolved — `current_identity` and `as_caller` —
-in the same session as the route's own work, with the action read from the matched route: a patient without both consents
-on the current privacy notice gets 403 `consent-required` (audited as a denial of that action) before the route
-does anything. Routes a patient must always reach (their profile, access log, consents, withdrawing grants, erasure)
-are in `CONSENT_EXEMPT`; a test keeps the two lists covering every patient route.
+in the same session as the route's own work, with the action read from the matched route: a patient without both
+consents on the current privacy notice gets 403 `consent-required` (audited as a denial of that action) before the
+route does anything. Routes a patient must always reach (their profile, access log, consents, withdrawing grants,
+erasure) are in `CONSENT_EXEMPT`; a test keeps the two lists covering every patient route.
 """
 
 from __future__ import annotations

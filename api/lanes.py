@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger("healthvault.api.lane")
 
-# Reads in one shared transaction. The lane holds SQLite's write lock for a whole batch, so this also bounds how
-# long another writer (an upload's commit) waits behind it: at ~0.5-1.5 ms per read, 16-48 ms.
+# Reads in one shared transaction. A batch holds SQLite's write lock from its BEGIN to its COMMIT, and on the event
+# loop it holds the loop too, so this also bounds how long another writer (an upload's commit) and the loop's other
+# requests wait behind it: at ~0.4-1 ms per read, ~13-30 ms.
 MAX_BATCH = 32
 # How an event loop waits for SQLite's write lock when another writer holds it: it tries again after a pause that
 # grows from 1 to 25 ms, and answers 503 after 10 s, like the busy timeout of every other connection (vault/db.py).

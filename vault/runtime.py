@@ -70,13 +70,14 @@ class Vault:
         self.keystore.dispose()
 
 
-def _track_audit_events(vault: Vault) -> None:
+def _forward_audit_events(vault: Vault) -> None:
     """Hand committed events to the optional central sink; drop them on rollback. (The sessions of a group
     transaction's units do the same bookkeeping themselves: vault.group_commit.UnitSession.)"""
     event.listen(vault.sessions, "after_commit",
                  lambda session: vault.forward_audit_events(trail.take_committed(session)))
     event.listen(vault.sessions, "after_soft_rollback",
                  lambda session, rolled_back: trail.forget_pending(session, rolled_back))
+
 
 def _export_jobs():
     from vault.audit_trail import ExportJobs
@@ -158,7 +159,7 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         log_cache=LogCache("sm3" if suite == suites.SM4_GCM else "sha256"),
         audit_sink=Sink(settings.audit_sink) if settings.audit_sink else None,
     )
-    _track_audit_events(vault)
+    _forward_audit_events(vault)
     from vault import key_events  # imports the gate, which imports this module's neighbours
 
     key_events.attach_auditor(vault)  # every process audits failed unwraps (API, every CLI verb, jobs)
