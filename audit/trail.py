@@ -187,8 +187,9 @@ def take_committed(session: Session) -> list[dict]:
 def forget_pending(session: Session, rolled_back=None) -> None:
     """The session's transaction (`rolled_back`, None: the unit savepoint of a group transaction's session) rolled
     back: its events are gone. A `begin_nested()` savepoint that rolls back takes none of them: the events appended
-    before it are still in the transaction, and a unit of a group transaction appends and writes none inside it
-    (`DeferredChains` refuses)."""
+    before it are still in the transaction. A unit of a group transaction appends and writes none inside one
+    (`DeferredChains` refuses); no other code appends inside one either (an event appended there and rolled back
+    would still reach the sink)."""
     if rolled_back is not None and rolled_back.nested:
         return
     session.info.pop(PENDING_KEY, None)
