@@ -215,7 +215,7 @@ class _LoopRunner:
         except BaseException as exc:  # never leave a request waiting, never unwind the event loop
             self.executor.discard_connection()
             answers, unrun = _unavailable(batch, exc), []
-        _settle([(unit.future, result, error) for unit, result, error in answers])
+        _settle(answers)
         if unrun:
             self.queue.extendleft(reversed(unrun))
             self._again_later()
@@ -235,7 +235,7 @@ class _LoopRunner:
         if expired:
             self.queue = collections.deque(unit for unit in self.queue if now - unit.since <= LOCK_WAIT_SECONDS)
             answers = _unavailable(expired, TimeoutError("SQLite's write lock stayed taken"))
-            _settle([(unit.future, result, error) for unit, result, error in answers])
+            _settle(answers)
         if self.queue:
             self.pending = self.loop.call_later(min(LOCK_RETRY_MAX, LOCK_RETRY_MIN + (now - self.locked_since) / 2),
                                                 self.drain)
@@ -290,8 +290,8 @@ def _unavailable(units: list[_Unit], cause: BaseException) -> list[tuple[_Unit, 
 def _answer(answers: list[tuple[_Unit, Any, BaseException | None]]) -> None:
     """Settle each request's future on its own event loop, one hand-off per loop for the whole batch."""
     by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-    for unit, result, error in answers:
-        by_loop.setdefault(unit.loop, []).append((unit.future, result, error))
+    for answer in answers:
+        by_loop.setdefault(answer[0].loop, []).append(answer)
     for loop, settled in by_loop.items():
         try:
             loop.call_soon_threadsafe(_settle, settled)
@@ -299,9 +299,11 @@ def _answer(answers: list[tuple[_Unit, Any, BaseException | None]]) -> None:
             pass
 
 
-def _settle(settled: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
-    """Each future on its own: one that cannot take its answer must not leave the rest of the batch waiting."""
-    for future, result, error in settled:
+def _settle(answers: list[tuple[_Unit, Any, BaseException | None]]) -> None:
+    """Each unit's future on its own (on its loop): one that cannot take its answer must not leave the rest of the
+    batch waiting."""
+    for unit, result, error in answers:
+        future = unit.future
         if future.done():  # the request was cancelled (client gone) while its unit ran
             continue
         try:

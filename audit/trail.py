@@ -290,17 +290,16 @@ class DeferredChains:
         self._write(connection, self._committed)
 
     @staticmethod
-    def _write(connection, steps: list[_Step]) -> list[_Step]:
+    def _write(connection, steps: list[_Step]) -> None:
         new = [step for step in steps if not step.written]
         if not new:
-            return new
+            return
         heads = {step.values["chain_id"]: step.values for step in new}
         _INSERT.execute_many(connection, [step.values for step in new])
         _SET_HEAD.execute_many(connection, [{"c": chain, "s": values["seq"], "h": values["hash"]}
                                             for chain, values in heads.items()])
         for step in new:
             step.written = True
-        return new
 
 
 def _refuse_nested(session: Session) -> None:

@@ -35,12 +35,13 @@ def _dbapi(session):
     return session.connection().connection.dbapi_connection
 
 
-def _append(session, vault, tag: str) -> None:
-    """One audit event whose request id is `tag`, in the session's transaction."""
-    identity = Identity(account_id=str(uuid.uuid4()), role="patient", patient_id=str(uuid.uuid4()))
-    audit_log.append(session, vault, identity=identity, ctx=RequestContext(request_id=tag), action="record.read",
-                     outcome="allow", resource_type="record", resource_id=str(uuid.uuid4()),
-                     patient_id=identity.patient_id)
+def _append(session, vault, tag: str, patient_id: str | None = None) -> dict:
+    """One audit event whose request id is `tag`, in the session's transaction (of a new patient, or of
+    `patient_id`); returns the event as exported."""
+    identity = Identity(account_id=str(uuid.uuid4()), role="patient", patient_id=patient_id or str(uuid.uuid4()))
+    return audit_log.append(session, vault, identity=identity, ctx=RequestContext(request_id=tag),
+                            action="record.read", outcome="allow", resource_type="record",
+                            resource_id=str(uuid.uuid4()), patient_id=identity.patient_id)
 
 
 def _audited(lane: DatabaseLane, vault, tag: str):

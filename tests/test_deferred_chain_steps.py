@@ -14,21 +14,15 @@ import pytest
 from sqlalchemy import func, select
 
 from audit.models import AuditEvent, ChainHead
-from vault import audit_log, records
+from vault import records
 from vault.errors import NotFound
 from vault.group_commit import GroupTransaction, TransactionLost
 from vault.identity import Identity, RequestContext
 
 from tests.test_audit_trail import _check_chains
+from tests.test_db_lane import _append
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
-
-
-def _append(session, vault, tag: str, patient_id: str | None = None) -> dict:
-    identity = Identity(account_id=str(uuid.uuid4()), role="patient", patient_id=patient_id or str(uuid.uuid4()))
-    return audit_log.append(session, vault, identity=identity, ctx=RequestContext(request_id=tag),
-                            action="record.read", outcome="allow", resource_type="record",
-                            resource_id=str(uuid.uuid4()), patient_id=identity.patient_id)
 
 
 def _stored(vault, prefix: str) -> dict[str, str]:

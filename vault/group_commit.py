@@ -172,8 +172,8 @@ class GroupTransaction:
                     raise LockTaken() from None
                 raise driver_error("BEGIN IMMEDIATE", error, connection.dialect) from error
             connection.info.pop(SAVEPOINT_FAILED, None)
-            connection.info[SAVEPOINT_NEEDS_TRANSACTION] = True
             self._driver().execute(f"SAVEPOINT {_MARKER}")
+            connection.info[SAVEPOINT_NEEDS_TRANSACTION] = True  # set only once begun: commit or rollback clears it
         except BaseException:
             self._transaction.rollback()
             raise
