@@ -22,8 +22,9 @@ import pydantic
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 
-from api.lanes import DatabaseLane
-from vault import privacy, tokens
+from vault.db.fastpath.lane import DatabaseLane
+from vault.patients import privacy
+from vault.accounts import tokens
 from vault.errors import Unauthenticated
 from vault.identity import Identity, RequestContext
 from vault.runtime import Vault

@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from vault.errors import InvalidInput, PayloadTooLarge, TruncatedUpload
-from vault.uploads import UploadSink
+from vault.records.uploads import UploadSink
 
 MAX_FIELD_BYTES = 4096
 MAX_FIELDS = 8

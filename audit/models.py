@@ -2,7 +2,7 @@
 
 Owns the storage shape of the trail. Events hold pseudonyms, roles, closed-vocabulary codes and random ids only —
 never PHI. Every table here is append-only in the database (triggers in the data-DB migration), except the chain-head
-rows, which move forward under the append lock. The data database's Alembic history (vault/migrations) creates these
+rows, which move forward under the append lock. The data database's Alembic history (vault/db/migrations) creates these
 tables; this module must not import the vault.
 """
 

@@ -40,7 +40,7 @@ def free_port() -> int:
 
 
 def make_id_number(birth: str = "19800101") -> str:
-    from vault.identifiers import check_digit
+    from vault.patients.identifiers import check_digit
 
     body = "110105" + birth + f"{secrets.randbelow(1000):03d}"
     return body + check_digit(body)

@@ -105,7 +105,7 @@ def main() -> int:
     from sqlalchemy import create_engine, text
 
     from audit import trail
-    from vault import db
+    from vault.db import engine as db
 
     schema = f"hvbench_{secrets.token_hex(4)}"
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")

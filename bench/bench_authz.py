@@ -162,7 +162,7 @@ def main() -> int:
 
     from sqlalchemy import create_engine, text
 
-    from vault import db
+    from vault.db import engine as db
 
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     schemas = []

@@ -72,8 +72,11 @@ def main() -> int:
 
     from sqlalchemy import create_engine, text
 
-    from vault import accounts, patients, privacy, sharing
-    from vault.identifiers import check_digit
+    from vault.accounts import service as accounts
+    from vault.patients import service as patients
+    from vault.patients import privacy
+    from vault.sharing import service as sharing
+    from vault.patients.identifiers import check_digit
     from vault.identity import Identity, RequestContext
     from vault.runtime import init_data_dir, open_vault
     from vault.settings import Settings

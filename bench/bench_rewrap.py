@@ -56,7 +56,7 @@ def _setup(tmp: Path, *, n: int, patients: int, kms: str = "local"):
     os.environ.pop("HEALTHVAULT_ROOT_KEY", None)
     from kms import DataKey
     from vault.identity import Identity, RequestContext
-    from vault.models import Account, Patient, Record
+    from vault.db.models import Account, Patient, Record
     from vault.runtime import init_data_dir, open_vault
     from vault.settings import Settings
 
@@ -101,7 +101,7 @@ def _setup(tmp: Path, *, n: int, patients: int, kms: str = "local"):
         kek.wipe()
     keys.service_key("pseudonym")
     identity, ctx = Identity(account_id="bench", role="operator"), RequestContext(request_id="bench")
-    from vault import keyops
+    from vault.keys import operations as keyops
 
     keyops.rotate_root_cli(vault, identity=identity, ctx=ctx, profile="development")
     keyops.rotate_all_keks(vault, identity=identity, ctx=ctx)
@@ -139,8 +139,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.patients = min(args.n, 3000), min(args.patients, 100)
-    from vault import keyops
-    from vault.models import Record
+    from vault.keys import operations as keyops
+    from vault.db.models import Record
 
     print(f"python {sys.version.split()[0]}, cpus {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="hv-bench-rewrap-") as tmp:

@@ -2,17 +2,40 @@
 
 A grant names the patient, the grantee account, the scope (record ids and/or categories), actions, an encrypted
 purpose, the window (not-before, expires-at) and, once withdrawn, when. Rows are never deleted: a revoked or expired
-grant stays as a processing record (PIPL art. 55). The data-DB migrations (vault/migrations) create these tables.
+grant stays as a processing record (PIPL art. 55). The data-DB migrations (vault/db/migrations) create these tables.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, Index, LargeBinary, String, Text
+from typing import Any
+
+from sqlalchemy import Boolean, DateTime, Dialect, Index, LargeBinary, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from audit.models import UTCDateTime
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset otherwise).
+
+    consent/ imports no project package but kms/, so it keeps this column type of its own; audit/models.py has the
+    same one for the trail's tables (tests/consent checks that both store and load alike)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
 class ConsentBase(DeclarativeBase):

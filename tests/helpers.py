@@ -10,7 +10,7 @@ import struct
 import threading
 import zlib
 
-from vault.identifiers import check_digit
+from vault.patients.identifiers import check_digit
 
 
 def make_id_number(region: str = "110105", birth: str | None = None, seq: str | None = None) -> str:
@@ -116,7 +116,7 @@ def totp_code(secret: str, moment) -> str:
 
 def staff(client, vault, role: str, username: str, *, password: str = PASSWORD) -> dict:
     """Create a staff account, enrol and activate its TOTP through the API, sign in with a code: bearer headers."""
-    from vault import accounts
+    from vault.accounts import service as accounts
     from vault.identity import RequestContext
 
     with vault.session() as session:

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from vault.errors import PROBLEM_BASE
 from audit.models import AuditEvent
-from vault.models import Account, Patient, Record
+from vault.db.models import Account, Patient, Record
 
 from tests.helpers import (PASSWORD, consents, jpeg_bytes, login, make_id_number, pdf_bytes, png_bytes, register,
                            upload)

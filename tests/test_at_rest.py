@@ -8,7 +8,7 @@ import subprocess
 
 from sqlalchemy import create_engine, inspect, select, text, update
 
-from vault.models import Patient, Record
+from vault.db.models import Patient, Record
 
 from tests.helpers import login, make_id_number, pdf_bytes, png_bytes, register, upload
 from tests.scan import encodings, find_in_bytes, scan_tree
@@ -176,7 +176,7 @@ def test_a_tampered_or_truncated_blob_never_downloads_silently(client, vault):
 
 def test_blind_index_finds_a_patient_without_decrypting(client, vault, monkeypatch):
     from kms import envelope
-    from vault import patients
+    from vault.patients import service as patients
 
     target = register(client, username="findme", id_number=make_id_number(birth="19800101"),
                       phone="13712345678")

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from audit.models import AuditEvent
-from vault import audit_log, audit_trail
+from vault.access import audit_append
+from vault.auditing import trail as audit_trail
 from vault.identity import Identity, RequestContext
 
 from tests.conftest import PASSPHRASE
@@ -22,7 +23,7 @@ def _append_many(vault, count: int, tag: str) -> None:
     for _ in range(count):
         identity = Identity(account_id=str(uuid.uuid4()), role="patient", patient_id=str(uuid.uuid4()))
         with vault.session() as session:
-            audit_log.append(session, vault, identity=identity, ctx=ctx, action="record.read", outcome="allow",
+            audit_append.append(session, vault, identity=identity, ctx=ctx, action="record.read", outcome="allow",
                              resource_type="record", resource_id=str(uuid.uuid4()), patient_id=identity.patient_id)
             session.commit()
 

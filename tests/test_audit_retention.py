@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from audit import retention, verify
 from audit.models import AuditEvent, Checkpoint
-from vault import audit_trail
+from vault.auditing import trail as audit_trail
 
 from tests.helpers import login, register
 

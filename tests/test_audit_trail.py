@@ -12,7 +12,8 @@ from sqlalchemy.exc import DBAPIError
 
 from audit import log, trail, verify
 from audit.models import AuditEvent, ChainHead, Leaf
-from vault import audit_log, audit_trail
+from vault.access import audit_append
+from vault.auditing import trail as audit_trail
 from vault.identity import RequestContext
 
 from tests.helpers import login, make_id_number, png_bytes, register, staff, upload
@@ -187,7 +188,7 @@ def test_audit_search_is_for_auditors_only_and_is_audited(client, vault):
         if not cursor:
             break
     assert len(seen) == len(set(seen)) == 4 and seen == sorted(seen, reverse=True)
-    patient_p = audit_log.patient_pseudonym(vault, people[1]["patient_id"])
+    patient_p = audit_append.patient_pseudonym(vault, people[1]["patient_id"])
     mine = client.get("/v1/audit/events", headers=auditor, params={"patient": patient_p, "limit": 500}).json()
     assert mine["items"] and all(e["patient"] == patient_p for e in mine["items"])
     denials = client.get("/v1/audit/events", headers=auditor, params={"outcome": "deny"}).json()["items"]

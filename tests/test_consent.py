@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from audit.models import AuditEvent
-from vault.models import Record
+from vault.db.models import Record
 
 from tests.helpers import login, png_bytes, register, staff, upload
 
@@ -200,7 +200,7 @@ def test_kept_static_decisions_equal_a_fresh_enforcer_for_every_role_action_and_
 
     from audit.vocabulary import ACTIONS
     from consent import engine
-    from vault.models import ROLES
+    from vault.db.models import ROLES
 
     assert engine.STATIC_DECISIONS_HOLD
     now = dt.datetime.now(dt.timezone.utc)

@@ -17,9 +17,9 @@ import uuid
 import pytest
 from sqlalchemy import bindparam, event, func, select, text, update
 
-from api.lanes import DatabaseLane
+from vault.db.fastpath.lane import DatabaseLane
 from audit.models import AuditEvent, ChainHead
-from vault import audit_log
+from vault.access import audit_append
 from vault.errors import AuditUnavailable, NotFound
 from vault.identity import Identity, RequestContext
 
@@ -39,7 +39,7 @@ def _append(session, vault, tag: str, patient_id: str | None = None) -> dict:
     """One audit event whose request id is `tag`, in the session's transaction (of a new patient, or of
     `patient_id`); returns the event as exported."""
     identity = Identity(account_id=str(uuid.uuid4()), role="patient", patient_id=patient_id or str(uuid.uuid4()))
-    return audit_log.append(session, vault, identity=identity, ctx=RequestContext(request_id=tag),
+    return audit_append.append(session, vault, identity=identity, ctx=RequestContext(request_id=tag),
                             action="record.read", outcome="allow", resource_type="record",
                             resource_id=str(uuid.uuid4()), patient_id=identity.patient_id)
 
@@ -372,7 +372,7 @@ def test_a_unit_gets_one_session_and_a_bad_answer_does_not_strand_the_others(vau
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_an_unexpected_error_in_the_commit_answers_the_batch_and_the_lane_goes_on(vault, monkeypatch):
-    from vault.group_commit import GroupTransaction
+    from vault.db.fastpath.group_commit import GroupTransaction
 
     lane = DatabaseLane(vault, single_thread=True)
     real_commit = GroupTransaction.commit
@@ -556,7 +556,7 @@ def test_on_the_loop_a_taken_write_lock_is_waited_for_without_blocking_the_loop(
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_on_the_loop_a_lock_that_stays_taken_answers_audit_unavailable(vault, monkeypatch):
-    import api.lanes
+    import vault.db.fastpath.lane
 
     monkeypatch.setattr(api.lanes, "LOCK_WAIT_SECONDS", 0.2)
     lane = DatabaseLane(vault, single_thread=True, on_loop=True)
@@ -605,7 +605,7 @@ def test_on_the_loop_failures_stay_their_own_and_a_lost_transaction_fails_what_i
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_on_the_loop_the_wal_is_checkpointed_on_a_thread_never_inside_a_loop_commit(vault, monkeypatch):
-    import api.lanes
+    import vault.db.fastpath.lane
 
     checkpoints: list[int] = []
     checkpoint = api.lanes._checkpoint_wal
@@ -736,7 +736,7 @@ def test_on_the_loop_connections_go_back_closed_when_the_lane_or_a_loop_ends(vau
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_on_the_loop_each_read_waits_its_own_time_for_the_lock(vault, monkeypatch):
-    import api.lanes
+    import vault.db.fastpath.lane
 
     monkeypatch.setattr(api.lanes, "LOCK_WAIT_SECONDS", 0.3)
     lane = DatabaseLane(vault, single_thread=True, on_loop=True)
@@ -790,7 +790,7 @@ def test_a_unit_session_commits_and_undoes_its_whole_unit_with_or_without_an_orm
     """A unit's session opens the unit's savepoint at the driver while the ORM holds no transaction; once the ORM
     begins one, it nests inside. Either way a commit keeps what the unit did since its last commit, and a rollback,
     a close or a failure undoes it, and no savepoint of the unit outlives it."""
-    from vault.group_commit import GroupTransaction, UnitSession
+    from vault.db.fastpath.group_commit import GroupTransaction, UnitSession
 
     def insert(tag: str):
         return text("INSERT INTO unit_marks VALUES (:tag)").bindparams(tag=tag)
@@ -849,7 +849,7 @@ def test_a_unit_session_commits_and_undoes_its_whole_unit_with_or_without_an_orm
 def test_a_unit_session_closed_or_reset_and_used_again_keeps_nothing_from_before(vault, end):
     """The session may be used again after close() or reset() (no rollback event fires): what it wrote and appended
     before must be gone, in the database and in the batch's events."""
-    from vault.group_commit import GroupTransaction
+    from vault.db.fastpath.group_commit import GroupTransaction
 
     forwarded: list[dict] = []
     with vault.engine.connect() as connection:
@@ -879,7 +879,7 @@ def test_a_unit_session_closed_or_reset_and_used_again_keeps_nothing_from_before
 def test_a_unit_session_refuses_a_transaction_of_its_own_and_a_savepoint_outside_the_shared_one(vault):
     from sqlalchemy.exc import InvalidRequestError, OperationalError
 
-    from vault.group_commit import GroupTransaction, TransactionLost
+    from vault.db.fastpath.group_commit import GroupTransaction, TransactionLost
 
     with vault.engine.connect() as connection:
         group = GroupTransaction(vault, connection)

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import func, select
 
 from audit.models import AuditEvent, ChainHead
-from vault import records
+from vault.records import service as records
 from vault.errors import NotFound
-from vault.group_commit import GroupTransaction, TransactionLost
+from vault.db.fastpath.group_commit import GroupTransaction, TransactionLost
 from vault.identity import Identity, RequestContext
 
 from tests.test_audit_trail import _check_chains
@@ -159,7 +159,7 @@ def test_a_nested_savepoint_keeps_the_steps_before_it_and_refuses_steps_inside_i
 def test_reads_of_other_tables_leave_the_steps_deferred(vault):
     """Only a statement on the trail's tables writes the steps early: a list read's query of its records must not
     write (and, when its unit ends, roll back) the batch's events each time."""
-    from vault.models import Record
+    from vault.db.models import Record
 
     with vault.engine.connect() as connection:
         group = GroupTransaction(vault, connection)

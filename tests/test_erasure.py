@@ -22,9 +22,12 @@ from kms import CryptoError, KeyDestroyed, KeyStoreError
 from tests.conftest import PASSPHRASE
 from tests.helpers import PASSWORD, login, make_id_number, make_phone, pdf_bytes, png_bytes, register, staff, upload
 from tests.helpers import totp_code
-from vault import audit_log, erasure, fields, patients
+from vault import fields
+from vault.access import audit_append
+from vault.patients import erasure
+from vault.patients import service as patients
 from vault.identity import Identity, RequestContext
-from vault.models import Account, Consent, Patient, Record
+from vault.db.models import Account, Consent, Patient, Record
 from vault.runtime import open_vault
 
 PROBLEM = "urn:healthvault:problem:"
@@ -165,7 +168,7 @@ def test_erasure_reaches_keys_indexes_tokens_grants_blobs_and_leaves_a_pseudonym
         events = session.scalars(select(AuditEvent).where(AuditEvent.id >= first_new_event)
                                  .order_by(AuditEvent.id)).all()
     body = response.json()
-    assert body == {"erased": True, "patient_pseudonym": audit_log.patient_pseudonym(vault, pid),
+    assert body == {"erased": True, "patient_pseudonym": audit_append.patient_pseudonym(vault, pid),
                     "key_versions_destroyed": 1, "records_deleted": 1, "grants_revoked": 1}
 
     # Nobody reaches anything: tokens, sign-in, the grantee.
@@ -192,7 +195,7 @@ def test_erasure_reaches_keys_indexes_tokens_grants_blobs_and_leaves_a_pseudonym
         assert latest == {"health_data": False, "id_number": False, "ocr": False}
     actions = [e.action for e in events]
     assert actions[0] == "patient.erase" and actions[-1] == "key.shred" and "grant.revoke" in actions
-    pseudonym = audit_log.patient_pseudonym(vault, pid)
+    pseudonym = audit_append.patient_pseudonym(vault, pid)
     for event in events:
         assert event.patient_pseudonym == pseudonym
         assert pid not in {event.resource_id, event.reason, event.actor, event.grant_id}
@@ -280,7 +283,7 @@ def test_operator_erasure_from_the_command_line(client, vault, backend, monkeypa
 
     result = runner.invoke(main, [*base, pid, "--yes"], env=env)
     assert result.exit_code == 0, result.output
-    pseudonym = audit_log.patient_pseudonym(vault, pid)
+    pseudonym = audit_append.patient_pseudonym(vault, pid)
     assert f"erased patient {pseudonym}" in result.output and pid not in result.output
     assert vault.keystore.is_destroyed(pid) and not vault.blobs.exists(record_id)
     with vault.session() as session:

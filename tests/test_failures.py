@@ -5,7 +5,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from audit.models import AuditEvent
-from vault.models import Record
+from vault.db.models import Record
 
 from tests.helpers import login, png_bytes, register, upload
 

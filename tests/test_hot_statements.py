@@ -10,8 +10,10 @@ from sqlalchemy import bindparam, exc, insert, select, update
 
 from audit.models import ChainHead
 from audit.statements import HotStatement
-from vault import privacy, records, tokens
-from vault.models import AuthToken, Consent, Record
+from vault.patients import privacy
+from vault.records import service as records
+from vault.accounts import tokens
+from vault.db.models import AuthToken, Consent, Record
 
 from tests.helpers import login, png_bytes, register, upload
 

@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from vault import identifiers as ids
+from vault.patients import identifiers as ids
 from vault.errors import InvalidIdNumber, InvalidPhone, InvalidUsername
 
 from tests.helpers import make_id_number

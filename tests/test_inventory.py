@@ -7,9 +7,9 @@ import vault
 from kms.keystore import KeyStoreBase
 from audit.models import AuditBase
 from consent.models import ConsentBase
-from vault.models import Base
+from vault.db.models import Base
 
-INVENTORY = json.loads((Path(vault.__file__).parent / "inventory.json").read_text())
+INVENTORY = json.loads((Path(vault.__file__).parent / "db" / "inventory.json").read_text())
 CATEGORIES = {"personal_attributes", "health_status", "medical_application", "technical", "account"}
 
 

@@ -22,9 +22,13 @@ from kms import LocalProvider
 from kms.keystore import ServiceKey
 from tests.conftest import PASSPHRASE
 from tests.helpers import login, png_bytes, register, staff, upload
-from vault import audit_log, audit_trail, key_events, keyops, records
+from vault.access import audit_append
+from vault.auditing import trail as audit_trail
+from vault.keys import events as key_events
+from vault.keys import operations as keyops
+from vault.records import service as records
 from vault.identity import Identity, RequestContext
-from vault.models import Account, Base, Patient, Record
+from vault.db.models import Account, Base, Patient, Record
 from vault.runtime import open_vault
 
 OPERATOR = Identity(account_id="cli:test-operator", role="operator")
@@ -168,7 +172,7 @@ def test_single_patient_kek_rotation_and_retire_refusals(client, vault, clock):
     assert [r.version for r in vault.keystore.patient_keks(people[1]["patient_id"])] == [1]
     _read_everything(client, people)
     event = _events(vault, "key.rotate")[-1]
-    assert event.patient_pseudonym == audit_log.patient_pseudonym(vault, target) and target not in str(event.reason)
+    assert event.patient_pseudonym == audit_append.patient_pseudonym(vault, target) and target not in str(event.reason)
 
 
 def test_rewrap_killed_halfway_resumes_in_a_new_process(client, vault):
@@ -454,7 +458,7 @@ def test_a_failed_unwrap_is_audited_with_a_pseudonym(client, vault):
     event = failed[0]
     assert (event.outcome, event.actor_role, event.resource_type, event.reason) == ("error", "system", "dek",
                                                                                   "integrity")
-    assert event.patient_pseudonym == audit_log.patient_pseudonym(vault, person["patient_id"])
+    assert event.patient_pseudonym == audit_append.patient_pseudonym(vault, person["patient_id"])
     assert person["patient_id"] not in json.dumps([str(getattr(event, c)) for c in ("actor", "resource_id", "reason")])
 
 

@@ -5,7 +5,7 @@ from alembic.migration import MigrationContext
 
 from audit.models import AuditBase
 from consent.models import ConsentBase
-from vault.models import Base
+from vault.db.models import Base
 
 
 def test_migrations_match_the_models(vault):
@@ -16,7 +16,7 @@ def test_migrations_match_the_models(vault):
 
 
 def test_migrating_twice_is_a_no_op(vault):
-    from vault import db
+    from vault.db import engine as db
 
     db.migrate(vault.engine)
     vault.keystore.migrate()

@@ -14,7 +14,7 @@ def test_service_runs_as_the_app_role_which_cannot_rewrite_history(pg_app_role_s
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from vault import audit_trail
+    from vault.auditing import trail as audit_trail
     from vault.runtime import open_vault
 
     # The key store keeps its own credential (here the owner's): the app role gets nothing in the key schema.

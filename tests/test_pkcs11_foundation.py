@@ -168,8 +168,8 @@ def test_no_root_or_service_key_bytes_in_the_data_dir(hsm, tmp_path, monkeypatch
             assert created.status_code == 201, created.text
             content = client.get(f"/v1/records/{created.json()['record_id']}/content", headers=auth)
             assert content.status_code == 200 and b"HSM-ROUND-TRIP" in content.content
-        from vault.audit_log import PSEUDONYM_PURPOSE
-        from vault.patients import ID_INDEX_PURPOSE
+        from vault.access.audit_append import PSEUDONYM_PURPOSE
+        from vault.patients.service import ID_INDEX_PURPOSE
 
         secrets = {"root": root_value, "pseudonym key": vault.keys.service_key(PSEUDONYM_PURPOSE),
                    "id index key": vault.keys.service_key(ID_INDEX_PURPOSE)}

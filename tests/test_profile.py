@@ -128,7 +128,7 @@ def test_doctor_lists_what_is_lacking_and_exits_nonzero(cli_env):
 
 
 def test_doctor_database_checks_see_staff_without_two_factor(vault, clock):
-    from vault import accounts
+    from vault.accounts import service as accounts
     from vault.identity import RequestContext
 
     with vault.session() as session:

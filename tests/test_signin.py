@@ -43,7 +43,7 @@ def test_staff_need_totp_and_a_code_cannot_be_replayed(client, vault, clock):
 
 
 def test_staff_without_totp_cannot_sign_in_until_enrolled(client, vault):
-    from vault import accounts
+    from vault.accounts import service as accounts
     from vault.identity import RequestContext
 
     with vault.session() as session:
@@ -82,7 +82,7 @@ def test_idle_timeout_and_absolute_lifetime(client, vault, clock):
 
 
 def test_an_initial_password_must_be_changed_before_first_sign_in(client, vault, clock):
-    from vault import accounts
+    from vault.accounts import service as accounts
     from vault.identity import RequestContext
 
     with vault.session() as session:
@@ -134,7 +134,7 @@ def test_staff_passwords_expire_after_90_days_and_the_last_five_cannot_be_reused
 
 
 def test_idle_staff_accounts_are_disabled_and_their_tokens_die(client, vault, clock):
-    from vault import accounts
+    from vault.accounts import service as accounts
     from vault.identity import RequestContext
 
     object.__setattr__(vault.settings, "idle_timeout_seconds", 10**8)

@@ -35,8 +35,9 @@ from tests import test_at_rest
 from tests.audit.test_sm2 import openssl_verifies_note
 from tests.conftest import CHEAP_KDF, PASSPHRASE, make_settings
 from tests.helpers import login, make_id_number, png_bytes, register, upload
-from vault import audit_trail, patients
-from vault.models import Patient, Record
+from vault.auditing import trail as audit_trail
+from vault.patients import service as patients
+from vault.db.models import Patient, Record
 from vault.runtime import init_data_dir, open_vault
 
 

@@ -1,4 +1,4 @@
-from vault import sniff
+from vault.records import sniff
 
 from tests.helpers import jpeg_bytes, pdf_bytes, png_bytes
 

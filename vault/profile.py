@@ -147,7 +147,7 @@ def database_checks(session, *, now: dt.datetime, settings: Settings) -> list[Ch
     from sqlalchemy import func, select
 
     from audit.models import Checkpoint
-    from vault.models import STAFF_ROLES, Account
+    from vault.db.models import STAFF_ROLES, Account
 
     without_totp = session.scalar(select(func.count()).select_from(Account).where(
         Account.role.in_(STAFF_ROLES), Account.is_active.is_(True), Account.totp_enabled.is_(False))) or 0

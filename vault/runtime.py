@@ -1,4 +1,8 @@
-"""The running vault: settings, database, key manager, blob store and clock, wired once per process.
+"""The running vault: settings, database, key manager, blob store, jobs and clock, wired once per process.
+
+This is the vault's composition root: besides the infrastructure it builds, `open_vault` registers the domains'
+job handlers (`vault.jobs`) and attaches the key-event auditor, so it is the one infrastructure module that imports
+domains (the architecture test names it).
 
 Owns start-up checks: the service refuses to start when the root key is missing or the passphrase is wrong (kms raises
 a clear KeyStoreError, which the CLI shows). It holds no request state and never logs secrets.
@@ -7,11 +11,11 @@ a clear KeyStoreError, which the CLI shows). It holds no request state and never
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime as dt
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,14 +25,15 @@ from audit.log import LogCache
 from audit.sink import Sink
 from kms import KeyCache, KeyManager, KeyStore, KeyStoreError, LocalProvider, Pkcs11Provider, RootKeyMissing
 from kms import sm2, suites
-from vault import db, profile
-from vault.blobstore import BlobStore, LocalBlobStore
-from vault.labs import LabJobs
-from vault.passwords import PasswordPolicy
+from vault import profile
+from vault.db import engine as db
+from vault.blobs.store import BlobStore, LocalBlobStore
+from vault.jobs import Jobs
+from vault.accounts.passwords import PasswordPolicy
+from vault.keys import events as key_events
+from vault.labs import service as labs
+from vault.records import service as records
 from vault.settings import Settings
-
-if TYPE_CHECKING:  # audit_trail imports the runtime's neighbours; the type is only named here
-    from vault.audit_trail import ExportJobs
 
 ROOT_KEY_ENV = "HEALTHVAULT_ROOT_KEY"
 PKCS11_PIN_ENV = "HEALTHVAULT_PKCS11_PIN"
@@ -49,8 +54,7 @@ class Vault:
     passwords: PasswordPolicy
     clock: Callable[[], dt.datetime] = utcnow
     log_cache: LogCache = dataclasses.field(default_factory=LogCache)
-    exports: "ExportJobs" = dataclasses.field(default_factory=lambda: _export_jobs())
-    labs: LabJobs = dataclasses.field(default_factory=LabJobs)
+    jobs: Jobs = dataclasses.field(default_factory=Jobs)
     audit_sink: Sink | None = None
 
     def session(self) -> Session:
@@ -62,10 +66,8 @@ class Vault:
             self.audit_sink.send(events)
 
     def close(self) -> None:
-        from vault import key_events
-
         key_events.flush_auditor(self)  # queued key events are written while the engine is still there
-        self.labs.shutdown()
+        self.jobs.shutdown()
         self.engine.dispose()
         self.keystore.dispose()
 
@@ -77,12 +79,6 @@ def _forward_audit_events(vault: Vault) -> None:
                  lambda session: vault.forward_audit_events(trail.take_committed(session)))
     event.listen(vault.sessions, "after_soft_rollback",
                  lambda session, rolled_back: trail.forget_pending(session, rolled_back))
-
-
-def _export_jobs():
-    from vault.audit_trail import ExportJobs
-
-    return ExportJobs()
 
 
 def _pkcs11_pin(settings: Settings) -> bytes:
@@ -160,8 +156,7 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         audit_sink=Sink(settings.audit_sink) if settings.audit_sink else None,
     )
     _forward_audit_events(vault)
-    from vault import key_events  # imports the gate, which imports this module's neighbours
-
+    vault.jobs.register(records.EXTRACT_JOB, functools.partial(labs.run_extraction, vault), workers=1)
     key_events.attach_auditor(vault)  # every process audits failed unwraps (API, every CLI verb, jobs)
     if migrate:
         key_events.ensure_service_keys(vault)

@@ -23,7 +23,7 @@ from api.schemas import (
     PolicyOut,
     PolicyRuleOut,
 )
-from vault import accounts
+from vault.accounts import service as accounts
 from vault.identity import Identity, RequestContext
 from vault.runtime import Vault
 

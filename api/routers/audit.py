@@ -8,7 +8,7 @@ from fastapi.responses import Response
 
 from api.deps import current_identity, get_ctx, get_vault
 from api.schemas import AccessEntryOut, AccessLogPage, AuditEventOut, AuditEventPage, ExportIn, ExportOut
-from vault import audit_trail
+from vault.auditing import trail as audit_trail
 from vault.errors import Conflict
 from vault.identity import Identity, RequestContext
 from vault.runtime import Vault

@@ -2,7 +2,7 @@ from fastapi import APIRouter, Depends, Response
 
 from api.deps import bearer_token, current_identity, get_ctx, get_vault
 from api.schemas import LoginIn, PasswordChangeIn, TokenOut, TotpActivateIn, TotpEnrollIn, TotpEnrollOut
-from vault import accounts
+from vault.accounts import service as accounts
 from vault.identity import Identity, RequestContext
 from vault.runtime import Vault
 

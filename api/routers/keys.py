@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query
 
 from api.deps import current_identity, get_ctx, get_vault
 from api.schemas import KeyStatusOut, RotationOut, RotationPage, RotationRequestIn
-from vault import keyops
+from vault.keys import operations as keyops
 from vault.identity import Identity, RequestContext
 from vault.runtime import Vault
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from api.deps import current_identity, get_ctx, get_vault
 from api.schemas import ConsentItemOut, ConsentsIn, ConsentStateOut, NoticeOut
-from vault import privacy
+from vault.patients import privacy
 from vault.identity import Identity, RequestContext
 from vault.runtime import Vault
 

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends
 
 from api.deps import current_identity, get_ctx, get_vault
 from api.schemas import BreakGlassIn, BreakGlassOut, GrantIn, GrantOut, SharedRecordOut
-from vault import sharing
+from vault.sharing import service as sharing
 from vault.identity import Identity, RequestContext
 from vault.runtime import Vault
 

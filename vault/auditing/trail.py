@@ -19,6 +19,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, delete, func, select, tuple_
 from sqlalchemy.orm import Session
@@ -27,10 +28,15 @@ from audit import bundle, log, retention, trail
 from audit.models import ArchivePermit, AuditEvent, Checkpoint, Leaf
 from audit.verify import HASHES, claims_signer, leaf_data, verify_bundle
 from kms import suites
-from vault import audit_log, fields, gate
+from vault import fields
+from vault.access import audit_append
+from vault.access import gate
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext
-from vault.models import Account
+from vault.db.models import Account
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 MAX_PAGE = 500
 PATIENT_VISIBLE_ACTIONS = ("patient.read", "record.create", "record.read", "record.list", "record.download",
@@ -158,13 +164,13 @@ def access_log(session: Session, vault, *, identity: Identity, ctx: RequestConte
     target = gate.Target("patient", patient_id, patient_id, exists=patient_id is not None)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="access_log.read", target=target)
     session.commit()
-    mine = audit_log.patient_pseudonyms(vault, patient_id)  # every suite's form: events from before a switch too
+    mine = audit_append.patient_pseudonyms(vault, patient_id)  # every suite's form: events from before a switch too
     query = select(AuditEvent).where(and_(AuditEvent.patient_pseudonym.in_(mine),
                                           AuditEvent.action.in_(PATIENT_VISIBLE_ACTIONS)))
     rows, next_cursor = _page(session, query, limit=limit, cursor=cursor)
-    me = set(audit_log.actor_pseudonyms(vault, identity.account_id))
+    me = set(audit_append.actor_pseudonyms(vault, identity.account_id))
     staff = {p: a.username for a in session.scalars(select(Account).where(Account.role != "patient"))
-             for p in audit_log.actor_pseudonyms(vault, a.id)} if rows else {}
+             for p in audit_append.actor_pseudonyms(vault, a.id)} if rows else {}
     entries = [AccessEntry(
         event_id=r.id, occurred_at=r.occurred_at, action=r.action, outcome=r.outcome, actor_role=r.actor_role,
         actor_name="you" if r.actor in me else staff.get(r.actor, "another account"),
@@ -251,40 +257,20 @@ def write_export(vault, *, since: dt.datetime | None, until: dt.datetime | None,
     return {"event_count": len(events), "tree_size": size, "first_leaf": first}
 
 
-class ExportJobs:
-    """Exports run off the request path in a thread; their progress is polled through the API."""
+EXPORT_JOB = "audit.export"
 
-    def __init__(self) -> None:
-        self._jobs: dict[str, ExportJob] = {}
-        self._lock = threading.Lock()
 
-    def start(self, vault, *, since, until) -> ExportJob:
-        job = ExportJob(export_id=secrets.token_hex(8), since=since, until=until)
-        job.path = export_dir(vault, job.export_id)
-        with self._lock:
-            self._jobs[job.export_id] = job
+def _run_export(vault: Vault, job: ExportJob) -> None:
+    def progress(done: int, total: int) -> None:
+        job.done, job.total = done, total
 
-        def progress(done: int, total: int) -> None:
-            job.done, job.total = done, total
-
-        def run() -> None:
-            job.status = "running"
-            try:
-                result = write_export(vault, since=since, until=until, out=job.path, progress=progress)
-                job.event_count = result["event_count"]
-                job.status = "done"
-            except Exception as exc:  # noqa: BLE001 - reported through the job
-                job.status, job.error = "failed", type(exc).__name__
-
-        threading.Thread(target=run, name=f"export-{job.export_id}", daemon=True).start()
-        return job
-
-    def get(self, export_id: str) -> ExportJob:
-        with self._lock:
-            job = self._jobs.get(export_id)
-        if job is None:
-            raise NotFound()
-        return job
+    job.status = "running"
+    try:
+        result = write_export(vault, since=job.since, until=job.until, out=job.path, progress=progress)
+        job.event_count = result["event_count"]
+        job.status = "done"
+    except Exception as exc:  # noqa: BLE001 - reported through the job
+        job.status, job.error = "failed", type(exc).__name__
 
 
 def start_export(session: Session, vault, *, identity: Identity, ctx: RequestContext, since, until) -> ExportJob:
@@ -294,14 +280,21 @@ def start_export(session: Session, vault, *, identity: Identity, ctx: RequestCon
     gate.enter(vault, session, identity=identity, ctx=ctx, action="audit.export",
                target=gate.Target("audit", None, None))
     session.commit()
-    return vault.exports.start(vault, since=since, until=until)
+    job = ExportJob(export_id=secrets.token_hex(8), since=since, until=until)
+    job.path = export_dir(vault, job.export_id)
+    vault.jobs.track(EXPORT_JOB, job.export_id, job)
+    threading.Thread(target=_run_export, args=(vault, job), name=f"export-{job.export_id}", daemon=True).start()
+    return job
 
 
 def get_export(session: Session, vault, *, identity: Identity, ctx: RequestContext, export_id: str) -> ExportJob:
     gate.enter(vault, session, identity=identity, ctx=ctx, action="audit.read",
                target=gate.Target("audit-export", export_id, None))
     session.commit()
-    return vault.exports.get(export_id)
+    job = vault.jobs.tracked(EXPORT_JOB, export_id)
+    if job is None:
+        raise NotFound()
+    return job
 
 
 # ---- retention: archive and prune ------------------------------------------------------------------------------------
@@ -350,7 +343,7 @@ def archive(vault, *, out: Path, now: dt.datetime | None = None) -> dict:
             removed = session.execute(
                 delete(AuditEvent).where(tuple_(AuditEvent.chain_id, AuditEvent.seq).in_(doomed))
                 .execution_options(synchronize_session=False)).rowcount
-            audit_log.append(session, vault, identity=Identity(account_id="cli:archive", role="operator"),
+            audit_append.append(session, vault, identity=Identity(account_id="cli:archive", role="operator"),
                              ctx=RequestContext(request_id="archive"), action="audit.archive", outcome="allow",
                              resource_type="audit", resource_id=archive_sha[:32], reason=f"below-{end}")
             log.integrate(session, cache=vault.log_cache, signer=by, origin=vault.settings.audit_origin,

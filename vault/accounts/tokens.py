@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from audit.statements import HotStatement
 from vault.errors import Unauthenticated
 from vault.identity import Identity
-from vault.models import Account, AuthToken
+from vault.db.models import Account, AuthToken
 
 PREFIX = "hv_"
 

@@ -10,25 +10,37 @@ removes the blob it wrote.
 from __future__ import annotations
 
 import base64
+import json
 import dataclasses
 import datetime as dt
 from collections.abc import Iterator
 
 from sqlalchemy import and_, bindparam, or_, select
+from typing import TYPE_CHECKING
+
 from sqlalchemy.orm import Session
 
 from audit.statements import HotStatement
 from kms import CryptoError, DataKey
 from kms.stream import iter_decrypt
-from vault import fields, gate, labs
+from vault import fields
+from vault.access import gate
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext
-from vault.models import CATEGORIES, LABELS, Record
-from vault.uploads import UploadSink, blob_aad
+from vault.db.models import CATEGORIES, LABELS, Record
+from vault.patients import privacy
+from vault.records.uploads import UploadSink, blob_aad
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 MAX_TITLE_LENGTH = 200
 MAX_FILENAME_LENGTH = 255
 MAX_PAGE = 100
+# Lab sheets are read by OCR off the request path: the job kind the labs domain handles (registered by the runtime).
+EXTRACT_JOB = "lab.extract"
+EXTRACTABLE = ("lab_report",)
+DECLINED = "declined"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +102,7 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
         title_enc=fields.seal(sink.dek, title, column="title", **where) if title is not None else None,
         filename_enc=fields.seal(sink.dek, filename, column="filename", **where) if filename is not None else None,
         sha256_enc=fields.seal(sink.dek, sink.sha256, column="sha256", **where),
-        ocr_status=labs.initial_status(session, vault, patient_id=sink.patient_id, category=category),
+        ocr_status=initial_status(session, vault, patient_id=sink.patient_id, category=category),
     )
     session.add(record)
     session.flush()
@@ -102,8 +114,28 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
         vault.blobs.delete(sink.record_id)
         raise
     if record.ocr_status == "pending":
-        vault.labs.submit(vault, record.id)  # out of the request path
+        vault.jobs.submit(EXTRACT_JOB, record.id)  # out of the request path
     return _view(record, sink.dek)
+
+
+def wants_extraction(category: str) -> bool:
+    return category in EXTRACTABLE
+
+
+def initial_status(session: Session, vault: Vault, *, patient_id: str, category: str) -> str | None:
+    """A new upload's OCR status: None (not a lab sheet), `pending` (queued) or `declined` (no OCR consent)."""
+    if not wants_extraction(category):
+        return None
+    return "pending" if privacy.ocr_allowed(session, vault, patient_id=patient_id) else DECLINED
+
+
+def results_of(vault: Vault, record: Record, dek: DataKey | None = None) -> dict | None:
+    """The decrypted LabReport of a record the caller has already been allowed to read (pass its DEK if open)."""
+    if record.lab_results_enc is None:
+        return None
+    dek = dek or vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
+    return json.loads(fields.open_text(dek, record.lab_results_enc, column="lab_results",
+                                       table="records", row_id=record.id, patient_id=record.patient_id))
 
 
 def _view(record: Record, dek) -> RecordView:
@@ -176,7 +208,7 @@ def read(session: Session, vault, *, identity: Identity, ctx: RequestContext, re
                                action="record.read")
     view = _view(record, dek)
     if record.lab_results_enc is not None:
-        view = dataclasses.replace(view, lab_results=labs.results_of(vault, record, dek))
+        view = dataclasses.replace(view, lab_results=results_of(vault, record, dek))
     return view
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import click
 
 from kms import KeyStoreError
-from vault import accounts
+from vault.accounts import service as accounts
 from vault.errors import VaultError
 from vault.identity import RequestContext
-from vault.models import STAFF_ROLES
+from vault.db.models import STAFF_ROLES
 from vault.profile import ProductionRefused
 from ocr.cli import ocr_command
 from vault.settings import Settings
@@ -158,7 +158,7 @@ def audit_export(data_dir, passphrase_file, since, until, out_dir) -> None:
     """Write a verifiable export (JSON Lines, CSV, checkpoints, public key, signed manifest)."""
     from tqdm import tqdm
 
-    from vault import audit_trail
+    from vault.auditing import trail as audit_trail
 
     vault = _open(data_dir, passphrase_file)
     bar = tqdm(total=0, unit="event", desc="export")
@@ -170,9 +170,9 @@ def audit_export(data_dir, passphrase_file, since, until, out_dir) -> None:
 
     try:
         with vault.session() as session:
-            from vault import audit_log
+            from vault.access import audit_append
 
-            audit_log.append(session, vault, identity=_cli_identity(), ctx=RequestContext(request_id="cli"),
+            audit_append.append(session, vault, identity=_cli_identity(), ctx=RequestContext(request_id="cli"),
                              action="audit.export", outcome="allow", resource_type="audit")
             session.commit()
         result = audit_trail.write_export(vault, since=_when(since), until=_when(until), out=Path(out_dir),
@@ -202,7 +202,7 @@ def audit_archive(data_dir, passphrase_file, out_dir) -> None:
 
     On PostgreSQL run this with a database URL of the schema owner: the service's application role holds only
     INSERT and SELECT on the trail."""
-    from vault import audit_trail
+    from vault.auditing import trail as audit_trail
 
     vault = _open(data_dir, passphrase_file)
     try:
@@ -220,7 +220,7 @@ def audit_archive(data_dir, passphrase_file, out_dir) -> None:
 @_common
 def audit_checkpoint(data_dir, passphrase_file) -> None:
     """Integrate pending events and sign a checkpoint now."""
-    from vault import audit_trail
+    from vault.auditing import trail as audit_trail
 
     vault = _open(data_dir, passphrase_file)
     try:
@@ -262,7 +262,7 @@ def patients_erase(data_dir, passphrase_file, patient_id, yes) -> None:
     """Erase a patient by crypto-shredding (PIPL art. 47): destroy their KEKs, blind indexes, records and blobs.
 
     Audited with the patient's pseudonym only. Running it again finishes an interrupted erasure."""
-    from vault import erasure
+    from vault.patients import erasure
 
     if not yes:
         if not sys.stdin.isatty():
@@ -324,13 +324,14 @@ def keys_status(data_dir, passphrase_file, as_json) -> None:
     import dataclasses
     import json
 
-    from vault import audit_log, keyops
+    from vault.access import audit_append
+    from vault.keys import operations as keyops
 
     vault = _open(data_dir, passphrase_file)
     try:
         status = keyops.compute_status(vault)
         with vault.session() as session:
-            audit_log.append(session, vault, identity=_cli_identity(), ctx=RequestContext(request_id="cli"),
+            audit_append.append(session, vault, identity=_cli_identity(), ctx=RequestContext(request_id="cli"),
                              action="key.status", outcome="allow", resource_type="keys")
             session.commit()
     finally:
@@ -350,7 +351,7 @@ def keys_rotate(data_dir, passphrase_file, root, patient_id, all_keks) -> None:
     """Make a new key version; everything wrapped from now on uses it. Old wraps keep opening until rewrapped."""
     if sum((bool(root), bool(patient_id), bool(all_keks))) != 1:
         raise click.UsageError("give exactly one of --root, --kek PATIENT, --all-keks")
-    from vault import keyops
+    from vault.keys import operations as keyops
 
     ctx = RequestContext(request_id="cli")
     vault = _open(data_dir, passphrase_file)
@@ -391,7 +392,7 @@ def keys_rewrap(data_dir, passphrase_file, batch_size, pause_ms, then_retire, gr
     """Move every wrapped key to the newest version (resumes an interrupted run; safe to repeat)."""
     from tqdm import tqdm
 
-    from vault import keyops
+    from vault.keys import operations as keyops
 
     ctx = RequestContext(request_id="cli")
     vault = _open(data_dir, passphrase_file)
@@ -436,7 +437,7 @@ def _echo_retired(result) -> None:
               help="Keep old versions this long after the newest was created (in-flight uploads).")
 def keys_retire(data_dir, passphrase_file, grace_seconds) -> None:
     """Destroy old root and KEK versions that nothing references any more (refuses the rest, saying why)."""
-    from vault import keyops
+    from vault.keys import operations as keyops
 
     vault = _open(data_dir, passphrase_file)
     try:
@@ -482,7 +483,7 @@ def serve(data_dir, passphrase_file, host, port, tls_cert, tls_key) -> None:
     from api.app import create_app
 
     from vault import logsetup
-    from vault.audit_trail import Checkpointer
+    from vault.auditing.trail import Checkpointer
 
     vault = _open(data_dir, passphrase_file)
     log_listener = logsetup.configure(vault.settings)
@@ -532,7 +533,8 @@ def doctor(data_dir, as_json) -> None:
     import datetime as dt
     import json
 
-    from vault import db, profile
+    from vault import profile
+    from vault.db import engine as db
 
     settings = _settings(data_dir)
     engine = None

@@ -1,6 +1,6 @@
 """Validation, normalisation and masking of personal identifiers.
 
-Owns the rules for resident ID numbers (GB 11643-1999), mainland mobile numbers and usernames. Everything here is
+Owns the rules for resident ID numbers (GB 11643-1999), and mainland mobile numbers (usernames: `vault.accounts.usernames`). Everything here is
 pure: no storage, no keys. Values returned by `normalize_*` are what the blind index hashes, so a change to them is a
 data migration. Nothing here may log or echo the value it rejects.
 """
@@ -11,7 +11,7 @@ import datetime as dt
 import re
 import unicodedata
 
-from vault.errors import InvalidIdNumber, InvalidPhone, InvalidUsername
+from vault.errors import InvalidIdNumber, InvalidPhone
 
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
@@ -88,20 +88,3 @@ def normalize_phone(raw: str) -> str:
 def mask_phone(normalized: str) -> str:
     """`138****8000`."""
     return normalized[:3] + "****" + normalized[-4:]
-
-
-_USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{2,63}")
-
-
-def normalize_username(raw: str) -> str:
-    """NFKC + casefold so `Alice`, `alice` and `Ａｌｉｃｅ` are one account name."""
-    if not isinstance(raw, str) or len(raw) > 256:
-        raise InvalidUsername("Username is too long", extra={"reason": "length"})
-    value = unicodedata.normalize("NFKC", raw).strip().casefold()
-    value = unicodedata.normalize("NFKC", value)
-    if not _USERNAME_RE.fullmatch(value):
-        raise InvalidUsername(
-            "Username must be 3-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit",
-            extra={"reason": "format"},
-        )
-    return value

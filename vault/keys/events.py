@@ -18,7 +18,7 @@ import weakref
 
 from kms.manager import KeyEvent
 from vault.identity import RequestContext
-from vault.keyops import SYSTEM, audit_now
+from vault.keys.operations import SYSTEM, audit_now
 
 log = logging.getLogger("healthvault.keys")
 
@@ -118,7 +118,9 @@ def _service_purposes(vault) -> list[str]:
     from audit.pseudonyms import PURPOSE as PSEUDONYM
     from consent import receipts
     from kms import suites
-    from vault import fields, patients, totp
+    from vault import fields
+    from vault.patients import service as patients
+    from vault.accounts import totp
 
     suite = fields.suite_of(vault)
     return [*(suites.purpose(base, suite) for base in (PSEUDONYM, patients.ID_INDEX_PURPOSE,

@@ -14,7 +14,7 @@ import pyotp
 from kms import DataKey
 from vault import fields
 from vault.errors import InvalidCredentials
-from vault.models import Account
+from vault.db.models import Account
 
 PURPOSE = "totp"
 ROLES_REQUIRING_TOTP = frozenset({"doctor", "escort", "auditor", "sysadmin", "secadmin", "auditadmin"})

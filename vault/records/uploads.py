@@ -12,7 +12,7 @@ import hashlib
 from kms import envelope
 from kms.stream import StreamEncryptor
 
-from vault import sniff
+from vault.records import sniff
 from vault.errors import ContentMismatch, EmptyUpload, PayloadTooLarge, UnsupportedMediaType
 
 

@@ -4,7 +4,7 @@ from alembic import context
 
 from audit.models import AuditBase
 from consent.models import ConsentBase
-from vault.models import Base
+from vault.db.models import Base
 
 config = context.config
 engine = config.attributes["engine"]

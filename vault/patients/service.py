@@ -17,9 +17,12 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from vault import accounts, fields, gate, privacy
+from vault import fields
+from vault.accounts import service as accounts
+from vault.access import gate
+from vault.patients import privacy
 from vault.errors import Conflict, InvalidInput
-from vault.identifiers import (
+from vault.patients.identifiers import (
     birth_date_from_id,
     mask_id_number,
     mask_phone,
@@ -27,7 +30,7 @@ from vault.identifiers import (
     normalize_phone,
 )
 from vault.identity import Identity, RequestContext
-from vault.models import Account, Patient
+from vault.db.models import Account, Patient
 
 ID_INDEX_PURPOSE = "blind-index:id_number"
 PHONE_INDEX_PURPOSE = "blind-index:phone"

@@ -15,7 +15,8 @@ import ipaddress
 from sqlalchemy.orm import Session
 
 from consent import engine
-from vault import alerts, audit_log
+from vault.access import alerts
+from vault.access import audit_append
 from vault.errors import Forbidden, NotFound, VaultError
 from vault.identity import Identity, RequestContext
 
@@ -77,7 +78,7 @@ def decide(session: Session, vault, identity: Identity, action: str, target: Tar
 def audit(vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
           outcome: str, reason: str | None, grant_id: str | None = None) -> None:
     """Append one event for this target in the session's transaction."""
-    audit_log.append(session, vault, identity=identity, ctx=ctx, action=action, outcome=outcome,
+    audit_append.append(session, vault, identity=identity, ctx=ctx, action=action, outcome=outcome,
                      resource_type=target.resource_type, resource_id=target.resource_id,
                      patient_id=target.patient_id, reason=reason, grant_id=grant_id)
 
@@ -103,7 +104,7 @@ def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, a
 
 
 def _alert_on_burst(vault, session: Session, *, identity: Identity, ctx: RequestContext, target: Target) -> None:
-    actor = audit_log.actor_pseudonym(vault, identity.account_id)
+    actor = audit_append.actor_pseudonym(vault, identity.account_id)
     count = alerts.denial_burst(session, actor=actor, now=vault.clock(),
                                 threshold=vault.settings.alert_denials_per_minute)
     if count is None:

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from audit import trail
 from audit.statements import driver_error
-from vault.db import SAVEPOINT_FAILED, SAVEPOINT_NEEDS_TRANSACTION
+from vault.db.engine import SAVEPOINT_FAILED, SAVEPOINT_NEEDS_TRANSACTION
 
 if TYPE_CHECKING:
     from vault.runtime import Vault

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from vault.errors import AuditUnavailable
-from vault.group_commit import GroupTransaction, LockTaken
+from vault.db.fastpath.group_commit import GroupTransaction, LockTaken
 
 if TYPE_CHECKING:
     from vault.runtime import Vault

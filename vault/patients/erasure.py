@@ -34,10 +34,14 @@ from sqlalchemy.orm import Session
 from consent.models import BreakGlass, Grant
 from kms import KeyStoreError
 from kms.blind_index import INDEX_SIZE
-from vault import accounts, audit_log, gate, privacy, totp
+from vault.accounts import service as accounts
+from vault.access import audit_append
+from vault.access import gate
+from vault.patients import privacy
+from vault.accounts import totp
 from vault.errors import InvalidCredentials, NotFound, OtpRequired
 from vault.identity import Identity, RequestContext
-from vault.models import Account, AuthToken, LabCorrection, Patient, Record
+from vault.db.models import Account, AuthToken, LabCorrection, Patient, Record
 
 UNUSABLE_PASSWORD_HASH = "!erased"
 
@@ -89,7 +93,7 @@ def erase_by_operator(session: Session, vault, *, patient_id: str, actor: Identi
 
 def _erase(session: Session, vault, *, patient_id: str, actor: Identity, ctx: RequestContext,
            reason: str) -> ErasureReport:
-    pseudonym = audit_log.patient_pseudonym(vault, patient_id)
+    pseudonym = audit_append.patient_pseudonym(vault, patient_id)
     patient = session.get(Patient, patient_id)
     if (patient.erased_at is not None and patient.wrapped_dek == b""
             and not vault.keys.patient_key_exists(patient_id)):

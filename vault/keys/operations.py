@@ -41,10 +41,11 @@ from sqlalchemy.orm import Session
 from kms import CryptoError, KeyDestroyed, KeyStoreError
 from kms.keystore import RewrapJob, RotationRequest
 from kms.manager import RewrapBatch
-from vault import audit_log, gate
+from vault.access import audit_append
+from vault.access import gate
 from vault.errors import Conflict, Forbidden, InvalidInput
 from vault.identity import Identity, RequestContext
-from vault.models import Patient, Record
+from vault.db.models import Patient, Record
 
 log = logging.getLogger("healthvault.keys")
 
@@ -72,7 +73,7 @@ def _utc(moment: dt.datetime | None) -> dt.datetime | None:
 def _audit(session: Session, vault, *, identity: Identity, ctx: RequestContext, action: str, resource_type: str,
            outcome: str = "allow", resource_id: str | None = None, patient_id: str | None = None,
            reason: str | None = None) -> None:
-    audit_log.append(session, vault, identity=identity, ctx=ctx, action=action, outcome=outcome,
+    audit_append.append(session, vault, identity=identity, ctx=ctx, action=action, outcome=outcome,
                      resource_type=resource_type, resource_id=resource_id, patient_id=patient_id,
                      reason=reason[:128] if reason else None)
 

@@ -21,11 +21,14 @@ from sqlalchemy.orm import Session
 
 from consent import receipts
 from consent.models import BreakGlass, Grant
-from vault import alerts, audit_log, fields, gate
+from vault import fields
+from vault.access import alerts
+from vault.access import audit_append
+from vault.access import gate
 from vault.errors import InvalidInput, NotFound
-from vault.identifiers import normalize_username
+from vault.accounts.usernames import normalize_username
 from vault.identity import Identity, RequestContext
-from vault.models import CATEGORIES, Account, Patient, Record
+from vault.db.models import CATEGORIES, Account, Patient, Record
 
 GRANTEE_ROLES = ("doctor", "escort")
 VERBS = ("view", "download")
@@ -150,8 +153,8 @@ def create_grant(session: Session, vault, *, identity: Identity, ctx: RequestCon
     dek = vault.keys.open_data_key(patient_id, recipient.wrapped_dek)
     key = vault.keys.service_key(receipts.PURPOSE)
     statement = {
-        "grant_id": grant_id, "patient": audit_log.patient_pseudonym(vault, patient_id),
-        "grantee": audit_log.actor_pseudonym(vault, recipient.id), "grantee_role": recipient.role,
+        "grant_id": grant_id, "patient": audit_append.patient_pseudonym(vault, patient_id),
+        "grantee": audit_append.actor_pseudonym(vault, recipient.id), "grantee_role": recipient.role,
         "record_ids": scope_ids, "categories": sorted(set(categories)), "include_future": include_future,
         "actions": sorted(set(actions)), "purpose_sha256": hashlib.sha256(purpose.encode()).hexdigest(),
         "consult_ref": consult_ref, "not_before": not_before.isoformat(), "expires_at": expires_at.isoformat(),
@@ -284,6 +287,6 @@ def breakglass(session: Session, vault, *, identity: Identity, ctx: RequestConte
                reason="breakglass", grant_id=claim.id)
     session.commit()
     alerts.send_webhook(vault.settings.alert_webhook, {
-        "kind": "breakglass", "claim_id": claim.id, "actor": audit_log.actor_pseudonym(vault, identity.account_id),
-        "patient": audit_log.patient_pseudonym(vault, patient_id), "expires_at": claim.expires_at.isoformat()})
+        "kind": "breakglass", "claim_id": claim.id, "actor": audit_append.actor_pseudonym(vault, identity.account_id),
+        "patient": audit_append.patient_pseudonym(vault, patient_id), "expires_at": claim.expires_at.isoformat()})
     return claim

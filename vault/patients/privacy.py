@@ -1,6 +1,6 @@
 """Separate consent (PIPL arts. 14, 28-29; COMPLIANCE PIPL-1): the privacy notice, consent rows and the checks.
 
-Owns: loading the versioned privacy notice (bundled `vault/notices/privacy-notice.json`, or the file named by
+Owns: loading the versioned privacy notice (bundled `vault/patients/notices/privacy-notice.json`, or the file named by
 `settings.privacy_notice_path`) and its SHA-256 over the exact file bytes; the append-only consent history (one row
 per decision: patient, item, given or not, notice version and hash, time); the decision "may this patient's data be
 processed now" (both required items given on the CURRENT notice: a changed notice forces re-consent) and "may this
@@ -29,10 +29,10 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from audit.statements import HotStatement
-from vault import gate
+from vault.access import gate
 from vault.errors import ConsentRequired, NotFound, RegistrationConsentRequired
 from vault.identity import Identity, RequestContext
-from vault.models import CONSENT_ITEMS, Consent
+from vault.db.models import CONSENT_ITEMS, Consent
 
 BUNDLED_NOTICE = Path(__file__).parent / "notices" / "privacy-notice.json"
 NOTICE_ENDPOINT = "/v1/privacy-notice"

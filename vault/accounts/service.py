@@ -22,7 +22,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from consent import engine as consent_engine
-from vault import audit_log, gate, tokens, totp
+from vault.access import audit_append
+from vault.access import gate
+from vault.accounts import tokens
+from vault.accounts import totp
 from vault.errors import (
     Conflict,
     Forbidden,
@@ -34,9 +37,9 @@ from vault.errors import (
     PasswordChangeRequired,
     WeakPassword,
 )
-from vault.identifiers import normalize_username
+from vault.accounts.usernames import normalize_username
 from vault.identity import Identity, RequestContext
-from vault.models import ROLES, Account, AuthToken
+from vault.db.models import ROLES, Account, AuthToken
 
 
 def get(session: Session, *, account_id: str) -> Account | None:
@@ -75,7 +78,7 @@ def create(session: Session, vault, *, username: str, password: str, role: str, 
         raise Conflict("An account with this username already exists")
     session.add(account)
     actor = created_by or Identity(account_id="cli", role="sysadmin")
-    audit_log.append(session, vault, identity=actor, ctx=ctx, action="account.create", outcome="allow",
+    audit_append.append(session, vault, identity=actor, ctx=ctx, action="account.create", outcome="allow",
                      resource_type="account", resource_id=account.id, reason=role)
     try:
         session.commit()
@@ -91,14 +94,14 @@ def _fail(session: Session, vault, account: Account | None, name: str | None, ct
     now = vault.clock()
     actor = (Identity(account_id=account.id, role=account.role) if account
              else Identity(account_id="unknown:" + (name or "-"), role="anonymous"))
-    audit_log.append(session, vault, identity=actor, ctx=ctx, action="login_failed", outcome="deny",
+    audit_append.append(session, vault, identity=actor, ctx=ctx, action="login_failed", outcome="deny",
                      resource_type="account", resource_id=account.id if account else None, reason=reason)
     if account is not None and reason in ("bad-credentials", "bad-otp"):
         account.failed_logins = (account.failed_logins or 0) + 1
         if account.failed_logins >= vault.settings.lockout_threshold:
             account.failed_logins = 0
             account.locked_until = now + dt.timedelta(minutes=vault.settings.lockout_minutes)
-            audit_log.append(session, vault, identity=actor, ctx=ctx, action="account_locked", outcome="deny",
+            audit_append.append(session, vault, identity=actor, ctx=ctx, action="account_locked", outcome="deny",
                              resource_type="account", resource_id=account.id, reason="too-many-failures")
     session.commit()
     raise InvalidCredentials()
@@ -143,7 +146,7 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
     account.locked_until = None
     account.last_login_at = now
     token = tokens.issue(session, account=account, now=now, ttl_seconds=vault.settings.token_ttl_seconds)
-    audit_log.append(session, vault,
+    audit_append.append(session, vault,
                      identity=Identity(account_id=account.id, role=account.role, patient_id=account.patient_id),
                      ctx=ctx, action="login", outcome="allow", resource_type="account", resource_id=account.id,
                      patient_id=account.patient_id)
@@ -152,7 +155,7 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
 
 
 def _refuse_sign_in(session: Session, vault, account: Account, ctx: RequestContext, reason: str) -> None:
-    audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
+    audit_append.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="login_failed", outcome="deny", resource_type="account", resource_id=account.id,
                      reason=reason)
     session.commit()
@@ -181,7 +184,7 @@ def change_password(session: Session, vault, *, username: str, password: str, ne
     account.password_hash = vault.passwords.hash(new_password)
     account.password_changed_at = vault.clock()
     account.must_change_password = False
-    audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
+    audit_append.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="account.update", outcome="allow", resource_type="account", resource_id=account.id,
                      reason="password-changed")
     session.commit()
@@ -193,7 +196,7 @@ def totp_enroll(session: Session, vault, *, username: str, password: str, ctx: R
     if account.totp_enabled:
         raise Conflict("Two-factor sign-in is already active for this account")
     secret, uri = totp.enroll(vault, account)
-    audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
+    audit_append.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="totp.enroll", outcome="allow", resource_type="account", resource_id=account.id)
     session.commit()
     return secret, uri
@@ -207,7 +210,7 @@ def totp_activate(session: Session, vault, *, username: str, password: str, otp:
     if not totp.check(vault, account, otp):
         _fail(session, vault, account, account.username, ctx, "bad-otp")
     account.totp_enabled = True
-    audit_log.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
+    audit_append.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="totp.activate", outcome="allow", resource_type="account", resource_id=account.id)
     session.commit()
 
@@ -220,7 +223,7 @@ def disable_idle_staff(session: Session, vault, *, ctx: RequestContext) -> list[
     for account in idle:
         if (account.last_login_at or account.created_at) < cutoff:
             account.is_active = False
-            audit_log.append(session, vault, identity=Identity(account_id="system:ageing", role="system"), ctx=ctx,
+            audit_append.append(session, vault, identity=Identity(account_id="system:ageing", role="system"), ctx=ctx,
                              action="account.update", outcome="allow", resource_type="account",
                              resource_id=account.id, reason="idle-disabled")
             disabled.append(account.username)
@@ -230,7 +233,7 @@ def disable_idle_staff(session: Session, vault, *, ctx: RequestContext) -> list[
 
 def logout(session: Session, vault, *, token: str, identity: Identity, ctx: RequestContext) -> None:
     tokens.revoke(session, token=token, now=vault.clock())
-    audit_log.append(session, vault, identity=identity, ctx=ctx, action="logout", outcome="allow", resource_type="account",
+    audit_append.append(session, vault, identity=identity, ctx=ctx, action="logout", outcome="allow", resource_type="account",
                      resource_id=identity.account_id)
     session.commit()
 

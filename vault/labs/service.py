@@ -1,7 +1,7 @@
 """Lab sheets become data: extraction jobs, encrypted results, patient corrections, trends.
 
-Owns running `ocr.extract` out of the request path (an in-process single worker by default; `submit` is the seam
-where a real queue — Celery or Dramatiq on Redis/RabbitMQ — plugs in, the job being just a record id), storing the
+Owns the `lab.extract` job (`run_extraction`, queued by the records service through `vault.jobs` and run off the
+request path; the job is just a record id): running `ocr.extract`, storing the
 LabReport sealed under the record's DEK, and the record's status pending → done / needs_review / failed (with the
 OCR package's stable error code). A failing page never takes the worker down. `ocr/` stays pure: it gets bytes and
 returns a report; identities, keys and the database stay here.
@@ -16,56 +16,27 @@ import dataclasses
 import io
 import json
 import logging
-import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy import select, update
 
 from kms.stream import iter_decrypt
-from vault import fields, gate, privacy
+from vault import fields
+from vault.access import gate
+from vault.patients import privacy
 from vault.errors import Conflict, InvalidInput, OcrDeclined
 from vault.identity import Identity, RequestContext
-from vault.models import LabCorrection, Record
-from vault.uploads import blob_aad
+from vault.db.models import LabCorrection, Record
+from vault.records import service as records
+from vault.records.service import DECLINED, EXTRACT_JOB, results_of, wants_extraction
+from vault.records.uploads import blob_aad
 
 log = logging.getLogger("healthvault.labs")
 SYSTEM = Identity(account_id="system:ocr", role="system")
 MAX_OCR_BYTES = 64 * 1024 * 1024
-EXTRACTABLE = ("lab_report",)
 CORRECTABLE = ("value", "unit", "ref_low", "ref_high", "ref_text", "flag", "name", "code")
 
 
-class LabJobs:
-    """One worker thread per process: OCR is CPU-bound and the onnxruntime engine already uses the cores."""
-
-    def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, vault, record_id: str) -> Future:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocr")
-        return self._pool.submit(run_extraction, vault, record_id)
-
-    def shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-
-
-DECLINED = "declined"
-
-
-def wants_extraction(category: str) -> bool:
-    return category in EXTRACTABLE
-
-
-def initial_status(session, vault, *, patient_id: str, category: str) -> str | None:
-    """A new upload's OCR status: None (not a lab sheet), `pending` (queued) or `declined` (no OCR consent)."""
-    if not wants_extraction(category):
-        return None
-    return "pending" if privacy.ocr_allowed(session, vault, patient_id=patient_id) else DECLINED
 
 
 def ensure_not_declined(record) -> None:
@@ -144,21 +115,11 @@ def _extract(data: bytes) -> tuple[str, str | None, str | None]:
     return ("needs_review" if report.needs_review else "done"), None, report.to_json()
 
 
-def results_of(vault, record, dek=None) -> dict | None:
-    """The decrypted LabReport of a record the caller has already been allowed to read (pass its DEK if open)."""
-    if record.lab_results_enc is None:
-        return None
-    dek = dek or vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
-    return json.loads(fields.open_text(dek, record.lab_results_enc, column="lab_results", **_where(record)))
-
-
 def correct(session, vault, *, identity: Identity, ctx: RequestContext, record_id: str, row: int, field: str,
             value) -> dict:
     """The patient corrects one extracted field; old and new are kept (sealed) in the correction history."""
     if field not in CORRECTABLE:
         raise InvalidInput(f"field must be one of {', '.join(CORRECTABLE)}", extra={"reason": "field"})
-    from vault import records  # records imports this module to queue extractions
-
     record, dek = records.get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id,
                                        action="lab.correct")
     report = results_of(vault, record, dek)
@@ -230,8 +191,6 @@ def request_extraction(session, vault, *, identity: Identity, ctx: RequestContex
     """Queue (again) the extraction of one lab sheet: after OCR consent was given late, or after a failure.
 
     The gate decides as for any change to the record (`record.update`: the owner only; grants never carry it)."""
-    from vault import records  # records imports this module to queue extractions
-
     record, _dek = records.get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id,
                                         action="record.update")
     if not wants_extraction(record.category):
@@ -242,5 +201,5 @@ def request_extraction(session, vault, *, identity: Identity, ctx: RequestContex
         raise declined_error()
     mark_pending(session, record.id)
     session.commit()
-    vault.labs.submit(vault, record.id)
+    vault.jobs.submit(EXTRACT_JOB, record.id)
     return "pending"
