@@ -12,9 +12,9 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from api import problems
-from vault.db.fastpath.lane import DatabaseLane
 from api.middleware import EdgeMiddleware
 from api.routers import accounts, audit, auth, health, keys, labs, patients, privacy, records, sharing
+from vault.db.fastpath.lane import DatabaseLane
 from vault.patients import privacy as privacy_notice
 from vault.runtime import Vault
 

@@ -22,11 +22,11 @@ import pydantic
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 
-from vault.db.fastpath.lane import DatabaseLane
-from vault.patients import privacy
 from vault.accounts import tokens
+from vault.db.fastpath.lane import DatabaseLane
 from vault.errors import Unauthenticated
 from vault.identity import Identity, RequestContext
+from vault.patients import privacy
 from vault.runtime import Vault
 
 # Route → the audited action a patient's consent must cover.

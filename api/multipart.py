@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from python_multipart.exceptions import MultipartParseError
-from starlette.requests import ClientDisconnect
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from vault.errors import InvalidInput, PayloadTooLarge, TruncatedUpload
 from vault.records.uploads import UploadSink

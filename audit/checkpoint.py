@@ -27,7 +27,7 @@ class Signer:
     """Signs note bodies as `— <name> <base64(key id || signature)>` (C2SP signed-note), the signature being Ed25519
     or SM2 (r || s) according to the key."""
 
-    __slots__ = ("name", "key_id", "kind", "_key", "_vkey")
+    __slots__ = ("_key", "_vkey", "key_id", "kind", "name")
 
     def __init__(self, name: str, private_key) -> None:
         if isinstance(private_key, Ed25519PrivateKey):

@@ -32,7 +32,7 @@ class Sink:
     def _syslog_frame(self, payload: str) -> bytes:
         # RFC 5424: <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA MSG; facility 13 (log audit),
         # severity 6 (informational) -> PRI 110.
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return f"<110>1 {stamp} {self.hostname} healthvault - audit - {payload}".encode()
 
     def send(self, events: list[dict]) -> None:

@@ -31,7 +31,7 @@ def driver_error(sql: str, error: Exception, dialect) -> exc.DBAPIError:
 
 
 class _Compiled:
-    __slots__ = ("sql", "names", "defaults", "required", "binds", "row", "results", "named", "prepare")
+    __slots__ = ("binds", "defaults", "named", "names", "prepare", "required", "results", "row", "sql")
 
     def __init__(self, statement, dialect) -> None:
         compiled = statement.compile(dialect=dialect)

@@ -53,7 +53,7 @@ class NewEvent:
 
 def format_time(moment: dt.datetime) -> str:
     """RFC 3339, UTC, microseconds: the one spelling of time inside a hash."""
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def chain_for(key: str | None, chains: int, event_format: int = EVENT_FORMAT) -> int:

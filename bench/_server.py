@@ -67,7 +67,7 @@ class VaultServer:
         self._log = None
 
     # ----------------------------------------------------------------------------------------------- lifecycle
-    def __enter__(self) -> "VaultServer":
+    def __enter__(self) -> VaultServer:
         try:
             self.start()
         except BaseException:

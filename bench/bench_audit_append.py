@@ -41,7 +41,7 @@ def _writer(mode: str, url: str, chains: int, seconds: float, ready, go, result)
     from audit import trail
 
     engine = create_engine(url, pool_size=1, hide_parameters=True)
-    utc = dt.timezone.utc
+    utc = dt.UTC
     count = 0
     plain_insert = None
     if mode == "plain":

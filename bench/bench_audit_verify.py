@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit.bundle import write_bundle  # noqa: E402
-from audit.checkpoint import MerkleLog, Signer, make_checkpoint_body  # noqa: E402
-from audit.verify import (  # noqa: E402
+from audit.bundle import write_bundle
+from audit.checkpoint import MerkleLog, Signer, make_checkpoint_body
+from audit.verify import (
     ZERO_HASH_HEX,
     canonical_bytes,
     event_hash,

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PG_URL = os.environ.get("HEALTHVAULT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def _fill(engine, n: int, doctors: list[str], patients: list[str], now: dt.datetime) -> list[tuple[str, str, str]]:
@@ -109,7 +109,7 @@ def _measure(engine, granted, doctors, samples: int, threads: int) -> dict:
         w.join()
     elapsed = time.perf_counter() - started
     lat.sort()
-    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e6  # noqa: E731
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e6
     return {"p50_us": q(0.50), "p99_us": q(0.99), "max_us": lat[-1] * 1e6, "n": len(lat), "wrong": len(wrong),
             "per_s": len(lat) / elapsed}
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms import DataKey, envelope, stream, suites  # noqa: E402
+from kms import DataKey, envelope, stream, suites
 
 REPEATS = 5
 
@@ -88,7 +88,7 @@ def bench_fields(iterations: int) -> None:
 
     (raw_med, raw_best), (kms_med, kms_best), (aad_med, aad_best) = interleaved(
         raw_loop, kms_loop, kms_loop_with_aad, repeats=2 * REPEATS + 1)
-    us = lambda s: s / iterations * 1e6  # noqa: E731
+    us = lambda s: s / iterations * 1e6
     print(f"(a) 1 KB field encrypt+decrypt, {iterations} pairs per repeat")
     print(f"    raw AESGCM (fresh nonce, 36 B AAD)     {us(raw_med):6.2f} us/pair  ({us(raw_best):.2f})"
           f"  {iterations / raw_med:10,.0f} pairs/s")
@@ -189,7 +189,7 @@ def bench_sm(iterations: int, megabytes: int, segment: int) -> None:
             envelope.decrypt(key, envelope.encrypt(key, payload, field_ad), field_ad)
 
     (raw_med, _), (kms_med, _) = interleaved(raw_fields, kms_fields)
-    us = lambda t: t / iterations * 1e6  # noqa: E731
+    us = lambda t: t / iterations * 1e6
     print(f"(c) SM suite: 1 KB field encrypt+decrypt, {iterations} pairs per repeat")
     print(f"    raw SM4-GCM {us(raw_med):6.2f} us/pair | kms.envelope (SM4 DataKey) {us(kms_med):6.2f} us/pair"
           f"  kms/raw {kms_med / raw_med:.2f}x  ({iterations / kms_med:,.0f} pairs/s)")

@@ -44,7 +44,7 @@ def _run(threads: int, work: list, fn) -> float:
         try:
             for item in items:
                 fn(item)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     workers = [threading.Thread(target=loop, args=(c,)) for c in chunks]
@@ -73,13 +73,13 @@ def main() -> int:
     from sqlalchemy import create_engine, text
 
     from vault.accounts import service as accounts
-    from vault.patients import service as patients
-    from vault.patients import privacy
-    from vault.sharing import service as sharing
-    from vault.patients.identifiers import check_digit
     from vault.identity import Identity, RequestContext
+    from vault.patients import privacy
+    from vault.patients import service as patients
+    from vault.patients.identifiers import check_digit
     from vault.runtime import init_data_dir, open_vault
     from vault.settings import Settings
+    from vault.sharing import service as sharing
 
     suffix = secrets.token_hex(4)
     data_schema, key_schema = f"hvgr_{suffix}", f"hvgr_keys_{suffix}"

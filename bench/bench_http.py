@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _rounds import add_round_arguments, print_summary, run_rounds, summarize  # noqa: E402
-from _server import ServerError, VaultServer, loadavg  # noqa: E402
+from _rounds import add_round_arguments, print_summary, run_rounds, summarize
+from _server import ServerError, VaultServer, loadavg
 
 TARGET_RATIO = 0.30
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _rounds import add_round_arguments, print_summary, run_rounds, summarize  # noqa: E402
-from _server import REPO_ROOT, ServerError, VaultServer, loadavg  # noqa: E402
+from _rounds import add_round_arguments, print_summary, run_rounds, summarize
+from _server import REPO_ROOT, ServerError, VaultServer, loadavg
 
 TARGET_RATIO = 0.80
 AAD = b"hv/kek/v1\0\x00\x00\x00\x01" + b"p" * 26  # 40 bytes, the size of a KEK wrap's AAD
@@ -59,7 +59,7 @@ def _threaded(fn, n: int, threads: int) -> float:
         try:
             for _ in range(per):
                 fn()
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+        except BaseException as exc:
             errors.append(exc)
 
     pool = [threading.Thread(target=work) for _ in range(threads)]

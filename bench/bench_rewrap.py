@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import insert
 
 TARGET = 2000.0
 
@@ -55,8 +55,8 @@ def _kms_settings(kms: str) -> dict:
 def _setup(tmp: Path, *, n: int, patients: int, kms: str = "local"):
     os.environ.pop("HEALTHVAULT_ROOT_KEY", None)
     from kms import DataKey
-    from vault.identity import Identity, RequestContext
     from vault.db.models import Account, Patient, Record
+    from vault.identity import Identity, RequestContext
     from vault.runtime import init_data_dir, open_vault
     from vault.settings import Settings
 
@@ -139,8 +139,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.patients = min(args.n, 3000), min(args.patients, 100)
-    from vault.keys import operations as keyops
     from vault.db.models import Record
+    from vault.keys import operations as keyops
 
     print(f"python {sys.version.split()[0]}, cpus {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="hv-bench-rewrap-") as tmp:

@@ -36,8 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _server import (ServerError, VaultServer, loadavg, multipart_epilogue,  # noqa: E402
-                     multipart_preamble)
+from _server import ServerError, VaultServer, loadavg, multipart_epilogue, multipart_preamble
 
 MiB = 1024 * 1024
 TARGET_GROWTH_MIB = 64.0
@@ -70,7 +69,7 @@ class RssSampler:
                 return
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -79,7 +78,7 @@ class RssSampler:
         self._thread.join(timeout=5)
         try:
             self.samples.append(self.rss())
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
     @property

@@ -62,11 +62,11 @@ for _policy in ROLE_POLICIES:
 # The static decisions may be kept only while every role policy ignores domain, object and time (see the docstring).
 STATIC_DECISIONS_HOLD = all(p[0].startswith("role:") and p[1] == "*" and p[2] == "*" and p[4] == "0000"
                             and p[5] == "9999" for p in ROLE_POLICIES)
-_STATIC_DECISIONS: dict[tuple[str, str, bool], "Decision"] = {}
+_STATIC_DECISIONS: dict[tuple[str, str, bool], Decision] = {}
 
 
 def stamp(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ from kms.keys import DataKey
 
 
 class _Entry:
-    __slots__ = ("key", "born", "uses")
+    __slots__ = ("born", "key", "uses")
 
     def __init__(self, key: DataKey, born: float) -> None:
         self.key = key

@@ -23,7 +23,7 @@ MAX_VERSION = 0xFFFFFFFF
 
 
 class DataKey:
-    __slots__ = ("key_id", "version", "suite", "_material", "_aead", "_ident", "__weakref__")
+    __slots__ = ("__weakref__", "_aead", "_ident", "_material", "key_id", "suite", "version")
 
     key_id: bytes
     version: int

@@ -27,8 +27,22 @@ import os
 import re
 from pathlib import Path
 
-from sqlalchemy import (DateTime, Index, Integer, LargeBinary, String, and_, create_engine, delete, event, func, or_, select,
-                        text, update)
+from sqlalchemy import (
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker

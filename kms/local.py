@@ -102,7 +102,7 @@ class _Sealing:
     """The key that seals one key file (derived once, at open or create) with the salt and KDF parameters it was
     derived with. Holds no passphrase."""
 
-    __slots__ = ("aead", "salt", "params")
+    __slots__ = ("aead", "params", "salt")
 
     def __init__(self, aead: AESGCM, salt: bytes, params: dict) -> None:
         self.aead, self.salt, self.params = aead, salt, params

@@ -261,7 +261,7 @@ class KeyManager:
 
     # --- helpers --------------------------------------------------------------------------------------------------
     def _utcnow(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self._clock(), tz=dt.timezone.utc)
+        return dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC)
 
     def utcnow(self) -> dt.datetime:
         """This manager's clock: what it writes into key-store `created_at` columns."""

@@ -78,7 +78,7 @@ _WRAP_REFRESH_INTERVAL = 10.0  # a wrap re-reads the versions when the last read
 
 _REGISTRY_LOCK = threading.Lock()
 _MODULE_LOCKS: dict[str, threading.RLock] = {}
-_LINKS: dict[tuple[str, str], "_TokenLink"] = {}
+_LINKS: dict[tuple[str, str], _TokenLink] = {}
 
 
 def module_lock(module_path: str) -> threading.RLock:

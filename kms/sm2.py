@@ -193,7 +193,7 @@ def verify(public_key: bytes, message: bytes, signature: bytes, user_id: bytes =
 class SM2PrivateKey:
     """An SM2 signing key derived from a kms service key. Holds the scalar only as long as this object lives."""
 
-    __slots__ = ("_d", "_private", "_public", "__weakref__")
+    __slots__ = ("__weakref__", "_d", "_private", "_public")
 
     def __init__(self, d: int) -> None:
         self._public = public_key_of(d)

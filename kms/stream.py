@@ -87,7 +87,7 @@ def _subkey_aead(key: DataKey, header: bytes, associated_data: bytes):
 class _Segments:
     """Seals or opens segment i of one blob; the counter lives here so no caller can skip or repeat an index."""
 
-    __slots__ = ("_aead", "_header", "_nonce_prefix", "_index")
+    __slots__ = ("_aead", "_header", "_index", "_nonce_prefix")
 
     def __init__(self, aead, header: bytes) -> None:
         self._aead = aead

@@ -35,7 +35,7 @@ def _pg_reachable() -> bool:
             conn.execute(text("SELECT 1"))
         engine.dispose()
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -76,7 +76,7 @@ class FakeClock:
     """A clock the test controls."""
 
     def __init__(self, start: dt.datetime | None = None) -> None:
-        self.now = start or dt.datetime.now(dt.timezone.utc)
+        self.now = start or dt.datetime.now(dt.UTC)
 
     def __call__(self) -> dt.datetime:
         return self.now

@@ -10,7 +10,6 @@ import time
 from sqlalchemy import select
 
 from audit.models import AuditEvent
-
 from tests.helpers import login, register, staff
 
 
@@ -36,7 +35,7 @@ def test_audit_api_only_from_admin_networks(vault, app):
 class _Hook(http.server.BaseHTTPRequestHandler):
     received: list = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         _Hook.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
         self.send_response(204)
         self.end_headers()

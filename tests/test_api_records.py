@@ -6,12 +6,10 @@ import os
 import pytest
 from sqlalchemy import func, select
 
-from vault.errors import PROBLEM_BASE
 from audit.models import AuditEvent
+from tests.helpers import PASSWORD, consents, jpeg_bytes, login, make_id_number, pdf_bytes, png_bytes, register, upload
 from vault.db.models import Account, Patient, Record
-
-from tests.helpers import (PASSWORD, consents, jpeg_bytes, login, make_id_number, pdf_bytes, png_bytes, register,
-                           upload)
+from vault.errors import PROBLEM_BASE
 
 PROBLEM = "application/problem+json"
 
@@ -180,9 +178,9 @@ def _no_trace(vault) -> None:
 
 
 def test_oversized_upload_is_refused_while_streaming(tmp_path, request, monkeypatch):
-    from api.app import create_app
     from fastapi.testclient import TestClient
 
+    from api.app import create_app
     from tests.conftest import CHEAP_KDF, PASSPHRASE, make_settings
     from vault.runtime import init_data_dir, open_vault
 

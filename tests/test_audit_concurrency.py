@@ -10,12 +10,11 @@ import pytest
 from sqlalchemy import func, select
 
 from audit.models import AuditEvent
+from tests.conftest import PASSPHRASE
+from tests.test_audit_trail import _check_chains
 from vault.access import audit_append
 from vault.auditing import trail as audit_trail
 from vault.identity import Identity, RequestContext
-
-from tests.conftest import PASSPHRASE
-from tests.test_audit_trail import _check_chains
 
 
 def _append_many(vault, count: int, tag: str) -> None:

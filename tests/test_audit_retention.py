@@ -9,11 +9,10 @@ from sqlalchemy import func, select
 
 from audit import retention, verify
 from audit.models import AuditEvent, Checkpoint
+from tests.helpers import login, register
 from vault.auditing import trail as audit_trail
 
-from tests.helpers import login, register
-
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def at(*args) -> dt.datetime:

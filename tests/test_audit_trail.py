@@ -12,12 +12,11 @@ from sqlalchemy.exc import DBAPIError
 
 from audit import log, trail, verify
 from audit.models import AuditEvent, ChainHead, Leaf
+from tests.helpers import login, make_id_number, png_bytes, register, staff, upload
+from tests.scan import find_in_bytes
 from vault.access import audit_append
 from vault.auditing import trail as audit_trail
 from vault.identity import RequestContext
-
-from tests.helpers import login, make_id_number, png_bytes, register, staff, upload
-from tests.scan import find_in_bytes
 
 CTX = RequestContext(request_id="t", client_addr="127.0.0.1", user_agent="pytest")
 

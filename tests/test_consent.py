@@ -10,9 +10,8 @@ import pytest
 from sqlalchemy import select, update
 
 from audit.models import AuditEvent
-from vault.db.models import Record
-
 from tests.helpers import login, png_bytes, register, staff, upload
+from vault.db.models import Record
 
 
 def _hours(clock, n: float) -> str:
@@ -44,7 +43,7 @@ def _grant(client, clock, headers, **overrides):
 
 def test_grant_lifecycle_window_scope_and_revocation(client, vault, clock, people):
     p, d = people["patient"], people["doctor"]
-    read = lambda rid, h=d: client.get(f"/v1/records/{rid}", headers=h).status_code  # noqa: E731
+    read = lambda rid, h=d: client.get(f"/v1/records/{rid}", headers=h).status_code
     assert read(people["lab"]) == 404  # nothing granted yet
     created = _grant(client, clock, p, not_before=_hours(clock, 1))
     assert created.status_code == 201, created.text
@@ -172,7 +171,7 @@ def test_thread_enforcers_never_carry_a_previous_callers_role():
     def decide(account: str, role: str) -> bool:
         request = engine.Request(account_id=account, role=role, own_patient_id=None, patient_id=None, obj="audit",
                                  cls="-", action="audit.read")
-        return engine.decide(None, request, now=dt.datetime.now(dt.timezone.utc)).allowed
+        return engine.decide(None, request, now=dt.datetime.now(dt.UTC)).allowed
 
     assert decide("a1", "auditor")
     assert not decide("a1", "doctor") and not decide("a2", "doctor")
@@ -203,7 +202,7 @@ def test_kept_static_decisions_equal_a_fresh_enforcer_for_every_role_action_and_
     from vault.db.models import ROLES
 
     assert engine.STATIC_DECISIONS_HOLD
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     checked = 0
     for round_ in range(2):  # the first round fills the kept decisions, the second is answered from them
         for role in ROLES:
@@ -238,7 +237,7 @@ def test_nothing_is_kept_when_the_role_file_has_another_shape(monkeypatch):
     monkeypatch.setattr(engine, "_STATIC_DECISIONS", {})
     request = engine.Request(account_id="a", role="auditor", own_patient_id=None, patient_id=None, obj="audit",
                              cls="-", action="audit.read")
-    assert engine.decide(None, request, now=dt.datetime.now(dt.timezone.utc)).allowed
+    assert engine.decide(None, request, now=dt.datetime.now(dt.UTC)).allowed
     assert engine._STATIC_DECISIONS == {}
 
 
@@ -258,7 +257,7 @@ def test_prefiltered_decisions_equal_the_full_policy_set(vault, clock):
 
     now = clock()
     hour = dt.timedelta(hours=1)
-    ids = lambda n: [str(uuid.uuid4()) for _ in range(n)]  # noqa: E731
+    ids = lambda n: [str(uuid.uuid4()) for _ in range(n)]
     doc_a, doc_b, doc_c, escort = ids(4)
     pat_p, pat_q = ids(2)
     r1, r2, r3, r4, r5, other = ids(6)

@@ -17,15 +17,14 @@ import uuid
 import pytest
 from sqlalchemy import bindparam, event, func, select, text, update
 
-from vault.db.fastpath.lane import DatabaseLane
 from audit.models import AuditEvent, ChainHead
-from vault.access import audit_append
-from vault.errors import AuditUnavailable, NotFound
-from vault.identity import Identity, RequestContext
-
 from tests.conftest import require_pg
 from tests.helpers import SinkListener, login, png_bytes, register, upload
 from tests.test_audit_trail import _check_chains
+from vault.access import audit_append
+from vault.db.fastpath.lane import DatabaseLane
+from vault.errors import AuditUnavailable, NotFound
+from vault.identity import Identity, RequestContext
 
 _seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen")
 _MOVE = update(ChainHead).where(ChainHead.chain_id == bindparam("c")).values(hash=bindparam("h"))

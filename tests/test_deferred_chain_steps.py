@@ -14,13 +14,12 @@ import pytest
 from sqlalchemy import func, select
 
 from audit.models import AuditEvent, ChainHead
-from vault.records import service as records
-from vault.errors import NotFound
-from vault.db.fastpath.group_commit import GroupTransaction, TransactionLost
-from vault.identity import Identity, RequestContext
-
 from tests.test_audit_trail import _check_chains
 from tests.test_db_lane import _append
+from vault.db.fastpath.group_commit import GroupTransaction, TransactionLost
+from vault.errors import NotFound
+from vault.identity import Identity, RequestContext
+from vault.records import service as records
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"])
 

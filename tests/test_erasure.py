@@ -20,14 +20,24 @@ from sqlalchemy import func, inspect, select
 from audit.models import AuditEvent
 from kms import CryptoError, KeyDestroyed, KeyStoreError
 from tests.conftest import PASSPHRASE
-from tests.helpers import PASSWORD, login, make_id_number, make_phone, pdf_bytes, png_bytes, register, staff, upload
-from tests.helpers import totp_code
+from tests.helpers import (
+    PASSWORD,
+    login,
+    make_id_number,
+    make_phone,
+    pdf_bytes,
+    png_bytes,
+    register,
+    staff,
+    totp_code,
+    upload,
+)
 from vault import fields
 from vault.access import audit_append
+from vault.db.models import Account, Consent, Patient, Record
+from vault.identity import Identity, RequestContext
 from vault.patients import erasure
 from vault.patients import service as patients
-from vault.identity import Identity, RequestContext
-from vault.db.models import Account, Consent, Patient, Record
 from vault.runtime import open_vault
 
 PROBLEM = "urn:healthvault:problem:"

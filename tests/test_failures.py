@@ -5,9 +5,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from audit.models import AuditEvent
-from vault.db.models import Record
-
 from tests.helpers import login, png_bytes, register, upload
+from vault.db.models import Record
 
 
 def _fail_inserts(vault, backend, table: str, name: str, message: str) -> None:
@@ -95,8 +94,9 @@ def test_client_disconnect_mid_upload_leaves_nothing(vault):
     """An ASGI-level disconnect in the middle of the body (what a dropped connection looks like to the app)."""
     import asyncio
 
-    from api.app import create_app
     from fastapi.testclient import TestClient
+
+    from api.app import create_app
 
     app = create_app(vault)
     with TestClient(app) as client:

@@ -10,12 +10,11 @@ from sqlalchemy import bindparam, exc, insert, select, update
 
 from audit.models import ChainHead
 from audit.statements import HotStatement
-from vault.patients import privacy
-from vault.records import service as records
+from tests.helpers import login, png_bytes, register, upload
 from vault.accounts import tokens
 from vault.db.models import AuthToken, Consent, Record
-
-from tests.helpers import login, png_bytes, register, upload
+from vault.patients import privacy
+from vault.records import service as records
 
 
 @pytest.fixture

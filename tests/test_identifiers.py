@@ -2,10 +2,9 @@ import datetime as dt
 
 import pytest
 
-from vault.patients import identifiers as ids
-from vault.errors import InvalidIdNumber, InvalidPhone, InvalidUsername
-
 from tests.helpers import make_id_number
+from vault.errors import InvalidIdNumber, InvalidPhone, InvalidUsername
+from vault.patients import identifiers as ids
 
 
 def test_known_valid_id_number_normalises_and_masks():

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import vault
-from kms.keystore import KeyStoreBase
 from audit.models import AuditBase
 from consent.models import ConsentBase
+from kms.keystore import KeyStoreBase
 from vault.db.models import Base
 
 INVENTORY = json.loads((Path(vault.__file__).parent / "db" / "inventory.json").read_text())

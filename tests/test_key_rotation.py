@@ -24,11 +24,11 @@ from tests.conftest import PASSPHRASE
 from tests.helpers import login, png_bytes, register, staff, upload
 from vault.access import audit_append
 from vault.auditing import trail as audit_trail
+from vault.db.models import Account, Base, Patient, Record
+from vault.identity import Identity, RequestContext
 from vault.keys import events as key_events
 from vault.keys import operations as keyops
 from vault.records import service as records
-from vault.identity import Identity, RequestContext
-from vault.db.models import Account, Base, Patient, Record
 from vault.runtime import open_vault
 
 OPERATOR = Identity(account_id="cli:test-operator", role="operator")
@@ -276,7 +276,7 @@ def test_reads_keep_working_while_rewrap_runs(client, vault):
                     reads.append(record_id)
                     if running.is_set():
                         during.append(record_id)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     errors.append(repr(exc))
 
     threads = [threading.Thread(target=reader, args=(p,)) for p in people]

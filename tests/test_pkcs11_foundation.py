@@ -134,10 +134,10 @@ def test_no_root_or_service_key_bytes_in_the_data_dir(hsm, tmp_path, monkeypatch
     """The token normally never shows its key; here a known AES-256 value is imported as the root key (sensitive,
     non-extractable from then on) so the data directory can be searched for it, with the service keys it wraps."""
     import pkcs11
+    from fastapi.testclient import TestClient
     from pkcs11 import Attribute, KeyType, ObjectClass
 
     from api.app import create_app
-    from fastapi.testclient import TestClient
     from vault.runtime import init_data_dir, open_vault
 
     monkeypatch.delenv("HEALTHVAULT_ROOT_KEY", raising=False)

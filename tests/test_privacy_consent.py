@@ -17,9 +17,9 @@ from sqlalchemy.exc import DBAPIError
 
 from audit.models import AuditEvent
 from tests.helpers import PASSWORD, consents, login, make_id_number, pdf_bytes, png_bytes, register, staff, upload
+from vault.db.models import Account, Consent, Patient, Record
 from vault.labs import service as labs
 from vault.patients import privacy
-from vault.db.models import Account, Consent, Patient, Record
 
 PROBLEM = "urn:healthvault:problem:"
 

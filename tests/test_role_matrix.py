@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-
 from tests.helpers import PASSWORD, login, png_bytes, register, staff, upload
 
 PUBLIC = {("GET", "/healthz"), ("POST", "/v1/patients/register"), ("POST", "/v1/auth/login"),

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 from sqlalchemy import select
 
 from audit.models import AuditEvent
-
 from tests.helpers import PASSWORD, login, register, staff, totp_code
 
 

@@ -36,8 +36,8 @@ from tests.audit.test_sm2 import openssl_verifies_note
 from tests.conftest import CHEAP_KDF, PASSPHRASE, make_settings
 from tests.helpers import login, make_id_number, png_bytes, register, upload
 from vault.auditing import trail as audit_trail
-from vault.patients import service as patients
 from vault.db.models import Patient, Record
+from vault.patients import service as patients
 from vault.runtime import init_data_dir, open_vault
 
 
@@ -452,10 +452,10 @@ def test_the_sm2_signer_is_the_audit_signing_key_of_the_sm_suite(vault):
 def test_archive_and_tombstone_in_sm_mode(client, vault, clock, tmp_path):
     import datetime as dt
 
-    clock.now = dt.datetime(2026, 1, 10, tzinfo=dt.timezone.utc)
+    clock.now = dt.datetime(2026, 1, 10, tzinfo=dt.UTC)
     register(client, username="sm.archive")
     login(client, "sm.archive")
-    result = audit_trail.archive(vault, out=tmp_path / "a", now=dt.datetime(2030, 1, 11, tzinfo=dt.timezone.utc))
+    result = audit_trail.archive(vault, out=tmp_path / "a", now=dt.datetime(2030, 1, 11, tzinfo=dt.UTC))
     assert result["archived"] > 0
     vkey = audit_trail.signer(vault).vkey()
     assert verify.verify_bundle(tmp_path / "a", vkey).ok

@@ -1,6 +1,5 @@
-from vault.records import sniff
-
 from tests.helpers import jpeg_bytes, pdf_bytes, png_bytes
+from vault.records import sniff
 
 
 def test_kinds_are_sniffed_from_bytes():

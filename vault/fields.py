@@ -19,8 +19,8 @@ import threading
 import time
 import weakref
 
-from kms import CryptoError, DataKey, blind_index as _blind_index, envelope, suites
-
+from kms import CryptoError, DataKey, envelope, suites
+from kms import blind_index as _blind_index
 from vault.errors import IntegrityFailure
 
 

@@ -153,7 +153,7 @@ def database_checks(session, *, now: dt.datetime, settings: Settings) -> list[Ch
         Account.role.in_(STAFF_ROLES), Account.is_active.is_(True), Account.totp_enabled.is_(False))) or 0
     latest = session.scalar(select(func.max(Checkpoint.created_at)).where(Checkpoint.kind == "checkpoint"))
     if latest is not None and latest.tzinfo is None:
-        latest = latest.replace(tzinfo=dt.timezone.utc)
+        latest = latest.replace(tzinfo=dt.UTC)
     limit = dt.timedelta(seconds=max(60.0, 3 * settings.audit_checkpoint_every_seconds))
     fresh = latest is not None and now - latest <= limit
     return [
@@ -181,5 +181,5 @@ def run_all(settings: Settings, *, session_factory: Callable | None = None, now:
     checks = settings_checks(settings, environ=environ)
     if session_factory is not None:
         with session_factory() as session:
-            checks += database_checks(session, now=now or dt.datetime.now(dt.timezone.utc), settings=settings)
+            checks += database_checks(session, now=now or dt.datetime.now(dt.UTC), settings=settings)
     return checks

@@ -11,8 +11,8 @@ a clear KeyStoreError, which the CLI shows). It holds no request state and never
 from __future__ import annotations
 
 import dataclasses
-import functools
 import datetime as dt
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,13 +23,22 @@ from sqlalchemy.orm import Session, sessionmaker
 from audit import trail
 from audit.log import LogCache
 from audit.sink import Sink
-from kms import KeyCache, KeyManager, KeyStore, KeyStoreError, LocalProvider, Pkcs11Provider, RootKeyMissing
-from kms import sm2, suites
+from kms import (
+    KeyCache,
+    KeyManager,
+    KeyStore,
+    KeyStoreError,
+    LocalProvider,
+    Pkcs11Provider,
+    RootKeyMissing,
+    sm2,
+    suites,
+)
 from vault import profile
-from vault.db import engine as db
-from vault.blobs.store import BlobStore, LocalBlobStore
-from vault.jobs import Jobs
 from vault.accounts.passwords import PasswordPolicy
+from vault.blobs.store import BlobStore, LocalBlobStore
+from vault.db import engine as db
+from vault.jobs import Jobs
 from vault.keys import events as key_events
 from vault.labs import service as labs
 from vault.records import service as records
@@ -40,7 +49,7 @@ PKCS11_PIN_ENV = "HEALTHVAULT_PKCS11_PIN"
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclasses.dataclass

@@ -112,7 +112,7 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
     @classmethod
-    def load(cls, data_dir: str | Path | None = None, **overrides) -> "Settings":
+    def load(cls, data_dir: str | Path | None = None, **overrides) -> Settings:
         """Settings for `data_dir` (else $HEALTHVAULT_DATA_DIR, else ./var), env vars filling what is not given."""
         root = Path(data_dir or _env("DATA_DIR", DEFAULT_DATA_DIR)).expanduser().resolve()
         database_url = _env("DATABASE_URL") or f"sqlite:///{root / 'vault.db'}"

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Query
 
 from api.deps import current_identity, get_ctx, get_vault
 from api.schemas import KeyStatusOut, RotationOut, RotationPage, RotationRequestIn
-from vault.keys import operations as keyops
 from vault.identity import Identity, RequestContext
+from vault.keys import operations as keyops
 from vault.runtime import Vault
 
 router = APIRouter(tags=["keys"])

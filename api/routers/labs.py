@@ -5,9 +5,9 @@ from fastapi import APIRouter, Depends, Query
 
 from api.deps import current_identity, get_ctx, get_vault
 from api.schemas import ExtractionOut, LabCorrectionIn, TrendPointOut
+from vault.identity import Identity, RequestContext
 from vault.labs import service as labs
 from vault.records import service as records
-from vault.identity import Identity, RequestContext
 from vault.runtime import Vault
 
 router = APIRouter(tags=["labs"])

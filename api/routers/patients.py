@@ -2,11 +2,10 @@ from fastapi import APIRouter, Depends
 
 from api.deps import current_identity, get_ctx, get_vault
 from api.schemas import ErasureIn, ErasureOut, PatientOut, RegisterIn, RegisterOut
-from vault.patients import erasure
-from vault.patients import service as patients
-from vault.patients import privacy
 from vault.errors import NotFound
 from vault.identity import Identity, RequestContext
+from vault.patients import erasure, privacy
+from vault.patients import service as patients
 from vault.runtime import Vault
 
 router = APIRouter(prefix="/v1/patients", tags=["patients"])

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends
 
 from api.deps import current_identity, get_ctx, get_vault
 from api.schemas import ConsentItemOut, ConsentsIn, ConsentStateOut, NoticeOut
-from vault.patients import privacy
 from vault.identity import Identity, RequestContext
+from vault.patients import privacy
 from vault.runtime import Vault
 
 router = APIRouter(tags=["privacy"])

@@ -7,11 +7,11 @@ from starlette.concurrency import run_in_threadpool
 from api import multipart
 from api.deps import Caller, as_caller, caller, current_identity, get_ctx, get_vault, record_path
 from api.schemas import RecordOut, RecordPage
-from vault.records import service as records
 from vault.errors import InvalidInput, PayloadTooLarge
 from vault.identity import Identity, RequestContext
-from vault.runtime import Vault
+from vault.records import service as records
 from vault.records.uploads import UploadSink
+from vault.runtime import Vault
 
 router = APIRouter(prefix="/v1/records", tags=["records"])
 

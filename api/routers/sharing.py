@@ -4,9 +4,9 @@ from fastapi import APIRouter, Depends
 
 from api.deps import current_identity, get_ctx, get_vault
 from api.schemas import BreakGlassIn, BreakGlassOut, GrantIn, GrantOut, SharedRecordOut
-from vault.sharing import service as sharing
 from vault.identity import Identity, RequestContext
 from vault.runtime import Vault
+from vault.sharing import service as sharing
 
 router = APIRouter(tags=["sharing"])
 

@@ -17,7 +17,7 @@ from audit.checkpoint import MerkleLog, Signer, make_checkpoint_body
 from audit.verify import ZERO_HASH_HEX, canonical_bytes, event_hash, leaf_data
 
 ORIGIN = "vault.example/audit"
-T0 = dt.datetime(2026, 11, 25, 9, 31, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 25, 9, 31, tzinfo=dt.UTC)
 
 
 def fixed_signer(name: str = ORIGIN, seed: int = 1) -> Signer:

@@ -183,7 +183,7 @@ def test_all_proofs_up_to_70_leaves_round_trip():
             assert verify_inclusion(hashes[index], index, size, proof, roots[size])
             assert not verify_inclusion(hashes[index], (index + 1) % size, size, proof, roots[size]) or size == 1
             assert not verify_inclusion(hashes[(index + 1) % size], index, size, proof, roots[size]) or size == 1
-        for size1 in range(0, size + 1):
+        for size1 in range(size + 1):
             proof = consistency_proof(hashes, size1, size)
             assert log.consistency_proof(size1, size) == proof
             assert verify_consistency(size1, size, proof, roots[size1], roots[size])

@@ -334,7 +334,7 @@ def sm2_bundle(out: Path, events, leaves, sizes, signer=None, first: int = 0) ->
     notes = [signer.sign_note(make_checkpoint_body(ORIGIN, s, log.root(s))) for s in sizes]
     return write_bundle(out, origin=ORIGIN, events=events[first:], first_leaf=first, all_leaf_data=leaves,
                         checkpoints=notes, signer=signer, since=None, until=None,
-                        created_at=dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc).isoformat())
+                        created_at=dt.datetime(2026, 11, 26, tzinfo=dt.UTC).isoformat())
 
 
 def test_an_sm2_export_of_both_event_formats_verifies_and_says_its_algorithms(tmp_path):

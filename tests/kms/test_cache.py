@@ -91,7 +91,7 @@ def test_threads_hammering_stay_within_bounds():
                 name = (seed * 7 + i) % 80
                 if cache.get(name, now=0) is None:
                     cache.put(name, DataKey.generate(), now=0)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]

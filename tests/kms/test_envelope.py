@@ -72,7 +72,7 @@ def test_bit_flip_in_every_byte_fails():
             damaged[position] ^= 1 << bit
             with pytest.raises(CryptoError):
                 envelope.decrypt(key, bytes(damaged), aad())
-            resolver = lambda key_id, version: key  # noqa: E731
+            resolver = lambda key_id, version: key
             with pytest.raises(CryptoError):
                 envelope.decrypt(resolver, bytes(damaged), aad())
 

@@ -3,8 +3,18 @@ import threading
 
 import pytest
 
-from kms import (CryptoError, DataKey, KeyCache, KeyDestroyed, KeyManager, KeyStore, KeyStoreError, LocalProvider,
-                 WrappedKey, envelope)
+from kms import (
+    CryptoError,
+    DataKey,
+    KeyCache,
+    KeyDestroyed,
+    KeyManager,
+    KeyStore,
+    KeyStoreError,
+    LocalProvider,
+    WrappedKey,
+    envelope,
+)
 from kms.manager import WRAPPED_SIZE
 
 from .conftest import CHEAP_KDF, PASSPHRASE
@@ -190,7 +200,7 @@ def test_concurrent_opens(manager):
         try:
             for i in range(200):
                 manager.open_data_key("alice", wrapped[i % 5])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]

@@ -282,7 +282,7 @@ def test_many_threads_share_the_token_without_crashing(hsm, p11, key_label):
                     with pytest.raises(CryptoError):
                         provider.unwrap(version, wrapped, ad + b"!")
                 counts[index] += 1
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     def lister(provider) -> None:
@@ -290,14 +290,14 @@ def test_many_threads_share_the_token_without_crashing(hsm, p11, key_label):
             while not done.is_set():
                 assert provider.versions() == (1,)  # object search + attribute reads, in the token
                 assert provider.describe()[0]["extractable"] is False
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     def opener() -> None:
         try:
             while not done.is_set():
                 _open(hsm, key_label, create=False).close()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]

@@ -14,8 +14,22 @@ from alembic.migration import MigrationContext
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import update
 
-from kms import (AES_256_GCM, SM4_GCM, CryptoError, DataKey, KeyCache, KeyDestroyed, KeyManager, KeyStore,
-                 KeyStoreError, LocalProvider, WrappedKey, WrongPassphrase, envelope, suites)
+from kms import (
+    AES_256_GCM,
+    SM4_GCM,
+    CryptoError,
+    DataKey,
+    KeyCache,
+    KeyDestroyed,
+    KeyManager,
+    KeyStore,
+    KeyStoreError,
+    LocalProvider,
+    WrappedKey,
+    WrongPassphrase,
+    envelope,
+    suites,
+)
 from kms.keystore import KeyStoreBase, PatientKek
 from kms.manager import WRAPPED_SIZE, WRAPPED_SIZE_V1, KeyEvent, _dek_aad_v1
 
@@ -286,7 +300,7 @@ def test_concurrent_rotations_never_lose_a_version(root_path, provider):
         try:
             for _ in range(3):
                 results.append(p.add_version())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=rotate, args=(p,)) for p in others]

@@ -117,7 +117,7 @@ def test_one_resolver_opens_aes_and_sm4_ciphertexts_side_by_side():
     aad = envelope.field_aad(table="records", column="title", row_id="x", patient_id="y")
     a, s = envelope.encrypt(old, b"old", aad), envelope.encrypt(new, b"new", aad)
     assert (a[1], s[1]) == (AES_256_GCM, SM4_GCM)
-    resolver = lambda key_id, version: keys[(key_id, version)]  # noqa: E731
+    resolver = lambda key_id, version: keys[(key_id, version)]
     assert envelope.decrypt(resolver, a, aad) == b"old" and envelope.decrypt(resolver, s, aad) == b"new"
     blobs = []
     for key, data in ((old, os.urandom(3 * SEG + 5)), (new, os.urandom(3 * SEG + 5))):

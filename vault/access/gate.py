@@ -15,8 +15,7 @@ import ipaddress
 from sqlalchemy.orm import Session
 
 from consent import engine
-from vault.access import alerts
-from vault.access import audit_append
+from vault.access import alerts, audit_append
 from vault.errors import Forbidden, NotFound, VaultError
 from vault.identity import Identity, RequestContext
 

@@ -22,10 +22,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from consent import engine as consent_engine
-from vault.access import audit_append
-from vault.access import gate
-from vault.accounts import tokens
-from vault.accounts import totp
+from vault.access import audit_append, gate
+from vault.accounts import tokens, totp
+from vault.accounts.usernames import normalize_username
+from vault.db.models import ROLES, Account, AuthToken
 from vault.errors import (
     Conflict,
     Forbidden,
@@ -37,9 +37,7 @@ from vault.errors import (
     PasswordChangeRequired,
     WeakPassword,
 )
-from vault.accounts.usernames import normalize_username
 from vault.identity import Identity, RequestContext
-from vault.db.models import ROLES, Account, AuthToken
 
 
 def get(session: Session, *, account_id: str) -> Account | None:
@@ -260,7 +258,7 @@ class AccountView:
 
 
 def _aware(moment: dt.datetime | None) -> dt.datetime | None:
-    return moment.replace(tzinfo=dt.timezone.utc) if moment is not None and moment.tzinfo is None else moment
+    return moment.replace(tzinfo=dt.UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def _account_view(account: Account, now: dt.datetime) -> AccountView:

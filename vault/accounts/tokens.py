@@ -16,9 +16,9 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from audit.statements import HotStatement
+from vault.db.models import Account, AuthToken
 from vault.errors import Unauthenticated
 from vault.identity import Identity
-from vault.db.models import Account, AuthToken
 
 PREFIX = "hv_"
 

@@ -13,8 +13,8 @@ import pyotp
 
 from kms import DataKey
 from vault import fields
-from vault.errors import InvalidCredentials
 from vault.db.models import Account
+from vault.errors import InvalidCredentials
 
 PURPOSE = "totp"
 ROLES_REQUIRING_TOTP = frozenset({"doctor", "escort", "auditor", "sysadmin", "secadmin", "auditadmin"})

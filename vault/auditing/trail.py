@@ -29,11 +29,10 @@ from audit.models import ArchivePermit, AuditEvent, Checkpoint, Leaf
 from audit.verify import HASHES, claims_signer, leaf_data, verify_bundle
 from kms import suites
 from vault import fields
-from vault.access import audit_append
-from vault.access import gate
+from vault.access import audit_append, gate
+from vault.db.models import Account
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext
-from vault.db.models import Account
 
 if TYPE_CHECKING:
     from vault.runtime import Vault
@@ -94,7 +93,7 @@ class Checkpointer(threading.Thread):
             try:
                 if checkpoint_due(self.vault):
                     checkpoint_now(self.vault)
-            except Exception:  # noqa: BLE001 - retried at the next tick; never takes the server down
+            except Exception:
                 import logging
 
                 logging.getLogger("healthvault.audit").exception("checkpoint failed")

@@ -34,10 +34,10 @@ def _check_id(blob_id: str) -> str:
 
 
 class _LocalTempBlob:
-    def __init__(self, store: "LocalBlobStore") -> None:
+    def __init__(self, store: LocalBlobStore) -> None:
         self._store = store
         self._path = store.tmp_dir / f"{secrets.token_hex(16)}.part"
-        self._file = open(self._path, "xb")  # noqa: SIM115 - lifetime spans calls
+        self._file = open(self._path, "xb")
         self._done = False
 
     def write(self, data: bytes) -> None:
@@ -77,7 +77,7 @@ class LocalBlobStore:
         return _LocalTempBlob(self)
 
     def open(self, blob_id: str) -> BinaryIO:
-        return open(self.path_of(blob_id), "rb")  # noqa: SIM115 - caller closes
+        return open(self.path_of(blob_id), "rb")
 
     def delete(self, blob_id: str) -> None:
         self.path_of(blob_id).unlink(missing_ok=True)

@@ -16,12 +16,12 @@ from pathlib import Path
 import click
 
 from kms import KeyStoreError
+from ocr.cli import ocr_command
 from vault.accounts import service as accounts
+from vault.db.models import STAFF_ROLES
 from vault.errors import VaultError
 from vault.identity import RequestContext
-from vault.db.models import STAFF_ROLES
 from vault.profile import ProductionRefused
-from ocr.cli import ocr_command
 from vault.settings import Settings
 
 PASSPHRASE_ENV = "HEALTHVAULT_PASSPHRASE"
@@ -146,7 +146,7 @@ def _when(value: str | None):
     import datetime as dt
 
     moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 @audit_group.command("export")
@@ -481,7 +481,6 @@ def serve(data_dir, passphrase_file, host, port, tls_cert, tls_key) -> None:
     import uvicorn
 
     from api.app import create_app
-
     from vault import logsetup
     from vault.auditing.trail import Checkpointer
 
@@ -546,7 +545,7 @@ def doctor(data_dir, as_json) -> None:
         factory = db.make_sessionmaker(engine)
     try:
         try:
-            checks = profile.run_all(settings, session_factory=factory, now=dt.datetime.now(dt.timezone.utc))
+            checks = profile.run_all(settings, session_factory=factory, now=dt.datetime.now(dt.UTC))
         except Exception as exc:  # an unreachable or uninitialised database is itself a finding
             checks = profile.run_all(settings) + [profile.Check(
                 id="database-reachable", rows="BAK-1", scope="mlps", ok=False,

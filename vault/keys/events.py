@@ -119,8 +119,8 @@ def _service_purposes(vault) -> list[str]:
     from consent import receipts
     from kms import suites
     from vault import fields
-    from vault.patients import service as patients
     from vault.accounts import totp
+    from vault.patients import service as patients
 
     suite = fields.suite_of(vault)
     return [*(suites.purpose(base, suite) for base in (PSEUDONYM, patients.ID_INDEX_PURPOSE,

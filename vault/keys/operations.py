@@ -41,11 +41,10 @@ from sqlalchemy.orm import Session
 from kms import CryptoError, KeyDestroyed, KeyStoreError
 from kms.keystore import RewrapJob, RotationRequest
 from kms.manager import RewrapBatch
-from vault.access import audit_append
-from vault.access import gate
+from vault.access import audit_append, gate
+from vault.db.models import Patient, Record
 from vault.errors import Conflict, Forbidden, InvalidInput
 from vault.identity import Identity, RequestContext
-from vault.db.models import Patient, Record
 
 log = logging.getLogger("healthvault.keys")
 
@@ -66,7 +65,7 @@ _SCAN_CHUNK = 5000
 def _utc(moment: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes for timezone-aware columns: they were written in UTC."""
     if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=dt.timezone.utc)
+        return moment.replace(tzinfo=dt.UTC)
     return moment
 
 

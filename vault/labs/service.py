@@ -23,10 +23,10 @@ from sqlalchemy import select, update
 from kms.stream import iter_decrypt
 from vault import fields
 from vault.access import gate
-from vault.patients import privacy
+from vault.db.models import LabCorrection, Record
 from vault.errors import Conflict, InvalidInput, OcrDeclined
 from vault.identity import Identity, RequestContext
-from vault.db.models import LabCorrection, Record
+from vault.patients import privacy
 from vault.records import service as records
 from vault.records.service import DECLINED, EXTRACT_JOB, results_of, wants_extraction
 from vault.records.uploads import blob_aad

@@ -34,14 +34,13 @@ from sqlalchemy.orm import Session
 from consent.models import BreakGlass, Grant
 from kms import KeyStoreError
 from kms.blind_index import INDEX_SIZE
+from vault.access import audit_append, gate
 from vault.accounts import service as accounts
-from vault.access import audit_append
-from vault.access import gate
-from vault.patients import privacy
 from vault.accounts import totp
+from vault.db.models import Account, AuthToken, LabCorrection, Patient, Record
 from vault.errors import InvalidCredentials, NotFound, OtpRequired
 from vault.identity import Identity, RequestContext
-from vault.db.models import Account, AuthToken, LabCorrection, Patient, Record
+from vault.patients import privacy
 
 UNUSABLE_PASSWORD_HASH = "!erased"
 

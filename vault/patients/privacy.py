@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session
 
 from audit.statements import HotStatement
 from vault.access import gate
+from vault.db.models import CONSENT_ITEMS, Consent
 from vault.errors import ConsentRequired, NotFound, RegistrationConsentRequired
 from vault.identity import Identity, RequestContext
-from vault.db.models import CONSENT_ITEMS, Consent
 
 BUNDLED_NOTICE = Path(__file__).parent / "notices" / "privacy-notice.json"
 NOTICE_ENDPOINT = "/v1/privacy-notice"
@@ -212,7 +212,7 @@ def state(session: Session, vault, *, patient_id: str) -> ConsentState:
     rows = session.scalars(select(Consent).where(Consent.patient_id == patient_id).order_by(Consent.id)).all()
     history = [ItemState(r.item, r.given, r.notice_version, r.notice_hash, r.recorded_at, r.notice_hash == notice.hash)
                for r in rows]
-    items: dict[str, ItemState | None] = {i: None for i in CONSENT_ITEMS}
+    items: dict[str, ItemState | None] = dict.fromkeys(CONSENT_ITEMS)
     for entry in history:
         items[entry.item] = entry
     return ConsentState(notice=notice, items=items, history=history)

@@ -18,10 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vault import fields
-from vault.accounts import service as accounts
 from vault.access import gate
-from vault.patients import privacy
+from vault.accounts import service as accounts
+from vault.db.models import Account, Patient
 from vault.errors import Conflict, InvalidInput
+from vault.identity import Identity, RequestContext
+from vault.patients import privacy
 from vault.patients.identifiers import (
     birth_date_from_id,
     mask_id_number,
@@ -29,8 +31,6 @@ from vault.patients.identifiers import (
     normalize_id_number,
     normalize_phone,
 )
-from vault.identity import Identity, RequestContext
-from vault.db.models import Account, Patient
 
 ID_INDEX_PURPOSE = "blind-index:id_number"
 PHONE_INDEX_PURPOSE = "blind-index:phone"

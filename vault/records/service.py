@@ -10,14 +10,13 @@ removes the blob it wrote.
 from __future__ import annotations
 
 import base64
-import json
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Iterator
-
-from sqlalchemy import and_, bindparam, or_, select
 from typing import TYPE_CHECKING
 
+from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from audit.statements import HotStatement
@@ -25,9 +24,9 @@ from kms import CryptoError, DataKey
 from kms.stream import iter_decrypt
 from vault import fields
 from vault.access import gate
+from vault.db.models import CATEGORIES, LABELS, Record
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext
-from vault.db.models import CATEGORIES, LABELS, Record
 from vault.patients import privacy
 from vault.records.uploads import UploadSink, blob_aad
 

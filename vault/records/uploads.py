@@ -11,9 +11,8 @@ import hashlib
 
 from kms import envelope
 from kms.stream import StreamEncryptor
-
-from vault.records import sniff
 from vault.errors import ContentMismatch, EmptyUpload, PayloadTooLarge, UnsupportedMediaType
+from vault.records import sniff
 
 
 def blob_aad(*, record_id: str, patient_id: str) -> bytes:

@@ -22,13 +22,11 @@ from sqlalchemy.orm import Session
 from consent import receipts
 from consent.models import BreakGlass, Grant
 from vault import fields
-from vault.access import alerts
-from vault.access import audit_append
-from vault.access import gate
-from vault.errors import InvalidInput, NotFound
+from vault.access import alerts, audit_append, gate
 from vault.accounts.usernames import normalize_username
-from vault.identity import Identity, RequestContext
 from vault.db.models import CATEGORIES, Account, Patient, Record
+from vault.errors import InvalidInput, NotFound
+from vault.identity import Identity, RequestContext
 
 GRANTEE_ROLES = ("doctor", "escort")
 VERBS = ("view", "download")

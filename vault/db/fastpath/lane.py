@@ -33,8 +33,8 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from vault.errors import AuditUnavailable
 from vault.db.fastpath.group_commit import GroupTransaction, LockTaken
+from vault.errors import AuditUnavailable
 
 if TYPE_CHECKING:
     from vault.runtime import Vault
