@@ -4,7 +4,7 @@
     python bench/bench_pkcs11.py [--seconds 5] [--rounds 5] [--connections 64] [--warmup 0.5] [--ops 5000]
                                  [--quick] [--json FILE]
 
-1. Raw: a fresh SoftHSM2 token store in a temp dir (tests/softhsm.py), a Pkcs11Provider, and `--ops` wraps then
+1. Raw: a fresh SoftHSM2 token store in a temp dir (tests/helpers/softhsm.py), a Pkcs11Provider, and `--ops` wraps then
    unwraps of a 32-byte key with a 40-byte AAD, 1 thread (median of 5 repeats, best in brackets) and 4 threads
    sharing the provider (every call serialised by the module lock, see kms/pkcs11.py); the local provider (sealed file,
    AES-GCM in process) the same way, for reference.
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    from tests import softhsm
+    from tests.helpers import softhsm
 
     reason = softhsm.missing()
     if reason:

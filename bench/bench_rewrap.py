@@ -11,7 +11,7 @@ Baseline: raw AESGCM unwrap + wrap of the same number of 32-byte keys with cache
 Target: >= 2,000 record DEKs per second (issue 6). The ratio says how much of the raw crypto rate survives the
 database round trips, compare-and-swap updates and audit appends.
 
-With `--kms pkcs11` the root key lives in a SoftHSM2 token made for this run (tests/softhsm.py: a temporary token
+With `--kms pkcs11` the root key lives in a SoftHSM2 token made for this run (tests/helpers/softhsm.py: a temporary token
 directory, never /etc/softhsm): KEK unwraps and root wraps go through the token, DEK rewraps stay in software.
 
 Usage: python bench/bench_rewrap.py [--n 100000] [--patients 1000] [--batch 1000] [--kms local|pkcs11] [--quick]
@@ -42,7 +42,7 @@ TARGET = 2000.0
 def _kms_settings(kms: str) -> dict:
     if kms != "pkcs11":
         return {}
-    from tests.softhsm import missing, process_softhsm
+    from tests.helpers.softhsm import missing, process_softhsm
 
     reason = missing()
     if reason:

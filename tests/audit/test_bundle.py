@@ -17,7 +17,7 @@ import pytest
 
 from audit.bundle import write_bundle
 from audit.verify import LEAF_SIZE, canonical_bytes, event_hash, event_line, verify_bundle
-from tests.audit.synth import ORIGIN, build_bundle, fixed_signer, make_log, rechain, sign_checkpoints
+from tests.helpers.audit_synth import ORIGIN, build_bundle, fixed_signer, make_log, rechain, sign_checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = (60, 150, 240, 300)

@@ -1,4 +1,4 @@
-"""The pkcs11 root-key provider on a real SoftHSM2 token (tests/softhsm.py): wrap/unwrap inside the token, the
+"""The pkcs11 root-key provider on a real SoftHSM2 token (tests/helpers/softhsm.py): wrap/unwrap inside the token, the
 non-extractable key, rotation, the operator errors, a lost session, and many threads at once. Nothing is mocked.
 
 Skipped when SoftHSM2 is not installed, except in CI (CI=true), where its absence fails."""
@@ -18,7 +18,7 @@ from kms import pkcs11 as p11mod
 from kms.errors import WrongPassphrase
 from kms.pkcs11 import Pkcs11Provider, module_lock
 from kms.provider import RootKeyProvider
-from tests import softhsm
+from tests.helpers import softhsm
 
 from .conftest import IN_CI
 

@@ -12,7 +12,6 @@ import contextvars
 import sqlite3
 import threading
 import time
-import uuid
 
 import pytest
 from sqlalchemy import bindparam, event, func, select, text, update
@@ -20,11 +19,10 @@ from sqlalchemy import bindparam, event, func, select, text, update
 from audit.models import AuditEvent, ChainHead
 from tests.conftest import require_pg
 from tests.helpers import SinkListener, login, png_bytes, register, upload
-from tests.test_audit_trail import _check_chains
-from vault.access import audit_append
+from tests.helpers.chains import check_chains
+from tests.helpers.events import append_tagged_event
 from vault.db.fastpath.lane import DatabaseLane
 from vault.errors import AuditUnavailable, NotFound
-from vault.identity import Identity, RequestContext
 
 _seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen")
 _MOVE = update(ChainHead).where(ChainHead.chain_id == bindparam("c")).values(hash=bindparam("h"))
@@ -34,20 +32,11 @@ def _dbapi(session):
     return session.connection().connection.dbapi_connection
 
 
-def _append(session, vault, tag: str, patient_id: str | None = None) -> dict:
-    """One audit event whose request id is `tag`, in the session's transaction (of a new patient, or of
-    `patient_id`); returns the event as exported."""
-    identity = Identity(account_id=str(uuid.uuid4()), role="patient", patient_id=patient_id or str(uuid.uuid4()))
-    return audit_append.append(session, vault, identity=identity, ctx=RequestContext(request_id=tag),
-                            action="record.read", outcome="allow", resource_type="record",
-                            resource_id=str(uuid.uuid4()), patient_id=identity.patient_id)
-
-
 def _audited(lane: DatabaseLane, vault, tag: str):
     """A unit that appends one audit event tagged `tag` and commits it (releases its savepoint)."""
     def work() -> str:
         with lane.session() as session:
-            _append(session, vault, tag)
+            append_tagged_event(session, vault, tag)
             session.commit()
         return tag
     return work
@@ -117,7 +106,7 @@ def test_queued_reads_share_one_commit_on_one_thread_and_are_answered_after_it(v
     def unit(i: int):
         def work() -> tuple[int, object, str | None]:
             with lane.session() as session:
-                _append(session, vault, f"shared-{i}")
+                append_tagged_event(session, vault, f"shared-{i}")
                 session.commit()
                 return threading.get_ident(), _dbapi(session), _seen.get(None)
         return work
@@ -141,7 +130,7 @@ def test_queued_reads_share_one_commit_on_one_thread_and_are_answered_after_it(v
     assert min(when for _, _, when in answers) > commits.times[1]
     assert _tags(vault, "shared-") == {f"shared-{i}" for i in range(20)}
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -152,24 +141,24 @@ def test_a_failing_unit_and_a_unit_that_leaves_its_session_open_take_nothing_els
 
     def committed() -> str:
         with lane.session() as session:
-            _append(session, vault, "unit-a")
+            append_tagged_event(session, vault, "unit-a")
             session.commit()
         return "a"
 
     def fails_after_writing() -> None:
         with lane.session() as session:
-            _append(session, vault, "unit-b")
+            append_tagged_event(session, vault, "unit-b")
             raise ValueError("the unit's own failure")
 
     def leaves_open() -> str:
         session = lane.session()  # never closed: as if the request died between statements
-        _append(session, vault, "unit-c")
+        append_tagged_event(session, vault, "unit-c")
         session.execute(_MOVE, {"c": 0, "h": "a" * 64})
         return "c"
 
     def denial_then_raise() -> None:
         with lane.session() as session:
-            _append(session, vault, "unit-d")
+            append_tagged_event(session, vault, "unit-d")
             session.commit()  # the gate commits a denial, then raises
             raise NotFound()
 
@@ -187,7 +176,7 @@ def test_a_failing_unit_and_a_unit_that_leaves_its_session_open_take_nothing_els
     assert isinstance(b_error, ValueError) and isinstance(d_error, NotFound)
     assert _tags(vault, "unit-") == {"unit-a", "unit-d"}
     with vault.session() as session:
-        _check_chains(session)  # the rolled-back appends left no gap and no moved head behind
+        check_chains(session)  # the rolled-back appends left no gap and no moved head behind
         if head_before != "a" * 64:
             assert session.get(ChainHead, 0).hash != "a" * 64
     assert head != "a" * 64
@@ -227,7 +216,7 @@ def test_a_refused_commit_answers_every_unit_of_the_batch_with_audit_unavailable
     assert [(result, error) for result, error, _ in later] == [("after-1", None), (True, None)]
     assert _tags(vault, "refused-") == set() and _tags(vault, "after-") == {"after-1"}
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
         session.execute(_MOVE, {"c": -1, "h": "0" * 64})  # another connection can write: no lock left behind
         session.commit()
     time.sleep(0.3)
@@ -254,7 +243,7 @@ def test_a_transaction_sqlite_ended_mid_batch_fails_what_it_held_and_reruns_the_
     assert answers[2][:2] == ("rerun-1", None)
     assert _tags(vault, "lost-") == set() and _tags(vault, "rerun-") == {"rerun-1"}
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 def _lock_is_free(vault) -> bool:
@@ -287,7 +276,7 @@ def test_a_transaction_silently_replaced_after_a_loss_is_never_committed(vault, 
             _lane_connection().execute("UPDATE audit_chain_heads SET hash = ? WHERE chain_id = 0", ("e" * 64,))
             return "unnoticed"
         with lane.session() as session:
-            _append(session, vault, "replaced-unit")
+            append_tagged_event(session, vault, "replaced-unit")
             _dbapi(session).rollback()  # stands in for SQLite's own rollback
             session.execute(_MOVE, {"c": 0, "h": "e" * 64})  # a new transaction begins here, silently
             if after_loss == "raises":
@@ -308,7 +297,7 @@ def test_a_transaction_silently_replaced_after_a_loss_is_never_committed(vault, 
     assert [(result, error) for result, error, _ in later] == [("replaced-after", None)]
     with vault.session() as session:
         assert session.get(ChainHead, 0).hash != "e" * 64
-        _check_chains(session)
+        check_chains(session)
     assert _lock_is_free(vault)
 
 
@@ -321,7 +310,7 @@ def test_a_savepoint_release_sqlite_refuses_fails_the_batch(vault):
 
     def half_read_returning() -> str:
         with lane.session() as session:
-            _append(session, vault, "half-read")
+            append_tagged_event(session, vault, "half-read")
             session.execute(text("CREATE TEMP TABLE IF NOT EXISTS lane_rows (n INTEGER)"))
             session.execute(text("INSERT INTO lane_rows VALUES (1), (2), (3)"))
             pending = _dbapi(session).cursor()  # SQLAlchemy buffers RETURNING rows; a driver cursor need not
@@ -342,7 +331,7 @@ def test_a_savepoint_release_sqlite_refuses_fails_the_batch(vault):
     assert _tags(vault, "half-") == {"half-after"} and _tags(vault, "half-read") == set()
     assert [(result, error) for result, error, _ in later] == [("half-after", None)]
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -394,7 +383,7 @@ def test_an_unexpected_error_in_the_commit_answers_the_batch_and_the_lane_goes_o
     assert [(result, error) for result, error, _ in later] == [("after-interrupt", None)]
     assert _tags(vault, "interrupted") == set() and _tags(vault, "after-interrupt") == {"after-interrupt"}
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -503,7 +492,7 @@ def test_on_the_loop_reads_arriving_together_share_one_commit_and_are_answered_a
     def unit(i: int):
         def work() -> tuple[int, str | None]:
             with lane.session() as session:
-                _append(session, vault, f"loop-{i}")
+                append_tagged_event(session, vault, f"loop-{i}")
                 session.commit()
                 return threading.get_ident(), _seen.get(None)
         return work
@@ -523,7 +512,7 @@ def test_on_the_loop_reads_arriving_together_share_one_commit_and_are_answered_a
     assert len(commits.times) == 1 and min(when for _, _, when in answers) > commits.times[0]
     assert _tags(vault, "loop-") == {f"loop-{i}" for i in range(20)}
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -555,9 +544,9 @@ def test_on_the_loop_a_taken_write_lock_is_waited_for_without_blocking_the_loop(
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_on_the_loop_a_lock_that_stays_taken_answers_audit_unavailable(vault, monkeypatch):
-    import vault.db.fastpath.lane
+    from vault.db.fastpath import lane as lanes
 
-    monkeypatch.setattr(api.lanes, "LOCK_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(lanes, "LOCK_WAIT_SECONDS", 0.2)
     lane = DatabaseLane(vault, single_thread=True, on_loop=True)
     other = _hold_write_lock(vault)
     try:
@@ -580,7 +569,7 @@ def test_on_the_loop_failures_stay_their_own_and_a_lost_transaction_fails_what_i
 
     def fails_after_writing() -> None:
         with lane.session() as session:
-            _append(session, vault, "loop-failed")
+            append_tagged_event(session, vault, "loop-failed")
             raise ValueError("the unit's own failure")
 
     def transaction_lost() -> str:
@@ -599,22 +588,22 @@ def test_on_the_loop_failures_stay_their_own_and_a_lost_transaction_fails_what_i
     assert second[2][:2] == ("loop-rerun", None)
     assert _tags(vault, "loop-") == {"loop-kept", "loop-rerun"}
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_on_the_loop_the_wal_is_checkpointed_on_a_thread_never_inside_a_loop_commit(vault, monkeypatch):
-    import vault.db.fastpath.lane
+    from vault.db.fastpath import lane as lanes
 
     checkpoints: list[int] = []
-    checkpoint = api.lanes._checkpoint_wal
+    checkpoint = lanes._checkpoint_wal
 
     def recorded(engine) -> None:
         checkpoint(engine)
         checkpoints.append(threading.get_ident())
 
-    monkeypatch.setattr(api.lanes, "CHECKPOINT_EVERY", 2)
-    monkeypatch.setattr(api.lanes, "_checkpoint_wal", recorded)
+    monkeypatch.setattr(lanes, "CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(lanes, "_checkpoint_wal", recorded)
     lane = DatabaseLane(vault, single_thread=True, on_loop=True)
 
     def loop_connection_pragma() -> int:
@@ -735,9 +724,9 @@ def test_on_the_loop_connections_go_back_closed_when_the_lane_or_a_loop_ends(vau
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_on_the_loop_each_read_waits_its_own_time_for_the_lock(vault, monkeypatch):
-    import vault.db.fastpath.lane
+    from vault.db.fastpath import lane as lanes
 
-    monkeypatch.setattr(api.lanes, "LOCK_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(lanes, "LOCK_WAIT_SECONDS", 0.3)
     lane = DatabaseLane(vault, single_thread=True, on_loop=True)
     other = _hold_write_lock(vault)
 
@@ -859,10 +848,10 @@ def test_a_unit_session_closed_or_reset_and_used_again_keeps_nothing_from_before
         group.end_unit()
         session = group.session()
         session.connection().execute(text("INSERT INTO reuse_marks VALUES ('undone')"))
-        _append(session, vault, f"reuse-{end}-undone")
+        append_tagged_event(session, vault, f"reuse-{end}-undone")
         getattr(session, end)()
         session.connection().execute(text("INSERT INTO reuse_marks VALUES ('kept')"))
-        _append(session, vault, f"reuse-{end}-kept")
+        append_tagged_event(session, vault, f"reuse-{end}-kept")
         session.commit()
         group.end_unit()
         kept = [tag for (tag,) in connection.connection.dbapi_connection.execute("SELECT tag FROM reuse_marks")]
@@ -871,7 +860,7 @@ def test_a_unit_session_closed_or_reset_and_used_again_keeps_nothing_from_before
     assert [e["request_id"] for e in forwarded] == [f"reuse-{end}-kept"] and _tags(vault, "reuse-") == {
         f"reuse-{end}-kept"}
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -889,7 +878,7 @@ def test_a_unit_session_refuses_a_transaction_of_its_own_and_a_savepoint_outside
         session.close()
         group.end_unit()
         session = group.session()
-        _append(session, vault, "outside-before")
+        append_tagged_event(session, vault, "outside-before")
         connection.connection.dbapi_connection.rollback()  # stands in for SQLite's own rollback
         with pytest.raises(OperationalError):
             session.rollback()

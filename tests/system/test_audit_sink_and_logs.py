@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import CHEAP_KDF, PASSPHRASE, make_settings
 from tests.helpers import SinkListener, login, make_id_number, png_bytes, register, upload
-from tests.scan import find_in_bytes
+from tests.helpers.scan import find_in_bytes
 
 
 @pytest.mark.parametrize("kind", ["udp", "tcp"])

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.helpers import PASSWORD, make_id_number, pdf_bytes
-from tests.scan import scan_tree
+from tests.helpers.scan import scan_tree
 
 PASS = "a passphrase for the cli test"
 

@@ -19,17 +19,16 @@ import pytest
 from kms import KeyStoreError, RootKeyMissing
 from kms.errors import WrongPassphrase
 from kms.pkcs11 import Pkcs11Provider, module_lock
-from tests import softhsm
 from tests.conftest import CHEAP_PASSWORDS, IN_CI, TEST_KMS
-from tests.helpers import login, pdf_bytes, register, upload
+from tests.helpers import login, pdf_bytes, register, softhsm, upload
 
 REPO = Path(__file__).resolve().parents[1]
 # The foundation suite (issue 2) on the embedded default: everything that builds a vault through tests/conftest.py.
 # test_cli_serve.py is not in it: its CLI subprocesses drop every HEALTHVAULT_* variable and so always run `local`;
 # test_cli_on_the_token below covers the CLI on pkcs11 instead.
-FOUNDATION = ["tests/test_api_records.py", "tests/test_at_rest.py", "tests/test_failures.py",
-              "tests/test_identifiers.py", "tests/test_sniff.py", "tests/test_migrations.py"]
-SENTINEL = "tests/test_pkcs11_foundation.py::test_the_vault_fixture_uses_the_provider_under_test"
+FOUNDATION = ["tests/api/test_records.py", "tests/system/test_at_rest.py", "tests/api/test_failures.py",
+              "tests/vault/patients/test_identifiers.py", "tests/vault/records/test_sniff.py", "tests/vault/db/test_migrations.py"]
+SENTINEL = "tests/system/test_pkcs11_foundation.py::test_the_vault_fixture_uses_the_provider_under_test"
 BUDGET_SECONDS = 240  # measured ~20 s on the 2-core machine; the budget only stops a hung run
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.helpers import login, register, upload
-from tests.scan import scan_tree
+from tests.helpers.scan import scan_tree
 
 sheetgen = pytest.importorskip("tests.ocr.sheetgen")
 

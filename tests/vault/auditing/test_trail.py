@@ -11,9 +11,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from audit import log, trail, verify
-from audit.models import AuditEvent, ChainHead, Leaf
+from audit.models import AuditEvent, Leaf
 from tests.helpers import login, make_id_number, png_bytes, register, staff, upload
-from tests.scan import find_in_bytes
+from tests.helpers.chains import check_chains
+from tests.helpers.scan import find_in_bytes
 from vault.access import audit_append
 from vault.auditing import trail as audit_trail
 from vault.identity import RequestContext
@@ -42,26 +43,10 @@ def _busy_session(client, n_patients: int = 3, reads: int = 10) -> list[dict]:
     return people
 
 
-def _check_chains(session) -> int:
-    """Recompute every chain from the rows: gapless seq, linked prev_hash, hash over the canonical encoding."""
-    count = 0
-    for head in session.scalars(select(ChainHead)):
-        prev, expected_seq = trail.GENESIS, 0
-        for row in session.scalars(select(AuditEvent).where(AuditEvent.chain_id == head.chain_id)
-                                   .order_by(AuditEvent.seq)):
-            assert row.seq == expected_seq
-            assert row.prev_hash == prev
-            assert verify.event_hash(verify.canonical_bytes(trail.canonical_event(row))).hex() == row.hash
-            prev, expected_seq = row.hash, expected_seq + 1
-            count += 1
-        assert (head.seq, head.hash) == (expected_seq - 1, prev)
-    return count
-
-
 def test_every_event_is_chained_and_checkpoints_cover_them(client, vault):
     _busy_session(client)
     with vault.session() as session:
-        total = _check_chains(session)
+        total = check_chains(session)
     assert total > 40
     checkpoint = audit_trail.checkpoint_now(vault)
     assert checkpoint.tree_size == total
@@ -112,7 +97,7 @@ def test_audit_tables_refuse_update_and_delete(client, vault, backend, table):
         with vault.engine.begin() as conn:
             conn.exec_driver_sql("UPDATE audit_chain_heads SET seq = seq - 1")
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 def test_no_phi_in_audit_rows_or_exports(client, vault, tmp_path):

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from audit.models import AuditEvent
 from tests.conftest import PASSPHRASE
-from tests.test_audit_trail import _check_chains
+from tests.helpers.chains import check_chains
 from vault.access import audit_append
 from vault.auditing import trail as audit_trail
 from vault.identity import Identity, RequestContext
@@ -66,7 +66,7 @@ def _run(settings, vault, *, total: int) -> None:
     final = audit_trail.checkpoint_now(vault, force=True)
     with vault.session() as session:
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == before + per_writer * 8
-        assert _check_chains(session) == before + per_writer * 8
+        assert check_chains(session) == before + per_writer * 8
     assert final.tree_size == before + per_writer * 8
     assert checkpoints == sorted(checkpoints)
 

@@ -56,7 +56,7 @@ def test_staff_without_totp_cannot_sign_in_until_enrolled(client, vault):
 def test_totp_secret_is_not_stored_in_plaintext(client, vault):
     headers = staff(client, vault, "escort", "escort-1")
     secret = headers.pop("_secret")
-    from tests.scan import scan_tree
+    from tests.helpers.scan import scan_tree
 
     vault.engine.dispose()
     assert scan_tree(vault.settings.data_dir, [secret]) == []

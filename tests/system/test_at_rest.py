@@ -1,4 +1,4 @@
-"""CONF-1: nothing readable at rest, and every ciphertext is bound to its place."""
+"""CONF-1: nothing readable at rest, and every ciphertext is bound to its place, on both crypto suites."""
 
 import logging
 import os
@@ -6,11 +6,21 @@ import random
 import shutil
 import subprocess
 
+import pytest
 from sqlalchemy import create_engine, inspect, select, text, update
 
+from tests.conftest import make_settings
 from tests.helpers import login, make_id_number, pdf_bytes, png_bytes, register, upload
-from tests.scan import encodings, find_in_bytes, scan_tree
+from tests.helpers.scan import encodings, find_in_bytes, scan_tree
 from vault.db.models import Patient, Record
+
+
+@pytest.fixture(params=["aes", "sm"])
+def settings(tmp_path, backend, request):
+    """Every vault here runs on the default AES suite and on the SM suite (SM4-GCM fields and blobs, HMAC-SM3
+    blind indexes): the conftest `vault` and `client` fixtures build on this one."""
+    return make_settings(tmp_path, backend, request, crypto_suite=request.param)
+
 
 _HANZI = "赵钱孙李周吴郑王冯陈褚卫蒋沈韩杨朱秦尤许何吕施张孔曹严华金魏陶姜"
 

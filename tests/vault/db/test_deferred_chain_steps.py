@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import func, select
 
 from audit.models import AuditEvent, ChainHead
-from tests.test_audit_trail import _check_chains
-from tests.test_db_lane import _append
+from tests.helpers.chains import check_chains
+from tests.helpers.events import append_tagged_event
 from vault.db.fastpath.group_commit import GroupTransaction, TransactionLost
 from vault.errors import NotFound
 from vault.identity import Identity, RequestContext
@@ -45,14 +45,14 @@ def _unit(group: GroupTransaction, work) -> None:
 def test_steps_written_at_the_commit_link_like_immediate_ones(vault):
     patient = str(uuid.uuid4())
     with vault.session() as session:  # an event written the ordinary way first: the batch continues its chain
-        _append(session, vault, "before", patient)
+        append_tagged_event(session, vault, "before", patient)
         session.commit()
     exported: dict[str, dict] = {}
     with vault.engine.connect() as connection:
         group = GroupTransaction(vault, connection)
         for i in range(12):  # several chains, several events per chain
             def work(session, i=i):
-                exported[f"deferred-{i}"] = _append(session, vault, f"deferred-{i}", patient if i % 3 else None)
+                exported[f"deferred-{i}"] = append_tagged_event(session, vault, f"deferred-{i}", patient if i % 3 else None)
                 session.commit()
             _unit(group, work)
         with vault.session() as other:  # nothing is written before the commit
@@ -63,7 +63,7 @@ def test_steps_written_at_the_commit_link_like_immediate_ones(vault):
     seqs = [exported[f"deferred-{i}"]["seq"] for i in range(1, 12) if i % 3]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # one patient's events: one chain, in order
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 def test_a_rolled_back_unit_takes_back_only_its_own_steps_even_after_a_read_wrote_them(vault):
@@ -74,21 +74,21 @@ def test_a_rolled_back_unit_takes_back_only_its_own_steps_even_after_a_read_wrot
         group = GroupTransaction(vault, connection)
 
         def unit_a(session):
-            _append(session, vault, "kept-a", patient)
+            append_tagged_event(session, vault, "kept-a", patient)
             session.commit()
 
         def unit_b(session):
-            _append(session, vault, "dropped-b", patient)
+            append_tagged_event(session, vault, "dropped-b", patient)
             seen = session.scalar(select(func.count()).select_from(AuditEvent)
                                   .where(AuditEvent.request_id.in_(["kept-a", "dropped-b"])))
             assert seen == 2  # the read sees every step appended so far
             raise ValueError("B fails after its read")
 
         def unit_c(session):
-            _append(session, vault, "kept-c", patient)
+            append_tagged_event(session, vault, "kept-c", patient)
             session.execute(select(ChainHead.hash))  # a read that writes the steps, then the unit commits
             session.commit()
-            _append(session, vault, "dropped-c", patient)  # after its commit: rolled back at the unit's end
+            append_tagged_event(session, vault, "dropped-c", patient)  # after its commit: rolled back at the unit's end
 
         for work in (unit_a, unit_b, unit_c):
             _unit(group, work)
@@ -96,7 +96,7 @@ def test_a_rolled_back_unit_takes_back_only_its_own_steps_even_after_a_read_wrot
     assert set(_stored(vault, "kept-")) == {"kept-a", "kept-c"}
     assert _stored(vault, "dropped-") == {}
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 def test_a_denial_burst_counts_the_denials_of_its_own_batch(vault):
@@ -116,21 +116,21 @@ def test_a_denial_burst_counts_the_denials_of_its_own_batch(vault):
         assert [a.request_id for a in alerts] == ["probe-2"]
         assert session.scalar(select(func.count()).select_from(AuditEvent)
                               .where(AuditEvent.request_id.like("probe-%"), AuditEvent.outcome == "deny")) == 5
-        _check_chains(session)
+        check_chains(session)
 
 
 def test_steps_that_do_not_continue_their_head_row_are_never_committed(vault):
     with vault.engine.connect() as connection:
         group = GroupTransaction(vault, connection)
-        _unit(group, lambda session: (_append(session, vault, "broken-1"), session.commit()))
-        _unit(group, lambda session: (_append(session, vault, "broken-2"), session.commit()))
+        _unit(group, lambda session: (append_tagged_event(session, vault, "broken-1"), session.commit()))
+        _unit(group, lambda session: (append_tagged_event(session, vault, "broken-2"), session.commit()))
         group._chains._committed[1].values["prev_hash"] = "f" * 64  # a bookkeeping error, however it came about
         with pytest.raises(TransactionLost):
             group.commit()
         group.rollback()
     assert _stored(vault, "broken-") == {}
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 def test_a_nested_savepoint_keeps_the_steps_before_it_and_refuses_steps_inside_it(vault):
@@ -138,21 +138,21 @@ def test_a_nested_savepoint_keeps_the_steps_before_it_and_refuses_steps_inside_i
         group = GroupTransaction(vault, connection)
 
         def work(session):
-            _append(session, vault, "nested-outer")
+            append_tagged_event(session, vault, "nested-outer")
             try:
                 with session.begin_nested():
                     raise ValueError("an optional sub-step fails")
             except ValueError:
                 pass
             with pytest.raises(RuntimeError), session.begin_nested():
-                _append(session, vault, "nested-inner")
+                append_tagged_event(session, vault, "nested-inner")
             session.commit()
 
         _unit(group, work)
         group.commit()
     assert set(_stored(vault, "nested-")) == {"nested-outer"}
     with vault.session() as session:
-        _check_chains(session)
+        check_chains(session)
 
 
 def test_reads_of_other_tables_leave_the_steps_deferred(vault):
@@ -165,7 +165,7 @@ def test_reads_of_other_tables_leave_the_steps_deferred(vault):
         written: list[int] = []
 
         def work(session):
-            _append(session, vault, "listed")
+            append_tagged_event(session, vault, "listed")
             session.commit()
             session.scalars(select(Record).limit(1)).all()
             written.append(connection.connection.dbapi_connection.execute(

@@ -269,7 +269,7 @@ def test_declining_ocr_keeps_the_service_and_extracts_nothing(client, vault):
 
 def test_every_patient_route_is_classified_for_consent():
     from api.deps import CONSENT_EXEMPT, PROCESSING
-    from tests.test_role_matrix import EXPECTED
+    from tests.helpers.role_matrix import EXPECTED
 
     patient_routes = {route for route, roles in EXPECTED.items() if "patient" in roles}
     assert set(PROCESSING).isdisjoint(CONSENT_EXEMPT)

@@ -5,7 +5,7 @@
 * No AES and no SHA-256 on a data path: the primitives are spied on during a full flow in SM mode.
 * Mixed suites: data written in "aes" mode keeps reading after the vault is reopened in "sm" mode (and back), new
   writes carry SM headers, lookups and access logs span the switch, one export verifies both event formats.
-* The AES tamper tests (tests/test_at_rest.py), re-run here against an SM4 vault.
+* The tamper and at-rest tests run on both suites in tests/system/test_at_rest.py (its `settings` fixture).
 * Start-up refuses a runtime that lacks a primitive, with a message naming it.
 """
 
@@ -31,10 +31,9 @@ from audit import verify
 from audit.models import AuditEvent, Checkpoint
 from kms import blind_index, sm2, suites
 from kms.suites import AES_256_GCM, SM4_GCM
-from tests import test_at_rest
-from tests.audit.test_sm2 import openssl_verifies_note
 from tests.conftest import CHEAP_KDF, PASSPHRASE, make_settings
 from tests.helpers import login, make_id_number, png_bytes, register, upload
+from tests.helpers.openssl import openssl_verifies_note
 from vault.auditing import trail as audit_trail
 from vault.db.models import Patient, Record
 from vault.patients import service as patients
@@ -45,17 +44,6 @@ from vault.runtime import init_data_dir, open_vault
 def settings(tmp_path, backend, request):
     """Every vault in this module (the conftest `vault` and `client` fixtures included) runs the SM suite."""
     return make_settings(tmp_path, backend, request, crypto_suite="sm")
-
-
-# The AES suite's tamper and at-rest tests, re-run against an SM4 vault (the `settings` fixture above).
-test_sm4_ciphertext_moved_to_another_row_column_or_patient_fails = \
-    test_at_rest.test_ciphertext_moved_to_another_row_column_or_patient_fails
-test_sm4_a_flipped_bit_in_a_stored_field_fails = test_at_rest.test_a_flipped_bit_in_a_stored_field_fails
-test_sm4_a_tampered_or_truncated_blob_never_downloads_silently = \
-    test_at_rest.test_a_tampered_or_truncated_blob_never_downloads_silently
-test_sm3_blind_index_finds_a_patient_without_decrypting = \
-    test_at_rest.test_blind_index_finds_a_patient_without_decrypting
-test_sm4_no_plaintext_anywhere_at_rest = test_at_rest.test_no_plaintext_anywhere_at_rest
 
 
 def _open(settings, clock=None):
