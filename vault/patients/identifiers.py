@@ -1,8 +1,9 @@
 """Validation, normalisation and masking of personal identifiers.
 
-Owns the rules for resident ID numbers (GB 11643-1999), and mainland mobile numbers (usernames: `vault.accounts.usernames`). Everything here is
-pure: no storage, no keys. Values returned by `normalize_*` are what the blind index hashes, so a change to them is a
-data migration. Nothing here may log or echo the value it rejects.
+Owns the rules for resident ID numbers (GB 11643-1999) and mainland mobile numbers (usernames:
+`vault.accounts.usernames`). Everything here is pure: no storage, no keys. Digits of any script are folded to ASCII
+before validation and blind-indexing, and only ASCII digits pass. Values returned by `normalize_*` are what the blind
+index hashes, so a change to them is a data migration. Nothing here may log or echo the value it rejects.
 """
 
 from __future__ import annotations
@@ -22,9 +23,19 @@ _PROVINCES = frozenset(
 _EARLIEST_BIRTH = dt.date(1890, 1, 1)
 
 
+def fold_digits(raw: str) -> str:
+    """NFKC, then every other decimal digit (Arabic-Indic, Devanagari, full-width, ...) as its ASCII digit.
+
+    Runs before any validation or blind-indexing, so one number written in two scripts is one value (one person can
+    never register twice through another script's digits). What is left is checked against ASCII-only patterns."""
+    value = unicodedata.normalize("NFKC", raw)
+    return "".join(str(unicodedata.decimal(c)) if not c.isascii() and unicodedata.decimal(c, None) is not None else c
+                   for c in value)
+
+
 def _fold(raw: str) -> str:
-    """Full-width digits and letters to ASCII, whitespace and separators removed."""
-    return re.sub(r"[\s\-]", "", unicodedata.normalize("NFKC", raw))
+    """Digits and full-width letters to ASCII, whitespace and separators removed."""
+    return re.sub(r"[\s\-]", "", fold_digits(raw))
 
 
 def normalize_id_number(raw: str, *, today: dt.date | None = None) -> str:
@@ -32,7 +43,7 @@ def normalize_id_number(raw: str, *, today: dt.date | None = None) -> str:
     if not isinstance(raw, str) or len(raw) > 64:
         raise InvalidIdNumber("ID number must be 18 characters", extra={"reason": "length"})
     value = _fold(raw).upper()
-    if not re.fullmatch(r"\d{17}[\dX]", value):
+    if not re.fullmatch(r"[0-9]{17}[0-9X]", value):
         raise InvalidIdNumber("ID number must be 17 digits followed by a digit or X", extra={"reason": "format"})
     if value[:2] not in _PROVINCES:
         raise InvalidIdNumber("ID number has an unknown region code", extra={"reason": "region"})
@@ -75,12 +86,12 @@ def normalize_phone(raw: str) -> str:
     """Return a mainland mobile number as 11 digits, accepting +86/0086/86 prefixes and separators."""
     if not isinstance(raw, str) or len(raw) > 32:
         raise InvalidPhone("Phone number is too long", extra={"reason": "length"})
-    value = re.sub(r"[\s\-().]", "", unicodedata.normalize("NFKC", raw))
+    value = re.sub(r"[\s\-().]", "", fold_digits(raw))
     for prefix in ("+86", "0086", "86"):
         if value.startswith(prefix) and len(value) == len(prefix) + 11:
             value = value[len(prefix):]
             break
-    if not re.fullmatch(r"1[3-9]\d{9}", value):
+    if not re.fullmatch(r"1[3-9][0-9]{9}", value):
         raise InvalidPhone("Phone number must be an 11-digit mainland mobile number", extra={"reason": "format"})
     return value
 

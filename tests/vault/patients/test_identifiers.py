@@ -1,9 +1,11 @@
 import datetime as dt
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tests.helpers import make_id_number
-from vault.errors import InvalidIdNumber, InvalidPhone, InvalidUsername
+from tests.helpers import make_id_number, register
+from vault.errors import InvalidIdNumber, InvalidPhone
 from vault.patients import identifiers as ids
 
 
@@ -57,11 +59,48 @@ def test_invalid_phones(raw):
         ids.normalize_phone(raw)
 
 
-def test_username_variants_collapse_to_one_name():
-    assert {ids.normalize_username(v) for v in ("Alice", "alice", "Ａｌｉｃｅ", " ALICE ")} == {"alice"}
+# ---- one number, one meaning, whatever the script of its digits (issue 14 item 1) ------------------------------------
+
+_DIGIT_SCRIPTS = ["0123456789", "٠١٢٣٤٥٦٧٨٩", "۰۱۲۳۴۵۶۷۸۹", "०१२३४५६७८९", "０１２３４５６７８９", "০১২৩৪৫৬৭৮৯",
+                  "๐๑๒๓๔๕๖๗๘๙", "𝟎𝟏𝟐𝟑𝟒𝟓𝟔𝟕𝟖𝟗"]
 
 
-@pytest.mark.parametrize("raw", ["ab", "a" * 65, "has space", "-leading", "名字", ""])
-def test_invalid_usernames(raw):
-    with pytest.raises(InvalidUsername):
-        ids.normalize_username(raw)
+def _in_scripts(value: str, picks: list[int]) -> str:
+    return "".join(_DIGIT_SCRIPTS[picks[i % len(picks)]][int(c)] if c.isascii() and c.isdigit() else c
+                   for i, c in enumerate(value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(birth=st.dates(min_value=dt.date(1900, 1, 1), max_value=dt.date(2020, 12, 31)),
+       seq=st.integers(0, 999), picks=st.lists(st.integers(0, len(_DIGIT_SCRIPTS) - 1), min_size=1, max_size=18))
+def test_an_id_number_in_any_digit_script_is_the_same_ascii_value(birth, seq, picks):
+    canonical = make_id_number(birth=birth.strftime("%Y%m%d"), seq=f"{seq:03d}")
+    assert ids.normalize_id_number(_in_scripts(canonical, picks)) == canonical
+
+
+@settings(max_examples=300, deadline=None)
+@given(rest=st.integers(0, 99_999_999), picks=st.lists(st.integers(0, len(_DIGIT_SCRIPTS) - 1), min_size=1))
+def test_a_phone_number_in_any_digit_script_is_the_same_ascii_value(rest, picks):
+    canonical = f"139{rest:08d}"
+    assert ids.normalize_phone(_in_scripts(canonical, picks)) == canonical
+    assert ids.normalize_phone("+86 " + _in_scripts(canonical, picks)) == canonical
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=80))
+def test_arbitrary_text_is_an_ascii_identifier_or_a_clear_refusal(text):
+    for normalize, error in ((ids.normalize_id_number, InvalidIdNumber), (ids.normalize_phone, InvalidPhone)):
+        try:
+            value = normalize(text)
+        except error:
+            continue
+        assert value.isascii() and value.isalnum()
+
+
+def test_a_second_registration_through_other_digits_is_refused(client):
+    first = register(client, username="digits.one")
+    body = {**{k: first[k] for k in ("password", "real_name", "phone", "consents")}, "username": "digits.two",
+            "id_number": _in_scripts(first["id_number"], [1])}
+    body["phone"] = "13900000000"
+    response = client.post("/v1/patients/register", json=body)
+    assert response.status_code == 409, response.text
