@@ -169,9 +169,11 @@ def _password_expired(vault, account: Account) -> bool:
 
 def change_password(session: Session, vault, *, username: str, password: str, new_password: str,
                     otp: str | None, ctx: RequestContext) -> None:
-    """Replace the password (proved by the old one, and the TOTP code where the role requires it)."""
+    """Replace the password, proved by the old one and by a TOTP code whenever the account enrolled one.
+
+    Every live session of the account ends with the change (the request itself carries no token)."""
     account = authenticate(session, vault, username=username, password=password, ctx=ctx)
-    if account.role in totp.ROLES_REQUIRING_TOTP and account.totp_enabled and not totp.check(vault, account, otp):
+    if account.totp_enabled and not totp.check(vault, account, otp):  # any role that enrolled, patients too
         _fail(session, vault, account, account.username, ctx, "bad-otp")
     vault.passwords.check(new_password, username=account.username)
     history = json.loads(account.previous_password_hashes or "[]")
@@ -182,6 +184,7 @@ def change_password(session: Session, vault, *, username: str, password: str, ne
     account.password_hash = vault.passwords.hash(new_password)
     account.password_changed_at = vault.clock()
     account.must_change_password = False
+    _revoke_live_tokens(session, account_id=account.id, now=vault.clock())  # every session of the old password ends
     audit_append.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="account.update", outcome="allow", resource_type="account", resource_id=account.id,
                      reason="password-changed")
@@ -189,10 +192,18 @@ def change_password(session: Session, vault, *, username: str, password: str, ne
 
 
 def totp_enroll(session: Session, vault, *, username: str, password: str, ctx: RequestContext) -> tuple[str, str]:
-    """Start (or restart, while not yet active) TOTP enrolment with the password as proof."""
+    """Start (or restart, while not yet active) TOTP enrolment with the password as proof.
+
+    The first enrolment belongs to the account's holder: while the account still has the initial password an
+    administrator set, enrolment is refused (三权分立: whoever set that password must not also hold the second factor).
+    """
     account = authenticate(session, vault, username=username, password=password, ctx=ctx)
     if account.totp_enabled:
         raise Conflict("Two-factor sign-in is already active for this account")
+    if account.must_change_password:
+        _refuse_sign_in(session, vault, account, ctx, "initial-password")
+        session.commit()
+        raise PasswordChangeRequired("Change the initial password first (POST /v1/auth/password), then enrol")
     secret, uri = totp.enroll(vault, account)
     audit_append.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="totp.enroll", outcome="allow", resource_type="account", resource_id=account.id)
@@ -208,6 +219,7 @@ def totp_activate(session: Session, vault, *, username: str, password: str, otp:
     if not totp.check(vault, account, otp):
         _fail(session, vault, account, account.username, ctx, "bad-otp")
     account.totp_enabled = True
+    _revoke_live_tokens(session, account_id=account.id, now=vault.clock())  # sessions from before the second factor
     audit_append.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="totp.activate", outcome="allow", resource_type="account", resource_id=account.id)
     session.commit()
@@ -231,8 +243,8 @@ def disable_idle_staff(session: Session, vault, *, ctx: RequestContext) -> list[
 
 def logout(session: Session, vault, *, token: str, identity: Identity, ctx: RequestContext) -> None:
     tokens.revoke(session, token=token, now=vault.clock())
-    audit_append.append(session, vault, identity=identity, ctx=ctx, action="logout", outcome="allow", resource_type="account",
-                     resource_id=identity.account_id)
+    audit_append.append(session, vault, identity=identity, ctx=ctx, action="logout", outcome="allow",
+                        resource_type="account", resource_id=identity.account_id)
     session.commit()
 
 
@@ -282,12 +294,16 @@ def _refuse(session: Session, vault, *, identity: Identity, ctx: RequestContext,
 
 
 def _existing(session: Session, vault, *, identity: Identity, ctx: RequestContext, action: str,
-              target: gate.Target) -> Account:
-    """The target account of a permitted caller, or 404 (the attempt audited as a denial)."""
+              target: gate.Target, managed_only: bool = True) -> Account:
+    """The target account of a permitted caller, or 404 (the attempt audited as a denial).
+
+    With `managed_only` (the sysadmin's verbs) only doctor, escort and auditor accounts are found: a patient or an
+    administrator account answers exactly as an unknown id does (audited `not-managed`), so the sysadmin can neither
+    act on nor probe them."""
     account = session.get(Account, target.resource_id)
-    if account is None:
+    if account is None or (managed_only and account.role not in ASSIGNABLE_ROLES):
         gate.audit(vault, session, identity=identity, ctx=ctx, action=action, target=target, outcome="deny",
-                   reason="not-found")
+                   reason="not-found" if account is None else "not-managed")
         session.commit()
         raise NotFound()
     return account
@@ -300,9 +316,10 @@ def _revoke_live_tokens(session: Session, *, account_id: str, now: dt.datetime) 
 
 def list_accounts(session: Session, vault, *, identity: Identity, ctx: RequestContext, limit: int = 100,
                   after: str | None = None) -> tuple[list[AccountView], str | None]:
-    """Staff and patient accounts by username (keyset: `after` is the last username seen); sysadmin only."""
+    """The staff accounts a sysadmin manages (doctor, escort, auditor) by username (keyset: `after` is the last
+    username seen). Patients and administrators are never listed: 三权分立 keeps them out of the sysadmin's reach."""
     gate.enter(vault, session, identity=identity, ctx=ctx, action="account.list", target=_ACCOUNT)
-    query = select(Account).order_by(Account.username).limit(limit + 1)
+    query = select(Account).where(Account.role.in_(ASSIGNABLE_ROLES)).order_by(Account.username).limit(limit + 1)
     if after:
         query = query.where(Account.username > after)
     rows = list(session.scalars(query))
@@ -372,7 +389,8 @@ def change_role(session: Session, vault, *, identity: Identity, ctx: RequestCont
     gate.enter(vault, session, identity=identity, ctx=ctx, action="account.role", target=target, audit_allow=False)
     if role not in ROLES:
         raise InvalidInput("Unknown role", extra={"reason": "role"})
-    account = _existing(session, vault, identity=identity, ctx=ctx, action="account.role", target=target)
+    account = _existing(session, vault, identity=identity, ctx=ctx, action="account.role", target=target,
+                        managed_only=False)  # other roles are refused with their old->new pair below
     old = account.role
     if old not in ASSIGNABLE_ROLES or role not in ASSIGNABLE_ROLES:
         _refuse(session, vault, identity=identity, ctx=ctx, action="account.role", target=target,
