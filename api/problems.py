@@ -40,6 +40,8 @@ def problem(request: Request, *, status: int, slug: str, title: str, detail: str
 
 async def _vault_error(request: Request, exc: VaultError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.status == 429 and isinstance(exc.extra.get("retry_after"), int):
+        headers = {"Retry-After": str(exc.extra["retry_after"])}
     if exc.status >= 500:
         log.error("request failed: %s", exc.slug)
     return problem(request, status=exc.status, slug=exc.slug, title=exc.title, detail=exc.detail,

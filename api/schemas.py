@@ -185,6 +185,7 @@ class SharedRecordOut(BaseModel):
 class BreakGlassIn(_In):
     patient_id: uuid.UUID
     reason: str = Field(min_length=10, max_length=500)
+    otp: str | None = Field(None, max_length=16, description="A fresh code from the doctor's authenticator (step-up)")
 
 
 class BreakGlassOut(BaseModel):

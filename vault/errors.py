@@ -48,6 +48,8 @@ PasswordChangeRequired = _error(
     "The initial password must be changed first (POST /v1/auth/password)",
 )
 Forbidden = _error("Forbidden", "forbidden", 403, "Not allowed")
+# 429 with `extra["retry_after"]` (whole seconds), which the API also sends as the Retry-After header.
+RateLimited = _error("RateLimited", "rate-limited", 429, "Too many attempts; try again later")
 NotFound = _error("NotFound", "not-found", 404, "Not found")
 PayloadTooLarge = _error("PayloadTooLarge", "payload-too-large", 413, "The upload exceeds the size limit")
 EmptyUpload = _error("EmptyUpload", "empty-upload", 422, "The uploaded file is empty")

@@ -60,6 +60,8 @@ class Settings:
     admin_networks: str | None = None
     # IP-4: denials by one actor within a minute that raise an alert, and where alerts are POSTed (PHI-free JSON).
     alert_denials_per_minute: int = 20
+    # Break-glass claims one doctor may make in 24 hours before a claim is refused (429, audited).
+    breakglass_daily_cap: int = 3
     alert_webhook: str | None = None
     # LOG-1: service and access logs are kept at least 184 days (Cybersecurity Law art. 21: six months).
     log_retention_days: int = 365
@@ -140,7 +142,7 @@ class Settings:
                            ("lockout_minutes", int), ("idle_timeout_seconds", int), ("admin_networks", str),
                            ("staff_password_max_age_days", int), ("password_history", int),
                            ("staff_idle_disable_days", int),
-                           ("alert_denials_per_minute", int), ("alert_webhook", str),
+                           ("alert_denials_per_minute", int), ("alert_webhook", str), ("breakglass_daily_cap", int),
                            ("crypto_suite", str), ("kms_provider", str), ("pkcs11_module", str),
                            ("pkcs11_token_label", str), ("pkcs11_key_label", str), ("pkcs11_pin_file", str),
                            ("privacy_notice_path", str), ("profile", str)):

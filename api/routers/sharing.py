@@ -62,5 +62,5 @@ def breakglass(body: BreakGlassIn, identity: Identity = Depends(current_identity
                ctx: RequestContext = Depends(get_ctx)) -> BreakGlassOut:
     with vault.session() as session:
         claim = sharing.breakglass(session, vault, identity=identity, ctx=ctx, patient_id=str(body.patient_id),
-                                   reason=body.reason)
+                                   reason=body.reason, otp=body.otp)
         return BreakGlassOut(claim_id=claim.id, patient_id=claim.patient_id, expires_at=claim.expires_at)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from tests.helpers import PASSWORD, login, png_bytes, register, staff, upload
+from tests.helpers import PASSWORD, login, png_bytes, register, staff, totp_code, upload
 from tests.helpers.role_matrix import EXPECTED, PUBLIC, ROLES, STAFF
 
 DENIED = (401, 403, 404)
@@ -20,15 +20,22 @@ def test_every_route_has_a_policy_entry(app):
     assert _routes(app) == set(EXPECTED) | PUBLIC
 
 
+def _fresh_code(clock, secret: str) -> str:
+    """A TOTP code of a step no sign-in has used yet (break-glass steps up with one)."""
+    clock.advance(seconds=60)
+    return totp_code(secret, clock())
+
+
 def test_role_by_endpoint_matrix(client, vault, clock, app):
     object.__setattr__(vault.settings, "idle_timeout_seconds", 10**7)
     patient = register(client, username="matrix-patient")
     headers = {"patient": login(client, "matrix-patient")}
     register(client, username="matrix-eraser")  # DELETE /v1/patients/me erases the caller: not the matrix patient
     eraser = login(client, "matrix-eraser")
+    secrets = {}
     for role in STAFF:
         h = staff(client, vault, role, f"m-{role}")
-        h.pop("_secret")
+        secrets[role] = h.pop("_secret")
         headers[role] = h
     record_id = upload(client, headers["patient"], png_bytes(b"m")).json()["record_id"]
     grant = client.post("/v1/grants", headers=headers["patient"], json={
@@ -51,7 +58,8 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
     bodies = {
         ("POST", "/v1/grants"): {"json": {"grantee": "m-escort", "categories": ["lab_report"], "actions": ["view"],
                                           "purpose": "matrix", "expires_at": (clock() + dt.timedelta(days=1)).isoformat()}},
-        ("POST", "/v1/breakglass"): {"json": {"patient_id": patient["patient_id"], "reason": "matrix emergency test"}},
+        ("POST", "/v1/breakglass"): {"json": {"patient_id": patient["patient_id"], "reason": "matrix emergency test",
+                                              "otp": _fresh_code(clock, secrets["doctor"])}},
         ("POST", "/v1/audit/exports"): {"json": {}},
         ("POST", "/v1/records"): {"data": {"category": "other"}, "files": {"file": ("a.png", png_bytes(b"n"))}},
         ("PATCH", "/v1/records/{record_id}/lab-results"): {"json": {"row": 0, "field": "value", "value": "1"}},

@@ -1,7 +1,9 @@
 """The vault's side of auditing: turning an identity and a request into a chained audit event.
 
 Owns mapping vault identities to pseudonyms (under kms's dedicated pseudonym key) and calling `audit.trail.append`
-inside the caller's transaction. It must never pass PHI: events carry pseudonyms, roles, codes and random ids only.
+inside the caller's transaction. It must never pass PHI: events carry pseudonyms, roles, codes and random ids only;
+a patient is named by its pseudonym wherever it appears (the event's patient, and the resource when a patient is
+the resource), never by its raw id.
 There is no switch that turns it off; if the append fails the caller's transaction is rolled back and the request
 fails with 503, so nothing is returned.
 
@@ -63,7 +65,9 @@ def append(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
         action=action,
         outcome=outcome,
         resource_type=resource_type,
-        resource_id=resource_id,
+        # A patient as the resource is named by its pseudonym too: no raw patient id in any field of the trail.
+        resource_id=pseudonym(key, "patient", resource_id, sm3=sm3) if resource_type == "patient" and resource_id
+        else resource_id,
         patient=pseudonym(key, "patient", patient_id, sm3=sm3) if patient_id else None,
         reason=reason,
         grant_id=grant_id,

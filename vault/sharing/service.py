@@ -16,16 +16,17 @@ import json
 import uuid
 from types import SimpleNamespace
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from consent import receipts
 from consent.models import BreakGlass, Grant
 from vault import fields
 from vault.access import alerts, audit_append, gate
+from vault.accounts import totp
 from vault.accounts.usernames import normalize_username
 from vault.db.models import CATEGORIES, Account, Patient, Record
-from vault.errors import InvalidInput, NotFound
+from vault.errors import InvalidInput, NotFound, OtpRequired, RateLimited
 from vault.identity import Identity, RequestContext
 
 GRANTEE_ROLES = ("doctor", "escort")
@@ -266,14 +267,37 @@ def shared_with_me(session: Session, vault, *, identity: Identity, ctx: RequestC
 
 
 def breakglass(session: Session, vault, *, identity: Identity, ctx: RequestContext, patient_id: str,
-               reason: str) -> BreakGlass:
-    """Emergency access for a doctor: time-boxed, audited as its own action, shown to the patient and auditors."""
+               reason: str, otp: str | None = None) -> BreakGlass:
+    """Emergency access for a doctor: time-boxed, audited as its own action, shown to the patient and auditors.
+
+    Whoever is refused (another role, an unknown patient, an erased one) gets the same 404, each attempt audited; an
+    allowed doctor then steps up with a fresh TOTP code (401 without it), and at most `breakglass_daily_cap` claims
+    per doctor in 24 hours are granted (429 past that, audited)."""
     reason = (reason or "").strip()
     if len(reason) < 10 or len(reason) > MAX_PURPOSE:
         raise InvalidInput("give the emergency reason (10-500 characters)", extra={"reason": "reason"})
     patient = session.get(Patient, patient_id)
-    target = gate.Target("patient", patient_id, patient_id if patient else None, exists=patient is not None)
-    gate.enter(vault, session, identity=identity, ctx=ctx, action="breakglass", target=target)
+    reachable = patient is not None and patient.erased_at is None
+    target = gate.Target("patient", patient_id, patient_id if patient else None, exists=reachable)
+    decision = gate.enter(vault, session, identity=identity, ctx=ctx, action="breakglass", target=target,
+                          deny_as=NotFound, audit_allow=False)
+    doctor = session.get(Account, identity.account_id)
+    if doctor is None or not doctor.totp_enabled or not otp or not totp.check(vault, doctor, otp):
+        gate.audit(vault, session, identity=identity, ctx=ctx, action="breakglass", target=target, outcome="deny",
+                   reason="otp-missing" if not otp else "bad-otp")
+        session.commit()
+        raise OtpRequired("Break-glass needs a fresh code from your authenticator (otp)")
+    since = vault.clock() - dt.timedelta(hours=24)
+    claims = session.scalar(select(func.count()).select_from(BreakGlass).where(
+        BreakGlass.doctor_id == identity.account_id, BreakGlass.created_at > since)) or 0
+    if claims >= vault.settings.breakglass_daily_cap:
+        gate.audit(vault, session, identity=identity, ctx=ctx, action="breakglass", target=target, outcome="deny",
+                   reason="daily-cap")
+        session.commit()
+        raise RateLimited(f"At most {vault.settings.breakglass_daily_cap} break-glass claims in 24 hours",
+                          extra={"retry_after": 3600})
+    gate.audit(vault, session, identity=identity, ctx=ctx, action="breakglass", target=target, outcome="allow",
+               reason=decision.source.partition(":")[0])
     now = vault.clock()
     claim = BreakGlass(id=str(uuid.uuid4()), doctor_id=identity.account_id, patient_id=patient_id,
                        reason_enc=b"", created_at=now, expires_at=now + dt.timedelta(minutes=BREAKGLASS_MINUTES))

@@ -101,8 +101,12 @@ def test_audit_tables_refuse_update_and_delete(client, vault, backend, table):
 
 
 def test_no_phi_in_audit_rows_or_exports(client, vault, tmp_path):
+    """No PHI, and no raw patient id in any field (issue 14 item 7): a patient is always named by its pseudonym."""
     people = _busy_session(client)
-    secrets = [p[k] for p in people for k in ("real_name", "id_number", "phone")] + ["化验单0"]
+    for person in people:  # events whose resource is the patient itself
+        for path in ("/v1/records", "/v1/patients/me", "/v1/patients/me/access-log", "/v1/patients/me/consents"):
+            assert client.get(path, headers=person["headers"]).status_code == 200, path
+    secrets = [p[k] for p in people for k in ("real_name", "id_number", "phone", "patient_id")] + ["化验单0"]
     with vault.session() as session:
         rows = session.scalars(select(AuditEvent)).all()
     blob = "\n".join(json.dumps(trail.canonical_event(r), ensure_ascii=False) for r in rows).encode()

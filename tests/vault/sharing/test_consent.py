@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import uuid
 
 import pytest
 from sqlalchemy import select, update
 
 from audit.models import AuditEvent
-from tests.helpers import login, png_bytes, register, staff, upload
-from vault.db.models import Record
+from tests.helpers import PASSWORD, login, png_bytes, register, staff, totp_code, upload
+from vault.db.models import Account, Record
 
 
 def _hours(clock, n: float) -> str:
@@ -27,12 +28,13 @@ def people(client, vault):
     patient = login(client, "pat-one")
     doctor = staff(client, vault, "doctor", "dr-zhang")
     other_doctor = staff(client, vault, "doctor", "dr-li")
-    for h in (doctor, other_doctor):
-        h.pop("_secret")
+    doctor_secret = doctor.pop("_secret")
+    other_doctor.pop("_secret")
     lab = upload(client, patient, png_bytes(b"lab"), category="lab_report").json()["record_id"]
     exam = upload(client, patient, png_bytes(b"exam"), category="exam_report").json()["record_id"]
     special = upload(client, patient, png_bytes(b"hiv"), category="lab_report", label="special").json()["record_id"]
-    return dict(patient=patient, doctor=doctor, other=other_doctor, lab=lab, exam=exam, special=special)
+    return dict(patient=patient, doctor=doctor, other=other_doctor, lab=lab, exam=exam, special=special,
+                doctor_secret=doctor_secret)
 
 
 def _grant(client, clock, headers, **overrides):
@@ -147,6 +149,11 @@ def test_label_edited_in_the_database_is_detected(client, vault, clock, people):
     assert response.status_code == 500 and response.json()["type"].endswith(":integrity-failure")
 
 
+def _code(clock, secret: str) -> str:
+    clock.advance(seconds=60)  # a step no earlier sign-in used
+    return totp_code(secret, clock())
+
+
 def test_breakglass_is_time_boxed_and_shown_to_the_patient(client, vault, clock, people):
     with vault.session() as session:
         patient_id = session.get(Record, people["lab"]).patient_id
@@ -154,15 +161,81 @@ def test_breakglass_is_time_boxed_and_shown_to_the_patient(client, vault, clock,
     assert client.post("/v1/breakglass", headers=d, json={"patient_id": patient_id, "reason": "short"}
                        ).status_code == 422
     assert client.post("/v1/breakglass", headers=people["patient"],
-                       json={"patient_id": patient_id, "reason": "unconscious patient in ER"}).status_code == 403
+                       json={"patient_id": patient_id, "reason": "unconscious patient in ER"}).status_code == 404
     claim = client.post("/v1/breakglass", headers=d, json={"patient_id": patient_id,
-                                                          "reason": "unconscious patient in ER, allergy check"})
+                                                          "reason": "unconscious patient in ER, allergy check",
+                                                          "otp": _code(clock, people["doctor_secret"])})
     assert claim.status_code == 201
     assert client.get(f"/v1/records/{people['special']}", headers=d).status_code == 200
     log = client.get("/v1/patients/me/access-log", headers=people["patient"]).json()["items"]
     assert any(e["action"] == "breakglass" and e["actor_role"] == "doctor" for e in log)
     clock.advance(hours=1, seconds=1)
     assert client.get(f"/v1/records/{people['lab']}", headers=d).status_code == 404
+
+
+def test_breakglass_steps_up_with_a_fresh_code(client, vault, clock, people):
+    with vault.session() as session:
+        patient_id = session.get(Record, people["lab"]).patient_id
+    body = {"patient_id": patient_id, "reason": "unconscious patient in ER, allergy check"}
+    missing = client.post("/v1/breakglass", headers=people["doctor"], json=body)
+    assert missing.status_code == 401 and missing.json()["type"].endswith(":otp-required")
+    assert client.post("/v1/breakglass", headers=people["doctor"], json={**body, "otp": "12345"}).status_code == 401
+    code = _code(clock, people["doctor_secret"])
+    assert client.post("/v1/breakglass", headers=people["doctor"], json={**body, "otp": code}).status_code == 201
+    replayed = client.post("/v1/breakglass", headers=people["doctor"], json={**body, "otp": code})
+    assert replayed.status_code == 401
+    with vault.session() as session:
+        reasons = [e.reason for e in session.scalars(select(AuditEvent).where(AuditEvent.action == "breakglass",
+                                                                              AuditEvent.outcome == "deny"))]
+    assert reasons == ["otp-missing", "bad-otp", "bad-otp"]
+
+
+def test_breakglass_is_capped_per_doctor_per_day(client, vault, clock, people):
+    object.__setattr__(vault.settings, "breakglass_daily_cap", 2)
+    with vault.session() as session:
+        patient_id = session.get(Record, people["lab"]).patient_id
+    body = {"patient_id": patient_id, "reason": "unconscious patient in ER, allergy check"}
+    for _ in range(2):
+        granted = client.post("/v1/breakglass", headers=people["doctor"],
+                              json={**body, "otp": _code(clock, people["doctor_secret"])})
+        assert granted.status_code == 201
+    capped = client.post("/v1/breakglass", headers=people["doctor"],
+                         json={**body, "otp": _code(clock, people["doctor_secret"])})
+    assert capped.status_code == 429 and capped.headers["retry-after"].isdigit()
+    assert capped.json()["type"].endswith(":rate-limited")
+    clock.advance(hours=24)
+    again = client.post("/v1/breakglass", headers=people["doctor"],
+                        json={**body, "otp": _code(clock, people["doctor_secret"])})
+    assert again.status_code == 201
+
+
+def test_breakglass_refusals_look_alike_and_an_erased_patient_is_not_found(client, vault, clock, people):
+    """An escort, a patient or a doctor asking for an unknown or an erased patient: one 404 body, each audited."""
+    escort = staff(client, vault, "escort", "bg-escort")
+    escort.pop("_secret")
+    register(client, username="bg-gone")
+    with vault.session() as session:
+        patient_id = session.get(Record, people["lab"]).patient_id
+        gone = session.scalar(select(Account.patient_id).where(Account.username == "bg-gone"))
+    erased = client.request("DELETE", "/v1/patients/me", headers=login(client, "bg-gone"), json={"password": PASSWORD})
+    assert erased.status_code == 200, erased.text
+    reason = "unconscious patient in ER, allergy check"
+    answers = [
+        client.post("/v1/breakglass", headers=escort, json={"patient_id": patient_id, "reason": reason}),
+        client.post("/v1/breakglass", headers=people["patient"], json={"patient_id": patient_id, "reason": reason}),
+        client.post("/v1/breakglass", headers=people["doctor"],
+                    json={"patient_id": str(uuid.uuid4()), "reason": reason,
+                          "otp": _code(clock, people["doctor_secret"])}),
+        client.post("/v1/breakglass", headers=people["doctor"],
+                    json={"patient_id": gone, "reason": reason, "otp": _code(clock, people["doctor_secret"])}),
+    ]
+    assert {a.status_code for a in answers} == {404}
+    assert len({(a.json()["type"], a.json()["title"], a.json()["detail"]) for a in answers}) == 1
+    with vault.session() as session:
+        denied = list(session.scalars(select(AuditEvent).where(AuditEvent.action == "breakglass",
+                                                               AuditEvent.outcome == "deny")))
+    assert len(denied) == 4
+    assert all(gone not in repr(vars(e)) and patient_id not in repr(vars(e)) for e in denied)  # pseudonyms only
 
 
 def test_thread_enforcers_never_carry_a_previous_callers_role():
