@@ -17,7 +17,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from vault import fields
+from vault import fields, text
 from vault.access import gate
 from vault.accounts import service as accounts
 from vault.db.models import Account, Patient
@@ -67,7 +67,7 @@ def phone_indexes(vault, normalized: str) -> list[bytes]:
 
 def _clean_name(real_name: str) -> str:
     name = " ".join(real_name.split())
-    if not name or len(name) > MAX_NAME_LENGTH or any(ord(c) < 32 for c in name):
+    if not name or len(name) > MAX_NAME_LENGTH or not text.is_inert(real_name):
         raise InvalidInput("Real name must be 1-64 printable characters", extra={"reason": "real-name"})
     return name
 

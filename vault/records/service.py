@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from audit.statements import HotStatement
 from kms import CryptoError, DataKey
 from kms.stream import iter_decrypt
-from vault import fields
+from vault import fields, text
 from vault.access import gate
 from vault.db.models import CATEGORIES, LABELS, Record
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
@@ -65,10 +65,12 @@ def check_metadata(*, category: str, title: str | None, filename: str | None, la
         raise InvalidInput(f"label must be one of {', '.join(LABELS)}", extra={"reason": "label"})
     if category not in CATEGORIES:
         raise InvalidInput(f"category must be one of {', '.join(CATEGORIES)}", extra={"reason": "category"})
-    if title is not None and (len(title) > MAX_TITLE_LENGTH or any(ord(c) < 32 for c in title)):
-        raise InvalidInput(f"title must be at most {MAX_TITLE_LENGTH} printable characters", extra={"reason": "title"})
-    if filename is not None and len(filename) > MAX_FILENAME_LENGTH:
-        raise InvalidInput("filename is too long", extra={"reason": "filename"})
+    if title is not None and (len(title) > MAX_TITLE_LENGTH or not text.is_inert(title)):
+        raise InvalidInput(f"title must be at most {MAX_TITLE_LENGTH} characters without control or direction "
+                           "characters", extra={"reason": "title"})
+    if filename is not None and (len(filename) > MAX_FILENAME_LENGTH or not text.is_inert(filename)):
+        raise InvalidInput(f"filename must be at most {MAX_FILENAME_LENGTH} characters without control or direction "
+                           "characters", extra={"reason": "filename"})
 
 
 def authorize_upload(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from consent import receipts
 from consent.models import BreakGlass, Grant
-from vault import fields
+from vault import fields, text
 from vault.access import alerts, audit_append, gate
 from vault.accounts import totp
 from vault.accounts.usernames import normalize_username
@@ -122,9 +122,9 @@ def create_grant(session: Session, vault, *, identity: Identity, ctx: RequestCon
     gate.enter(vault, session, identity=identity, ctx=ctx, action="grant.create", target=target, audit_allow=False)
     now = vault.clock()
     not_before = not_before or now
-    purpose = (purpose or "").strip()
-    if not purpose or len(purpose) > MAX_PURPOSE:
-        raise InvalidInput(f"purpose must be 1-{MAX_PURPOSE} characters", extra={"reason": "purpose"})
+    purpose = text.inert(purpose or "", field="purpose", max_length=MAX_PURPOSE)
+    if consult_ref is not None:
+        consult_ref = text.inert(consult_ref, field="consult_ref", max_length=64)
     if not actions or any(a not in VERBS for a in actions):
         raise InvalidInput("actions must be a non-empty subset of view, download", extra={"reason": "actions"})
     if any(c not in CATEGORIES for c in categories):
@@ -273,9 +273,7 @@ def breakglass(session: Session, vault, *, identity: Identity, ctx: RequestConte
     Whoever is refused (another role, an unknown patient, an erased one) gets the same 404, each attempt audited; an
     allowed doctor then steps up with a fresh TOTP code (401 without it), and at most `breakglass_daily_cap` claims
     per doctor in 24 hours are granted (429 past that, audited)."""
-    reason = (reason or "").strip()
-    if len(reason) < 10 or len(reason) > MAX_PURPOSE:
-        raise InvalidInput("give the emergency reason (10-500 characters)", extra={"reason": "reason"})
+    reason = text.inert(reason or "", field="reason", min_length=10, max_length=MAX_PURPOSE)
     patient = session.get(Patient, patient_id)
     reachable = patient is not None and patient.erased_at is None
     target = gate.Target("patient", patient_id, patient_id if patient else None, exists=reachable)
