@@ -60,6 +60,11 @@ class Settings:
     admin_networks: str | None = None
     # IP-4: denials by one actor within a minute that raise an alert, and where alerts are POSTed (PHI-free JSON).
     alert_denials_per_minute: int = 20
+    # Rate limits (vault/access/ratelimit.py): attempts at registration, sign-in, TOTP steps and password change per
+    # window, per client address and per target (username or ID number).
+    rate_limit_window_seconds: int = 600
+    rate_limit_per_client: int = 300
+    rate_limit_per_target: int = 20
     # Break-glass claims one doctor may make in 24 hours before a claim is refused (429, audited).
     breakglass_daily_cap: int = 3
     alert_webhook: str | None = None
@@ -143,6 +148,8 @@ class Settings:
                            ("staff_password_max_age_days", int), ("password_history", int),
                            ("staff_idle_disable_days", int),
                            ("alert_denials_per_minute", int), ("alert_webhook", str), ("breakglass_daily_cap", int),
+                           ("rate_limit_window_seconds", int), ("rate_limit_per_client", int),
+                           ("rate_limit_per_target", int),
                            ("crypto_suite", str), ("kms_provider", str), ("pkcs11_module", str),
                            ("pkcs11_token_label", str), ("pkcs11_key_label", str), ("pkcs11_pin_file", str),
                            ("privacy_notice_path", str), ("profile", str)):

@@ -31,6 +31,11 @@ def _pseudonym_in(vault, suite: int, kind: str, value: str) -> str:
     return pseudonym(key, kind, value, sm3=suite == suites.SM4_GCM)
 
 
+def keyed_pseudonym(vault, kind: str, value: str) -> str:
+    """A stable, unlinkable name for `value` of `kind` under the current pseudonym key (rate-limit buckets)."""
+    return _pseudonym_in(vault, fields.suite_of(vault), kind, value)
+
+
 def actor_pseudonym(vault, account_id: str) -> str:
     return _pseudonym_in(vault, fields.suite_of(vault), "account", account_id)
 

@@ -96,13 +96,13 @@ def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, a
     audit(vault, session, identity=identity, ctx=ctx, action=action, target=target,
           outcome="allow" if decision.allowed else "deny", reason=reason, grant_id=decision.grant_id)
     if not decision.allowed:
-        _alert_on_burst(vault, session, identity=identity, ctx=ctx, target=target)
+        alert_on_burst(vault, session, identity=identity, ctx=ctx, target=target)
         session.commit()
         raise (NotFound if not target.exists else deny_as)()
     return decision
 
 
-def _alert_on_burst(vault, session: Session, *, identity: Identity, ctx: RequestContext, target: Target) -> None:
+def alert_on_burst(vault, session: Session, *, identity: Identity, ctx: RequestContext, target: Target) -> None:
     actor = audit_append.actor_pseudonym(vault, identity.account_id)
     count = alerts.denial_burst(session, actor=actor, now=vault.clock(),
                                 threshold=vault.settings.alert_denials_per_minute)

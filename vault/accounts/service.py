@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from consent import engine as consent_engine
-from vault.access import audit_append, gate
+from vault.access import audit_append, gate, ratelimit
 from vault.accounts import tokens, totp
 from vault.accounts.usernames import normalize_username
 from vault.db.models import ROLES, Account, AuthToken
@@ -126,6 +126,7 @@ def authenticate(session: Session, vault, *, username: str, password: str, ctx: 
 def login(session: Session, vault, *, username: str, password: str, ctx: RequestContext,
           otp: str | None = None) -> tuple[str, int]:
     """Verify the password (and the TOTP code for staff roles, or for anyone who enrolled) and issue a token."""
+    ratelimit.check(vault, ctx=ctx, scope="login", target=username.strip().casefold())
     account = authenticate(session, vault, username=username, password=password, ctx=ctx)
     if account.role in totp.ROLES_REQUIRING_TOTP and not account.totp_enabled:
         _refuse_sign_in(session, vault, account, ctx, "otp-not-enrolled")
@@ -172,6 +173,7 @@ def change_password(session: Session, vault, *, username: str, password: str, ne
     """Replace the password, proved by the old one and by a TOTP code whenever the account enrolled one.
 
     Every live session of the account ends with the change (the request itself carries no token)."""
+    ratelimit.check(vault, ctx=ctx, scope="password", target=username.strip().casefold())
     account = authenticate(session, vault, username=username, password=password, ctx=ctx)
     if account.totp_enabled and not totp.check(vault, account, otp):  # any role that enrolled, patients too
         _fail(session, vault, account, account.username, ctx, "bad-otp")
@@ -197,6 +199,7 @@ def totp_enroll(session: Session, vault, *, username: str, password: str, ctx: R
     The first enrolment belongs to the account's holder: while the account still has the initial password an
     administrator set, enrolment is refused (三权分立: whoever set that password must not also hold the second factor).
     """
+    ratelimit.check(vault, ctx=ctx, scope="totp", target=username.strip().casefold())
     account = authenticate(session, vault, username=username, password=password, ctx=ctx)
     if account.totp_enabled:
         raise Conflict("Two-factor sign-in is already active for this account")
@@ -213,6 +216,7 @@ def totp_enroll(session: Session, vault, *, username: str, password: str, ctx: R
 
 def totp_activate(session: Session, vault, *, username: str, password: str, otp: str, ctx: RequestContext) -> None:
     """Turn TOTP on once the user proves their authenticator produces valid codes."""
+    ratelimit.check(vault, ctx=ctx, scope="totp", target=username.strip().casefold())
     account = authenticate(session, vault, username=username, password=password, ctx=ctx)
     if account.totp_enabled or account.totp_secret_enc is None:
         raise Conflict("Enrol first (POST /v1/auth/totp/enroll)")

@@ -117,6 +117,18 @@ class LabCorrection(Base):
     change_enc: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class RateLimit(Base):
+    """One rate-limit bucket: attempts counted in a fixed window (issue 14 item 3), shared by every API process.
+
+    `bucket` is a keyed pseudonym of (scope, client address or target), never the address or username itself."""
+
+    __tablename__ = "rate_limits"
+
+    bucket: Mapped[str] = mapped_column(String(40), primary_key=True)
+    window_start: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    hits: Mapped[int] = mapped_column(Integer)
+
+
 CONSENT_ITEMS = ("health_data", "id_number", "ocr")
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vault import fields, text
-from vault.access import gate
+from vault.access import gate, ratelimit
 from vault.accounts import service as accounts
 from vault.db.models import Account, Patient
 from vault.errors import Conflict, InvalidInput
@@ -72,6 +72,18 @@ def _clean_name(real_name: str) -> str:
     return name
 
 
+def _refuse_collision(session: Session, vault, *, ctx: RequestContext, patient_id: str) -> None:
+    """A registration with a registered ID number: audited as a denial against that patient (pseudonym only) by the
+    anonymous client, counted toward the client's denial-burst alert, then the same 409 as a taken username."""
+    anonymous = Identity(account_id=f"anonymous:{ctx.client_addr or '-'}", role="anonymous")
+    target = gate.Target("patient", patient_id, patient_id)
+    gate.audit(vault, session, identity=anonymous, ctx=ctx, action="patient.register", target=target,
+               outcome="deny", reason="id-number-registered")
+    gate.alert_on_burst(vault, session, identity=anonymous, ctx=ctx, target=target)
+    session.commit()
+    raise Conflict("An account with these details already exists")
+
+
 def register(session: Session, vault, *, username: str, password: str, real_name: str, id_number: str, phone: str,
              birth_date: dt.date | None, ctx: RequestContext, consents: privacy.Choices | None) -> str:
     """Create the patient, their KEK, their account and their consent rows; returns the patient id.
@@ -80,6 +92,7 @@ def register(session: Session, vault, *, username: str, password: str, real_name
     validated or stored (422 consent-required)."""
     notice = privacy.check_registration(vault, consents)
     id_norm = normalize_id_number(id_number, today=vault.clock().date())
+    ratelimit.check(vault, ctx=ctx, scope="register", target=id_norm)
     phone_norm = normalize_phone(phone)
     name = _clean_name(real_name)
     embedded = birth_date_from_id(id_norm)
@@ -88,10 +101,11 @@ def register(session: Session, vault, *, username: str, password: str, real_name
     patient_id = str(uuid.uuid4())
     account = accounts.build(vault, username=username, password=password, role="patient", patient_id=patient_id)
     id_bidx = id_number_index(vault, id_norm)
-    taken = session.scalar(
-        select(Patient.id).where(Patient.id_number_bidx.in_(id_number_indexes(vault, id_norm))).limit(1)
-    ) or session.scalar(select(Account.id).where(Account.username == account.username).limit(1))
-    if taken:
+    holder = session.scalar(
+        select(Patient.id).where(Patient.id_number_bidx.in_(id_number_indexes(vault, id_norm))).limit(1))
+    if holder is not None:
+        _refuse_collision(session, vault, ctx=ctx, patient_id=holder)
+    if session.scalar(select(Account.id).where(Account.username == account.username).limit(1)):
         raise Conflict("An account with these details already exists")
 
     # The KEK lives in the key store, committed first: a failure below leaves an unused KEK, never a patient
