@@ -35,7 +35,7 @@ from vault.runtime import open_vault
 
 OPERATOR = Identity(account_id="cli:test-operator", role="operator")
 CTX = RequestContext(request_id="test")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # the repository
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------------
