@@ -106,4 +106,4 @@ def audit_checkpoint(data_dir: str | None, passphrase_file: str | None) -> None:
         made = audit_trail.checkpoint_now(vault, force=True)
     finally:
         vault.close()
-    click.echo(made.note)
+    click.echo(made.note if made is not None else "nothing new to checkpoint")

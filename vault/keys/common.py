@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -37,6 +37,10 @@ SYSTEM = Identity(account_id="system:kms", role="system")
 _SCAN_CHUNK = 5000
 
 
+@overload
+def utc(moment: dt.datetime) -> dt.datetime: ...
+@overload
+def utc(moment: None) -> None: ...
 def utc(moment: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes for timezone-aware columns: they were written in UTC."""
     if moment is not None and moment.tzinfo is None:

@@ -84,7 +84,8 @@ def retire(vault: Vault, *, identity: Identity, ctx: RequestContext, grace_secon
             result.refused.append(f"root version {version} still wraps {used['patient_keks']} KEK(s) and "
                                   f"{used['service_keys']} service key(s): run `healthvault keys rewrap` first")
             continue
-        if last_rotation is not None and utc(last_rotation.executed_at) + grace > now:
+        executed = utc(last_rotation.executed_at) if last_rotation is not None else None
+        if executed is not None and executed + grace > now:
             result.refused.append(f"root version {version} waits for the {grace_seconds} s grace period")
             continue
         try:

@@ -20,8 +20,8 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from sqlalchemy import bindparam, func, select, update
 
@@ -52,6 +52,10 @@ class RewrapJobView:
     finished_at: dt.datetime | None
 
 
+@overload
+def job_view(job: RewrapJob) -> RewrapJobView: ...
+@overload
+def job_view(job: None) -> None: ...
 def job_view(job: RewrapJob | None) -> RewrapJobView | None:
     if job is None:
         return None
@@ -141,8 +145,8 @@ def rewrap(vault: Vault, *, identity: Identity, ctx: RequestContext, batch_size:
         how = "resumed"
     audit_now(vault, identity=identity, ctx=ctx, action="key.rewrap", resource_type="rewrap-job", resource_id=job.id,
               reason=f"{how} phase={job.phase} root={keys.current_root_version()}")
-    state = {"phase": job.phase, "cursor": job.cursor, "scanned": job.scanned, "rewrapped": job.rewrapped,
-             "failed": job.failed, "total": max(job.total, job.scanned)}
+    state: dict[str, Any] = {"phase": job.phase, "cursor": job.cursor, "scanned": job.scanned,
+                             "rewrapped": job.rewrapped, "failed": job.failed, "total": max(job.total, job.scanned)}
 
     def save(**values) -> None:
         state.update(values)
@@ -179,7 +183,7 @@ def rewrap(vault: Vault, *, identity: Identity, ctx: RequestContext, batch_size:
                           resource_type="patient-kek", resource_id=job.id,
                           reason=f"batch scanned={batch.scanned} rewrapped={batch.rewrapped} failed={batch.failed}")
                     session.commit()
-                account(batch, json.dumps(list(batch.last)))
+                account(batch, json.dumps(list(cast("Iterable[object]", batch.last))))
         elif phase == "service":
             batch = keys.rewrap_service_keys()
             if batch.scanned:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from kms import KeyDestroyed, KeyStoreError
 from kms.keystore import RotationRequest
 from vault.access import gate
-from vault.errors import Conflict, Forbidden, InvalidInput
+from vault.errors import Conflict, Forbidden, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext
 from vault.keys.common import DEFAULT_BATCH, audit, audit_now, log, utc
 
@@ -52,6 +52,13 @@ class RotationView:
 def is_expired(row: RotationRequest, now: dt.datetime) -> bool:
     """A pending request older than `REQUEST_TTL` (it is marked expired when next looked at)."""
     return row.status == "pending" and utc(row.requested_at) + REQUEST_TTL <= now
+
+
+def _existing(row: RotationRequest | None) -> RotationRequest:
+    """A request the gate let through or this module just wrote: its absence is a 404, never an AttributeError."""
+    if row is None:
+        raise NotFound()
+    return row
 
 
 def _view(row: RotationRequest, now: dt.datetime) -> RotationView:
@@ -81,7 +88,7 @@ def get_rotation(session: Session, vault: Vault, *, identity: Identity, ctx: Req
     gate.enter(vault, session, identity=identity, ctx=ctx, action="key.status",
                target=_rotation_target(request_id if row else None, exists=row is not None))
     session.commit()
-    return _view(row, vault.clock())
+    return _view(_existing(row), vault.clock())
 
 
 def _is_uuid(value: str) -> bool:
@@ -122,6 +129,7 @@ def approve_root_rotation(session: Session, vault: Vault, *, identity: Identity,
     target = _rotation_target(request_id if row else None, exists=row is not None)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="key.approve", target=target, deny_as=Forbidden,
                audit_allow=False)
+    row = _existing(row)
     now = vault.clock()
     if row.requested_by == identity.account_id[:64]:
         audit(session, vault, identity=identity, ctx=ctx, action="key.approve", outcome="deny",
@@ -131,10 +139,10 @@ def approve_root_rotation(session: Session, vault: Vault, *, identity: Identity,
                         "who requested it (two-person rule, GB/T 39786 §8.6)", extra={"reason": "two-person-rule"})
     if is_expired(row, now):
         store.move_rotation_request(row.id, from_status="pending", status="expired")
-        row = store.rotation_request(row.id)
+        row = _existing(store.rotation_request(row.id))
     if row.status != "pending" or not store.move_rotation_request(
             row.id, from_status="pending", status="approved", approved_by=identity.account_id[:64], approved_at=now):
-        current = store.rotation_request(row.id)
+        current = _existing(store.rotation_request(row.id))
         audit(session, vault, identity=identity, ctx=ctx, action="key.approve", outcome="deny",
               resource_type="key-rotation", resource_id=row.id, reason=f"status:{current.status}")
         session.commit()
@@ -149,7 +157,7 @@ def _execute(session: Session, vault: Vault, *, request_id: str, identity: Ident
              from_status: str = "approved") -> RotationView:
     store = vault.keystore
     if not store.move_rotation_request(request_id, from_status=from_status, status="executing"):
-        return _view(store.rotation_request(request_id), vault.clock())  # someone else runs it
+        return _view(_existing(store.rotation_request(request_id)), vault.clock())  # someone else runs it
     try:
         version = vault.keys.rotate_root()
     except KeyStoreError as exc:
@@ -158,14 +166,14 @@ def _execute(session: Session, vault: Vault, *, request_id: str, identity: Ident
               resource_type="root-key", resource_id=request_id, reason="provider-refused")
         session.commit()
         log.warning("approved root rotation %s could not run here: %s", request_id, exc)
-        return _view(store.rotation_request(request_id), vault.clock())
+        return _view(_existing(store.rotation_request(request_id)), vault.clock())
     now = vault.clock()
     store.move_rotation_request(request_id, from_status="executing", status="executed", executed_at=now,
                                 new_version=version)
     audit(session, vault, identity=identity, ctx=ctx, action="key.rotate", resource_type="root-key",
           resource_id=str(version), reason=f"request:{request_id}")
     session.commit()
-    return _view(store.rotation_request(request_id), now)
+    return _view(_existing(store.rotation_request(request_id)), now)
 
 
 class TwoPersonRuleRefused(Exception):
@@ -213,7 +221,7 @@ def rotate_root_cli(vault: Vault, *, identity: Identity, ctx: RequestContext,
                                 new_version=version)
     audit_now(vault, identity=identity, ctx=ctx, action="key.rotate", resource_type="root-key",
               resource_id=str(version), reason=f"single-person ({profile} profile):{row.id}")
-    return _view(store.rotation_request(row.id), vault.clock())
+    return _view(_existing(store.rotation_request(row.id)), vault.clock())
 
 
 # --- KEK rotation -----------------------------------------------------------------------------------------------------

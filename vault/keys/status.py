@@ -82,7 +82,7 @@ def compute_status(vault: Vault) -> KeyStatus:
         keks_under_old_root=sum(r.patient_keks for r in root if not r.current),
         service_keys_under_old_root=sum(r.service_keys for r in root if not r.current),
         deks_under_old_kek=stale, deks_unreadable=unreadable, pending_rotations=len(pending),
-        rewrap_job=job_view((store.rewrap_jobs(limit=1) or [None])[0]))
+        rewrap_job=job_view(next(iter(store.rewrap_jobs(limit=1)), None)))
 
 
 def status(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext) -> KeyStatus:
