@@ -22,7 +22,7 @@ from kms.pkcs11 import Pkcs11Provider, module_lock
 from tests.conftest import CHEAP_PASSWORDS, IN_CI, TEST_KMS
 from tests.helpers import login, pdf_bytes, register, softhsm, upload
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The foundation suite (issue 2) on the embedded default: everything that builds a vault through tests/conftest.py.
 # test_cli_serve.py is not in it: its CLI subprocesses drop every HEALTHVAULT_* variable and so always run `local`;
 # test_cli_on_the_token below covers the CLI on pkcs11 instead.

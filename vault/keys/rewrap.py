@@ -4,7 +4,7 @@ their patient's newest KEK), resumable and idempotent.
 Owns the rewrap job's phases and progress (one data-database transaction per DEK batch with its audit event; the
 job's cursor saved after every batch in the key store) and its view (`RewrapJobView`).
 Never: decrypts or rewrites a data ciphertext (only `wrapped_dek` columns change), returns or logs key bytes, or puts
-a patient id into an audit reason (events carry pseudonyms, counts and random ids).
+a patient id into the audit trail (events carry pseudonyms, counts and random ids).
 
 Concurrency: rewrap uses compare-and-swap updates (`WHERE wrapped_dek = <the bytes it read>`), so readers keep
 reading (the old wrap keeps opening until its KEK version is retired), writers keep writing (new DEKs are wrapped
