@@ -4,15 +4,15 @@ raw AES-GCM baseline measured in the same run.
 Setup (not timed): a fresh vault in a temporary directory (SQLite, local root provider sealed with a cheap KDF),
 P patients, N record rows whose DEKs are wrapped under KEK version 1 (wrapped with kms internals so the setup does
 not take minutes), then a root rotation and a rotation of every KEK.
-Timed: `vault.keyops.rewrap` over everything (patient KEKs under the old root, service keys, patient and record
+Timed: `vault.keys.rewrap.rewrap` over everything (patient KEKs under the old root, service keys, patient and record
 DEKs), batches of B rows, each batch its own data-database transaction with its audit event, exactly as
 `healthvault keys rewrap` runs it.
 Baseline: raw AESGCM unwrap + wrap of the same number of 32-byte keys with cached cipher objects, no database.
 Target: >= 2,000 record DEKs per second (issue 6). The ratio says how much of the raw crypto rate survives the
 database round trips, compare-and-swap updates and audit appends.
 
-With `--kms pkcs11` the root key lives in a SoftHSM2 token made for this run (tests/helpers/softhsm.py: a temporary token
-directory, never /etc/softhsm): KEK unwraps and root wraps go through the token, DEK rewraps stay in software.
+With `--kms pkcs11` the root key lives in a SoftHSM2 token made for this run (tests/helpers/softhsm.py: a temporary
+token directory, never /etc/softhsm): KEK unwraps and root wraps go through the token, DEK rewraps stay in software.
 
 Usage: python bench/bench_rewrap.py [--n 100000] [--patients 1000] [--batch 1000] [--kms local|pkcs11] [--quick]
        [--json out.json]
@@ -101,10 +101,10 @@ def _setup(tmp: Path, *, n: int, patients: int, kms: str = "local"):
         kek.wipe()
     keys.service_key("pseudonym")
     identity, ctx = Identity(account_id="bench", role="operator"), RequestContext(request_id="bench")
-    from vault.keys import operations as keyops
+    from vault.keys import rotation
 
-    keyops.rotate_root_cli(vault, identity=identity, ctx=ctx, profile="development")
-    keyops.rotate_all_keks(vault, identity=identity, ctx=ctx)
+    rotation.rotate_root_cli(vault, identity=identity, ctx=ctx, profile="development")
+    rotation.rotate_all_keks(vault, identity=identity, ctx=ctx)
     return vault, identity, ctx
 
 
@@ -140,7 +140,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.n, args.patients = min(args.n, 3000), min(args.patients, 100)
     from vault.db.models import Record
-    from vault.keys import operations as keyops
+    from vault.keys import rewrap
+    from vault.keys import status as keystatus
 
     print(f"python {sys.version.split()[0]}, cpus {os.cpu_count()}, load {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="hv-bench-rewrap-") as tmp:
@@ -149,11 +150,11 @@ def main(argv=None) -> int:
         print(f"setup ({vault.keys.provider_name} provider): {args.n} record DEKs, {args.patients} patients, "
               "root and every KEK rotated "
               f"({time.perf_counter() - t0:.1f} s, not timed)")
-        before = keyops.compute_status(vault)
+        before = keystatus.compute_status(vault)
         start = time.perf_counter()
-        job = keyops.rewrap(vault, identity=identity, ctx=ctx, batch_size=args.batch)
+        job = rewrap.rewrap(vault, identity=identity, ctx=ctx, batch_size=args.batch)
         elapsed = time.perf_counter() - start
-        after = keyops.compute_status(vault)
+        after = keystatus.compute_status(vault)
         with vault.session() as session:
             sample = session.query(Record).limit(50).all()
         for record in sample:  # the moved wraps open
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
     print(f"record DEKs rewrapped per second: {rate:,.0f} (target >= {TARGET:,.0f}): {'PASS' if ok else 'FAIL'}")
     print(f"raw AES-GCM unwrap+wrap, same run: {raw:,.0f} keys/s; ratio rewrap/raw {rate / raw:.3f}")
     print(f"load after {os.getloadavg()[0]:.2f}")
-    result = {"kms": args.kms, "n": args.n, "patients": args.patients, "batch": args.batch, "seconds": elapsed, "deks_per_s": rate,
+    result = {"kms": args.kms, "n": args.n, "patients": args.patients, "batch": args.batch, "seconds": elapsed,
+              "deks_per_s": rate,
               "raw_keys_per_s": raw, "ratio": rate / raw, "rewrapped": job.rewrapped, "failed": job.failed,
               "left_under_old_kek": after.deks_under_old_kek, "pass": ok, "load": os.getloadavg()[0]}
     if args.json:

@@ -1,7 +1,8 @@
 """Key status and the two-person root rotation over HTTP.
 
 Owns only the HTTP shape; every decision (who may look, who may request, that the approver differs from the
-requester) is made by vault.keyops through the gate, and every call is audited there. Never returns key material.
+requester) is made by vault.keys (status, rotation) through the gate, and every call is audited there. Never returns
+key material.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from fastapi import APIRouter, Depends, Query
 from api.deps import current_identity, get_ctx, get_vault
 from api.schemas import KeyStatusOut, RotationOut, RotationPage, RotationRequestIn
 from vault.identity import Identity, RequestContext
-from vault.keys import operations as keyops
+from vault.keys import rotation
+from vault.keys import status as keystatus
 from vault.runtime import Vault
 
 router = APIRouter(tags=["keys"])
 
 
-def _rotation_out(view: keyops.RotationView) -> RotationOut:
+def _rotation_out(view: rotation.RotationView) -> RotationOut:
     return RotationOut(**dataclasses.asdict(view))
 
 
@@ -28,7 +30,7 @@ def key_status(identity: Identity = Depends(current_identity), vault: Vault = De
                ctx: RequestContext = Depends(get_ctx)) -> KeyStatusOut:
     """Root and KEK versions with what each wraps, what waits for a rewrap, and the latest rewrap job's progress."""
     with vault.session() as session:
-        status = keyops.status(session, vault, identity=identity, ctx=ctx)
+        status = keystatus.status(session, vault, identity=identity, ctx=ctx)
     return KeyStatusOut(**dataclasses.asdict(status))
 
 
@@ -36,7 +38,7 @@ def key_status(identity: Identity = Depends(current_identity), vault: Vault = De
 def list_rotations(limit: int = Query(50, ge=1, le=500), identity: Identity = Depends(current_identity),
                    vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> RotationPage:
     with vault.session() as session:
-        views = keyops.list_rotations(session, vault, identity=identity, ctx=ctx, limit=limit)
+        views = rotation.list_rotations(session, vault, identity=identity, ctx=ctx, limit=limit)
     return RotationPage(items=[_rotation_out(v) for v in views])
 
 
@@ -44,7 +46,7 @@ def list_rotations(limit: int = Query(50, ge=1, le=500), identity: Identity = De
 def get_rotation(request_id: str, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
                  ctx: RequestContext = Depends(get_ctx)) -> RotationOut:
     with vault.session() as session:
-        return _rotation_out(keyops.get_rotation(session, vault, identity=identity, ctx=ctx, request_id=request_id))
+        return _rotation_out(rotation.get_rotation(session, vault, identity=identity, ctx=ctx, request_id=request_id))
 
 
 @router.post("/v1/keys/rotations", status_code=201, response_model=RotationOut)
@@ -52,7 +54,7 @@ def request_rotation(body: RotationRequestIn | None = None, identity: Identity =
                      vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> RotationOut:
     """A secadmin asks for a new root-key version; it stays pending until a different secadmin approves."""
     with vault.session() as session:
-        return _rotation_out(keyops.request_root_rotation(session, vault, identity=identity, ctx=ctx))
+        return _rotation_out(rotation.request_root_rotation(session, vault, identity=identity, ctx=ctx))
 
 
 @router.post("/v1/keys/rotations/{request_id}/approve", response_model=RotationOut)
@@ -60,5 +62,5 @@ def approve_rotation(request_id: str, identity: Identity = Depends(current_ident
                      vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> RotationOut:
     """A second, different secadmin approves; the rotation runs at once (status `executed`, `new_version` set)."""
     with vault.session() as session:
-        return _rotation_out(keyops.approve_root_rotation(session, vault, identity=identity, ctx=ctx,
-                                                          request_id=request_id))
+        return _rotation_out(rotation.approve_root_rotation(session, vault, identity=identity, ctx=ctx,
+                                                            request_id=request_id))

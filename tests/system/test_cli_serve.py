@@ -123,7 +123,7 @@ def test_real_server_round_trip_and_no_plaintext(cli_env, tmp_path):
 def test_serving_freezes_the_start_up_heap_and_collects_the_young_generation_less_often():
     import gc
 
-    from vault.cli import GC_GEN0_THRESHOLD, settle_heap
+    from vault.cli.serve import GC_GEN0_THRESHOLD, settle_heap
 
     before = gc.get_threshold()
     try:

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 # test_cli_serve.py is not in it: its CLI subprocesses drop every HEALTHVAULT_* variable and so always run `local`;
 # test_cli_on_the_token below covers the CLI on pkcs11 instead.
 FOUNDATION = ["tests/api/test_records.py", "tests/system/test_at_rest.py", "tests/api/test_failures.py",
-              "tests/vault/patients/test_identifiers.py", "tests/vault/records/test_sniff.py", "tests/vault/db/test_migrations.py"]
+              "tests/vault/patients/test_identifiers.py", "tests/vault/records/test_sniff.py",
+              "tests/vault/db/test_migrations.py"]
 SENTINEL = "tests/system/test_pkcs11_foundation.py::test_the_vault_fixture_uses_the_provider_under_test"
 BUDGET_SECONDS = 240  # measured ~20 s on the 2-core machine; the budget only stops a hung run
 

@@ -18,7 +18,7 @@ import weakref
 
 from kms.manager import KeyEvent
 from vault.identity import RequestContext
-from vault.keys.operations import SYSTEM, audit_now
+from vault.keys.common import SYSTEM, audit_now
 
 log = logging.getLogger("healthvault.keys")
 

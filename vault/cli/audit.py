@@ -1,0 +1,109 @@
+"""`healthvault audit export | verify | archive | checkpoint`: the audit trail from the host.
+
+Each command that reads the trail records its own `audit.export` event first; `verify` needs no database and no
+secret (it runs the offline verifier, audit/verify.py).
+Never: writes or deletes an event except through `vault.auditing.trail` (archive prunes only what it sealed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import click
+
+from vault.cli import cli_identity, common_options, open_or_fail
+from vault.identity import RequestContext
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """Export, verify and checkpoint the audit trail."""
+
+
+def _when(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+@audit_group.command("export")
+@common_options
+@click.option("--since", help="ISO 8601 start (inclusive); default: the beginning.")
+@click.option("--until", help="ISO 8601 end (exclusive); default: now.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def audit_export(data_dir: str | None, passphrase_file: str | None, since: str | None, until: str | None,
+                 out_dir: str) -> None:
+    """Write a verifiable export (JSON Lines, CSV, checkpoints, public key, signed manifest)."""
+    from tqdm import tqdm
+
+    from vault.access import audit_append
+    from vault.auditing import trail as audit_trail
+
+    vault = open_or_fail(data_dir, passphrase_file)
+    bar = tqdm(total=0, unit="event", desc="export")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        with vault.session() as session:
+            audit_append.append(session, vault, identity=cli_identity(), ctx=RequestContext(request_id="cli"),
+                                action="audit.export", outcome="allow", resource_type="audit")
+            session.commit()
+        result = audit_trail.write_export(vault, since=_when(since), until=_when(until), out=Path(out_dir),
+                                          progress=progress)
+    finally:
+        bar.close()
+        vault.close()
+    click.echo(f"exported {result['event_count']} events (tree size {result['tree_size']}) to {out_dir}")
+
+
+@audit_group.command("verify")
+@click.argument("export_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--key", help="Pinned verifier key (C2SP vkey string, or a file holding it).")
+def audit_verify(export_dir: str, key: str | None) -> None:
+    """Verify an export offline: no database, no secret."""
+    from audit import verify
+
+    raise SystemExit(verify.main([export_dir, *(["--key", key] if key else [])]))
+
+
+@audit_group.command("archive")
+@common_options
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the sealed archive (a verifiable export of the pruned events).")
+def audit_archive(data_dir: str | None, passphrase_file: str | None, out_dir: str) -> None:
+    """Seal events past their retention into a verified archive, prune them, sign a tombstone checkpoint.
+
+    On PostgreSQL run this with a database URL of the schema owner: the service's application role holds only
+    INSERT and SELECT on the trail."""
+    from vault.auditing import trail as audit_trail
+
+    vault = open_or_fail(data_dir, passphrase_file)
+    try:
+        result = audit_trail.archive(vault, out=Path(out_dir))
+    finally:
+        vault.close()
+    if not result["archived"]:
+        click.echo("nothing is past its retention period; nothing archived")
+    else:
+        click.echo(f"archived and pruned {result['archived']} events below leaf {result['below_leaf']} "
+                   f"(archive sha256 {result['archive_sha256']})")
+
+
+@audit_group.command("checkpoint")
+@common_options
+def audit_checkpoint(data_dir: str | None, passphrase_file: str | None) -> None:
+    """Integrate pending events and sign a checkpoint now."""
+    from vault.auditing import trail as audit_trail
+
+    vault = open_or_fail(data_dir, passphrase_file)
+    try:
+        made = audit_trail.checkpoint_now(vault, force=True)
+    finally:
+        vault.close()
+    click.echo(made.note if made is not None else "nothing new to checkpoint")
