@@ -34,7 +34,9 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
+from typing import Annotated
 
+from pydantic import Field
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
@@ -89,15 +91,15 @@ def audit_now(vault, **kwargs) -> None:
 class RootVersionStatus:
     version: int
     current: bool
-    patient_keks: int
+    patient_keks: Annotated[int, Field(description="patient KEK versions this root version wraps")]
     service_keys: int
 
 
 @dataclasses.dataclass(frozen=True)
 class KekVersionStatus:
     version: int
-    keks: int  # patients whose KEK has this version
-    deks: int  # wrapped DEKs in the data database naming this KEK version
+    keks: Annotated[int, Field(description="patients whose KEK has this version")]
+    deks: Annotated[int, Field(description="wrapped DEKs in the data database that name this KEK version")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +207,8 @@ def status(session: Session, vault, *, identity: Identity, ctx: RequestContext) 
 class RotationView:
     request_id: str
     target: str
-    status: str
-    requested_by: str
+    status: Annotated[str, Field(description="pending | approved | executing | executed | expired | failed")]
+    requested_by: Annotated[str, Field(description="account id of the requesting secadmin")]
     requested_at: dt.datetime
     approved_by: str | None
     approved_at: dt.datetime | None

@@ -1,0 +1,48 @@
+"""Key status and root rotation at the edge: the answers are the domain's views of vault/keys/operations.py under
+their contract names; `KeyStatusOut` names its nested views' contract types (the only fields it declares)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pydantic import BaseModel, Field
+
+from api.schemas import Input
+from vault.keys import operations as keyops
+
+
+@dataclasses.dataclass(frozen=True)
+class RootVersionOut(keyops.RootVersionStatus):
+    """A root-key version and what it wraps."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KekVersionOut(keyops.KekVersionStatus):
+    """A patient-KEK version and what it wraps."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RewrapJobOut(keyops.RewrapJobView):
+    """Progress of the latest rewrap job."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyStatusOut(keyops.KeyStatus):
+    """Root and KEK versions with what each wraps, what waits for a rewrap, and the latest rewrap job."""
+
+    root_versions: list[RootVersionOut]
+    kek_versions: list[KekVersionOut]
+    rewrap_job: RewrapJobOut | None
+
+
+class RotationRequestIn(Input):
+    target: str = Field(default="root", pattern="^root$", description="only root rotations need two people")
+
+
+@dataclasses.dataclass(frozen=True)
+class RotationOut(keyops.RotationView):
+    """A two-person root rotation request and where it stands."""
+
+
+class RotationPage(BaseModel):
+    items: list[RotationOut]
