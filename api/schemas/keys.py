@@ -30,8 +30,9 @@ class RewrapJobOut(keyops.RewrapJobView):
 class KeyStatusOut(keyops.KeyStatus):
     """Root and KEK versions with what each wraps, what waits for a rewrap, and the latest rewrap job."""
 
-    root_versions: list[RootVersionOut]
-    kek_versions: list[KekVersionOut]
+    # Narrowed to the contract types (the dataclasses are frozen: nobody appends a parent-typed item).
+    root_versions: list[RootVersionOut]  # type: ignore[assignment]
+    kek_versions: list[KekVersionOut]  # type: ignore[assignment]
     rewrap_job: RewrapJobOut | None
 
 
