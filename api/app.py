@@ -6,6 +6,9 @@ Owns assembling routers, middleware and error handlers around one opened Vault. 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -16,17 +19,19 @@ from api.middleware import EdgeMiddleware
 from api.routers import accounts, audit, auth, health, keys, labs, patients, privacy, records, sharing
 from vault.db.fastpath.lane import DatabaseLane
 from vault.patients import privacy as privacy_notice
-from vault.runtime import Vault
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 
-def _lifespan(vault: Vault, lane: DatabaseLane):
+def _lifespan(vault: Vault, lane: DatabaseLane) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """SQLite admits one writer, and every audited request writes: more than a few DB threads only queue in SQLite's
     busy handler and fight over the GIL (measured: same req/s, higher CPU and p99). PostgreSQL keeps the default.
-    The hot reads go through the database lane (api/lanes.py: batches on this event loop), closed when the app
-    stops."""
+    The hot reads go through the database lane (vault/db/fastpath/lane.py: batches on this event loop), closed when
+    the app stops."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app):
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if vault.settings.is_sqlite:
             anyio.to_thread.current_default_thread_limiter().total_tokens = SQLITE_THREADS
         try:

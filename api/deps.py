@@ -6,17 +6,24 @@ resolution hits the token table on every request so that a revoked or expired to
 in every worker.
 
 Separate consent (PIPL-1): every patient route names the processing it does (`PROCESSING`, keyed by method and
-route template) or is exempt. The check happens where the caller is resolved — `current_identity` and `as_caller` —
-in the same session as the route's own work, with the action read from the matched route: a patient without both
-consents on the current privacy notice gets 403 `consent-required` (audited as a denial of that action) before the
-route does anything. Routes a patient must always reach (their profile, access log, consents, withdrawing grants,
-erasure) are in `CONSENT_EXEMPT`; a test keeps the two lists covering every patient route.
+route template) or is exempt. The check happens where the caller is resolved, with the action read from the matched
+route: a patient without both consents on the current privacy notice gets 403 `consent-required` (audited as a denial
+of that action, committed before the 403) before the route does anything. `as_caller` (the hot reads) resolves and
+checks in the same session as the route's own work. `current_identity` (every other route) resolves and checks in a
+short session of its own that ends before the route opens its session, so a route sees the identity as it was a
+moment earlier: a token revoked between the two is caught on the next request. Routes a patient must always reach
+(their profile, access log, consents, withdrawing grants, erasure) are in `CONSENT_EXEMPT`; a test keeps the two
+lists covering every patient route.
+
+Routes take what they need through the `Annotated` aliases below (`CurrentIdentity`, `VaultDep`, `Ctx`,
+`BearerToken`, `CallerDep`) rather than repeating `Depends(...)` in each signature.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
+from typing import Annotated
 
 import pydantic
 from fastapi import Depends, Request
@@ -92,10 +99,18 @@ def _resolve(session, vault: Vault, token: str, action: str | None, ctx: Request
     return identity
 
 
-def current_identity(request: Request, token: str = Depends(bearer_token), vault: Vault = Depends(get_vault),
-                     ctx: RequestContext = Depends(get_ctx)) -> Identity:
+VaultDep = Annotated[Vault, Depends(get_vault)]
+Ctx = Annotated[RequestContext, Depends(get_ctx)]
+BearerToken = Annotated[str, Depends(bearer_token)]
+
+
+def current_identity(request: Request, token: BearerToken, vault: VaultDep, ctx: Ctx) -> Identity:
+    """The caller, resolved and consent-checked in a session of its own (see the module docstring)."""
     with vault.session() as session:
         return _resolve(session, vault, token, processing_action(request), ctx)
+
+
+CurrentIdentity = Annotated[Identity, Depends(current_identity)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -117,6 +132,9 @@ def _caller(request: Request) -> Caller:
 
 async def caller(request: Request) -> Caller:
     return _caller(request)
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
 
 
 def record_path(request: Request) -> tuple[Caller, str]:

@@ -106,7 +106,8 @@ async def receive(content_type: str, body: AsyncIterator[bytes], *, max_body: in
         async for chunk in body:
             received += len(chunk)
             if received > max_body:
-                raise PayloadTooLarge(f"Files may be at most {reception.sink.max_bytes if reception.sink else max_body} bytes")
+                allowed = reception.sink.max_bytes if reception.sink else max_body
+                raise PayloadTooLarge(f"Files may be at most {allowed} bytes")
             try:
                 parser.write(chunk)
             except MultipartParseError as exc:

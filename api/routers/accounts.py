@@ -9,12 +9,13 @@ secrets or PHI.
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from api.deps import current_identity, get_ctx, get_vault
-from api.schemas import (
+from api.deps import Ctx, CurrentIdentity, VaultDep
+from api.schemas import contract
+from api.schemas.accounts import (
     AccountCreateIn,
     AccountOut,
     AccountPage,
@@ -24,62 +25,55 @@ from api.schemas import (
     PolicyRuleOut,
 )
 from vault.accounts import service as accounts
-from vault.identity import Identity, RequestContext
-from vault.runtime import Vault
 
 router = APIRouter(tags=["accounts"])
 
 
-def _out(view: accounts.AccountView) -> AccountOut:
-    return AccountOut(**dataclasses.asdict(view))
-
-
 @router.get("/v1/accounts", response_model=AccountPage)
-def list_accounts(limit: int = Query(100, ge=1, le=500), after: str | None = Query(None, max_length=64),
-                  identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-                  ctx: RequestContext = Depends(get_ctx)) -> AccountPage:
+def list_accounts(identity: CurrentIdentity, vault: VaultDep, ctx: Ctx,
+                  limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                  after: Annotated[str | None, Query(max_length=64)] = None) -> AccountPage:
     """Staff and patient accounts ordered by username; `next_cursor` goes into `after` for the next page."""
     with vault.session() as session:
         views, cursor = accounts.list_accounts(session, vault, identity=identity, ctx=ctx, limit=limit, after=after)
-    return AccountPage(items=[_out(v) for v in views], next_cursor=cursor)
+    return AccountPage(items=[contract(AccountOut, v) for v in views], next_cursor=cursor)
 
 
 @router.post("/v1/accounts", status_code=201, response_model=AccountOut)
-def create_account(body: AccountCreateIn, identity: Identity = Depends(current_identity),
-                   vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> AccountOut:
+def create_account(body: AccountCreateIn, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> AccountOut:
     with vault.session() as session:
-        return _out(accounts.create_staff(session, vault, identity=identity, ctx=ctx, username=body.username,
-                                          password=body.password, role=body.role))
+        return contract(AccountOut, accounts.create_staff(session, vault, identity=identity, ctx=ctx,
+                                                          username=body.username, password=body.password,
+                                                          role=body.role))
 
 
 @router.patch("/v1/accounts/{account_id}", response_model=AccountOut)
-def patch_account(account_id: str, body: AccountPatchIn, identity: Identity = Depends(current_identity),
-                  vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> AccountOut:
+def patch_account(account_id: str, body: AccountPatchIn, identity: CurrentIdentity, vault: VaultDep,
+                  ctx: Ctx) -> AccountOut:
     """`{"active": false}` disables and revokes the account's live tokens at once; `true` enables it again."""
     with vault.session() as session:
-        return _out(accounts.set_active(session, vault, identity=identity, ctx=ctx, account_id=account_id,
-                                        active=body.active))
+        return contract(AccountOut, accounts.set_active(session, vault, identity=identity, ctx=ctx,
+                                                        account_id=account_id, active=body.active))
 
 
 @router.post("/v1/accounts/{account_id}/unlock", response_model=AccountOut)
-def unlock_account(account_id: str, identity: Identity = Depends(current_identity),
-                   vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> AccountOut:
+def unlock_account(account_id: str, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> AccountOut:
     with vault.session() as session:
-        return _out(accounts.unlock(session, vault, identity=identity, ctx=ctx, account_id=account_id))
+        return contract(AccountOut, accounts.unlock(session, vault, identity=identity, ctx=ctx,
+                                                    account_id=account_id))
 
 
 @router.put("/v1/accounts/{account_id}/role", response_model=AccountOut)
-def change_role(account_id: str, body: AccountRoleIn, identity: Identity = Depends(current_identity),
-                vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> AccountOut:
+def change_role(account_id: str, body: AccountRoleIn, identity: CurrentIdentity, vault: VaultDep,
+                ctx: Ctx) -> AccountOut:
     """secadmin: doctor, escort and auditor only; audited as `account.role` with reason "old->new"."""
     with vault.session() as session:
-        return _out(accounts.change_role(session, vault, identity=identity, ctx=ctx, account_id=account_id,
-                                         role=body.role))
+        return contract(AccountOut, accounts.change_role(session, vault, identity=identity, ctx=ctx,
+                                                         account_id=account_id, role=body.role))
 
 
 @router.get("/v1/policy", response_model=PolicyOut)
-def get_policy(identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-               ctx: RequestContext = Depends(get_ctx)) -> PolicyOut:
+def get_policy(identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> PolicyOut:
     """The static role policy (consent/policy.csv); patient access comes only from ownership, grants and break-glass."""
     with vault.session() as session:
         rows = accounts.role_policy(session, vault, identity=identity, ctx=ctx)

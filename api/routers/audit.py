@@ -1,22 +1,29 @@
-import dataclasses
+"""The audit trail over HTTP: search, exports (status and archive) and the patient's own access log.
+
+Owns only the HTTP shape; vault.auditing.trail decides who may read what and audits every call.
+"""
+
+from __future__ import annotations
+
 import datetime as dt
 import io
 import tarfile
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from api.deps import current_identity, get_ctx, get_vault
-from api.schemas import AccessEntryOut, AccessLogPage, AuditEventOut, AuditEventPage, ExportIn, ExportOut
+from api.deps import Ctx, CurrentIdentity, VaultDep
+from api.schemas import contract
+from api.schemas.audit import AccessEntryOut, AccessLogPage, AuditEventOut, AuditEventPage, ExportIn, ExportOut
+from audit.models import AuditEvent
 from vault.auditing import trail as audit_trail
 from vault.errors import Conflict
-from vault.identity import Identity, RequestContext
-from vault.runtime import Vault
 
 router = APIRouter(tags=["audit"])
 
 
-def _event_out(row) -> AuditEventOut:
+def _event_out(row: AuditEvent) -> AuditEventOut:
     return AuditEventOut(id=row.id, chain=row.chain_id, seq=row.seq, time=row.occurred_at, actor=row.actor,
                          actor_role=row.actor_role, action=row.action, resource_type=row.resource_type,
                          resource_id=row.resource_id, patient=row.patient_pseudonym, outcome=row.outcome,
@@ -25,19 +32,21 @@ def _event_out(row) -> AuditEventOut:
                          hash=row.hash)
 
 
-def _export_out(job) -> ExportOut:
+def _export_out(job: audit_trail.ExportJob) -> ExportOut:
     return ExportOut(export_id=job.export_id, status=job.status, done=job.done, total=job.total,
                      event_count=job.event_count, error=job.error)
 
 
 @router.get("/v1/audit/events", response_model=AuditEventPage)
 def search_events(
+    identity: CurrentIdentity, vault: VaultDep, ctx: Ctx,
     since: dt.datetime | None = None, until: dt.datetime | None = None,
-    actor: str | None = Query(None, max_length=64), patient: str | None = Query(None, max_length=64),
-    action: str | None = Query(None, max_length=48), outcome: str | None = Query(None, pattern="^(allow|deny|error)$"),
-    limit: int = Query(100, ge=1, le=audit_trail.MAX_PAGE), cursor: str | None = Query(None, max_length=20),
-    identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-    ctx: RequestContext = Depends(get_ctx),
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    patient: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=48)] = None,
+    outcome: Annotated[str | None, Query(pattern="^(allow|deny|error)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=audit_trail.MAX_PAGE)] = 100,
+    cursor: Annotated[str | None, Query(max_length=20)] = None,
 ) -> AuditEventPage:
     filters = audit_trail.Filters(since=since, until=until, actor=actor, patient=patient, action=action,
                                   outcome=outcome)
@@ -48,8 +57,7 @@ def search_events(
 
 
 @router.post("/v1/audit/exports", status_code=202, response_model=ExportOut)
-def create_export(body: ExportIn, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-                  ctx: RequestContext = Depends(get_ctx)) -> ExportOut:
+def create_export(body: ExportIn, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> ExportOut:
     with vault.session() as session:
         job = audit_trail.start_export(session, vault, identity=identity, ctx=ctx, since=body.since,
                                        until=body.until)
@@ -57,19 +65,17 @@ def create_export(body: ExportIn, identity: Identity = Depends(current_identity)
 
 
 @router.get("/v1/audit/exports/{export_id}", response_model=ExportOut)
-def export_status(export_id: str, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-                  ctx: RequestContext = Depends(get_ctx)) -> ExportOut:
+def export_status(export_id: str, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> ExportOut:
     with vault.session() as session:
         return _export_out(audit_trail.get_export(session, vault, identity=identity, ctx=ctx, export_id=export_id))
 
 
 @router.get("/v1/audit/exports/{export_id}/archive", response_class=Response)
-def export_archive(export_id: str, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-                   ctx: RequestContext = Depends(get_ctx)) -> Response:
+def export_archive(export_id: str, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> Response:
     """The finished export as a tar.gz (it holds pseudonyms and hashes only, never PHI)."""
     with vault.session() as session:
         job = audit_trail.get_export(session, vault, identity=identity, ctx=ctx, export_id=export_id)
-    if job.status != "done":
+    if job.status != "done" or job.path is None:
         raise Conflict("The export is not finished", extra={"status": job.status})
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
@@ -79,10 +85,10 @@ def export_archive(export_id: str, identity: Identity = Depends(current_identity
 
 
 @router.get("/v1/patients/me/access-log", response_model=AccessLogPage, tags=["patients"])
-def my_access_log(limit: int = Query(100, ge=1, le=audit_trail.MAX_PAGE),
-                  cursor: str | None = Query(None, max_length=20), identity: Identity = Depends(current_identity),
-                  vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> AccessLogPage:
+def my_access_log(identity: CurrentIdentity, vault: VaultDep, ctx: Ctx,
+                  limit: Annotated[int, Query(ge=1, le=audit_trail.MAX_PAGE)] = 100,
+                  cursor: Annotated[str | None, Query(max_length=20)] = None) -> AccessLogPage:
     with vault.session() as session:
         entries, next_cursor = audit_trail.access_log(session, vault, identity=identity, ctx=ctx, limit=limit,
                                                       cursor=cursor)
-    return AccessLogPage(items=[AccessEntryOut(**dataclasses.asdict(e)) for e in entries], next_cursor=next_cursor)
+    return AccessLogPage(items=[contract(AccessEntryOut, e) for e in entries], next_cursor=next_cursor)

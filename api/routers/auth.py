@@ -1,16 +1,18 @@
-from fastapi import APIRouter, Depends, Response
+"""Sign-in, sign-out, TOTP enrolment and password change over HTTP. Thin: vault.accounts decides and audits."""
 
-from api.deps import bearer_token, current_identity, get_ctx, get_vault
-from api.schemas import LoginIn, PasswordChangeIn, TokenOut, TotpActivateIn, TotpEnrollIn, TotpEnrollOut
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from api.deps import BearerToken, Ctx, CurrentIdentity, VaultDep
+from api.schemas.auth import LoginIn, PasswordChangeIn, TokenOut, TotpActivateIn, TotpEnrollIn, TotpEnrollOut
 from vault.accounts import service as accounts
-from vault.identity import Identity, RequestContext
-from vault.runtime import Vault
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
 
 @router.post("/login", response_model=TokenOut)
-def login(body: LoginIn, vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> TokenOut:
+def login(body: LoginIn, vault: VaultDep, ctx: Ctx) -> TokenOut:
     with vault.session() as session:
         token, expires_in = accounts.login(session, vault, username=body.username, password=body.password, ctx=ctx,
                                            otp=body.otp)
@@ -18,32 +20,28 @@ def login(body: LoginIn, vault: Vault = Depends(get_vault), ctx: RequestContext 
 
 
 @router.post("/logout", status_code=204)
-def logout(token: str = Depends(bearer_token), identity: Identity = Depends(current_identity),
-           vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> Response:
+def logout(token: BearerToken, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> Response:
     with vault.session() as session:
         accounts.logout(session, vault, token=token, identity=identity, ctx=ctx)
     return Response(status_code=204)
 
 
 @router.post("/totp/enroll", response_model=TotpEnrollOut)
-def totp_enroll(body: TotpEnrollIn, vault: Vault = Depends(get_vault),
-                ctx: RequestContext = Depends(get_ctx)) -> TotpEnrollOut:
+def totp_enroll(body: TotpEnrollIn, vault: VaultDep, ctx: Ctx) -> TotpEnrollOut:
     with vault.session() as session:
         secret, uri = accounts.totp_enroll(session, vault, username=body.username, password=body.password, ctx=ctx)
     return TotpEnrollOut(secret=secret, otpauth_uri=uri)
 
 
 @router.post("/totp/activate", status_code=204)
-def totp_activate(body: TotpActivateIn, vault: Vault = Depends(get_vault),
-                  ctx: RequestContext = Depends(get_ctx)) -> Response:
+def totp_activate(body: TotpActivateIn, vault: VaultDep, ctx: Ctx) -> Response:
     with vault.session() as session:
         accounts.totp_activate(session, vault, username=body.username, password=body.password, otp=body.otp, ctx=ctx)
     return Response(status_code=204)
 
 
 @router.post("/password", status_code=204)
-def change_password(body: PasswordChangeIn, vault: Vault = Depends(get_vault),
-                    ctx: RequestContext = Depends(get_ctx)) -> Response:
+def change_password(body: PasswordChangeIn, vault: VaultDep, ctx: Ctx) -> Response:
     with vault.session() as session:
         accounts.change_password(session, vault, username=body.username, password=body.password,
                                  new_password=body.new_password, otp=body.otp, ctx=ctx)

@@ -1,6 +1,10 @@
+"""The liveness check: no database, no authentication."""
+
+from __future__ import annotations
+
 from fastapi import APIRouter
 
-from api.schemas import Health
+from api.schemas.health import Health
 
 router = APIRouter()
 

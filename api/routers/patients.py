@@ -1,18 +1,21 @@
-from fastapi import APIRouter, Depends
+"""Registration, the patient's own profile and self-erasure over HTTP. Thin: vault.patients decides and audits."""
 
-from api.deps import current_identity, get_ctx, get_vault
-from api.schemas import ErasureIn, ErasureOut, PatientOut, RegisterIn, RegisterOut
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import Ctx, CurrentIdentity, VaultDep
+from api.schemas import contract
+from api.schemas.patients import ErasureIn, ErasureOut, PatientOut, RegisterIn, RegisterOut
 from vault.errors import NotFound
-from vault.identity import Identity, RequestContext
 from vault.patients import erasure, privacy
 from vault.patients import service as patients
-from vault.runtime import Vault
 
 router = APIRouter(prefix="/v1/patients", tags=["patients"])
 
 
 @router.post("/register", status_code=201, response_model=RegisterOut)
-def register(body: RegisterIn, vault: Vault = Depends(get_vault), ctx: RequestContext = Depends(get_ctx)) -> RegisterOut:
+def register(body: RegisterIn, vault: VaultDep, ctx: Ctx) -> RegisterOut:
     with vault.session() as session:
         patient_id = patients.register(session, vault, username=body.username, password=body.password,
                                        real_name=body.real_name, id_number=body.id_number, phone=body.phone,
@@ -23,18 +26,16 @@ def register(body: RegisterIn, vault: Vault = Depends(get_vault), ctx: RequestCo
 
 
 @router.get("/me", response_model=PatientOut)
-def me(identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-       ctx: RequestContext = Depends(get_ctx)) -> PatientOut:
+def me(identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> PatientOut:
     if identity.patient_id is None:
         raise NotFound("This account is not a patient")
     with vault.session() as session:
         profile = patients.get_profile(session, vault, identity=identity, ctx=ctx, patient_id=identity.patient_id)
-    return PatientOut(**profile.__dict__)
+    return contract(PatientOut, profile)
 
 
 @router.delete("/me", response_model=ErasureOut)
-def erase_me(body: ErasureIn, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-             ctx: RequestContext = Depends(get_ctx)) -> ErasureOut:
+def erase_me(body: ErasureIn, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> ErasureOut:
     """Erase the caller (crypto-shredding): password again, and the TOTP code if enrolled. Cannot be undone."""
     with vault.session() as session:
         report = erasure.erase_self(session, vault, identity=identity, ctx=ctx, password=body.password, otp=body.otp)

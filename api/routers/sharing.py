@@ -1,25 +1,24 @@
-import dataclasses
+"""Grants, what is shared with the caller, and break-glass over HTTP. Thin: vault.sharing decides and audits."""
 
-from fastapi import APIRouter, Depends
+from __future__ import annotations
 
-from api.deps import current_identity, get_ctx, get_vault
-from api.schemas import BreakGlassIn, BreakGlassOut, GrantIn, GrantOut, SharedRecordOut
-from vault.identity import Identity, RequestContext
-from vault.runtime import Vault
+import json
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import Ctx, CurrentIdentity, VaultDep
+from api.schemas import contract
+from api.schemas.sharing import BreakGlassIn, BreakGlassOut, GrantIn, GrantOut, SharedRecordOut
 from vault.sharing import service as sharing
 
 router = APIRouter(tags=["sharing"])
 
 
-def _out(view: sharing.GrantView) -> GrantOut:
-    return GrantOut(**dataclasses.asdict(view))
-
-
 @router.post("/v1/grants", status_code=201, response_model=GrantOut)
-def create_grant(body: GrantIn, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-                 ctx: RequestContext = Depends(get_ctx)) -> GrantOut:
+def create_grant(body: GrantIn, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> GrantOut:
     with vault.session() as session:
-        return _out(sharing.create_grant(
+        return contract(GrantOut, sharing.create_grant(
             session, vault, identity=identity, ctx=ctx, grantee=body.grantee,
             record_ids=[str(r) for r in body.record_ids], categories=body.categories,
             include_future=body.include_future, actions=body.actions, purpose=body.purpose,
@@ -27,39 +26,32 @@ def create_grant(body: GrantIn, identity: Identity = Depends(current_identity), 
 
 
 @router.get("/v1/grants", response_model=list[GrantOut])
-def list_grants(identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-                ctx: RequestContext = Depends(get_ctx)) -> list[GrantOut]:
+def list_grants(identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> list[GrantOut]:
     with vault.session() as session:
-        return [_out(v) for v in sharing.list_grants(session, vault, identity=identity, ctx=ctx)]
+        return [contract(GrantOut, v) for v in sharing.list_grants(session, vault, identity=identity, ctx=ctx)]
 
 
 @router.get("/v1/grants/{grant_id}/receipt")
-def grant_receipt(grant_id: str, identity: Identity = Depends(current_identity),
-                  vault: Vault = Depends(get_vault)) -> dict:
-    import json
-
+def grant_receipt(grant_id: str, identity: CurrentIdentity, vault: VaultDep) -> dict[str, Any]:
     with vault.session() as session:
         return json.loads(sharing.get_grant(session, vault, identity=identity, grant_id=grant_id).receipt)
 
 
 @router.delete("/v1/grants/{grant_id}", response_model=GrantOut)
-def revoke_grant(grant_id: str, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-                 ctx: RequestContext = Depends(get_ctx)) -> GrantOut:
+def revoke_grant(grant_id: str, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> GrantOut:
     with vault.session() as session:
-        return _out(sharing.revoke_grant(session, vault, identity=identity, ctx=ctx, grant_id=grant_id))
+        return contract(GrantOut, sharing.revoke_grant(session, vault, identity=identity, ctx=ctx, grant_id=grant_id))
 
 
 @router.get("/v1/shared", response_model=list[SharedRecordOut])
-def shared(identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-           ctx: RequestContext = Depends(get_ctx)) -> list[SharedRecordOut]:
+def shared(identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> list[SharedRecordOut]:
     with vault.session() as session:
-        return [SharedRecordOut(**dataclasses.asdict(s))
+        return [contract(SharedRecordOut, s)
                 for s in sharing.shared_with_me(session, vault, identity=identity, ctx=ctx)]
 
 
 @router.post("/v1/breakglass", status_code=201, response_model=BreakGlassOut)
-def breakglass(body: BreakGlassIn, identity: Identity = Depends(current_identity), vault: Vault = Depends(get_vault),
-               ctx: RequestContext = Depends(get_ctx)) -> BreakGlassOut:
+def breakglass(body: BreakGlassIn, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> BreakGlassOut:
     with vault.session() as session:
         claim = sharing.breakglass(session, vault, identity=identity, ctx=ctx, patient_id=str(body.patient_id),
                                    reason=body.reason, otp=body.otp)

@@ -57,7 +57,8 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
               "account_id": account_id}
     bodies = {
         ("POST", "/v1/grants"): {"json": {"grantee": "m-escort", "categories": ["lab_report"], "actions": ["view"],
-                                          "purpose": "matrix", "expires_at": (clock() + dt.timedelta(days=1)).isoformat()}},
+                                          "purpose": "matrix",
+                                          "expires_at": (clock() + dt.timedelta(days=1)).isoformat()}},
         ("POST", "/v1/breakglass"): {"json": {"patient_id": patient["patient_id"], "reason": "matrix emergency test",
                                               "otp": _fresh_code(clock, secrets["doctor"])}},
         ("POST", "/v1/audit/exports"): {"json": {}},

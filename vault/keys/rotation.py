@@ -19,8 +19,9 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from kms import KeyDestroyed, KeyStoreError
@@ -40,8 +41,8 @@ REQUEST_TTL = dt.timedelta(hours=24)
 class RotationView:
     request_id: str
     target: str
-    status: str
-    requested_by: str
+    status: Annotated[str, Field(description="pending | approved | executing | executed | expired | failed")]
+    requested_by: Annotated[str, Field(description="account id of the requesting secadmin")]
     requested_at: dt.datetime
     approved_by: str | None
     approved_at: dt.datetime | None

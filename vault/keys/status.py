@@ -8,8 +8,9 @@ Never: changes a key, decrypts anything, or returns key bytes or patient ids.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from vault.access import gate
@@ -26,15 +27,15 @@ if TYPE_CHECKING:
 class RootVersionStatus:
     version: int
     current: bool
-    patient_keks: int
+    patient_keks: Annotated[int, Field(description="patient KEK versions this root version wraps")]
     service_keys: int
 
 
 @dataclasses.dataclass(frozen=True)
 class KekVersionStatus:
     version: int
-    keks: int  # patients whose KEK has this version
-    deks: int  # wrapped DEKs in the data database naming this KEK version
+    keks: Annotated[int, Field(description="patients whose KEK has this version")]
+    deks: Annotated[int, Field(description="wrapped DEKs in the data database that name this KEK version")]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,9 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
+from pydantic import Field
 from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
@@ -44,8 +45,10 @@ DECLINED = "declined"
 
 @dataclasses.dataclass(frozen=True)
 class RecordView:
+    """A record's metadata as its reader sees it; the HTTP API serialises this type (api/schemas/records.py)."""
+
     record_id: str
-    patient_id: str
+    patient_id: Annotated[str, Field(exclude=True)]  # for the services; never serialised at the edge
     category: str
     label: str
     content_type: str

@@ -1,0 +1,47 @@
+"""Registration, the patient's profile and self-erasure at the edge. `PatientOut` is the domain's `Profile`."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from pydantic import BaseModel, Field
+
+from api.schemas import Input
+from api.schemas.privacy import ConsentsIn
+from vault.patients import service as patients
+
+
+class RegisterIn(Input):
+    username: str = Field(min_length=1, max_length=256)
+    password: str = Field(min_length=1, max_length=256)
+    real_name: str = Field(min_length=1, max_length=64)
+    id_number: str = Field(min_length=1, max_length=64)
+    phone: str = Field(min_length=1, max_length=32)
+    birth_date: dt.date | None = None
+    # PIPL-1: separate consents against the privacy notice (GET /v1/privacy-notice); missing → 422 consent-required.
+    consents: ConsentsIn | None = None
+
+
+class RegisterOut(BaseModel):
+    patient_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PatientOut(patients.Profile):
+    """The caller's own profile, identifiers masked."""
+
+
+class ErasureIn(Input):
+    password: str = Field(min_length=1, max_length=256)
+    otp: str | None = Field(default=None, max_length=16)
+
+
+class ErasureOut(BaseModel):
+    """What an erasure did (from `erasure.ErasureReport`, which also tells the CLI whether it had been done before)."""
+
+    erased: bool
+    patient_pseudonym: str
+    key_versions_destroyed: int
+    records_deleted: int
+    grants_revoked: int
