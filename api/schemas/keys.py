@@ -1,5 +1,6 @@
 """Key status and root rotation at the edge: the answers are the domain's views of vault/keys (status, rotation,
-rewrap) under their contract names; `KeyStatusOut` names its nested views' contract types (the only fields it declares)."""
+rewrap) under their contract names; `KeyStatusOut` names its nested views' contract types (the only fields it
+declares)."""
 
 from __future__ import annotations
 
