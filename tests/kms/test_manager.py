@@ -15,7 +15,7 @@ from kms import (
     WrappedKey,
     envelope,
 )
-from kms.manager import WRAPPED_SIZE
+from kms.wrapping import WRAPPED_SIZE
 
 from .conftest import CHEAP_KDF, PASSPHRASE
 

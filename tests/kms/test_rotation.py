@@ -31,7 +31,8 @@ from kms import (
     suites,
 )
 from kms.keystore import KeyStoreBase, PatientKek
-from kms.manager import WRAPPED_SIZE, WRAPPED_SIZE_V1, KeyEvent, _dek_aad_v1
+from kms.manager import KeyEvent
+from kms.wrapping import WRAPPED_SIZE, WRAPPED_SIZE_V1, dek_aad_v1
 
 from .conftest import CHEAP_KDF, PASSPHRASE, PG_URL
 
@@ -42,7 +43,7 @@ def _v1_blob(manager: KeyManager, patient_id: str, dek: DataKey) -> bytes:
     """A format-1 wrap exactly as the code before format 2 wrote it."""
     kek = manager._kek_version(patient_id, patient_id.encode(), 1)
     nonce = os.urandom(12)
-    sealed = AESGCM(kek.material()).encrypt(nonce, dek.material(), _dek_aad_v1(patient_id.encode(), 1, dek.key_id))
+    sealed = AESGCM(kek.material()).encrypt(nonce, dek.material(), dek_aad_v1(patient_id.encode(), 1, dek.key_id))
     return struct.pack(">BI16s12s", 1, 1, dek.key_id, nonce) + sealed
 
 
@@ -413,10 +414,10 @@ def test_migration_from_0001_keeps_existing_keks_as_aes(tmp_path, provider, cloc
     with store._engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "kms_0001")
-    from kms.manager import _kek_aad
+    from kms.wrapping import kek_aad
 
     material = os.urandom(32)
-    root_version, wrapped = provider.wrap(material, _kek_aad(b"alice", 1))
+    root_version, wrapped = provider.wrap(material, kek_aad(b"alice", 1))
     with store._engine.begin() as conn:
         conn.execute(text("INSERT INTO patient_keks (patient_id, version, root_version, wrapped, created_at) "
                           "VALUES ('alice', 1, :r, :w, '2026-01-01 00:00:00')"), {"r": root_version, "w": wrapped})
