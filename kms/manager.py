@@ -29,7 +29,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 from kms import rewrap, suites
 from kms.cache import KeyCache
@@ -59,7 +59,7 @@ def _label_id(domain: bytes, name: bytes) -> bytes:
     return hashlib.sha256(domain + name).digest()[:KEY_ID_SIZE]
 
 
-def _key(material, *, key_id: bytes, version: int, suite: int) -> DataKey:
+def _key(material: bytes | bytearray, *, key_id: bytes, version: int, suite: int) -> DataKey:
     """A DataKey from unwrapped bytes; any shape problem is the one opaque CryptoError."""
     try:
         if len(material) != suites.key_size(suite):
@@ -121,7 +121,7 @@ class KeyManager:
         """This manager's clock: what it writes into key-store `created_at` columns."""
         return self._utcnow()
 
-    def _cached(self, cache_key) -> DataKey | None:
+    def _cached(self, cache_key: Hashable) -> DataKey | None:
         """A private clone of a cached key, or None (also when an eviction wiped it between get and clone)."""
         key = self._cache.get(cache_key, now=self._clock())
         if key is None:
@@ -131,7 +131,7 @@ class KeyManager:
         except ValueError:
             return None
 
-    def _remember(self, cache_key, key: DataKey) -> DataKey:
+    def _remember(self, cache_key: Hashable, key: DataKey) -> DataKey:
         """Cache `key` and hand back a clone the caller owns (and may wipe)."""
         clone = key._clone()
         self._cache.put(cache_key, key, now=self._clock())
@@ -269,8 +269,8 @@ class KeyManager:
             return cached.material()
         row = self._store.newest_service_key(purpose)
         if row is None:
-            material = os.urandom(KEY_SIZE)
-            root_version, wrapped = self._provider.wrap(material, svc_aad(name, 1))
+            fresh = os.urandom(KEY_SIZE)
+            root_version, wrapped = self._provider.wrap(fresh, svc_aad(name, 1))
             row = ServiceKey(purpose=purpose, version=1, root_version=root_version, wrapped=wrapped,
                              created_at=self._utcnow())
             if not self._store.add_service_key(row):  # another process created it first: use theirs
@@ -301,7 +301,7 @@ class KeyManager:
         except NotImplementedError:
             return (self._provider.current_version(),)
 
-    def _provider_call(self, name: str, *args):
+    def _provider_call(self, name: str, *args: object) -> object:
         method = getattr(self._provider, name, None)
         try:
             if method is None:
@@ -313,7 +313,10 @@ class KeyManager:
 
     def rotate_root(self) -> int:
         """A new root version in the provider; every wrap from now on uses it. Returns the new version."""
-        return int(self._provider_call("add_version"))
+        version = self._provider_call("add_version")
+        if not isinstance(version, int):
+            raise KeyStoreError("the root-key provider did not return a version number")
+        return version
 
     def retire_root_version(self, version: int) -> None:
         """Remove an old root version from the provider; refused while any KEK or service key is wrapped by it."""

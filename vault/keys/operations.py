@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from kms import CryptoError, KeyDestroyed, KeyStoreError
 from kms.keystore import RewrapJob, RotationRequest
-from kms.manager import RewrapBatch
+from kms.rewrap import RewrapBatch
 from vault.access import audit_append, gate
 from vault.db.models import Patient, Record
 from vault.errors import Conflict, Forbidden, InvalidInput
