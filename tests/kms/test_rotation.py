@@ -182,7 +182,7 @@ def test_rotate_many_skips_patients_erased_meanwhile(manager, store):
         manager.rotate_patient_key("nobody")
 
 
-# --- root rotation, rewrap, retirement ---------------------------------------------------------------------------------
+# --- root rotation, rewrap, retirement --------------------------------------------------------------------------------
 def test_root_rotation_rewrap_and_retirement(manager, store, root_path, clock):
     manager.create_patient_key("alice")
     manager.create_patient_key("bob")
@@ -314,7 +314,7 @@ def test_concurrent_rotations_never_lose_a_version(root_path, provider):
     assert LocalProvider.open(root_path, PASSPHRASE).versions() == tuple(range(1, 14))
 
 
-# --- events ------------------------------------------------------------------------------------------------------------
+# --- events -----------------------------------------------------------------------------------------------------------
 def test_listeners_hear_failed_unwraps_and_shreds_without_key_bytes(manager):
     heard: list[KeyEvent] = []
     manager.add_listener(heard.append)
@@ -335,7 +335,7 @@ def test_listeners_hear_failed_unwraps_and_shreds_without_key_bytes(manager):
     manager.remove_listener(heard.append)
 
 
-# --- cache hygiene -----------------------------------------------------------------------------------------------------
+# --- cache hygiene ----------------------------------------------------------------------------------------------------
 def test_unwrapped_keys_leave_the_cache_after_max_age_and_are_wiped(provider, store, clock):
     cache = KeyCache(max_age=60, max_uses=1000)
     manager = KeyManager(provider, store, cache=cache, clock=clock)
@@ -374,7 +374,7 @@ def test_sweep_on_demand(clock):
     assert cache.sweep(now=clock()) == 3 and len(cache) == 0 and all(k.wiped for k in keys)
 
 
-# --- schema ------------------------------------------------------------------------------------------------------------
+# --- schema -----------------------------------------------------------------------------------------------------------
 def _assert_schema_matches(store: KeyStore) -> None:
     with store.engine.connect() as conn:
         if store.schema:
