@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Any
 
 from kms.errors import CryptoError, KeyDestroyed
 from kms.keys import DataKey
@@ -31,7 +32,7 @@ class RewrapBatch:
     rewrapped: int = 0
     failed: int = 0
     last: object = None
-    failures: list[object] = dataclasses.field(default_factory=list)
+    failures: list[Any] = dataclasses.field(default_factory=list)  # ids: patient ids, purposes, or (row id, patient id)
 
 
 def _under_current_root(provider: RootKeyProvider, root_version: int, wrapped: bytes,

@@ -227,6 +227,7 @@ def audit_checkpoint(data_dir, passphrase_file) -> None:
         made = audit_trail.checkpoint_now(vault, force=True)
     finally:
         vault.close()
+    assert made is not None  # a forced checkpoint is always signed
     click.echo(made.note)
 
 

@@ -34,6 +34,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
+from typing import overload
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
@@ -62,6 +63,12 @@ SYSTEM = Identity(account_id="system:kms", role="system")
 _SCAN_CHUNK = 5000
 
 
+@overload
+def _utc(moment: dt.datetime) -> dt.datetime: ...
+@overload
+def _utc(moment: None) -> None: ...
+@overload
+def _utc(moment: dt.datetime | None) -> dt.datetime | None: ...
 def _utc(moment: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes for timezone-aware columns: they were written in UTC."""
     if moment is not None and moment.tzinfo is None:
@@ -129,6 +136,10 @@ class KeyStatus:
     rewrap_job: RewrapJobView | None
 
 
+@overload
+def _job_view(job: RewrapJob) -> RewrapJobView: ...
+@overload
+def _job_view(job: RewrapJob | None) -> RewrapJobView | None: ...
 def _job_view(job: RewrapJob | None) -> RewrapJobView | None:
     if job is None:
         return None
@@ -243,6 +254,7 @@ def get_rotation(session: Session, vault, *, identity: Identity, ctx: RequestCon
     row = vault.keystore.rotation_request(request_id) if _is_uuid(request_id) else None
     gate.enter(vault, session, identity=identity, ctx=ctx, action="key.status",
                target=_rotation_target(request_id if row else None, exists=row is not None))
+    assert row is not None  # the gate refused (404) a request that does not exist
     session.commit()
     return _view(row, vault.clock())
 
@@ -285,6 +297,7 @@ def approve_root_rotation(session: Session, vault, *, identity: Identity, ctx: R
     target = _rotation_target(request_id if row else None, exists=row is not None)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="key.approve", target=target, deny_as=Forbidden,
                audit_allow=False)
+    assert row is not None  # the gate refused (404) a request that does not exist
     now = vault.clock()
     if row.requested_by == identity.account_id[:64]:
         _audit(session, vault, identity=identity, ctx=ctx, action="key.approve", outcome="deny",
@@ -613,7 +626,8 @@ def retire(vault, *, identity: Identity, ctx: RequestContext, grace_seconds: int
             result.refused.append(f"root version {version} still wraps {used['patient_keks']} KEK(s) and "
                                   f"{used['service_keys']} service key(s): run `healthvault keys rewrap` first")
             continue
-        if last_rotation is not None and _utc(last_rotation.executed_at) + grace > now:
+        if last_rotation is not None and last_rotation.executed_at is not None \
+                and _utc(last_rotation.executed_at) + grace > now:
             result.refused.append(f"root version {version} waits for the {grace_seconds} s grace period")
             continue
         try:
