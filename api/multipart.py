@@ -8,6 +8,7 @@ is a TruncatedUpload, and the sink is aborted on every failure path.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -72,6 +73,7 @@ class _Reception:
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._is_file:
+            assert self.sink is not None  # opened with the file part
             self.sink.write(data[start:end])
             return
         self._buffer += data[start:end]
@@ -97,7 +99,7 @@ async def receive(content_type: str, body: AsyncIterator[bytes], *, max_body: in
     if mime != b"multipart/form-data" or not boundary:
         raise InvalidInput("Uploads must be multipart/form-data", extra={"reason": "content-type"})
     reception = _Reception(open_sink)
-    callbacks = {name: getattr(reception, name) for name in (
+    callbacks: Any = {name: getattr(reception, name) for name in (
         "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
         "on_part_data", "on_part_end", "on_end")}
     parser = MultipartParser(boundary, callbacks)

@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from audit.checkpoint import Signer
 from audit.merkle import MerkleLog
@@ -78,7 +79,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _csv_cell(value) -> str:
+def _csv_cell(value: object) -> str:
     """Spreadsheet-safe text: a leading = + - @ tab or CR would make Excel/WPS run the cell as a formula (user agents
     and reasons are caller-controlled), so such cells get a leading apostrophe. The JSON Lines file stays exact."""
     if value is None:
@@ -87,12 +88,12 @@ def _csv_cell(value) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def _optional_str(name: str, value) -> None:
+def _optional_str(name: str, value: object) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{name} must be a string (RFC 3339) or None")
 
 
-def write_bundle(out_dir: str | os.PathLike, *, origin: str, events: list[dict], first_leaf: int,
+def write_bundle(out_dir: str | os.PathLike[str], *, origin: str, events: list[dict[str, Any]], first_leaf: int,
                  all_leaf_data: list[bytes], checkpoints: list[str], signer: Signer, since: str | None,
                  until: str | None, created_at: str | None, verify: bool = True) -> Path:
     """Write the export of `events` (leaves [first_leaf, first_leaf + len(events)) of the log) and return its path.
@@ -148,8 +149,8 @@ def write_bundle(out_dir: str | os.PathLike, *, origin: str, events: list[dict],
     return out
 
 
-def _write_files(tmp: Path, events: list[dict], first_leaf: int, all_leaf_data: list[bytes], checkpoints: list[str],
-                 proofs: dict, signer: Signer) -> tuple[dict[str, str], set[int]]:
+def _write_files(tmp: Path, events: list[dict[str, Any]], first_leaf: int, all_leaf_data: list[bytes],
+                 checkpoints: list[str], proofs: dict[str, Any], signer: Signer) -> tuple[dict[str, str], set[int]]:
     """Every file but the manifest; returns ({file name: hex hash with the signer's hash}, event versions met)."""
     alg = signer.hash_name
     lines, table = _HashingFile(tmp / "events.jsonl", alg), _HashingFile(tmp / "events.csv", alg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -23,13 +24,21 @@ from audit.verify import VerificationError, VerifierKey, note_key_id, parse_chec
 __all__ = ["MerkleLog", "Signer", "make_checkpoint_body"]
 
 
+class NoteSigningKey(Protocol):
+    """An SM2 private key as kms.sm2.SM2PrivateKey shapes it (described here so this module needs no kms import)."""
+
+    def public_key(self) -> bytes: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
 class Signer:
     """Signs note bodies as `— <name> <base64(key id || signature)>` (C2SP signed-note), the signature being Ed25519
     or SM2 (r || s) according to the key."""
 
     __slots__ = ("_key", "_vkey", "key_id", "kind", "name")
 
-    def __init__(self, name: str, private_key) -> None:
+    def __init__(self, name: str, private_key: Ed25519PrivateKey | NoteSigningKey) -> None:
         if isinstance(private_key, Ed25519PrivateKey):
             kind, public = "ed25519", private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         elif callable(getattr(private_key, "sign", None)) and callable(getattr(private_key, "public_key", None)):

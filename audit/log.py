@@ -81,7 +81,7 @@ class LogCache:
 
 
 def tree_size(session: Session) -> int:
-    return int(session.scalar(select(func.coalesce(func.max(Leaf.leaf_index), -1)))) + 1
+    return int(session.execute(select(func.coalesce(func.max(Leaf.leaf_index), -1))).scalar_one()) + 1
 
 
 def pending_events(session: Session) -> int:
@@ -113,7 +113,7 @@ def integrate(session: Session, *, cache: LogCache, signer: Signer, origin: str,
         for row in rows:
             if row.seq != expected:  # a gap would mean a lost or uncommitted predecessor: stop at the prefix
                 break
-            batch.append(tuple(row))
+            batch.append((row.id, row.chain_id, row.seq, row.hash))
             expected += 1
     latest = latest_checkpoint(session)
     if not batch and not force and latest is not None and latest.tree_size == size:

@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 import urllib.parse
+from typing import Any
 
 log = logging.getLogger("healthvault.audit.sink")
 SCHEMES = ("syslog+udp", "tcp")
@@ -35,7 +36,7 @@ class Sink:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return f"<110>1 {stamp} {self.hostname} healthvault - audit - {payload}".encode()
 
-    def send(self, events: list[dict]) -> None:
+    def send(self, events: list[dict[str, Any]]) -> None:
         lines = [json.dumps(e, sort_keys=True, separators=(",", ":"), ensure_ascii=True) for e in events]
         try:
             with self._lock:

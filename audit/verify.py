@@ -76,6 +76,7 @@ import os
 import re
 import struct
 import sys
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes as _hashes
@@ -126,10 +127,30 @@ class _SM3:
         return self.digest().hex()
 
 
-def _pick_sm3():
+class Hasher(Protocol):
+    """What this module needs of a hash object (hashlib's, or _SM3)."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+    def hexdigest(self) -> str: ...
+
+
+class HashFactory(Protocol):
+    """hashlib.sha256 and the like: a new hash object, optionally fed `data` first."""
+
+    def __call__(self, data: bytes = ..., /) -> Hasher: ...
+
+
+def _hashlib_sm3(data: bytes = b"", /) -> Hasher:
+    return hashlib.new("sm3", data)
+
+
+def _pick_sm3() -> HashFactory:
     try:
         if hashlib.new("sm3", b"abc").hexdigest() == _SM3_ABC:
-            return lambda data=b"": hashlib.new("sm3", data)
+            return _hashlib_sm3
     except ValueError:
         pass
     try:
@@ -138,13 +159,13 @@ def _pick_sm3():
     except UnsupportedAlgorithm:
         pass
 
-    def unavailable(data=b""):
+    def unavailable(data: bytes = b"", /) -> Hasher:
         raise VerificationError("this Python has no SM3 (neither hashlib's OpenSSL nor `cryptography`)")
     return unavailable
 
 
 _sm3 = _pick_sm3()
-HASHES = {"sha256": _sha256, "sm3": _sm3}
+HASHES: dict[str, HashFactory] = {"sha256": _sha256, "sm3": _sm3}
 _TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 # The canonical encoding as a grammar. json.dumps(ensure_ascii=True) writes bytes 0x20-0x7e as they are except '"'
@@ -154,12 +175,13 @@ _STR = (rb'"(?:[ !#-\[\]-~]++|\\(?:["\\bfnrt]|u(?:00(?:0[0-7bef]|1[0-9a-f]|7f|[8
 _VALUE = {"v": rb"[12]", "chain": rb"(?P<chain>0|[1-9][0-9]{0,4})", "seq": rb"(?P<seq>0|[1-9][0-9]{0,19})",
           "time": b'"' + _TIME_RE.pattern.encode() + b'"', "prev_hash": rb'"(?P<prev>[0-9a-f]{64})"'}
 _ANY = rb"(?:%s|-?(?:0|[1-9][0-9]*+)|null)" % _STR
-_EVENT_RE = re.compile(rb"\{%s\}" % b",".join(b'"%s":%s' % (k.encode(), _VALUE.get(k, _ANY)) for k in sorted(EVENT_KEYS)))
+_EVENT_RE = re.compile(rb"\{%s\}" % b",".join(b'"%s":%s' % (k.encode(), _VALUE.get(k, _ANY))
+                                                for k in sorted(EVENT_KEYS)))
 
 
 # ----------------------------------------------------------------------------------------------- events and chain
 
-def canonical_bytes(event: dict) -> bytes:
+def canonical_bytes(event: dict[str, Any]) -> bytes:
     """The canonical encoding of one event, after checking it has exactly the keys and value types of format 1."""
     if not isinstance(event, dict) or event.keys() != EVENT_KEYS:
         raise VerificationError(f"an event has exactly the keys {sorted(EVENT_KEYS)}")
@@ -211,7 +233,7 @@ def leaf_data(chain: int, seq: int, digest: bytes) -> bytes:
     return _LEAF.pack(chain, seq) + bytes(digest)
 
 
-def _hash_fn(alg: str):
+def _hash_fn(alg: str) -> HashFactory:
     try:
         return HASHES[alg]
     except KeyError:
@@ -284,7 +306,7 @@ def consistency_proof(leaf_hashes: list[bytes], size1: int, size2: int, alg: str
     return proof[::-1]
 
 
-def _hashes_ok(*items) -> bool:
+def _hashes_ok(*items: object) -> bool:
     return all(isinstance(h, (bytes, bytearray)) and len(h) == 32 for h in items)
 
 
@@ -379,10 +401,11 @@ SM2_CURVE = SM2Curve(  # GB/T 32918.5-2017, the recommended 256-bit curve
     gx=0x32C4AE2C1F1981195F9904466A39C9948FE30BBFF2660BE1715A4589334C74C7,
     gy=0xBC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0)
 SM2_DEFAULT_ID = b"1234567812345678"
-_INF = (1, 1, 0)
+_Jacobian = tuple[int, int, int]  # (X, Y, Z): affine (X/Z^2, Y/Z^3); Z = 0 is the point at infinity
+_INF: _Jacobian = (1, 1, 0)
 
 
-def _ec_double(q, c: SM2Curve):
+def _ec_double(q: _Jacobian, c: SM2Curve) -> _Jacobian:
     x1, y1, z1 = q
     if not z1 or not y1:
         return _INF
@@ -393,7 +416,7 @@ def _ec_double(q, c: SM2Curve):
     return x3, (m * (s - x3) - 8 * yy * yy) % p, 2 * y1 * z1 % p
 
 
-def _ec_add(q1, q2, c: SM2Curve):
+def _ec_add(q1: _Jacobian, q2: _Jacobian, c: SM2Curve) -> _Jacobian:
     (x1, y1, z1), (x2, y2, z2) = q1, q2
     if not z1:
         return q2
@@ -478,7 +501,7 @@ class VerifierKey:
         return KEY_ALGORITHMS[self.kind][1]
 
     @property
-    def algorithms(self) -> dict:
+    def algorithms(self) -> dict[str, str]:
         signature, hashed = KEY_ALGORITHMS[self.kind]
         return {"signature": signature, "tree_hash": hashed, "file_hash": hashed}
 
@@ -611,10 +634,10 @@ class Report:
     key: str = ""
     key_pinned: bool = True
     notes: list[str] = dataclasses.field(default_factory=list)
-    algorithms: dict = dataclasses.field(default_factory=dict)
+    algorithms: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class _Problems(list):
+class _Problems(list[str]):
     """Problems of one kind; stops growing (but keeps counting) so a shifted file cannot flood memory."""
     dropped = 0
 
@@ -667,8 +690,8 @@ def _who(canonical: bytes) -> str:
         return ""
 
 
-def _check_events(path: str, leaves: bytes, first_leaf: int, before: dict, out: _Problems, strict: bool,
-                  versions: set | None = None) -> int:
+def _check_events(path: str, leaves: bytes, first_leaf: int, before: dict[int, tuple[int, bytes]], out: _Problems,
+                  strict: bool, versions: set[int] | None = None) -> int:
     """Each event line against its own hash, its chain and its leaf; returns the number of complete lines. The event
     versions met (1 and/or 2) are added to `versions`.
 
@@ -676,7 +699,8 @@ def _check_events(path: str, leaves: bytes, first_leaf: int, before: dict, out: 
     searched for can only be keys (inside a JSON string every '"' is escaped), so a canonical event is read exactly.
     The common case costs one hash, a few finds and comparisons (this loop is the verifier's hot path); the rest only
     names what is wrong."""
-    heads, at, zero, pack = {}, first_leaf - 1, (-1, ZERO_HASH_HEX.encode()), _LEAF.pack
+    heads: dict[int, tuple[int, bytes]] = {}
+    at, zero, pack = first_leaf - 1, (-1, ZERO_HASH_HEX.encode()), _LEAF.pack
     versions = set() if versions is None else versions
     v1, v2, sm3 = b',"v":1}', b',"v":2}', _sm3
     with open(path, "rb") as f:
@@ -704,13 +728,13 @@ def _check_events(path: str, leaves: bytes, first_leaf: int, before: dict, out: 
             p = c.find(b',"prev_hash":"', b) + 14
             s = c.find(b',"seq":', p) + 7
             t = c.find(b',"time":"', s)
-            chain, seq = c[a:b], c[s:t]
-            if a < 9 or b < 0 or p < 14 or s < 7 or t < 0 or not chain.isdigit() or not seq.isdigit() or (
+            chain_text, seq_text = c[a:b], c[s:t]
+            if a < 9 or b < 0 or p < 14 or s < 7 or t < 0 or not chain_text.isdigit() or not seq_text.isdigit() or (
                     strict and not _EVENT_RE.fullmatch(c)):
                 problem = "hash mismatch" if hexed != stated else "not the canonical encoding of a format-1 event"
                 out.add(f"event at leaf {at}{_who(c)}: {problem}")
                 continue
-            chain, seq, prev = int(chain), int(seq), c[p:p + 64]
+            chain, seq, prev = int(chain_text), int(seq_text), c[p:p + 64]
             head = heads.get(chain) or before.get(chain, zero)
             heads[chain] = (seq, stated)
             o = at * LEAF_SIZE
@@ -754,14 +778,14 @@ def _roots_at(leaf_hashes: list[bytes], sizes: set[int], alg: str = "sha256") ->
     return roots
 
 
-def _json_or_none(raw: bytes):
+def _json_or_none(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
         return None
 
 
-def _check_manifest(d: str, key: VerifierKey, out: _Problems) -> dict:
+def _check_manifest(d: str, key: VerifierKey, out: _Problems) -> dict[str, Any]:
     """The manifest if it is well formed; its signature and the file hashes it lists are checked into `out`.
     Hashes are the key's (SHA-256 for Ed25519, SM3 for SM2)."""
     raw, sig, alg = _read(d, "manifest.json"), _read(d, "manifest.sig"), key.hash_name
@@ -800,7 +824,7 @@ def _read_checkpoints(d: str, key: VerifierKey, out: _Problems) -> list[Checkpoi
         notes = (raw or b"").decode("utf-8").split("\n" + CHECKPOINT_SEPARATOR)
     except UnicodeError:
         notes = [""]
-    checkpoints = []
+    checkpoints: list[Checkpoint] = []
     for i, note in enumerate(notes, 1):
         try:
             cp = verify_note(note + "\n" if i < len(notes) else note, key)
@@ -834,14 +858,15 @@ def _check_tree(d: str, cps: list[Checkpoint], leaf_hashes: list[bytes], out: _P
     entries = entries if isinstance(entries, list) else []
     for i, (a, b) in enumerate(itertools.pairwise(cps), 1):
         e = entries[i - 1] if i <= len(entries) and isinstance(entries[i - 1], dict) else {}
-        proof = e.get("proof") if isinstance(e.get("proof"), list) else [None]
-        proof = [bytes.fromhex(p) if isinstance(p, str) and _HEX64_RE.fullmatch(p) else b"" for p in proof]
+        listed = e.get("proof")
+        listed = listed if isinstance(listed, list) else [None]
+        proof = [bytes.fromhex(p) if isinstance(p, str) and _HEX64_RE.fullmatch(p) else b"" for p in listed]
         if (e.get("from"), e.get("to")) != (a.size, b.size) or not verify_consistency(a.size, b.size, proof,
                                                                                       a.root, b.root, alg):
             out.add(f"consistency proof from checkpoint {i} to {i + 1} (size {a.size} -> {b.size}) fails")
 
 
-def verify_bundle(path: str | os.PathLike, vkey: str | None = None, strict: bool = False) -> Report:
+def verify_bundle(path: str | os.PathLike[str], vkey: str | None = None, strict: bool = False) -> Report:
     """Check an export directory. Report.problems names single events first, then leaves.bin, the checkpoints, the
     event count and the manifest, so the first problem is the most precise one."""
     d, notes, pinned = os.fspath(path), [], vkey is not None

@@ -55,6 +55,7 @@ def _kms_settings(kms: str) -> dict:
 def _setup(tmp: Path, *, n: int, patients: int, kms: str = "local"):
     os.environ.pop("HEALTHVAULT_ROOT_KEY", None)
     from kms import DataKey
+    from kms.wrapping import wrap_dek
     from vault.db.models import Account, Patient, Record
     from vault.identity import Identity, RequestContext
     from vault.runtime import init_data_dir, open_vault
@@ -90,7 +91,7 @@ def _setup(tmp: Path, *, n: int, patients: int, kms: str = "local"):
         dek = DataKey.generate()
         batch.append(dict(id=str(uuid.uuid4()), patient_id=pid, category="other", label="normal",
                           content_type="application/pdf", size_bytes=0, created_at=now, created_by=account_id,
-                          wrapped_dek=keys._wrap_dek(pid.encode(), keks[pid], dek.material(), dek.key_id, dek.suite),
+                          wrapped_dek=wrap_dek(pid.encode(), keks[pid], dek.material(), dek.key_id, dek.suite),
                           sha256_enc=b"-"))
         if len(batch) == 5000 or i == n - 1:
             with vault.session() as session:

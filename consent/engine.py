@@ -193,7 +193,8 @@ def live_sources(session: Session, *, who: str, patient_id: str, now: dt.datetim
         if sql is None:
             sql = _PSYCOPG_SQL[type(dialect)] = _LIVE_SOURCES.compile(dialect=dialect).string
         # Same transaction as the session (the audit append that follows commits with it).
-        with connection.connection.dbapi_connection.cursor() as cursor:
+        # (the psycopg connection: SQLAlchemy types dbapi_connection as the generic, optional DBAPI one)
+        with connection.connection.dbapi_connection.cursor() as cursor:  # type: ignore[union-attr]
             cursor.execute(sql, params, prepare=True)
             return [_Source(*row) for row in cursor.fetchall()]
     return [_Source(*row) for row in connection.execute(_LIVE_SOURCES, params)]
@@ -220,6 +221,7 @@ def decide(session: Session, request: Request, *, now: dt.datetime) -> Decision:
         if reads_sources:
             want = ("*", request.obj, request.cls)
             breakglass = request.role == "doctor" and act in BREAKGLASS_ACTIONS
+            assert request.patient_id is not None  # reads_sources says so
             for source in live_sources(session, who=request.account_id, patient_id=request.patient_id, now=now):
                 if source.kind == "grant":
                     policies += grant_policies(source, act=act, want=want)

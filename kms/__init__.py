@@ -24,11 +24,12 @@ from kms.errors import CryptoError, KeyDestroyed, KeyStoreError, RootKeyMissing,
 from kms.keys import DataKey
 from kms.keystore import KeyStore
 from kms.local import LocalProvider
-from kms.manager import KeyManager, WrappedKey
+from kms.manager import KeyManager
 from kms.pkcs11 import Pkcs11Provider
 from kms.provider import RootKeyProvider
 from kms.stream import StreamDecryptor, StreamEncryptor
 from kms.suites import AES_256_GCM, SM4_GCM
+from kms.wrapping import WrappedKey
 
 __all__ = [
     "AES_256_GCM",

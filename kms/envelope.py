@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 
@@ -56,7 +56,7 @@ _FIELD_DOMAIN = b"hv/field/v1"
 _DOMAIN_PART = len(_FIELD_DOMAIN).to_bytes(2, "big") + _FIELD_DOMAIN
 _MAX_PART = 0xFFFF
 
-KeyOrResolver = Union[DataKey, Callable[[bytes, int], DataKey]]
+KeyOrResolver = DataKey | Callable[[bytes, int], DataKey]
 
 
 class Header(NamedTuple):

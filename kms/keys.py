@@ -14,6 +14,7 @@ but it drops this object's references and zeroes the one mutable copy we own.
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 from kms import suites
 from kms.suites import AES_256_GCM
@@ -28,8 +29,12 @@ class DataKey:
     key_id: bytes
     version: int
     suite: int
+    _aead: suites.Aead | None
+    _ident: bytes
+    _material: bytearray
 
-    def __init__(self, material: bytes, *, key_id: bytes, version: int, suite: int, _aead=None) -> None:
+    def __init__(self, material: suites.Buffer, *, key_id: bytes, version: int, suite: int,
+                 _aead: suites.Aead | None = None) -> None:
         if not isinstance(key_id, (bytes, bytearray)) or len(key_id) != KEY_ID_SIZE:
             raise ValueError("key_id must be 16 bytes")
         if not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
@@ -74,7 +79,7 @@ class DataKey:
         return self._aead is None
 
     # --- kms-internal -------------------------------------------------------------------------------------------
-    def _cipher(self):
+    def _cipher(self) -> suites.Aead | None:
         """The cached AEAD object, or None once wiped (callers turn that into their own error)."""
         return self._aead
 
@@ -109,5 +114,5 @@ class DataKey:
 
     __str__ = __repr__
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("DataKey cannot be pickled: key material must not leave the process in the clear")

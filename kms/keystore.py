@@ -25,7 +25,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 from sqlalchemy import (
     DateTime,
@@ -43,7 +45,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import CursorResult, Engine, Result, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -135,7 +137,12 @@ class RewrapJob(KeyStoreBase):
 JOB_FIELDS = ("status", "phase", "cursor", "updated_at", "finished_at", "total", "scanned", "rewrapped", "failed")
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE/DELETE matched (Session.execute returns a CursorResult for DML; typed as plain Result)."""
+    return cast(CursorResult[Any], result).rowcount or 0
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -220,7 +227,7 @@ class KeyStore:
             if s.get(PatientKek, (patient_id, TOMBSTONE_VERSION)) is None:
                 s.add(PatientKek(patient_id=patient_id, version=TOMBSTONE_VERSION, root_version=0, wrapped=b"",
                                  created_at=now, destroyed_at=now))
-            count = result.rowcount or 0
+            count = _rowcount(result)
         if self.is_sqlite:
             # Old page images of the deleted rows survive in the WAL file until a checkpoint truncates it.
             with self._engine.connect() as conn:
@@ -247,7 +254,7 @@ class KeyStore:
             return False
 
     # --- rotation and rewrap -----------------------------------------------------------------------------------
-    def newest_kek_versions(self, patient_ids) -> dict[str, int]:
+    def newest_kek_versions(self, patient_ids: Iterable[str]) -> dict[str, int]:
         """{patient_id: newest KEK version} for these patients; 0 (TOMBSTONE_VERSION) for an erased patient;
         patients without any key are absent."""
         ids = list(dict.fromkeys(patient_ids))
@@ -312,7 +319,7 @@ class KeyStore:
                     PatientKek.patient_id == patient_id, PatientKek.version == version,
                     PatientKek.root_version == old_root).values(root_version=new_root, wrapped=wrapped)
                     .execution_options(synchronize_session=False))
-                changed += result.rowcount or 0
+                changed += _rowcount(result)
         return changed
 
     def service_keys_under_old_root(self, current_root: int) -> list[ServiceKey]:
@@ -326,7 +333,7 @@ class KeyStore:
             result = s.execute(update(ServiceKey).where(
                 ServiceKey.purpose == purpose, ServiceKey.version == version, ServiceKey.root_version == old_root)
                 .values(root_version=new_root, wrapped=wrapped).execution_options(synchronize_session=False))
-            return bool(result.rowcount)
+            return _rowcount(result) > 0
 
     def root_version_counts(self) -> dict[int, dict[str, int]]:
         """{root_version: {"patient_keks": n, "service_keys": m}} over every live wrapped key."""
@@ -377,7 +384,7 @@ class KeyStore:
                     continue
                 result = s.execute(delete(PatientKek).where(PatientKek.patient_id == patient_id,
                                                             PatientKek.version == version))
-                deleted += result.rowcount or 0
+                deleted += _rowcount(result)
         if deleted and self.is_sqlite:
             with self._engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -404,14 +411,14 @@ class KeyStore:
             return list(s.scalars(query.order_by(RotationRequest.requested_at.desc(), RotationRequest.id)
                                   .limit(limit)))
 
-    def move_rotation_request(self, request_id: str, *, from_status: str, **values) -> bool:
+    def move_rotation_request(self, request_id: str, *, from_status: str, **values: object) -> bool:
         """Compare-and-swap a request's status (and other columns): False if it was not in `from_status` (two
         approvers racing: only one wins)."""
         with self.session() as s, s.begin():
             result = s.execute(update(RotationRequest).where(RotationRequest.id == request_id,
                                                              RotationRequest.status == from_status)
                                .values(**values).execution_options(synchronize_session=False))
-            return bool(result.rowcount)
+            return _rowcount(result) > 0
 
     # --- rewrap jobs ------------------------------------------------------------------------------------------------
     def add_rewrap_job(self, row: RewrapJob) -> None:
@@ -431,9 +438,9 @@ class KeyStore:
         with self.session() as s, s.begin():
             result = s.execute(update(RewrapJob).where(RewrapJob.id == job_id, RewrapJob.status == "running")
                                .values(runner=runner, updated_at=now).execution_options(synchronize_session=False))
-            return bool(result.rowcount)
+            return _rowcount(result) > 0
 
-    def save_rewrap_job(self, job_id: str, runner: str, **values) -> bool:
+    def save_rewrap_job(self, job_id: str, runner: str, **values: object) -> bool:
         """Record progress; False when another process took the job over (the caller must stop)."""
         unknown = set(values) - set(JOB_FIELDS)
         if unknown:
@@ -441,7 +448,7 @@ class KeyStore:
         with self.session() as s, s.begin():
             result = s.execute(update(RewrapJob).where(RewrapJob.id == job_id, RewrapJob.runner == runner)
                                .values(**values).execution_options(synchronize_session=False))
-            return bool(result.rowcount)
+            return _rowcount(result) > 0
 
     def count_rows(self) -> dict[str, int]:
         with self.session() as s:

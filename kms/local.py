@@ -49,8 +49,10 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -72,9 +74,10 @@ _MAX_VERSIONS = 10_000
 _MAX_FILE = HEAD_SIZE + 4 + _MAX_VERSIONS * _ENTRY.size + TAG_SIZE
 _LIMITS = {"t": (1, 64), "p": (1, 64), "m": (8, 1024 * 1024)}
 _WRAP_DOMAIN = b"hv/root-wrap/v1\0"
+_T = TypeVar("_T")
 
 
-def _check_params(params: dict) -> dict:
+def _check_params(params: dict[str, Any]) -> dict[str, int]:
     try:
         t, m, p = int(params["t"]), int(params["m"]), int(params["p"])
     except (KeyError, TypeError, ValueError):
@@ -88,7 +91,7 @@ def _check_params(params: dict) -> dict:
     return {"t": t, "m": m, "p": p}
 
 
-def _derive(passphrase: bytes, salt: bytes, params: dict) -> AESGCM:
+def _derive(passphrase: bytes, salt: bytes, params: dict[str, int]) -> AESGCM:
     kdf = Argon2id(salt=salt, length=KEY_SIZE, iterations=params["t"], lanes=params["p"], memory_cost=params["m"])
     return AESGCM(kdf.derive(bytes(passphrase)))
 
@@ -104,7 +107,7 @@ class _Sealing:
 
     __slots__ = ("aead", "params", "salt")
 
-    def __init__(self, aead: AESGCM, salt: bytes, params: dict) -> None:
+    def __init__(self, aead: AESGCM, salt: bytes, params: dict[str, int]) -> None:
         self.aead, self.salt, self.params = aead, salt, params
 
     def __repr__(self) -> str:
@@ -118,13 +121,13 @@ def _seal_with(keys: dict[int, bytes], sealing: _Sealing) -> bytes:
     return head + sealing.aead.encrypt(nonce, payload, head)
 
 
-def _seal(keys: dict[int, bytes], passphrase: bytes, params: dict) -> tuple[bytes, _Sealing]:
+def _seal(keys: dict[int, bytes], passphrase: bytes, params: dict[str, int]) -> tuple[bytes, _Sealing]:
     salt = os.urandom(SALT_SIZE)
     sealing = _Sealing(_derive(passphrase, salt, params), salt, params)
     return _seal_with(keys, sealing), sealing
 
 
-def _parse_head(blob: bytes, path: Path) -> tuple[dict, bytes, bytes]:
+def _parse_head(blob: bytes, path: Path) -> tuple[dict[str, int], bytes, bytes]:
     """(params, salt, nonce) of a key file, bounded before anything expensive happens."""
     corrupt = KeyStoreError(f"root key file {path} is damaged or not a healthvault root key file")
     if len(blob) < HEAD_SIZE + TAG_SIZE or len(blob) > _MAX_FILE:
@@ -214,7 +217,7 @@ def _write_new(path: Path, blob: bytes, *, replace: bool) -> None:
 
 
 @contextmanager
-def _locked(path: Path):
+def _locked(path: Path) -> Iterator[None]:
     """An exclusive flock on the key file as it is now; re-taken when a concurrent rotation renamed a new file over
     the one we locked (a lock on a replaced inode protects nothing)."""
     for _ in range(100):
@@ -259,7 +262,7 @@ class LocalProvider(RootKeyProvider):
         self._lock = threading.Lock()
 
     @classmethod
-    def create(cls, path: Path, passphrase: bytes, *, kdf_params: dict | None = None) -> LocalProvider:
+    def create(cls, path: Path, passphrase: bytes, *, kdf_params: dict[str, Any] | None = None) -> LocalProvider:
         _check_passphrase(passphrase)
         path = Path(path)
         params = _check_params(kdf_params if kdf_params is not None else DEFAULT_KDF_PARAMS)
@@ -306,7 +309,7 @@ class LocalProvider(RootKeyProvider):
         _check_passphrase(passphrase)
         return Path(path), passphrase
 
-    def _change(self, path: Path | None, passphrase: bytes | None, edit) -> int:
+    def _change(self, path: Path | None, passphrase: bytes | None, edit: Callable[[dict[int, bytes]], _T]) -> _T:
         """Re-read, unseal, edit, re-seal and atomically replace the key file under the file lock."""
         target, given = self._target(path, passphrase)
         with self._lock, _locked(target):
@@ -314,6 +317,8 @@ class LocalProvider(RootKeyProvider):
             if given is not None:
                 keys, sealing = _unseal(blob, given, target)
             else:
+                if self._sealing is None:  # _target() refused this already
+                    raise KeyStoreError("this root key was not opened from a key file")
                 sealing = self._sealing
                 keys = _unseal_with(blob, sealing, target)
             for version in self._keyset[0]:

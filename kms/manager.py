@@ -1,10 +1,9 @@
 """The facade vault uses: patient KEKs, record DEKs and single-purpose service keys, and their rotation.
 
-Owns: the middle of the key hierarchy (root -> patient KEK -> DEK), the DEK wrap formats, the AAD that binds every
-wrapped key to its owner, version and suite, caching of unwrapped keys, crypto-shredding, and the key-store side of
-rotation: new root and KEK versions, re-wrapping KEKs and service keys under the newest root, re-wrapping DEKs under
-a patient's newest KEK (the caller brings the DEKs: they live in the data database), and retiring versions nothing
-references any more.
+Owns: the middle of the key hierarchy (root -> patient KEK -> DEK), caching of unwrapped keys, crypto-shredding, and
+the key-store side of rotation: new root and KEK versions, and retiring versions nothing references any more. The
+wrap formats and their AAD (binding every wrapped key to its owner, version and suite) are in kms.wrapping; moving
+wrapped keys to the newest root version or KEK (rewrap) is in kms.rewrap, reached through this class.
 Never: stores or returns an unwrapped KEK, lets a DEK wrapped for one patient open as another's, derives one service
 key from another (each purpose has its own random key, so exposing one never exposes the rest), reports why an
 unwrap failed (CryptoError, or KeyDestroyed when the patient was erased), re-encrypts data (a rotation changes only
@@ -13,32 +12,6 @@ wrapped keys; field and file ciphertexts keep their DEK), or retires a root vers
 The suite given to KeyManager (`suite=`, a kms.suites id) is the suite of every NEW KEK and DEK. A DEK is wrapped
 with its KEK's own cipher, so after switching suites, `rotate_patient_key` (CLI: `keys rotate --all-keks`) then a
 rewrap move the wrapping over too; old wraps keep opening because every wrap names its versions and suites.
-
-Wrapped DEK, format 2 (written by every new wrap; integers big-endian):
-
-    offset  size  field
-    0       1     format        u8, = 2
-    1       4     kek_version   u32
-    5       1     dek_suite     u8, kms.suites id of the wrapped DEK (1 = AES-256-GCM, 2 = SM4-GCM)
-    6       16    key_id        the DEK's id (also written in every ciphertext header it produces)
-    22      12    nonce
-    34      n+16  AEAD(KEK, nonce, DEK (n = key_size(dek_suite): 32 for AES-256, 16 for SM4), AAD) || tag (16)
-    total 82 bytes for an AES-256 DEK, 66 for an SM4 DEK; the length is checked against dek_suite before slicing.
-    AEAD = the KEK's suite (the `suite` column of its key-store row).
-    AAD = b"hv/dek-wrap/v2\\0" || patient_id (UTF-8) || u32 kek_version || u8 dek_suite || key_id (16)
-
-Wrapped DEK, format 1 (still read; an AES-256 DEK under an AES-256 KEK), 81 bytes:
-
-    0 format u8 = 1 | 1 kek_version u32 | 5 key_id 16 | 21 nonce 12 | 33 AES-256-GCM(KEK, nonce, DEK (32), AAD) 48
-    AAD = b"hv/dek-wrap/v1\\0" || patient_id (UTF-8) || u32 kek_version || key_id (16)
-
-(patient_id is the only variable-length part and everything after it is fixed-size, so each AAD is unambiguous.)
-
-Root wraps (through the provider, which adds its own domain tag and root version):
-    AES-256 KEK:  AAD = b"hv/kek/v1\\0" || u32 kek_version || patient_id (UTF-8)
-    other KEKs:   AAD = b"hv/kek/v2\\0" || u8 suite || u32 kek_version || patient_id (UTF-8)
-                  (so a key-store row whose suite column was edited does not unwrap)
-    service key:  AAD = b"hv/svc/v1\\0" || u32 version || purpose (UTF-8)
 
 Events: what happens inside other flows (a crypto-shred, a failed unwrap) is reported to listeners as a KeyEvent
 (ids and counts only, never key bytes); vault audits them. Explicit key-management calls (rotate, rewrap, retire)
@@ -54,99 +27,19 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from collections.abc import Callable, Hashable, Iterable
 
-from cryptography.exceptions import InvalidTag
-
-from kms import suites
+from kms import rewrap, suites
 from kms.cache import KeyCache
 from kms.errors import CryptoError, KeyDestroyed, KeyStoreError
 from kms.keys import KEY_ID_SIZE, DataKey
 from kms.keystore import TOMBSTONE_VERSION, KeyStore, PatientKek, ServiceKey
 from kms.provider import RootKeyProvider
-from kms.suites import AES_256_GCM, KEY_SIZE, NONCE_SIZE, TAG_SIZE
-
-WRAP_FORMAT_V1 = 1
-WRAP_FORMAT = 2  # what new wraps are written in
-_WRAP_HEAD_V1 = struct.Struct(">BI16s12s")  # 33 bytes
-_WRAP_HEAD = struct.Struct(">BIB16s12s")  # 34 bytes
-WRAPPED_SIZE_V1 = _WRAP_HEAD_V1.size + KEY_SIZE + TAG_SIZE  # 81
-WRAPPED_SIZE = _WRAP_HEAD.size + KEY_SIZE + TAG_SIZE  # 82: format 2 around an AES-256 DEK
-_DEK_DOMAIN_V1 = b"hv/dek-wrap/v1\0"
-_DEK_DOMAIN = b"hv/dek-wrap/v2\0"
-_KEK_DOMAIN = b"hv/kek/v1\0"
-_KEK_DOMAIN_V2 = b"hv/kek/v2\0"
-_SVC_DOMAIN = b"hv/svc/v1\0"
-_MAX_ID = 64
-_CRYPTO_FAILURES = (InvalidTag, CryptoError, ValueError, TypeError)
-
-
-class _Wrap(NamedTuple):
-    format: int
-    kek_version: int
-    suite: int
-    key_id: bytes
-    nonce: bytes
-    sealed: bytes
-
-
-def _parse(blob) -> _Wrap:
-    """Split a wrapped DEK; CryptoError unless it is well-formed for its format and suite (lengths first)."""
-    if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) < 1:
-        raise CryptoError()
-    fmt = blob[0]
-    if fmt == WRAP_FORMAT:
-        if len(blob) < _WRAP_HEAD.size + TAG_SIZE:
-            raise CryptoError()
-        _, kek_version, suite, key_id, nonce = _WRAP_HEAD.unpack_from(blob, 0)
-        if not suites.is_supported(suite):
-            raise CryptoError()
-        if len(blob) != _WRAP_HEAD.size + suites.key_size(suite) + TAG_SIZE:
-            raise CryptoError()
-        return _Wrap(fmt, kek_version, suite, key_id, nonce, bytes(blob[_WRAP_HEAD.size:]))
-    if fmt == WRAP_FORMAT_V1:
-        if len(blob) != WRAPPED_SIZE_V1:
-            raise CryptoError()
-        _, kek_version, key_id, nonce = _WRAP_HEAD_V1.unpack_from(blob, 0)
-        return _Wrap(fmt, kek_version, AES_256_GCM, key_id, nonce, bytes(blob[_WRAP_HEAD_V1.size:]))
-    raise CryptoError()
-
-
-@dataclasses.dataclass(frozen=True)
-class WrappedKey:
-    """A DEK wrapped under a patient KEK; self-describing (carries the KEK version, the DEK's suite and id)."""
-
-    blob: bytes
-
-    def parts(self) -> tuple[int, bytes, bytes, bytes]:
-        """(kek_version, key_id, nonce, sealed); CryptoError if the blob is not a well-formed wrapped key."""
-        parsed = _parse(self.blob)
-        return parsed.kek_version, parsed.key_id, parsed.nonce, parsed.sealed
-
-    @property
-    def format(self) -> int:
-        return _parse(self.blob).format
-
-    @property
-    def kek_version(self) -> int:
-        return _parse(self.blob).kek_version
-
-    @property
-    def suite(self) -> int:
-        return _parse(self.blob).suite
-
-    @property
-    def key_id(self) -> bytes:
-        return _parse(self.blob).key_id
-
-
-def wrapped_kek_version(blob) -> int:
-    """The KEK version a wrapped DEK names (CryptoError if malformed): what status counts and rewrap compares."""
-    return _parse(blob).kek_version
+from kms.rewrap import DekRewrapper, RewrapBatch
+from kms.suites import AES_256_GCM, KEY_SIZE
+from kms.wrapping import WrappedKey, encode_name, kek_aad, parse, svc_aad, unwrap_dek, wrap_dek, zero
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,47 +54,12 @@ class KeyEvent:
     detail: str | None = None  # short code: "destroyed", "integrity"
 
 
-@dataclasses.dataclass
-class RewrapBatch:
-    """What one rewrap batch did: keys looked at, moved, failed to open; `last` is the cursor to resume after."""
-
-    scanned: int = 0
-    rewrapped: int = 0
-    failed: int = 0
-    last: object = None
-    failures: list = dataclasses.field(default_factory=list)
-
-
-def _check_name(value: str, what: str) -> bytes:
-    if not isinstance(value, str) or not 0 < len(value) <= _MAX_ID or "\0" in value:
-        raise ValueError(f"{what} must be a non-empty string of at most {_MAX_ID} characters without NUL")
-    return value.encode("utf-8")
-
-
-def _dek_aad(patient: bytes, kek_version: int, suite: int, key_id: bytes) -> bytes:
-    return _DEK_DOMAIN + patient + struct.pack(">IB", kek_version, suite) + key_id
-
-
-def _dek_aad_v1(patient: bytes, kek_version: int, key_id: bytes) -> bytes:
-    return _DEK_DOMAIN_V1 + patient + struct.pack(">I", kek_version) + key_id
-
-
-def _kek_aad(patient: bytes, version: int, suite: int = AES_256_GCM) -> bytes:
-    if suite == AES_256_GCM:
-        return _KEK_DOMAIN + struct.pack(">I", version) + patient
-    return _KEK_DOMAIN_V2 + struct.pack(">BI", suite, version) + patient
-
-
-def _svc_aad(purpose: bytes, version: int) -> bytes:
-    return _SVC_DOMAIN + struct.pack(">I", version) + purpose
-
-
 def _label_id(domain: bytes, name: bytes) -> bytes:
     """A stable, non-secret 16-byte id for a KEK or service key, so they fit the DataKey shape in the cache."""
     return hashlib.sha256(domain + name).digest()[:KEY_ID_SIZE]
 
 
-def _key(material, *, key_id: bytes, version: int, suite: int) -> DataKey:
+def _key(material: bytes | bytearray, *, key_id: bytes, version: int, suite: int) -> DataKey:
     """A DataKey from unwrapped bytes; any shape problem is the one opaque CryptoError."""
     try:
         if len(material) != suites.key_size(suite):
@@ -209,10 +67,6 @@ def _key(material, *, key_id: bytes, version: int, suite: int) -> DataKey:
         return DataKey(material, key_id=key_id, version=version, suite=suite)
     except (ValueError, TypeError):
         raise CryptoError() from None
-
-
-def _zero(buffer: bytearray) -> None:
-    buffer[:] = bytes(len(buffer))
 
 
 class KeyManager:
@@ -256,7 +110,7 @@ class KeyManager:
         for listener in list(self._listeners):
             try:
                 listener(event)
-            except Exception:  # noqa: BLE001 - a listener must never change what a key operation returns
+            except Exception:  # noqa: BLE001, S110 - a listener must never change what a key operation returns
                 pass
 
     # --- helpers --------------------------------------------------------------------------------------------------
@@ -267,7 +121,7 @@ class KeyManager:
         """This manager's clock: what it writes into key-store `created_at` columns."""
         return self._utcnow()
 
-    def _cached(self, cache_key) -> DataKey | None:
+    def _cached(self, cache_key: Hashable) -> DataKey | None:
         """A private clone of a cached key, or None (also when an eviction wiped it between get and clone)."""
         key = self._cache.get(cache_key, now=self._clock())
         if key is None:
@@ -277,7 +131,7 @@ class KeyManager:
         except ValueError:
             return None
 
-    def _remember(self, cache_key, key: DataKey) -> DataKey:
+    def _remember(self, cache_key: Hashable, key: DataKey) -> DataKey:
         """Cache `key` and hand back a clone the caller owns (and may wipe)."""
         clone = key._clone()
         self._cache.put(cache_key, key, now=self._clock())
@@ -294,11 +148,11 @@ class KeyManager:
             return cached
         suite = row.suite or AES_256_GCM
         material = bytearray(self._provider.unwrap(row.root_version, row.wrapped,
-                                                   _kek_aad(patient, row.version, suite)))
+                                                   kek_aad(patient, row.version, suite)))
         try:
             kek = _key(material, key_id=_label_id(b"hv/kek-id\0", patient), version=row.version, suite=suite)
         finally:
-            _zero(material)
+            zero(material)
         return self._remember(cache_key, kek)
 
     def _kek_version(self, patient_id: str, patient: bytes, version: int) -> DataKey:
@@ -315,42 +169,17 @@ class KeyManager:
     def _new_kek_row(self, patient_id: str, patient: bytes, version: int) -> tuple[PatientKek, DataKey]:
         material = bytearray(os.urandom(suites.key_size(self._suite)))
         try:
-            root_version, wrapped = self._provider.wrap(bytes(material), _kek_aad(patient, version, self._suite))
+            root_version, wrapped = self._provider.wrap(bytes(material), kek_aad(patient, version, self._suite))
             kek = _key(material, key_id=_label_id(b"hv/kek-id\0", patient), version=version, suite=self._suite)
         finally:
-            _zero(material)
+            zero(material)
         row = PatientKek(patient_id=patient_id, version=version, root_version=root_version, wrapped=wrapped,
                          created_at=self._utcnow(), destroyed_at=None, suite=self._suite)
         return row, kek
 
-    def _wrap_dek(self, patient: bytes, kek: DataKey, material: bytes, key_id: bytes, dek_suite: int) -> bytes:
-        aead = kek._cipher()
-        if aead is None:
-            raise CryptoError()
-        nonce = os.urandom(NONCE_SIZE)
-        sealed = aead.encrypt(nonce, bytes(material), _dek_aad(patient, kek.version, dek_suite, key_id))
-        return _WRAP_HEAD.pack(WRAP_FORMAT, kek.version, dek_suite, key_id, nonce) + sealed
-
-    @staticmethod
-    def _unwrap_dek(patient: bytes, kek: DataKey, parsed: _Wrap) -> bytes:
-        aead = kek._cipher()
-        if aead is None:
-            raise CryptoError()
-        if parsed.format == WRAP_FORMAT_V1:
-            aad = _dek_aad_v1(patient, parsed.kek_version, parsed.key_id)
-        else:
-            aad = _dek_aad(patient, parsed.kek_version, parsed.suite, parsed.key_id)
-        try:
-            material = aead.decrypt(parsed.nonce, parsed.sealed, aad)
-        except _CRYPTO_FAILURES:
-            raise CryptoError() from None
-        if len(material) != suites.key_size(parsed.suite):
-            raise CryptoError()
-        return material
-
     # --- patient keys ---------------------------------------------------------------------------------------------
     def create_patient_key(self, patient_id: str) -> int:
-        patient = _check_name(patient_id, "patient_id")
+        patient = encode_name(patient_id, "patient_id")
         rows = self._store.patient_keks(patient_id)
         if any(r.version == TOMBSTONE_VERSION for r in rows):
             raise KeyStoreError("this patient's keys were destroyed; an erased patient id cannot be reused")
@@ -363,7 +192,7 @@ class KeyManager:
         return version
 
     def patient_key_exists(self, patient_id: str) -> bool:
-        _check_name(patient_id, "patient_id")
+        encode_name(patient_id, "patient_id")
         return any(r.version != TOMBSTONE_VERSION for r in self._store.patient_keks(patient_id))
 
     def new_data_key(self, patient_id: str) -> tuple[DataKey, bytes]:
@@ -372,7 +201,7 @@ class KeyManager:
         Reads the key store every time (new records are rarer than reads), so a patient erased by another process
         never gets new data wrapped under a stale cached KEK, and a KEK rotated by another process is used at once.
         """
-        patient = _check_name(patient_id, "patient_id")
+        patient = encode_name(patient_id, "patient_id")
         self._raise_if_destroyed_here(patient_id)
         rows = self._store.patient_keks(patient_id)
         if any(r.version == TOMBSTONE_VERSION for r in rows):
@@ -387,14 +216,14 @@ class KeyManager:
         material = bytearray(os.urandom(suites.key_size(self._suite)))
         try:
             dek = DataKey(material, key_id=os.urandom(KEY_ID_SIZE), version=1, suite=self._suite)
-            blob = self._wrap_dek(patient, kek, material, dek.key_id, self._suite)
+            blob = wrap_dek(patient, kek, material, dek.key_id, self._suite)
         finally:
             kek.wipe()
-            _zero(material)
+            zero(material)
         return self._remember(("dek", patient_id, blob), dek), blob
 
     def open_data_key(self, patient_id: str, wrapped: bytes | WrappedKey) -> DataKey:
-        patient = _check_name(patient_id, "patient_id")
+        patient = encode_name(patient_id, "patient_id")
         blob = bytes(wrapped.blob if isinstance(wrapped, WrappedKey) else wrapped)
         cache_key = ("dek", patient_id, blob)
         try:
@@ -402,10 +231,10 @@ class KeyManager:
             cached = self._cached(cache_key)
             if cached is not None:
                 return cached
-            parsed = _parse(blob)
+            parsed = parse(blob)
             kek = self._kek_version(patient_id, patient, parsed.kek_version)
             try:
-                material = self._unwrap_dek(patient, kek, parsed)
+                material = unwrap_dek(patient, kek, parsed)
             finally:
                 kek.wipe()
             dek = self._remember(cache_key, _key(material, key_id=parsed.key_id, version=1, suite=parsed.suite))
@@ -421,7 +250,7 @@ class KeyManager:
 
     def destroy_patient_keys(self, patient_id: str) -> int:
         """Crypto-shred: every record of the patient becomes unreadable, in backups too (keys live apart from data)."""
-        _check_name(patient_id, "patient_id")
+        encode_name(patient_id, "patient_id")
         with self._lock:
             self._destroyed.add(patient_id)
         count = self._store.destroy_patient(patient_id, now=self._utcnow())
@@ -433,15 +262,15 @@ class KeyManager:
     # --- service keys ---------------------------------------------------------------------------------------------
     def service_key(self, purpose: str) -> bytes:
         """The newest 32-byte key for one purpose, created (random, root-wrapped) on first use."""
-        name = _check_name(purpose, "purpose")
+        name = encode_name(purpose, "purpose")
         cache_key = ("svc", purpose)
         cached = self._cached(cache_key)
         if cached is not None:
             return cached.material()
         row = self._store.newest_service_key(purpose)
         if row is None:
-            material = os.urandom(KEY_SIZE)
-            root_version, wrapped = self._provider.wrap(material, _svc_aad(name, 1))
+            fresh = os.urandom(KEY_SIZE)
+            root_version, wrapped = self._provider.wrap(fresh, svc_aad(name, 1))
             row = ServiceKey(purpose=purpose, version=1, root_version=root_version, wrapped=wrapped,
                              created_at=self._utcnow())
             if not self._store.add_service_key(row):  # another process created it first: use theirs
@@ -449,11 +278,11 @@ class KeyManager:
                 if row is None:
                     raise KeyStoreError("service key could not be created or read")
         try:
-            material = bytearray(self._provider.unwrap(row.root_version, row.wrapped, _svc_aad(name, row.version)))
+            material = bytearray(self._provider.unwrap(row.root_version, row.wrapped, svc_aad(name, row.version)))
             try:
                 key = _key(material, key_id=_label_id(b"hv/svc-id\0", name), version=row.version, suite=AES_256_GCM)
             finally:
-                _zero(material)
+                zero(material)
         except CryptoError:
             self._emit(KeyEvent("key.unwrap_failed", "service", name=purpose, detail="integrity"))
             raise
@@ -472,7 +301,7 @@ class KeyManager:
         except NotImplementedError:
             return (self._provider.current_version(),)
 
-    def _provider_call(self, name: str, *args):
+    def _provider_call(self, name: str, *args: object) -> object:
         method = getattr(self._provider, name, None)
         try:
             if method is None:
@@ -484,7 +313,10 @@ class KeyManager:
 
     def rotate_root(self) -> int:
         """A new root version in the provider; every wrap from now on uses it. Returns the new version."""
-        return int(self._provider_call("add_version"))
+        version = self._provider_call("add_version")
+        if not isinstance(version, int):
+            raise KeyStoreError("the root-key provider did not return a version number")
+        return version
 
     def retire_root_version(self, version: int) -> None:
         """Remove an old root version from the provider; refused while any KEK or service key is wrapped by it."""
@@ -512,7 +344,7 @@ class KeyManager:
         newest = self._store.newest_kek_versions(ids)
         planned: list[tuple[PatientKek, DataKey]] = []
         for patient_id in ids:
-            patient = _check_name(patient_id, "patient_id")
+            patient = encode_name(patient_id, "patient_id")
             top = newest.get(patient_id)
             if top is None:
                 raise KeyStoreError("no key for this patient: create_patient_key() first")
@@ -548,120 +380,15 @@ class KeyManager:
             self._cache.evict(("kek", patient_id, version))
         return self._store.delete_patient_keks(items)
 
-    # --- rewrap ---------------------------------------------------------------------------------------------------
+    # --- rewrap (kms.rewrap) --------------------------------------------------------------------------------------
     def rewrap_kek_batch(self, *, after: tuple[str, int] | None, limit: int) -> RewrapBatch:
         """Move up to `limit` KEK rows wrapped by an old root version to the current one (compare-and-swap)."""
-        current = self._provider.current_version()
-        rows = self._store.keks_under_old_root(current, after=after, limit=limit)
-        batch = RewrapBatch(scanned=len(rows))
-        changes = []
-        for row in rows:
-            batch.last = (row.patient_id, row.version)
-            patient = row.patient_id.encode("utf-8")
-            moved = self._rewrap_under_current_root(row.root_version, row.wrapped,
-                                                    _kek_aad(patient, row.version, row.suite or AES_256_GCM))
-            if moved is None:
-                batch.failed += 1
-                batch.failures.append(row.patient_id)
-                continue
-            changes.append((row.patient_id, row.version, row.root_version, *moved))
-        if changes:
-            batch.rewrapped = self._store.update_kek_wraps(changes)
-        return batch
-
-    def _rewrap_under_current_root(self, root_version: int, wrapped: bytes,
-                                   aad: bytes) -> tuple[int, bytes] | None:
-        """(new root version, new wrap) of a root-wrapped key, the plaintext zeroed at once; None if it did not open."""
-        try:
-            material = bytearray(self._provider.unwrap(root_version, wrapped, aad))
-        except CryptoError:
-            return None
-        try:
-            return self._provider.wrap(bytes(material), aad)
-        finally:
-            _zero(material)
+        return rewrap.rewrap_kek_batch(self._provider, self._store, after=after, limit=limit)
 
     def rewrap_service_keys(self) -> RewrapBatch:
         """Move every service key wrapped by an old root version to the current one."""
-        rows = self._store.service_keys_under_old_root(self._provider.current_version())
-        batch = RewrapBatch(scanned=len(rows))
-        for row in rows:
-            moved = self._rewrap_under_current_root(row.root_version, row.wrapped,
-                                                    _svc_aad(row.purpose.encode("utf-8"), row.version))
-            if moved is None:
-                batch.failed += 1
-                batch.failures.append(row.purpose)
-                continue
-            if self._store.update_service_key_wrap(row.purpose, row.version, row.root_version, *moved):
-                batch.rewrapped += 1
-        return batch
+        return rewrap.rewrap_service_keys(self._provider, self._store)
 
     def dek_rewrapper(self) -> DekRewrapper:
         """A batch helper that re-wraps DEKs under their patient's newest KEK; use as a context manager."""
-        return DekRewrapper(self)
-
-
-class DekRewrapper:
-    """Re-wraps DEKs of one batch under each patient's newest KEK, holding the KEKs it unwrapped until close().
-
-    The DEK itself (bytes, id, suite) is unchanged, so every ciphertext it sealed keeps opening; only the wrap moves.
-    """
-
-    def __init__(self, manager: KeyManager) -> None:
-        self._m = manager
-        self._newest: dict[str, int] = {}
-        self._keks: dict[tuple[str, int], DataKey] = {}
-
-    def __enter__(self) -> DekRewrapper:
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.close()
-
-    def load(self, patient_ids: Iterable[str]) -> None:
-        """Read the newest KEK version of these patients in one query (call once per batch)."""
-        missing = [p for p in dict.fromkeys(patient_ids) if p not in self._newest]
-        if missing:
-            self._newest.update(self._m._store.newest_kek_versions(missing))
-
-    def _kek(self, patient_id: str, patient: bytes, version: int) -> DataKey:
-        key = self._keks.get((patient_id, version))
-        if key is None:
-            key = self._keks[(patient_id, version)] = self._m._kek_version(patient_id, patient, version)
-        return key
-
-    def needs_rewrap(self, patient_id: str, blob) -> bool:
-        """True if the wrap names an older KEK version than the patient's newest (CryptoError if malformed)."""
-        self.load([patient_id])
-        top = self._newest.get(patient_id)
-        if top is None:
-            raise CryptoError()
-        if top == TOMBSTONE_VERSION:
-            raise KeyDestroyed()
-        return _parse(blob).kek_version != top
-
-    def rewrap(self, patient_id: str, blob) -> bytes | None:
-        """The DEK re-wrapped (format 2) under the patient's newest KEK, or None if it already is.
-
-        CryptoError when the wrap does not open (damaged, or names a KEK version that is gone), KeyDestroyed for an
-        erased patient."""
-        patient = _check_name(patient_id, "patient_id")
-        if not self.needs_rewrap(patient_id, blob):
-            return None
-        parsed = _parse(blob)
-        top = self._newest[patient_id]
-        if parsed.kek_version > top:
-            raise CryptoError()
-        old = self._kek(patient_id, patient, parsed.kek_version)
-        new = self._kek(patient_id, patient, top)
-        material = bytearray(self._m._unwrap_dek(patient, old, parsed))
-        try:
-            return self._m._wrap_dek(patient, new, material, parsed.key_id, parsed.suite)
-        finally:
-            _zero(material)
-
-    def close(self) -> None:
-        for key in self._keks.values():
-            key.wipe()
-        self._keks.clear()
-        self._newest.clear()
+        return DekRewrapper(newest_versions=self._store.newest_kek_versions, open_kek=self._kek_version)

@@ -53,7 +53,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from kms.errors import CryptoError, KeyStoreError, RootKeyMissing, WrongPassphrase
 from kms.provider import RootKeyProvider
@@ -65,9 +65,10 @@ try:  # a declared dependency; imported softly so the error names what is missin
     from pkcs11 import exceptions as _p11e
     from pkcs11.mechanisms import GCMParams
 except ImportError:  # pragma: no cover - exercised only on a broken install
-    _p11 = None
+    _p11 = None  # type: ignore[assignment]  # a broken install: _open() names what is missing
 
 _WRAP_DOMAIN = b"hv/root-wrap/v1\0"
+_T = TypeVar("_T")
 _ID = struct.Struct(">I")
 MAX_WRAP_INPUT = 1024
 _MIN_WRAPPED = NONCE_SIZE + TAG_SIZE + 1
@@ -158,7 +159,7 @@ class _TokenLink:
                 self._session = self._login()
                 self.generation += 1
 
-    def run(self, op: Callable[[Any, int], Any]) -> Any:
+    def run(self, op: Callable[[Any, int], _T]) -> _T:
         """Run op(session, generation) under the module lock; reopen a lost session once and retry."""
         with self.lock:
             if os.getpid() != self._pid:
@@ -307,7 +308,7 @@ class Pkcs11Provider(RootKeyProvider):
                 f"versions={sorted(self._keys)})")
 
     # --- key objects ----------------------------------------------------------------------------------------------
-    def _find(self, session) -> dict[int, Any]:
+    def _find(self, session: Any) -> dict[int, Any]:
         found: dict[int, Any] = {}
         where = f"PKCS#11 token {self._link.token_label!r}"
         for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: self._key_label}):
@@ -339,14 +340,14 @@ class Pkcs11Provider(RootKeyProvider):
             found[version] = obj
         return found
 
-    def _reload(self, session, generation: int) -> None:
+    def _reload(self, session: Any, generation: int) -> None:
         keys = self._find(session)
         self._keys = keys
         self._generation = generation
         self._current = max(keys) if keys else 0
         self._last_refresh = time.monotonic()
 
-    def _key(self, session, generation: int, version: int, *, refresh_on_miss: bool) -> Any:
+    def _key(self, session: Any, generation: int, version: int, *, refresh_on_miss: bool) -> Any:
         if generation != self._generation:
             self._reload(session, generation)
         key = self._keys.get(version)
@@ -357,7 +358,7 @@ class Pkcs11Provider(RootKeyProvider):
         return key
 
     def _generate_next(self, *, first: bool = False) -> int:
-        def generate(session, generation: int) -> int:
+        def generate(session: Any, generation: int) -> int:
             self._reload(session, generation)
             if first and self._keys:
                 return self._current  # created meanwhile (another process ran init): never overwrite
@@ -400,7 +401,7 @@ class Pkcs11Provider(RootKeyProvider):
 
     def retire_version(self, version: int) -> None:
         """Destroy an old root version in the token. The caller must first have re-wrapped everything it wrapped."""
-        def destroy(session, generation: int) -> None:
+        def destroy(session: Any, generation: int) -> None:
             self._reload(session, generation)
             if version not in self._keys:
                 raise KeyStoreError(f"root key {self._key_label!r} has no version {version}")
@@ -416,14 +417,14 @@ class Pkcs11Provider(RootKeyProvider):
             raise KeyStoreError(f"PKCS#11 token {self._link.token_label!r} refused to destroy root version "
                                 f"{version} ({type(exc).__name__})") from None
 
-    def describe(self) -> list[dict]:
+    def describe(self) -> list[dict[str, Any]]:
         """Per version: the security attributes the token reports (no key material), for status and doctor."""
         wanted = ("SENSITIVE", "EXTRACTABLE", "ALWAYS_SENSITIVE", "NEVER_EXTRACTABLE", "LOCAL", "TOKEN",
                   "VALUE_LEN")
 
-        def read(session, generation: int) -> list[dict]:
+        def read(session: Any, generation: int) -> list[dict[str, Any]]:
             self._reload(session, generation)
-            rows = []
+            rows: list[dict[str, Any]] = []
             for version in sorted(self._keys):
                 attrs = self._keys[version].get_attributes([getattr(Attribute, a) for a in wanted])
                 rows.append({"version": version, "current": version == self._current,
@@ -446,7 +447,7 @@ class Pkcs11Provider(RootKeyProvider):
             raise ValueError(f"a root-wrapped key is 1..{MAX_WRAP_INPUT} bytes")
         plaintext = bytes(plaintext_key)
 
-        def encrypt(session, generation: int) -> tuple[int, bytes]:
+        def encrypt(session: Any, generation: int) -> tuple[int, bytes]:
             if generation != self._generation or time.monotonic() - self._last_refresh >= _WRAP_REFRESH_INTERVAL:
                 self._reload(session, generation)  # a root version added by another process wraps from now on
             version = self._current
@@ -473,12 +474,12 @@ class Pkcs11Provider(RootKeyProvider):
         blob = bytes(wrapped)
         nonce, sealed = blob[:NONCE_SIZE], blob[NONCE_SIZE:]
 
-        def decrypt(session, generation: int) -> bytes:
+        def decrypt(session: Any, generation: int) -> bytes:
             key = self._key(session, generation, root_version, refresh_on_miss=True)
             if key is None:
                 raise CryptoError()
-            return key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
-                               mechanism_param=GCMParams(nonce, self._aad(root_version, associated_data), 128))
+            return bytes(key.decrypt(sealed, mechanism=Mechanism.AES_GCM,
+                                     mechanism_param=GCMParams(nonce, self._aad(root_version, associated_data), 128)))
 
         try:
             plaintext = self._link.run(decrypt)

@@ -25,6 +25,8 @@ runs once per process per key).
 from __future__ import annotations
 
 import functools
+from types import ModuleType
+from typing import NoReturn, TypedDict
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -46,7 +48,16 @@ GY = 0xBC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0
 _KDF_INFO = b"hv/sm2-signing-key/v1"
 
 # GB/T 32918.5-2017 / GM/T 0003.5-2012 Annex A: signature example on the recommended curve.
-STANDARD_EXAMPLE = {
+class _Example(TypedDict):
+    private: str
+    public: str
+    message: bytes
+    user_id: bytes
+    za: str
+    signature: str
+
+
+STANDARD_EXAMPLE: _Example = {
     "private": "3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8",
     "public": "04" "09F9DF311E5421A150DD7D161E4BC5C672179FAD1833FC076BB08FF356F35020"
               "CCEA490CE26775A52DC6EA718CC1AA600AED05FBF35E084A6632F6072DA9AD13",
@@ -60,10 +71,11 @@ STANDARD_EXAMPLE = {
 
 # ---- the one piece of curve arithmetic kept here: P = d·G ----------------------------------------------------------
 
-_INFINITY = (1, 1, 0)
+_Jacobian = tuple[int, int, int]  # (X, Y, Z): affine (X/Z^2, Y/Z^3); Z = 0 is the point at infinity
+_INFINITY: _Jacobian = (1, 1, 0)
 
 
-def _double(point):
+def _double(point: _Jacobian) -> _Jacobian:
     x1, y1, z1 = point
     if not z1 or not y1:
         return _INFINITY
@@ -75,7 +87,7 @@ def _double(point):
     return x3, (m * (s - x3) - 8 * yy * yy) % P, 2 * y1 * z1 % P
 
 
-def _add(p1, p2):
+def _add(p1: _Jacobian, p2: _Jacobian) -> _Jacobian:
     x1, y1, z1 = p1
     x2, y2, z2 = p2
     if not z1:
@@ -168,14 +180,15 @@ def za(public_key: bytes, user_id: bytes = DEFAULT_USER_ID) -> bytes:
 # ---- the library --------------------------------------------------------------------------------------------------
 
 @functools.cache
-def _gmssl():
+def _gmssl() -> ModuleType:
     try:
         import gmssl_pyx
     except ImportError as exc:
         raise SuiteUnavailable(
             "crypto_suite='sm' signs audit checkpoints with SM2, which needs the `gmssl-pyx` package (GmSSL): "
             f"pip install gmssl-pyx ({exc})") from None
-    return gmssl_pyx
+    lib: ModuleType = gmssl_pyx  # untyped C extension
+    return lib
 
 
 def verify(public_key: bytes, message: bytes, signature: bytes, user_id: bytes = DEFAULT_USER_ID) -> bool:
@@ -221,7 +234,7 @@ class SM2PrivateKey:
 
     __str__ = __repr__
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("SM2PrivateKey cannot be pickled")
 
 

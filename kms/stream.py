@@ -74,7 +74,7 @@ _MAX_INDEX = 0xFFFFFFFF
 _SUFFIX = struct.Struct(">IB")  # segment index, last flag
 
 
-def _subkey_aead(key: DataKey, header: bytes, associated_data: bytes):
+def _subkey_aead(key: DataKey, header: bytes, associated_data: bytes) -> suites.Aead:
     material = key.material()
     salt = header[PREFIX_SIZE:PREFIX_SIZE + SALT_SIZE]
     info = _INFO_DOMAIN + header[:PREFIX_SIZE] + bytes(associated_data)
@@ -89,7 +89,9 @@ class _Segments:
 
     __slots__ = ("_aead", "_header", "_index", "_nonce_prefix")
 
-    def __init__(self, aead, header: bytes) -> None:
+    _aead: suites.Aead
+
+    def __init__(self, aead: suites.Aead, header: bytes) -> None:
         self._aead = aead
         self._header = header
         self._nonce_prefix = header[PREFIX_SIZE + SALT_SIZE:HEADER_SIZE]
@@ -102,19 +104,19 @@ class _Segments:
         self._index += 1
         return nonce
 
-    def seal(self, plaintext, last: bool) -> bytes:
+    def seal(self, plaintext: suites.Buffer, last: bool) -> bytes:
         return self._aead.encrypt(self._next_nonce(last), plaintext, self._header)
 
-    def seal_into(self, plaintext, out, last: bool) -> None:
+    def seal_into(self, plaintext: suites.Buffer, out: suites.Buffer, last: bool) -> None:
         self._aead.encrypt_into(self._next_nonce(last), plaintext, self._header, out)
 
-    def open(self, segment, last: bool) -> bytes:
+    def open(self, segment: suites.Buffer, last: bool) -> bytes:
         try:
             return self._aead.decrypt(self._next_nonce(last), segment, self._header)
         except (InvalidTag, ValueError, OverflowError):
             raise CryptoError() from None
 
-    def open_into(self, segment, out, last: bool) -> None:
+    def open_into(self, segment: suites.Buffer, out: bytearray | memoryview, last: bool) -> None:
         try:
             self._aead.decrypt_into(self._next_nonce(last), segment, self._header, out)
         except (InvalidTag, ValueError, OverflowError):
@@ -139,7 +141,7 @@ class StreamEncryptor:
         self._header_sent = False
         self._finished = False
 
-    def _take_header(self, out: list) -> None:
+    def _take_header(self, out: list[bytes]) -> None:
         if not self._header_sent:
             out.append(self.header)
             self._header_sent = True
@@ -192,7 +194,7 @@ class StreamDecryptor:
         self._pending = bytearray()
         self._state = "open"  # open | done | failed
 
-    def _start(self, header: bytes) -> None:
+    def _start(self, header: bytes) -> _Segments:
         if len(header) != HEADER_SIZE:
             raise CryptoError()
         fmt, suite, key_id, key_version, segment_size = _PREFIX.unpack_from(header, 0)
@@ -203,9 +205,10 @@ class StreamDecryptor:
             aead = _subkey_aead(key, header, self._associated_data)
         except ValueError:  # the key was wiped
             raise CryptoError() from None
-        self._segments = _Segments(aead, header)
+        segments = self._segments = _Segments(aead, header)
         self._segment_size = segment_size
         self._full = segment_size + TAG_SIZE
+        return segments
 
     def _guard(self) -> None:
         if self._state != "open":
@@ -220,16 +223,16 @@ class StreamDecryptor:
             raise
 
     def _update(self, view: memoryview) -> bytes:
-        pos, pending = 0, self._pending
-        if self._segments is None:
+        pos, pending, segments = 0, self._pending, self._segments
+        if segments is None:
             pos = min(HEADER_SIZE - len(pending), len(view))
             pending += view[:pos]
             if len(pending) < HEADER_SIZE:
                 return b""
-            self._start(bytes(pending))
+            segments = self._start(bytes(pending))
             pending.clear()
         out: list[bytes] = []
-        full, segments = self._full, self._segments
+        full = self._full
         if pending:
             take = min(full - len(pending), len(view) - pos)
             pending += view[pos:pos + take]
@@ -315,8 +318,8 @@ def decrypt_file(key: KeyOrResolver, src: BinaryIO, dst: BinaryIO, associated_da
     header = memoryview(bytearray(HEADER_SIZE))
     if _read_full(src, header) != HEADER_SIZE:
         raise CryptoError()
-    decryptor._start(bytes(header))
-    segments, size, full = decryptor._segments, decryptor._segment_size, decryptor._full
+    segments = decryptor._start(bytes(header))
+    size, full = decryptor._segment_size, decryptor._full
     decryptor._state = "done"
     sealed = memoryview(bytearray(full))
     plain = memoryview(bytearray(size))
@@ -346,9 +349,9 @@ def iter_decrypt(key: KeyOrResolver, src: BinaryIO, associated_data: bytes, *,
     header = memoryview(bytearray(HEADER_SIZE))
     if _read_full(src, header) != HEADER_SIZE:
         raise CryptoError()
-    decryptor._start(bytes(header))
+    segments = decryptor._start(bytes(header))
     decryptor._state = "done"
-    segments, full = decryptor._segments, decryptor._full
+    full = decryptor._full
     per_read = max(1, read_size // full)
     buffer = memoryview(bytearray(per_read * full))
     while True:

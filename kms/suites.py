@@ -23,10 +23,18 @@ from __future__ import annotations
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as _hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import (
+    AEADDecryptionContext,
+    AEADEncryptionContext,
+    Cipher,
+    algorithms,
+    modes,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kms.errors import KeyStoreError
+
+Buffer = bytes | bytearray | memoryview  # what the AEAD objects accept (as cryptography.utils.Buffer)
 
 AES_256_GCM = 1
 SM4_GCM = 2
@@ -105,18 +113,18 @@ class SM4GCM:
 
     __slots__ = ("_algorithm",)
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: Buffer) -> None:
         if len(key) != SM4_KEY_SIZE:
             raise ValueError("SM4-GCM needs a 16-byte key")
         self._algorithm = algorithms.SM4(bytes(key))
 
-    def _encryptor(self, nonce, associated_data):
+    def _encryptor(self, nonce: Buffer, associated_data: Buffer | None) -> AEADEncryptionContext:
         encryptor = Cipher(self._algorithm, modes.GCM(bytes(nonce))).encryptor()
         if associated_data:
             encryptor.authenticate_additional_data(associated_data)
         return encryptor
 
-    def _decryptor(self, nonce, data, associated_data):
+    def _decryptor(self, nonce: Buffer, data: memoryview, associated_data: Buffer | None) -> AEADDecryptionContext:
         if len(data) < TAG_SIZE:
             raise InvalidTag()
         decryptor = Cipher(self._algorithm, modes.GCM(bytes(nonce), bytes(data[-TAG_SIZE:]))).decryptor()
@@ -124,19 +132,19 @@ class SM4GCM:
             decryptor.authenticate_additional_data(associated_data)
         return decryptor
 
-    def encrypt(self, nonce, data, associated_data) -> bytes:
+    def encrypt(self, nonce: Buffer, data: Buffer, associated_data: Buffer | None) -> bytes:
         encryptor = self._encryptor(nonce, associated_data)
         sealed = encryptor.update(data) + encryptor.finalize()
         return sealed + encryptor.tag
 
-    def decrypt(self, nonce, data, associated_data) -> bytes:
+    def decrypt(self, nonce: Buffer, data: Buffer, associated_data: Buffer | None) -> bytes:
         view = memoryview(data).cast("B")
         decryptor = self._decryptor(nonce, view, associated_data)
         plaintext = decryptor.update(view[:-TAG_SIZE])
         decryptor.finalize()  # raises InvalidTag: the plaintext above is dropped unreleased
         return plaintext
 
-    def encrypt_into(self, nonce, data, associated_data, buf) -> None:
+    def encrypt_into(self, nonce: Buffer, data: Buffer, associated_data: Buffer | None, buf: Buffer) -> None:
         """Like AESGCM.encrypt_into: buf is exactly len(data) + 16 bytes."""
         n = len(data)
         if len(buf) != n + TAG_SIZE:
@@ -150,7 +158,7 @@ class SM4GCM:
         encryptor.finalize()
         out[n:] = encryptor.tag
 
-    def decrypt_into(self, nonce, data, associated_data, buf) -> None:
+    def decrypt_into(self, nonce: Buffer, data: Buffer, associated_data: Buffer | None, buf: Buffer) -> None:
         """Like AESGCM.decrypt_into: buf is exactly len(data) - 16 bytes; written only once the tag verified."""
         view = memoryview(data).cast("B")
         if len(buf) != len(view) - TAG_SIZE:
@@ -161,7 +169,10 @@ class SM4GCM:
         memoryview(buf).cast("B")[:] = plaintext
 
 
-def new_aead(suite: int, key: bytes):
+Aead = AESGCM | SM4GCM  # what every format above this module seals and opens with
+
+
+def new_aead(suite: int, key: Buffer) -> Aead:
     """Build the AEAD object once per key; construction (key schedule) costs as much as a small field operation.
     AESGCM for suite 1, SM4GCM (same interface) for suite 2."""
     if suite == AES_256_GCM:

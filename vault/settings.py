@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 ENV_PREFIX = "HEALTHVAULT_"
 DEFAULT_DATA_DIR = "./var"
@@ -121,7 +122,7 @@ class Settings:
     @classmethod
     def load(cls, data_dir: str | Path | None = None, **overrides) -> Settings:
         """Settings for `data_dir` (else $HEALTHVAULT_DATA_DIR, else ./var), env vars filling what is not given."""
-        root = Path(data_dir or _env("DATA_DIR", DEFAULT_DATA_DIR)).expanduser().resolve()
+        root = Path(data_dir or _env("DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
         database_url = _env("DATABASE_URL") or f"sqlite:///{root / 'vault.db'}"
         keystore_url = _env("KEYSTORE_URL")
         keystore_schema = None
@@ -134,7 +135,7 @@ class Settings:
                 # Same server, own schema: restoring a data-schema backup never brings back a destroyed KEK.
                 keystore_url = database_url
                 keystore_schema = _env("KEYSTORE_SCHEMA", "hv_keys")
-        values = dict(
+        values: dict[str, Any] = dict(
             data_dir=root,
             database_url=database_url,
             keystore_url=keystore_url,

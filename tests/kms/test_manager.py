@@ -15,7 +15,7 @@ from kms import (
     WrappedKey,
     envelope,
 )
-from kms.manager import WRAPPED_SIZE
+from kms.wrapping import WRAPPED_SIZE
 
 from .conftest import CHEAP_KDF, PASSPHRASE
 
@@ -83,7 +83,7 @@ def test_another_root_key_cannot_unwrap(manager, store, tmp_path, clock):
 def test_destroy_then_key_destroyed_even_after_restart(manager, store_url, root_path, tmp_path):
     manager.create_patient_key("alice")
     manager.create_patient_key("bob")
-    dek, wrapped = manager.new_data_key("alice")
+    _dek, wrapped = manager.new_data_key("alice")
     _, wrapped_bob = manager.new_data_key("bob")
     manager.open_data_key("alice", wrapped)  # now cached
     assert manager.destroy_patient_keys("alice") == 1

@@ -262,7 +262,8 @@ def test_a_lost_session_is_reopened(p11, hsm):
 
 def test_many_threads_share_the_token_without_crashing(hsm, p11, key_label):
     """8 threads x 400 wrap+unwrap through two providers sharing one session, while two more re-read the key objects
-    and another opens and closes providers; without the module lock this crashes SoftHSM2 (malloc heap corruption, SIGSEGV) or returns garbage errors."""
+    and another opens and closes providers; without the module lock this crashes SoftHSM2 (malloc heap corruption,
+    SIGSEGV) or returns garbage errors."""
     second = _open(hsm, key_label, create=False)
     errors: list[BaseException] = []
     done = threading.Event()

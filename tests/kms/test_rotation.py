@@ -31,7 +31,8 @@ from kms import (
     suites,
 )
 from kms.keystore import KeyStoreBase, PatientKek
-from kms.manager import WRAPPED_SIZE, WRAPPED_SIZE_V1, KeyEvent, _dek_aad_v1
+from kms.manager import KeyEvent
+from kms.wrapping import WRAPPED_SIZE, WRAPPED_SIZE_V1, dek_aad_v1
 
 from .conftest import CHEAP_KDF, PASSPHRASE, PG_URL
 
@@ -42,7 +43,7 @@ def _v1_blob(manager: KeyManager, patient_id: str, dek: DataKey) -> bytes:
     """A format-1 wrap exactly as the code before format 2 wrote it."""
     kek = manager._kek_version(patient_id, patient_id.encode(), 1)
     nonce = os.urandom(12)
-    sealed = AESGCM(kek.material()).encrypt(nonce, dek.material(), _dek_aad_v1(patient_id.encode(), 1, dek.key_id))
+    sealed = AESGCM(kek.material()).encrypt(nonce, dek.material(), dek_aad_v1(patient_id.encode(), 1, dek.key_id))
     return struct.pack(">BI16s12s", 1, 1, dek.key_id, nonce) + sealed
 
 
@@ -181,7 +182,7 @@ def test_rotate_many_skips_patients_erased_meanwhile(manager, store):
         manager.rotate_patient_key("nobody")
 
 
-# --- root rotation, rewrap, retirement ---------------------------------------------------------------------------------
+# --- root rotation, rewrap, retirement --------------------------------------------------------------------------------
 def test_root_rotation_rewrap_and_retirement(manager, store, root_path, clock):
     manager.create_patient_key("alice")
     manager.create_patient_key("bob")
@@ -313,7 +314,7 @@ def test_concurrent_rotations_never_lose_a_version(root_path, provider):
     assert LocalProvider.open(root_path, PASSPHRASE).versions() == tuple(range(1, 14))
 
 
-# --- events ------------------------------------------------------------------------------------------------------------
+# --- events -----------------------------------------------------------------------------------------------------------
 def test_listeners_hear_failed_unwraps_and_shreds_without_key_bytes(manager):
     heard: list[KeyEvent] = []
     manager.add_listener(heard.append)
@@ -334,7 +335,7 @@ def test_listeners_hear_failed_unwraps_and_shreds_without_key_bytes(manager):
     manager.remove_listener(heard.append)
 
 
-# --- cache hygiene -----------------------------------------------------------------------------------------------------
+# --- cache hygiene ----------------------------------------------------------------------------------------------------
 def test_unwrapped_keys_leave_the_cache_after_max_age_and_are_wiped(provider, store, clock):
     cache = KeyCache(max_age=60, max_uses=1000)
     manager = KeyManager(provider, store, cache=cache, clock=clock)
@@ -373,7 +374,7 @@ def test_sweep_on_demand(clock):
     assert cache.sweep(now=clock()) == 3 and len(cache) == 0 and all(k.wiped for k in keys)
 
 
-# --- schema ------------------------------------------------------------------------------------------------------------
+# --- schema -----------------------------------------------------------------------------------------------------------
 def _assert_schema_matches(store: KeyStore) -> None:
     with store.engine.connect() as conn:
         if store.schema:
@@ -413,10 +414,10 @@ def test_migration_from_0001_keeps_existing_keks_as_aes(tmp_path, provider, cloc
     with store._engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "kms_0001")
-    from kms.manager import _kek_aad
+    from kms.wrapping import kek_aad
 
     material = os.urandom(32)
-    root_version, wrapped = provider.wrap(material, _kek_aad(b"alice", 1))
+    root_version, wrapped = provider.wrap(material, kek_aad(b"alice", 1))
     with store._engine.begin() as conn:
         conn.execute(text("INSERT INTO patient_keks (patient_id, version, root_version, wrapped, created_at) "
                           "VALUES ('alice', 1, :r, :w, '2026-01-01 00:00:00')"), {"r": root_version, "w": wrapped})

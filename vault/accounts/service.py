@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import json
 import uuid
+from typing import NoReturn, overload
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -87,7 +88,7 @@ def create(session: Session, vault, *, username: str, password: str, role: str, 
 
 
 def _fail(session: Session, vault, account: Account | None, name: str | None, ctx: RequestContext,
-          reason: str) -> None:
+          reason: str) -> NoReturn:
     """Record a failed sign-in (and a lockout when the threshold is reached), commit, raise the uniform 401."""
     now = vault.clock()
     actor = (Identity(account_id=account.id, role=account.role) if account
@@ -273,6 +274,10 @@ class AccountView:
     last_login_at: dt.datetime | None
 
 
+@overload
+def _aware(moment: dt.datetime) -> dt.datetime: ...
+@overload
+def _aware(moment: dt.datetime | None) -> dt.datetime | None: ...
 def _aware(moment: dt.datetime | None) -> dt.datetime | None:
     return moment.replace(tzinfo=dt.UTC) if moment is not None and moment.tzinfo is None else moment
 

@@ -162,6 +162,7 @@ def access_log(session: Session, vault, *, identity: Identity, ctx: RequestConte
     patient_id = identity.patient_id
     target = gate.Target("patient", patient_id, patient_id, exists=patient_id is not None)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="access_log.read", target=target)
+    assert patient_id is not None  # the gate refused (404) a caller who is no patient
     session.commit()
     mine = audit_append.patient_pseudonyms(vault, patient_id)  # every suite's form: events from before a switch too
     query = select(AuditEvent).where(and_(AuditEvent.patient_pseudonym.in_(mine),
@@ -215,6 +216,7 @@ def write_export(vault, *, since: dt.datetime | None, until: dt.datetime | None,
         latest = log.latest_checkpoint(session)
         if latest is None or not claims_signer(latest.note, vkey):
             latest = checkpoint_now(vault, force=True, by=by)
+            assert latest is not None  # a forced checkpoint is always signed
         size = latest.tree_size
         floor = pruned_below(session)
         if leaf_range is not None:
@@ -264,6 +266,7 @@ def _run_export(vault: Vault, job: ExportJob) -> None:
         job.done, job.total = done, total
 
     job.status = "running"
+    assert job.path is not None  # set by start_export before the thread starts
     try:
         result = write_export(vault, since=job.since, until=job.until, out=job.path, progress=progress)
         job.event_count = result["event_count"]

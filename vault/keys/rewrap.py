@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, func, select, update
 
 from kms import CryptoError, KeyDestroyed
 from kms.keystore import RewrapJob
-from kms.manager import RewrapBatch
+from kms.rewrap import RewrapBatch
 from vault.errors import InvalidInput
 from vault.identity import Identity, RequestContext
 from vault.keys.common import DEFAULT_BATCH, DEK_COLUMNS, audit, audit_now, utc

@@ -24,7 +24,7 @@ from kms.stream import iter_decrypt
 from vault import fields
 from vault.access import gate
 from vault.db.models import LabCorrection, Record
-from vault.errors import Conflict, InvalidInput, OcrDeclined
+from vault.errors import Conflict, InvalidInput, OcrDeclined, VaultError
 from vault.identity import Identity, RequestContext
 from vault.patients import privacy
 from vault.records import service as records
@@ -45,7 +45,7 @@ def ensure_not_declined(record) -> None:
         raise declined_error()
 
 
-def declined_error() -> OcrDeclined:
+def declined_error() -> VaultError:  # OcrDeclined
     return OcrDeclined(
         "No values were extracted because automatic reading (OCR) was declined. To have lab sheets read, give the "
         f"ocr consent (POST {privacy.CONSENT_ENDPOINT}), then ask for extraction "
@@ -81,6 +81,7 @@ def run_extraction(vault, record_id: str) -> str:
                        action="lab.extract", target=target, outcome="allow", reason="upload")
             session.commit()
             dek = vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
+            error: str | None
             if record.size_bytes > MAX_OCR_BYTES:
                 status, error, payload = "failed", "too_large", None
             else:
@@ -89,7 +90,7 @@ def run_extraction(vault, record_id: str) -> str:
                     for chunk in iter_decrypt(dek, source, blob_aad(record_id=record.id, patient_id=record.patient_id)):
                         buffer.write(chunk)
                 status, error, payload = _extract(buffer.getvalue())
-            values = dict(ocr_status=status, ocr_error=error)
+            values: dict[str, object] = dict(ocr_status=status, ocr_error=error)
             if payload is not None:
                 values["lab_results_enc"] = fields.seal(dek, payload, column="lab_results", **_where(record))
             session.execute(update(Record).where(Record.id == record_id).values(**values))
@@ -170,6 +171,7 @@ def trends(session, vault, *, identity: Identity, ctx: RequestContext, code: str
     patient_id = identity.patient_id
     gate.enter(vault, session, identity=identity, ctx=ctx, action="lab.read",
                target=gate.Target("patient", patient_id, patient_id, exists=patient_id is not None))
+    assert patient_id is not None  # the gate refused (404) a caller who is no patient
     session.commit()
     if not privacy.ocr_allowed(session, vault, patient_id=patient_id):
         raise declined_error()
@@ -178,6 +180,7 @@ def trends(session, vault, *, identity: Identity, ctx: RequestContext, code: str
                                                        Record.lab_results_enc.is_not(None))
                                   .order_by(Record.created_at, Record.id)):
         report = results_of(vault, record)
+        assert report is not None  # only records with results were selected
         at = (report.get("header") or {}).get("collected_at") or (report.get("header") or {}).get("reported_at") \
             or record.created_at.isoformat()
         for row in report["results"]:

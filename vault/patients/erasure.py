@@ -94,6 +94,7 @@ def _erase(session: Session, vault, *, patient_id: str, actor: Identity, ctx: Re
            reason: str) -> ErasureReport:
     pseudonym = audit_append.patient_pseudonym(vault, patient_id)
     patient = session.get(Patient, patient_id)
+    assert patient is not None  # callers checked it exists
     if (patient.erased_at is not None and patient.wrapped_dek == b""
             and not vault.keys.patient_key_exists(patient_id)):
         return ErasureReport(pseudonym, 0, 0, 0, already_erased=True)

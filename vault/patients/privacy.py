@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from audit.statements import HotStatement
 from vault.access import gate
 from vault.db.models import CONSENT_ITEMS, Consent
-from vault.errors import ConsentRequired, NotFound, RegistrationConsentRequired
+from vault.errors import ConsentRequired, NotFound, RegistrationConsentRequired, VaultError
 from vault.identity import Identity, RequestContext
 
 BUNDLED_NOTICE = Path(__file__).parent / "notices" / "privacy-notice.json"
@@ -218,7 +218,7 @@ def state(session: Session, vault, *, patient_id: str) -> ConsentState:
     return ConsentState(notice=notice, items=items, history=history)
 
 
-def _refuse_registration(notice: Notice, detail: str, missing: list[str]) -> RegistrationConsentRequired:
+def _refuse_registration(notice: Notice, detail: str, missing: list[str]) -> VaultError:  # RegistrationConsentRequired
     return RegistrationConsentRequired(detail, extra={"notice": NOTICE_ENDPOINT, "notice_version": notice.version,
                                                       "missing": missing})
 

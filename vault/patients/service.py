@@ -91,6 +91,7 @@ def register(session: Session, vault, *, username: str, password: str, real_name
     Both separate consents (health data, ID number) on the current privacy notice come first: without them nothing is
     validated or stored (422 consent-required)."""
     notice = privacy.check_registration(vault, consents)
+    assert consents is not None  # check_registration refused (422) a registration without them
     id_norm = normalize_id_number(id_number, today=vault.clock().date())
     ratelimit.check(vault, ctx=ctx, scope="register", target=id_norm)
     phone_norm = normalize_phone(phone)
@@ -154,6 +155,7 @@ def get_profile(session: Session, vault, *, identity: Identity, ctx: RequestCont
         patient = None  # crypto-shredded: nothing left to read
     target = gate.Target("patient", patient_id, patient_id if patient else None, exists=patient is not None)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="patient.read", target=target)
+    assert patient is not None  # the gate refused (404) a patient that does not exist
     session.commit()
     dek = vault.keys.open_data_key(patient.id, patient.wrapped_dek)
     where = dict(table="patients", row_id=patient.id, patient_id=patient.id)

@@ -15,8 +15,9 @@ import hashlib
 import json
 import uuid
 from types import SimpleNamespace
+from typing import cast
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from consent import receipts
@@ -81,7 +82,7 @@ def _open_purpose(dek, grant: Grant | SimpleNamespace) -> str:
                             patient_id=grant.patient_id)
 
 
-_G = Grant.__table__
+_G = cast(Table, Grant.__table__)
 # Grant and revoke are the write hot path (issue 4: >= 500 grants/s). Their statements are built once (building a
 # SQLAlchemy statement per call cost more CPU than running it) and run as Core on the session's connection; each read
 # brings back everything the request needs in one round trip (recipient and the patient's wrapped profile DEK; the
@@ -120,6 +121,7 @@ def create_grant(session: Session, vault, *, identity: Identity, ctx: RequestCon
     grant_id = str(uuid.uuid4())
     target = gate.Target("grant", grant_id, patient_id)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="grant.create", target=target, audit_allow=False)
+    assert patient_id is not None  # only a patient may grant: the gate refused anyone else
     now = vault.clock()
     not_before = not_before or now
     purpose = text.inert(purpose or "", field="purpose", max_length=MAX_PURPOSE)
@@ -214,9 +216,10 @@ def revoke_grant(session: Session, vault, *, identity: Identity, ctx: RequestCon
     """Withdrawal in one step: effective on the very next request everywhere (no decision is cached)."""
     row = session.connection().execute(_GRANT_GRANTEE_DEK, {"grant_id": grant_id}).first()
     mine = row is not None and row.patient_id == identity.patient_id
-    target = gate.Target("grant", grant_id, row.patient_id if mine else None, exists=mine)
+    target = gate.Target("grant", grant_id, row.patient_id if mine and row is not None else None, exists=mine)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="grant.revoke", target=target, deny_as=NotFound,
                audit_allow=False)
+    assert row is not None  # the gate refused (404) a grant that is not the caller's
     grant = SimpleNamespace(**{c.name: getattr(row, c.name) for c in _G.columns})
     if grant.revoked_at is None:
         now = vault.clock()

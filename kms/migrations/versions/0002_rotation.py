@@ -13,8 +13,9 @@ branch_labels = None
 depends_on = None
 
 
-def _schema():
-    return context.config.attributes.get("schema")
+def _schema() -> str | None:
+    schema: str | None = context.config.attributes.get("schema")
+    return schema
 
 
 def upgrade() -> None:
