@@ -54,7 +54,7 @@ def interleaved(*fns, repeats: int = REPEATS) -> list[tuple[float, float]]:
     all variants alike (ratios stay meaningful even when absolute figures wobble)."""
     runs: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, out in zip(fns, runs):
+        for fn, out in zip(fns, runs, strict=True):
             start = time.perf_counter()
             fn()
             out.append(time.perf_counter() - start)
@@ -152,7 +152,7 @@ def bench_stream(megabytes: int, segment: int, *, verbose: bool) -> dict[str, fl
         variants["bytesio_enc"] = bytesio_enc
     for fn in variants.values():  # warm-up: first passes pay first-touch page faults
         fn()
-    results = dict(zip(variants, interleaved(*variants.values())))
+    results = dict(zip(variants, interleaved(*variants.values()), strict=True))
     out = {name: size_mb / med for name, (med, _) in results.items()}
     out.update({name + "_best": size_mb / best for name, (_, best) in results.items()})
     if verbose:
@@ -218,7 +218,7 @@ def bench_sm(iterations: int, megabytes: int, segment: int) -> None:
 
     size_mb = len(data) / 1e6
     r = {name: size_mb / med for name, (med, _) in zip(("raw_enc", "kms_enc", "raw_dec", "kms_dec"),
-                                                        interleaved(raw_enc, kms_enc, raw_dec, kms_dec))}
+                                                        interleaved(raw_enc, kms_enc, raw_dec, kms_dec), strict=True)}
     print(f"    streaming {megabytes} MB, segment {segment // 1024} KiB (MB/s medians): encrypt raw SM4-GCM "
           f"{r['raw_enc']:5.0f} | encrypt_file {r['kms_enc']:5.0f} (kms/raw {r['kms_enc'] / r['raw_enc']:.2f});"
           f" decrypt raw {r['raw_dec']:5.0f} | decrypt_file {r['kms_dec']:5.0f}"

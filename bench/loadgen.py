@@ -165,7 +165,7 @@ async def _sample_cpu_at(pid: int, when_ns: int, into: list) -> None:
 def _percentile(sorted_values: list[int], q: float) -> float | None:
     if not sorted_values:
         return None
-    index = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[index] / 1e6
 
 

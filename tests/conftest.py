@@ -23,8 +23,8 @@ PASSPHRASE = b"correct horse battery staple 42"
 CHEAP_KDF = {"t": 1, "m": 1024, "p": 1}
 CHEAP_PASSWORDS = dict(password_time_cost=1, password_memory_kib=1024, password_parallelism=1)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-# HEALTHVAULT_TEST_KMS=pkcs11 runs every vault this file builds on a SoftHSM2 token (tests/helpers/softhsm.py) instead of a
-# sealed local key file; tests/system/test_pkcs11_foundation.py runs the foundation suite that way.
+# HEALTHVAULT_TEST_KMS=pkcs11 runs every vault this file builds on a SoftHSM2 token (tests/helpers/softhsm.py)
+# instead of a sealed local key file; tests/system/test_pkcs11_foundation.py runs the foundation suite that way.
 TEST_KMS = os.environ.get("HEALTHVAULT_TEST_KMS", "local")
 
 

@@ -6,6 +6,6 @@ auditing (checkpoints, search, exports, retention) and keys (status, rotation, r
 Infrastructure beside them imports no domain: settings, errors, identity, fields, jobs, logsetup, profile, `db/`
 (engine, models, migrations, the SQLite read fast path) and `blobs/`; `runtime.py` is the composition root that wires
 a Vault and registers the domains' job handlers, and `cli/` the command line (its `serve` module alone imports
-`api`). It orchestrates kms (keys and crypto), consent (Casbin), audit (the trail) and ocr. It must never return or persist PHI except through the gate, and
-never write plaintext PHI to the database, blob store or logs.
+`api`). It orchestrates kms (keys and crypto), consent (Casbin), audit (the trail) and ocr. It must never return or
+persist PHI except through the gate, and never write plaintext PHI to the database, blob store or logs.
 """

@@ -120,10 +120,12 @@ def open_root_key(settings: Settings, passphrase: bytes | None):
         return LocalProvider.from_env_value(env_value)
     if not settings.root_key_path.exists():
         raise RootKeyMissing(
-            f"no root key at {settings.root_key_path}: run `healthvault init` first (or set {ROOT_KEY_ENV} for development)"
+            f"no root key at {settings.root_key_path}: run `healthvault init` first "
+            f"(or set {ROOT_KEY_ENV} for development)"
         )
     if passphrase is None:
-        raise RootKeyMissing("the root key is sealed: give its passphrase (HEALTHVAULT_PASSPHRASE or --passphrase-file)")
+        raise RootKeyMissing("the root key is sealed: give its passphrase "
+                             "(HEALTHVAULT_PASSPHRASE or --passphrase-file)")
     return LocalProvider.open(settings.root_key_path, passphrase)
 
 

@@ -103,7 +103,8 @@ def process_softhsm() -> SoftHsm:
     import pkcs11
 
     if os.path.realpath(find_module()) in getattr(pkcs11, "_loaded", {}):
-        raise RuntimeError("libsofthsm2 was initialised in this process before tests/helpers/softhsm.py set SOFTHSM2_CONF: "
+        raise RuntimeError("libsofthsm2 was initialised in this process before tests/helpers/softhsm.py set "
+                           "SOFTHSM2_CONF: "
                            "its tokens would not be seen (call process_softhsm() before opening a pkcs11 provider)")
     directory = Path(tempfile.mkdtemp(prefix="hv-softhsm-"))
     atexit.register(shutil.rmtree, directory, True)

@@ -29,7 +29,7 @@ def send_webhook(url: str | None, payload: dict) -> None:
         return
 
     def post() -> None:
-        request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+        request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",  # noqa: S310
                                          headers={"content-type": "application/json"})
         try:
             urllib.request.urlopen(request, timeout=5).close()  # noqa: S310 - operator-configured URL

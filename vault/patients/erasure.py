@@ -42,7 +42,7 @@ from vault.errors import InvalidCredentials, NotFound, OtpRequired
 from vault.identity import Identity, RequestContext
 from vault.patients import privacy
 
-UNUSABLE_PASSWORD_HASH = "!erased"
+UNUSABLE_PASSWORD_HASH = "!erased"  # noqa: S105 - not a password: a hash no password can ever match
 
 
 @dataclasses.dataclass(frozen=True)

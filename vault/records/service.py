@@ -153,7 +153,8 @@ def _view(record: Record, dek) -> RecordView:
         size_bytes=record.size_bytes,
         created_at=record.created_at,
         title=fields.open_text(dek, record.title_enc, column="title", **where) if record.title_enc else None,
-        filename=fields.open_text(dek, record.filename_enc, column="filename", **where) if record.filename_enc else None,
+        filename=fields.open_text(dek, record.filename_enc, column="filename", **where)
+        if record.filename_enc else None,
         sha256=fields.open_bytes(dek, record.sha256_enc, column="sha256", **where).hex(),
         ocr_status=record.ocr_status,
         ocr_error=record.ocr_error,

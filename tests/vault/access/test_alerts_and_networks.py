@@ -6,6 +6,7 @@ import http.server
 import json
 import threading
 import time
+import typing
 
 from sqlalchemy import select
 
@@ -33,7 +34,7 @@ def test_audit_api_only_from_admin_networks(vault, app):
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):
-    received: list = []
+    received: typing.ClassVar[list] = []
 
     def do_POST(self):
         _Hook.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))

@@ -135,7 +135,7 @@ def test_export_verifies_offline_and_a_tampered_event_is_named(client, vault, tm
     (out / "events.jsonl").write_bytes(b"".join(lines))
     bad = _cli("audit", "verify", str(out), "--key", vkey, vault=vault)
     assert bad.returncode == 1
-    first_bad = [l for l in bad.stdout.splitlines() if l.startswith("FIRST BAD: ")]
+    first_bad = [line for line in bad.stdout.splitlines() if line.startswith("FIRST BAD: ")]
     assert first_bad and f"leaf {result['first_leaf'] + victim}" in first_bad[0]
 
 

@@ -28,10 +28,11 @@ def test_service_runs_as_the_app_role_which_cannot_rewrite_history(pg_app_role_s
             assert client.get(f"/v1/records/{record_id}/content", headers=headers).status_code == 200
         assert audit_trail.checkpoint_now(vault) is not None
         for statement in ("UPDATE audit_events SET outcome = 'deny'", "DELETE FROM audit_events",
-                          "TRUNCATE audit_events", "DELETE FROM audit_leaves", "UPDATE audit_checkpoints SET kind = 'x'",
+                          "TRUNCATE audit_events", "DELETE FROM audit_leaves",
+                          "UPDATE audit_checkpoints SET kind = 'x'",
                           "INSERT INTO audit_archive_permits (below_leaf, archive_sha256, created_at) "
                           "VALUES (1000000, 'x', now())"):
-            with pytest.raises(DBAPIError, match="permission denied|append-only"):
+            with pytest.raises(DBAPIError, match=r"permission denied|append-only"):
                 with vault.engine.begin() as conn:
                     conn.exec_driver_sql(statement)
     finally:

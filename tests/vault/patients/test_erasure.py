@@ -349,7 +349,7 @@ def test_erasure_runs_as_the_postgres_app_role(pg_app_role_settings, clock):
             assert response.json()["grants_revoked"] == 1
         assert app_vault.keystore.is_destroyed(patient["patient_id"])
         for statement in ("UPDATE consents SET given = true", "DELETE FROM consents", "TRUNCATE consents"):
-            with pytest.raises(DBAPIError, match="permission denied|append-only"):
+            with pytest.raises(DBAPIError, match=r"permission denied|append-only"):
                 with app_vault.engine.begin() as conn:
                     conn.exec_driver_sql(statement)
     finally:

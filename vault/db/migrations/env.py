@@ -10,7 +10,8 @@ config = context.config
 engine = config.attributes["engine"]
 
 with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=[Base.metadata, AuditBase.metadata, ConsentBase.metadata], render_as_batch=True)
+    context.configure(connection=connection, render_as_batch=True,
+                      target_metadata=[Base.metadata, AuditBase.metadata, ConsentBase.metadata])
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()

@@ -76,8 +76,9 @@ _PG_TRIGGERS = [
 APP_ROLE = "healthvault_app"
 _PG_APP_ROLE = [
     f"""DO $$ BEGIN
-          IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN CREATE ROLE {APP_ROLE} NOLOGIN; END IF;
-        END $$""",
+          IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}')
+          THEN CREATE ROLE {APP_ROLE} NOLOGIN; END IF;
+        END $$""",  # noqa: S608 - a constant role name, no input
     f"GRANT USAGE ON SCHEMA {{schema}} TO {APP_ROLE}",
     f"GRANT SELECT ON alembic_version TO {APP_ROLE}",
     f"GRANT SELECT, INSERT, UPDATE, DELETE ON patients, accounts, auth_tokens, records TO {APP_ROLE}",
