@@ -144,12 +144,12 @@ PROJECT = ("kms", "audit", "vault", "api", "consent", "ocr")
 NOT_DATA_PATHS = {
     "kms.local": "the local root-key provider's own wrap (AES-256-GCM key file): a certified SM HSM does the root "
                  "wrap in an SM deployment; out of the suite's scope",
-    "vault.tokens": "digest of bearer tokens for lookup: a credential, not record data",
-    "vault.privacy": "digest of the published privacy notice (public text) stored with each consent",
+    "vault.accounts.tokens": "digest of bearer tokens for lookup: a credential, not record data",
+    "vault.patients.privacy": "digest of the published privacy notice (public text) stored with each consent",
     "ocr.engine": "fingerprints of the bundled OCR model files (software, not data)",
     # Known gaps, owned elsewhere (reported):
     "kms.manager": "non-secret 16-byte key ids (_label_id) derived with SHA-256 from patient ids / purposes",
-    "vault.uploads": "the API's `sha256` field: SHA-256 of the uploaded file, stored SM4-sealed",
+    "vault.records.uploads": "the API's `sha256` field: SHA-256 of the uploaded file, stored SM4-sealed",
 }
 
 
