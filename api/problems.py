@@ -7,6 +7,8 @@ input: validation errors list locations and messages, never the submitted values
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -74,7 +76,50 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return problem(request, status=500, slug="internal", title="Internal error")
 
 
+# Every error on the wire, as OpenAPI declares it: the 422 of each operation and its `default` response.
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "request_id": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+_PROBLEM_RESPONSE = {"content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+def declare_problems(document: dict) -> dict:
+    """The OpenAPI document with the errors as they are served: a `Problem` component, every operation's 422 and
+    `default` response as problem+json (FastAPI would declare its own HTTPValidationError, which is never sent)."""
+    document.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+    document["components"]["schemas"].pop("HTTPValidationError", None)
+    document["components"]["schemas"].pop("ValidationError", None)
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            responses["422"] = {"description": "The request is not valid", **_PROBLEM_RESPONSE}
+            responses["default"] = {"description": "An RFC 9457 problem", **_PROBLEM_RESPONSE}
+    return document
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = declare_problems(generate())
+        return app.openapi_schema
+
+    return openapi
+
+
 def install(app: FastAPI) -> None:
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
     # Starlette types a handler as taking any Exception; each of these takes the class it is registered for.
     app.add_exception_handler(VaultError, _vault_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

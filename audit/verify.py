@@ -60,7 +60,7 @@ lines are never re-encoded: the hash is over the exact bytes between the fixed p
 prev_hash are read where the sorted-key encoding puts them, and `strict` also checks each line against the grammar
 of the canonical encoding. Whether the leaf range is all of the since/until window is the exporter's signed claim.
 
-Usage: python -m audit.verify DIR [--key VKEY_STRING_OR_FILE] [--strict]   (exit 0 verified, 1 not)
+Usage: python -m audit.verify DIR --key VKEY_STRING_OR_FILE [--strict]   (exit 0 verified, 1 not, 2 no key given)
 """
 
 from __future__ import annotations
@@ -924,12 +924,18 @@ def verify_bundle(path: str | os.PathLike[str], vkey: str | None = None, strict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m audit.verify", description="Verify an audit export offline.")
     parser.add_argument("dir")
-    parser.add_argument("--key", help="the vkey you were given (the string, or a file holding it)")
+    parser.add_argument("--key", help="the vkey you were given out of band (the string, or a file holding it); "
+                        "required")
     parser.add_argument("--strict", action="store_true", help="also check every event line is exactly the canonical "
                         "encoding (slower)")
     args = parser.parse_args(argv)
     key = args.key
-    if key is not None and os.path.isfile(key):
+    if not key:  # the export's own public_key.txt proves nothing: anyone can sign an export and ship their key
+        print("error: --key is required: verify against the key you were given out of band (the vault's operator "
+              "prints it with `healthvault audit public-key`; auditors read GET /v1/audit/public-key), never the "
+              "public_key.txt inside the export", file=sys.stderr)
+        return 2
+    if os.path.isfile(key):
         with open(key, encoding="utf-8") as f:
             key = f.read().strip()
     report = verify_bundle(args.dir, key, args.strict)

@@ -5,7 +5,6 @@ Owns only the HTTP shape; vault.auditing.trail decides who may read what and aud
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import tarfile
 from typing import Annotated
@@ -14,8 +13,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from api.deps import Ctx, CurrentIdentity, VaultDep
-from api.schemas import contract
-from api.schemas.audit import AccessEntryOut, AccessLogPage, AuditEventOut, AuditEventPage, ExportIn, ExportOut
+from api.schemas import Instant, contract
+from api.schemas.audit import (AccessEntryOut, AccessLogPage, AuditEventOut, AuditEventPage, AuditPublicKeyOut, ExportIn,
+                               ExportOut)
 from audit.models import AuditEvent
 from vault.auditing import trail as audit_trail
 from vault.errors import Conflict
@@ -40,7 +40,7 @@ def _export_out(job: audit_trail.ExportJob) -> ExportOut:
 @router.get("/v1/audit/events", response_model=AuditEventPage)
 def search_events(
     identity: CurrentIdentity, vault: VaultDep, ctx: Ctx,
-    since: dt.datetime | None = None, until: dt.datetime | None = None,
+    since: Instant | None = None, until: Instant | None = None,
     actor: Annotated[str | None, Query(max_length=64)] = None,
     patient: Annotated[str | None, Query(max_length=64)] = None,
     action: Annotated[str | None, Query(max_length=48)] = None,
@@ -54,6 +54,13 @@ def search_events(
         rows, next_cursor = audit_trail.search(session, vault, identity=identity, ctx=ctx, filters=filters,
                                                limit=limit, cursor=cursor)
         return AuditEventPage(items=[_event_out(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/v1/audit/public-key", response_model=AuditPublicKeyOut)
+def audit_public_key(identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> AuditPublicKeyOut:
+    """The verifier key of the trail, for auditors to hand over out of band and pin when verifying an export."""
+    with vault.session() as session:
+        return contract(AuditPublicKeyOut, audit_trail.public_key(session, vault, identity=identity, ctx=ctx))
 
 
 @router.post("/v1/audit/exports", status_code=202, response_model=ExportOut)

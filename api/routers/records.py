@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api import multipart
-from api.deps import CallerDep, Ctx, CurrentIdentity, VaultDep, as_caller, record_path
+from api.deps import BEARER_REQUIRED, CallerDep, Ctx, CurrentIdentity, VaultDep, as_caller, record_path
 from api.schemas import contract
 from api.schemas.records import RecordOut, RecordPage
 from vault.errors import InvalidInput, PayloadTooLarge
@@ -93,7 +93,7 @@ async def upload(request: Request, identity: CurrentIdentity, vault: VaultDep, c
     return contract(RecordOut, view)
 
 
-@router.get("", response_model=RecordPage)
+@router.get("", response_model=RecordPage, openapi_extra=BEARER_REQUIRED)
 async def list_records(who: CallerDep, limit: Annotated[int, Query(ge=1, le=records.MAX_PAGE)] = 50,
                        cursor: Annotated[str | None, Query(max_length=512)] = None) -> RecordPage:
     def work(session: Session, identity: Identity) -> RecordPage:
@@ -111,7 +111,8 @@ async def list_records(who: CallerDep, limit: Annotated[int, Query(ge=1, le=reco
 _RECORD_ID = {"parameters": [{"in": "path", "name": "record_id", "required": True,
                               "schema": {"format": "uuid", "title": "Record Id", "type": "string"}}],
               "responses": {"422": {"description": "Validation Error", "content": {"application/json": {
-                  "schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}}}
+                  "schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}},
+              **BEARER_REQUIRED}
 
 
 @router.get("/{record_id}", response_model=RecordOut, openapi_extra=_RECORD_ID)

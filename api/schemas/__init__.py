@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Any, TypeVar, get_type_hints
+from typing import Annotated, Any, TypeVar, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, TypeAdapter
+
+from vault import moments
 
 T = TypeVar("T")
 
@@ -22,6 +24,10 @@ class Input(BaseModel):
     """Base of every request body: unknown fields are refused, strings are bounded."""
 
     model_config = ConfigDict(extra="forbid", str_max_length=256)
+
+
+# Every time a client sends (bodies and query parameters): with an offset, within vault.moments' range, in UTC.
+Instant = Annotated[AwareDatetime, AfterValidator(moments.to_utc)]
 
 
 def _plain(value: Any) -> Any:

@@ -12,7 +12,7 @@ import datetime as dt
 
 from pydantic import BaseModel
 
-from api.schemas import Input
+from api.schemas import Input, Instant
 from vault.auditing import trail as audit_trail
 
 
@@ -43,8 +43,8 @@ class AuditEventPage(BaseModel):
 
 
 class ExportIn(Input):
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
+    since: Instant | None = None
+    until: Instant | None = None
 
 
 class ExportOut(BaseModel):
@@ -59,6 +59,11 @@ class ExportOut(BaseModel):
 @dataclasses.dataclass(frozen=True)
 class AccessEntryOut(audit_trail.AccessEntry):
     """One access to the patient's own data: who (role and name), what, under which grant or reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditPublicKeyOut(audit_trail.PublicKey):
+    """The verifier key that signs the trail's checkpoints and exports: pin it (`healthvault audit verify --key`)."""
 
 
 class AccessLogPage(BaseModel):

@@ -9,7 +9,7 @@ import uuid
 
 from pydantic import BaseModel, Field
 
-from api.schemas import Input
+from api.schemas import Input, Instant
 from vault.sharing import service as sharing
 
 
@@ -21,8 +21,8 @@ class GrantIn(Input):
     actions: list[str] = Field(min_length=1, max_length=2)
     purpose: str = Field(min_length=1, max_length=500)
     consult_ref: str | None = Field(default=None, max_length=64)
-    not_before: dt.datetime | None = None
-    expires_at: dt.datetime
+    not_before: Instant | None = None
+    expires_at: Instant
 
 
 @dataclasses.dataclass(frozen=True)

@@ -350,8 +350,9 @@ def test_cli_exit_codes_and_first_bad_line(export, tmp_path, events):
     assert "VERIFIED" in ok.stdout and "(pinned)" in ok.stdout
     (tmp_path / "key.txt").write_text(key() + "\n")
     assert run_cli(str(export), "--key", str(tmp_path / "key.txt")).returncode == 0
-    unpinned = run_cli(str(export))
-    assert unpinned.returncode == 0 and "NOT PINNED" in unpinned.stdout
+    unpinned = run_cli(str(export))  # issue 14: the key inside the export proves nothing; refuse to go on
+    assert unpinned.returncode == 2 and "VERIFIED" not in unpinned.stdout
+    assert "--key is required" in unpinned.stderr and "healthvault audit public-key" in unpinned.stderr
     data = lines(export)
     data[3] = data[3].replace(b'"actor":"ps_', b'"actor":"qs_', 1)
     (export / "events.jsonl").write_bytes(b"".join(data))

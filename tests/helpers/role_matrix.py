@@ -17,6 +17,7 @@ EXPECTED = {
     ("GET", "/v1/records/{record_id}"): {"patient", "doctor"},  # the doctor holds a view grant on this record
     ("GET", "/v1/records/{record_id}/content"): {"patient"},
     ("GET", "/v1/audit/events"): AUDITORS,
+    ("GET", "/v1/audit/public-key"): AUDITORS,
     ("POST", "/v1/audit/exports"): AUDITORS,
     ("GET", "/v1/audit/exports/{export_id}"): AUDITORS,
     ("GET", "/v1/audit/exports/{export_id}/archive"): AUDITORS,

@@ -28,7 +28,7 @@ from audit import bundle, log, retention, trail
 from audit.models import ArchivePermit, AuditEvent, Checkpoint, Leaf
 from audit.verify import HASHES, claims_signer, leaf_data, verify_bundle
 from kms import suites
-from vault import fields
+from vault import fields, moments
 from vault.access import audit_append, gate
 from vault.db.models import Account
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from vault.runtime import Vault
 
 MAX_PAGE = 500
+_MAX_EVENT_ID = 2**63 - 1
 PATIENT_VISIBLE_ACTIONS = ("patient.read", "record.create", "record.read", "record.list", "record.download",
                            "record.delete", "grant.create", "grant.revoke", "breakglass")
 
@@ -103,6 +104,29 @@ class Checkpointer(threading.Thread):
 
 
 @dataclasses.dataclass(frozen=True)
+class PublicKey:
+    """The verifier key (C2SP vkey) that signs checkpoints and exports, for out-of-band hand-over to an assessor."""
+
+    vkey: str
+    signature: str  # "ed25519" | "sm2-sm3"
+    origin: str
+
+
+def public_key(session: Session, vault, *, identity: Identity, ctx: RequestContext) -> PublicKey:
+    """The current signer's verifier key, to auditors (audit.read through the gate, audited like any read)."""
+    gate.enter(vault, session, identity=identity, ctx=ctx, action="audit.read",
+               target=gate.Target("audit-public-key", None, None))
+    session.commit()
+    return public_key_of(vault)
+
+
+def public_key_of(vault) -> PublicKey:
+    """The verifier key without the gate: for the operator's CLI on the host (it audits its own use)."""
+    key = signer(vault).verifier_key()
+    return PublicKey(vkey=str(key), signature=key.algorithms["signature"], origin=vault.settings.audit_origin)
+
+
+@dataclasses.dataclass(frozen=True)
 class Filters:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
@@ -116,7 +140,8 @@ def _page(session: Session, query, *, limit: int, cursor: str | None) -> tuple[l
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}", extra={"reason": "limit"})
     if cursor:
-        if not cursor.isdigit() or len(cursor) > 20:
+        # ASCII digits only (str.isdigit also takes '²' and other scripts' digits), within a BIGINT.
+        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 20 or int(cursor) > _MAX_EVENT_ID:
             raise InvalidInput("Invalid cursor", extra={"reason": "cursor"})
         query = query.where(AuditEvent.id < int(cursor))
     rows = list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
@@ -127,6 +152,8 @@ def _page(session: Session, query, *, limit: int, cursor: str | None) -> tuple[l
 def search(session: Session, vault, *, identity: Identity, ctx: RequestContext, filters: Filters, limit: int = 100,
            cursor: str | None = None) -> tuple[list[AuditEvent], str | None]:
     """Compliance search, newest first; the search itself is audited as audit.read."""
+    filters = dataclasses.replace(filters, since=moments.checked(filters.since, field="since"),
+                                  until=moments.checked(filters.until, field="until"))
     gate.enter(vault, session, identity=identity, ctx=ctx, action="audit.read",
                target=gate.Target("audit", None, None))
     session.commit()
@@ -277,6 +304,7 @@ def _run_export(vault: Vault, job: ExportJob) -> None:
 
 def start_export(session: Session, vault, *, identity: Identity, ctx: RequestContext, since, until) -> ExportJob:
     """Audited (audit.export) before the job starts."""
+    since, until = moments.checked(since, field="since"), moments.checked(until, field="until")
     if since is not None and until is not None and since >= until:
         raise InvalidInput("since must be before until", extra={"reason": "range"})
     gate.enter(vault, session, identity=identity, ctx=ctx, action="audit.export",

@@ -1,7 +1,8 @@
-"""`healthvault audit export | verify | archive | checkpoint`: the audit trail from the host.
+"""`healthvault audit export | verify | public-key | archive | checkpoint`: the audit trail from the host.
 
-Each command that reads the trail records its own `audit.export` event first; `verify` needs no database and no
-secret (it runs the offline verifier, audit/verify.py).
+Each command that reads the trail records its own event first (`audit.export`, `audit.read` for the key); `verify`
+needs no database and no secret (it runs the offline verifier, audit/verify.py) but does need the pinned key
+(`--key`): an export's own public_key.txt proves nothing about who signed it.
 Never: writes or deletes an event except through `vault.auditing.trail` (archive prunes only what it sealed).
 """
 
@@ -21,11 +22,17 @@ def audit_group() -> None:
     """Export, verify and checkpoint the audit trail."""
 
 
-def _when(value: str | None) -> dt.datetime | None:
+def _when(value: str | None, option: str) -> dt.datetime | None:
+    """An --since/--until time: ISO 8601 with an offset (as every time a client sends, vault.moments)."""
     if value is None:
         return None
-    moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    from vault import moments
+
+    try:
+        return moments.to_utc(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError as exc:
+        raise click.BadParameter(f"an ISO 8601 time with an offset, e.g. 2026-01-31T00:00:00Z ({exc})",
+                                 param_hint=option) from None
 
 
 @audit_group.command("export")
@@ -41,6 +48,7 @@ def audit_export(data_dir: str | None, passphrase_file: str | None, since: str |
     from vault.access import audit_append
     from vault.auditing import trail as audit_trail
 
+    start, end = _when(since, "--since"), _when(until, "--until")
     vault = open_or_fail(data_dir, passphrase_file)
     bar = tqdm(total=0, unit="event", desc="export")
 
@@ -54,22 +62,48 @@ def audit_export(data_dir: str | None, passphrase_file: str | None, since: str |
             audit_append.append(session, vault, identity=cli_identity(), ctx=RequestContext(request_id="cli"),
                                 action="audit.export", outcome="allow", resource_type="audit")
             session.commit()
-        result = audit_trail.write_export(vault, since=_when(since), until=_when(until), out=Path(out_dir),
-                                          progress=progress)
+        result = audit_trail.write_export(vault, since=start, until=end, out=Path(out_dir), progress=progress)
     finally:
         bar.close()
         vault.close()
     click.echo(f"exported {result['event_count']} events (tree size {result['tree_size']}) to {out_dir}")
 
 
+KEY_HOWTO = ("Verify against the key you were handed out of band, never the one inside the export: get it from "
+             "the vault's operator (`healthvault audit public-key` on the host) or, as an auditor, from "
+             "GET /v1/audit/public-key, and pass it with --key VKEY (or --key FILE).")
+
+
 @audit_group.command("verify")
 @click.argument("export_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--key", help="Pinned verifier key (C2SP vkey string, or a file holding it).")
+@click.option("--key", help="Pinned verifier key (C2SP vkey string, or a file holding it). Required.")
 def audit_verify(export_dir: str, key: str | None) -> None:
-    """Verify an export offline: no database, no secret."""
+    """Verify an export offline against a pinned key: no database, no secret."""
     from audit import verify
 
-    raise SystemExit(verify.main([export_dir, *(["--key", key] if key else [])]))
+    if not key:
+        click.echo(f"error: --key is required. {KEY_HOWTO}", err=True)
+        raise SystemExit(2)
+    raise SystemExit(verify.main([export_dir, "--key", key]))
+
+
+@audit_group.command("public-key")
+@common_options
+def audit_public_key(data_dir: str | None, passphrase_file: str | None) -> None:
+    """Print the verifier key (vkey) that signs checkpoints and exports, to hand over out of band."""
+    from vault.access import audit_append
+    from vault.auditing import trail as audit_trail
+
+    vault = open_or_fail(data_dir, passphrase_file)
+    try:
+        with vault.session() as session:
+            audit_append.append(session, vault, identity=cli_identity(), ctx=RequestContext(request_id="cli"),
+                                action="audit.read", outcome="allow", resource_type="audit-public-key")
+            session.commit()
+        key = audit_trail.public_key_of(vault)
+    finally:
+        vault.close()
+    click.echo(key.vkey)
 
 
 @audit_group.command("archive")

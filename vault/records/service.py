@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from audit.statements import HotStatement
 from kms import CryptoError, DataKey
 from kms.stream import iter_decrypt
-from vault import fields, text
+from vault import fields, moments, text
 from vault.access import gate
 from vault.db.models import CATEGORIES, LABELS, Record
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
@@ -246,8 +246,8 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, record_id = raw.split("|", 1)
-        return dt.datetime.fromisoformat(stamp), record_id
-    except (ValueError, UnicodeDecodeError) as exc:
+        return moments.to_utc(dt.datetime.fromisoformat(stamp)), record_id
+    except (ValueError, UnicodeDecodeError) as exc:  # to_utc: a cursor's time carries an offset and is in range
         raise InvalidInput("Invalid cursor", extra={"reason": "cursor"}) from exc
 
 
