@@ -14,8 +14,15 @@ from fastapi.responses import Response
 
 from api.deps import Ctx, CurrentIdentity, VaultDep
 from api.schemas import Instant, contract
-from api.schemas.audit import (AccessEntryOut, AccessLogPage, AuditEventOut, AuditEventPage, AuditPublicKeyOut, ExportIn,
-                               ExportOut)
+from api.schemas.audit import (
+    AccessEntryOut,
+    AccessLogPage,
+    AuditEventOut,
+    AuditEventPage,
+    AuditPublicKeyOut,
+    ExportIn,
+    ExportOut,
+)
 from audit.models import AuditEvent
 from vault.auditing import trail as audit_trail
 from vault.errors import Conflict
