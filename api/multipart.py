@@ -20,7 +20,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from vault.errors import InvalidInput, PayloadTooLarge, TruncatedUpload
+from vault.errors import InvalidInput, PayloadTooLarge, TruncatedUpload, VaultError
 from vault.records.uploads import UploadSink
 
 MAX_FIELD_BYTES = 4096
@@ -32,7 +32,7 @@ MAX_BOUNDARY = 70  # RFC 2046 §5.1.1
 FILE_FIELD = "file"
 
 
-def _form_error(message: str) -> InvalidInput:
+def _form_error(message: str) -> VaultError:
     return InvalidInput(message, extra={"reason": "form"})
 
 

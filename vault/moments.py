@@ -9,6 +9,7 @@ times the database returns and adding any window the vault uses (days to a few y
 from __future__ import annotations
 
 import datetime as dt
+from typing import overload
 
 from vault.errors import InvalidInput
 
@@ -37,6 +38,18 @@ def to_utc(value: dt.datetime) -> dt.datetime:
     if reason is not None:
         raise ValueError(f"the time {reason}")
     return value.astimezone(dt.UTC)
+
+
+@overload
+def checked(value: dt.datetime, *, field: str) -> dt.datetime: ...
+
+
+@overload
+def checked(value: None, *, field: str) -> None: ...
+
+
+@overload
+def checked(value: dt.datetime | None, *, field: str) -> dt.datetime | None: ...
 
 
 def checked(value: dt.datetime | None, *, field: str) -> dt.datetime | None:
