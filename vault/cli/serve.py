@@ -55,7 +55,7 @@ def serve(data_dir: str | None, passphrase_file: str | None, host: str, port: in
     import uvicorn
 
     from api.app import create_app
-    from vault import logsetup
+    from vault.cli import logsetup
     from vault.auditing.trail import Checkpointer
 
     vault = open_or_fail(data_dir, passphrase_file)
