@@ -14,7 +14,8 @@ def test_a_job_runs_its_kinds_handler_off_the_calling_thread():
     seen: list[tuple[str, str]] = []
     jobs.register("lab.extract", lambda record_id: seen.append((record_id, threading.current_thread().name)) or 7)
     assert jobs.submit("lab.extract", "r-1").result(timeout=5) == 7
-    assert seen[0][0] == "r-1" and seen[0][1].startswith("lab.extract") and seen[0][1] != threading.current_thread().name
+    record_id, thread = seen[0]
+    assert record_id == "r-1" and thread.startswith("lab.extract") and thread != threading.current_thread().name
     jobs.shutdown()
 
 
