@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -26,6 +26,9 @@ from vault.errors import (
     NotFound,
 )
 from vault.identity import Identity, RequestContext
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 ADMIN_ROLES = ("sysadmin", "secadmin", "auditadmin")  # created and re-roled only on the host (CLI), never over HTTP
 ASSIGNABLE_ROLES = ("doctor", "escort", "auditor")  # what the API may create and move a staff account between
@@ -67,7 +70,8 @@ def _target(account_id: str) -> gate.Target:
     return gate.Target("account", account_id, None)
 
 
-def _refuse(session: Session, vault, *, identity: Identity, ctx: RequestContext, action: str, target: gate.Target,
+def _refuse(session: Session, vault: Vault,
+            *, identity: Identity, ctx: RequestContext, action: str, target: gate.Target,
             reason: str, detail: str) -> None:
     """Audit a refusal the role policy alone did not catch (an admin role over HTTP), commit it, raise 403."""
     gate.audit(vault, session, identity=identity, ctx=ctx, action=action, target=target, outcome="deny", reason=reason)
@@ -75,7 +79,7 @@ def _refuse(session: Session, vault, *, identity: Identity, ctx: RequestContext,
     raise Forbidden(detail, extra={"reason": reason})
 
 
-def _existing(session: Session, vault, *, identity: Identity, ctx: RequestContext, action: str,
+def _existing(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, action: str,
               target: gate.Target, managed_only: bool = True) -> Account:
     """The target account of a permitted caller, or 404 (the attempt audited as a denial).
 
@@ -91,7 +95,7 @@ def _existing(session: Session, vault, *, identity: Identity, ctx: RequestContex
     return account
 
 
-def list_accounts(session: Session, vault, *, identity: Identity, ctx: RequestContext, limit: int = 100,
+def list_accounts(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, limit: int = 100,
                   after: str | None = None) -> tuple[list[AccountView], str | None]:
     """The staff accounts a sysadmin manages (doctor, escort, auditor) by username (keyset: `after` is the last
     username seen). Patients and administrators are never listed: 三权分立 keeps them out of the sysadmin's reach."""
@@ -107,7 +111,8 @@ def list_accounts(session: Session, vault, *, identity: Identity, ctx: RequestCo
     return [_account_view(a, now) for a in rows], (rows[-1].username if more else None)
 
 
-def create_staff(session: Session, vault, *, identity: Identity, ctx: RequestContext, username: str, password: str,
+def create_staff(session: Session, vault: Vault,
+                 *, identity: Identity, ctx: RequestContext, username: str, password: str,
                  role: str) -> AccountView:
     """A doctor, escort or auditor account whose initial password must be changed at first sign-in (like the CLI).
 
@@ -124,7 +129,7 @@ def create_staff(session: Session, vault, *, identity: Identity, ctx: RequestCon
     return _account_view(account, vault.clock())
 
 
-def set_active(session: Session, vault, *, identity: Identity, ctx: RequestContext, account_id: str,
+def set_active(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, account_id: str,
                active: bool) -> AccountView:
     """Disable (every live token of the account is revoked in the same transaction) or enable an account."""
     target = _target(account_id)
@@ -142,7 +147,7 @@ def set_active(session: Session, vault, *, identity: Identity, ctx: RequestConte
     return _account_view(account, now)
 
 
-def unlock(session: Session, vault, *, identity: Identity, ctx: RequestContext, account_id: str) -> AccountView:
+def unlock(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, account_id: str) -> AccountView:
     """Clear a sign-in lockout (and the failure count) before it runs out."""
     target = _target(account_id)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="account.update", target=target, audit_allow=False)
@@ -155,7 +160,7 @@ def unlock(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
     return _account_view(account, vault.clock())
 
 
-def change_role(session: Session, vault, *, identity: Identity, ctx: RequestContext, account_id: str,
+def change_role(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, account_id: str,
                 role: str) -> AccountView:
     """Move a staff account between doctor, escort and auditor (secadmin); audited as `account.role` "old->new".
 
@@ -182,7 +187,8 @@ def change_role(session: Session, vault, *, identity: Identity, ctx: RequestCont
     return _account_view(account, now)
 
 
-def role_policy(session: Session, vault, *, identity: Identity, ctx: RequestContext) -> list[tuple[str, str, str]]:
+def role_policy(session: Session, vault: Vault,
+                *, identity: Identity, ctx: RequestContext) -> list[tuple[str, str, str]]:
     """The static role policy (consent/policy.csv) as (role, object, action) rows, for a reviewer."""
     gate.enter(vault, session, identity=identity, ctx=ctx, action="policy.read",
                target=gate.Target("policy", None, None))
