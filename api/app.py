@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from api import problems
 from api.middleware import EdgeMiddleware
 from api.routers import accounts, audit, auth, health, keys, labs, patients, privacy, records, sharing
-from vault.db.fastpath.lane import DatabaseLane
+from vault.db.fastpath import DatabaseLane
 from vault.patients import privacy as privacy_notice
 from vault.runtime import Vault
 
@@ -22,7 +22,7 @@ from vault.runtime import Vault
 def _lifespan(vault: Vault, lane: DatabaseLane):
     """SQLite admits one writer, and every audited request writes: more than a few DB threads only queue in SQLite's
     busy handler and fight over the GIL (measured: same req/s, higher CPU and p99). PostgreSQL keeps the default.
-    The hot reads go through the database lane (api/lanes.py: batches on this event loop), closed when the app
+    The hot reads go through the fast path (vault/db/fastpath: batches on this event loop), closed when the app
     stops."""
 
     @contextlib.asynccontextmanager
@@ -42,7 +42,7 @@ SQLITE_THREADS = 4
 
 def create_app(vault: Vault) -> FastAPI:
     privacy_notice.current_notice(vault)  # a missing or malformed privacy notice stops start-up, not a registration
-    lane = DatabaseLane(vault, single_thread=vault.settings.is_sqlite, on_loop=True)
+    lane = DatabaseLane(vault, single_thread=vault.settings.is_sqlite)
     app = FastAPI(
         lifespan=_lifespan(vault, lane),
         title="Health Vault",
