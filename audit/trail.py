@@ -18,9 +18,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from audit import verify
@@ -75,7 +75,7 @@ def format_of_chain(chain_id: int) -> int:
     return SM_EVENT_FORMAT if chain_id >= SM_CHAIN_BASE else EVENT_FORMAT
 
 
-def canonical_event(row: AuditEvent) -> dict:
+def canonical_event(row: AuditEvent) -> dict[str, Any]:
     """The hashed view of a stored event (the same dict the exporter writes)."""
     return _canonical({c: getattr(row, c) for c in _COLUMNS})
 
@@ -96,8 +96,8 @@ def ensure_chains(session: Session, chains: int, event_format: int = EVENT_FORMA
             {"chain_id": c, "seq": -1, "hash": GENESIS, "integrated_seq": -1} for c in missing])
 
 
-_HEADS = ChainHead.__table__
-_EVENTS = AuditEvent.__table__
+_HEADS = cast(Table, ChainHead.__table__)
+_EVENTS = cast(Table, AuditEvent.__table__)
 _INSERT_COLUMNS = (*_COLUMNS, "hash")
 _ADVANCE = (update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(seq=_HEADS.c.seq + 1)
             .returning(_HEADS.c.seq, _HEADS.c.hash))
@@ -106,8 +106,9 @@ _INSERT = insert(_EVENTS)
 _SET_HEAD = (update(_HEADS).where(_HEADS.c.chain_id == bindparam("c"))
              .values(seq=bindparam("s"), hash=bindparam("h")))
 # PostgreSQL: the head's new hash and the event go in one round trip (a data-modifying CTE always runs).
+# Built from the fixed column names; every value is a bound parameter.
 _INSERT_AND_MOVE = text(
-    "WITH moved_head AS (UPDATE audit_chain_heads SET hash = :h WHERE chain_id = :c) "
+    "WITH moved_head AS (UPDATE audit_chain_heads SET hash = :h WHERE chain_id = :c) "  # noqa: S608
     f"INSERT INTO audit_events ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(':' + c for c in _INSERT_COLUMNS)})"
 ).bindparams(bindparam("occurred_at", type_=UTCDateTime()))
 
@@ -194,7 +195,7 @@ def append_linked(connection: Connection, deferred: Sequence[Deferred]) -> list[
     return views
 
 
-def _canonical(values: dict) -> dict:
+def _canonical(values: dict[str, Any]) -> dict[str, Any]:
     return {
         "v": format_of_chain(values["chain_id"]), "chain": values["chain_id"], "seq": values["seq"],
         "time": format_time(values["occurred_at"]),

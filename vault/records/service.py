@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
-from vault.db.fastpath import HotStatement
 from kms import CryptoError, DataKey
 from kms.stream import iter_decrypt
 from vault import fields
 from vault.access import gate
+from vault.db.fastpath import HotStatement
 from vault.db.models import CATEGORIES, LABELS, Record
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext

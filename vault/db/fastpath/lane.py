@@ -177,7 +177,7 @@ class _LoopRunner:
             batch = _Batch(self._ready_connection(nowait))
         except LockTaken:
             return None
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - whatever stopped the BEGIN, every read is answered 503
             self.discard_connection()
             return _unavailable(units, exc)
         done: list[Answer] = []
@@ -186,14 +186,14 @@ class _LoopRunner:
             for unit in units:
                 try:
                     done.append((unit, unit.context.run(unit.fn, *unit.args), None))
-                except BaseException as exc:  # the unit's own failure is its answer; the batch goes on
+                except BaseException as exc:  # noqa: BLE001 - the unit's own failure is its answer; the batch goes on
                     done.append((unit, None, exc))
             views = batch.commit()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - whatever stopped the COMMIT, every read is answered 503
             try:
                 batch.rollback()
-            except BaseException:
-                pass
+            except BaseException as undo:  # noqa: BLE001 - the connection is discarded next, which ends it anyway
+                log.warning("fast path batch not rolled back: %s", type(undo).__name__)
             self.discard_connection()  # a fresh connection for the next batch
             return _unavailable(units, exc)
         finally:
@@ -223,7 +223,7 @@ class _LoopRunner:
         try:
             if not connection.closed:
                 connection.invalidate()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - closing it below still gives it up
             log.error("fast path connection not invalidated: %s", type(exc).__name__)
         finally:
             connection.close()
@@ -307,7 +307,7 @@ def _settle(answers: list[Answer]) -> None:
                 wrapped = RuntimeError(f"fast path unit raised {type(error).__name__}")
                 wrapped.__cause__ = error
                 future.set_exception(wrapped)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the other answers of the batch must still be delivered
             log.error("fast path answer not delivered: %s", type(exc).__name__)
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 import weakref
 from collections import namedtuple
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 T = TypeVar("T")
 Row = Any  # a namedtuple made per statement: attribute access by column key
@@ -33,15 +34,15 @@ Row = Any  # a namedtuple made per statement: attribute access by column key
 
 def driver_error(sql: str, error: Exception, dialect: Dialect) -> exc.DBAPIError:
     """A driver error as SQLAlchemy's own exception class, with the parameters hidden."""
-    return exc.DBAPIError.instance(sql, None, error, dialect.loaded_dbapi.Error, hide_parameters=True,
-                                   dialect=dialect)
+    return cast(exc.DBAPIError, exc.DBAPIError.instance(sql, None, error, dialect.loaded_dbapi.Error,
+                                                        hide_parameters=True, dialect=dialect))
 
 
 class _Compiled:
     __slots__ = ("binds", "defaults", "named", "names", "prepare", "required", "results", "row", "sql")
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
-        compiled = statement.compile(dialect=dialect)
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
         if any(bind.expanding for bind in compiled.binds.values()):
             raise ValueError("hot statements take no expanding parameters")
         self.sql: str = compiled.string
@@ -49,13 +50,13 @@ class _Compiled:
         # Every parameter the text names, with the values the statement itself fixes (e.g. the 1 of `seq + 1`).
         self.defaults: dict[str, Any] = dict(compiled.params)
         self.required = frozenset(name for name, bind in compiled.binds.items() if bind.required)
-        positions = compiled.positiontup  # type: ignore[attr-defined]
+        positions = compiled.positiontup or ()
         self.names: tuple[str, ...] = tuple(positions) if not self.named else tuple(self.defaults)
         self.binds = tuple((name, processor) for name in self.names
                            if (processor := compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
                            is not None)
         columns = list(getattr(statement, "exported_columns", ()))  # selected or RETURNING columns, in order
-        self.row = namedtuple("Row", [column.key for column in columns], rename=True) if columns else None  # type: ignore[misc]
+        self.row: Any = namedtuple("Row", [column.key for column in columns], rename=True) if columns else None
         self.results = tuple((index, processor) for index, column in enumerate(columns)
                              if (processor := column.type.dialect_impl(dialect).result_processor(dialect, None))
                              is not None)
@@ -120,7 +121,7 @@ class HotStatement:
         connection = _connection(session)
         compiled = self._compiled(connection.dialect)
         params = compiled.parameters(values)
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor: Any = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             if compiled.prepare:
                 cursor.execute(compiled.sql, params, prepare=True)
