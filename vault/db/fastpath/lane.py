@@ -146,7 +146,6 @@ class _LoopRunner:
         self.connection: Connection | None = None
         self.batches = 0
         self.checkpointing = False
-        self.batch: _Batch | None = None  # the batch running now (lane.session() hands out its sessions)
 
     def submit(self, unit: _Unit) -> None:
         self.queue.append(unit)
@@ -181,7 +180,7 @@ class _LoopRunner:
             self.discard_connection()
             return _unavailable(units, exc)
         done: list[Answer] = []
-        self.batch = self.lane._current.batch = batch
+        self.lane._current.batch = batch  # lane.session() hands out its sessions
         try:
             for unit in units:
                 try:
@@ -197,8 +196,11 @@ class _LoopRunner:
             self.discard_connection()  # a fresh connection for the next batch
             return _unavailable(units, exc)
         finally:
-            self.batch = self.lane._current.batch = None
-        self.lane._forward_off_loop(views)
+            self.lane._current.batch = None
+        try:
+            self.lane._forward_off_loop(views)
+        except Exception as exc:  # noqa: BLE001 - the events are committed: the reads are answered all the same
+            log.error("committed audit events not forwarded: %s", type(exc).__name__)
         return done
 
     def _ready_connection(self, nowait: bool) -> Connection:
