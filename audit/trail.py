@@ -138,6 +138,8 @@ def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int,
         raise ValueError("unknown audit action or outcome")
     chain = chain_for(event.patient or event.actor, chains, event_format)
     if session.info.get(DEFER_KEY):
+        if session.get_transaction() is None:
+            session.begin()  # so that a rollback before the next commit drops the event (a rollback event fires)
         session.info.setdefault(PENDING_KEY, []).append(Deferred(event, now, chain))
         return None
     moved = session.execute(_ADVANCE, {"c": chain}).first()
