@@ -113,7 +113,12 @@ class _Batch:
                             info={trail.DEFER_KEY: True, trail.HELD_KEY: self.held})
 
     def commit(self) -> list[dict[str, Any]]:
-        """Link and write the held events, COMMIT; returns their exported views (for the sink)."""
+        """Link and write the held events, COMMIT; returns their exported views (for the sink).
+
+        A transaction that pysqlite began anew at a read's write, after SQLite had ended the batch's by itself, may be
+        committed: the events are linked onto heads read inside it, and SQLite refuses its writes if another writer
+        committed since its snapshot; only the reads' other writes from before that rollback (a token's last-seen
+        time) are lost."""
         if not self.transaction.is_active or not self._driver().in_transaction:
             raise TransactionLost()
         views = trail.append_linked(self.connection, self.held)
