@@ -14,7 +14,7 @@ vault switches suite; `*_pseudonyms` give every form this vault has used, for lo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -65,8 +65,9 @@ def event_format(vault: Vault) -> int:
 
 def append(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, action: str, outcome: str,
            resource_type: str, resource_id: str | None = None, patient_id: str | None = None,
-           reason: str | None = None, grant_id: str | None = None) -> dict:
-    """Append one event in the session's transaction and flush it."""
+           reason: str | None = None, grant_id: str | None = None) -> dict[str, Any] | None:
+    """Append one event in the session's transaction and flush it; returns the exported view, or None where the read
+    fast path keeps the event as a value until its batch commits (vault/db/fastpath)."""
     suite = fields.suite_of(vault)
     key, sm3 = vault.keys.service_key(suites.purpose(PSEUDONYM_PURPOSE, suite)), suite == suites.SM4_GCM
     event = trail.NewEvent(
