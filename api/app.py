@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from api import problems
 from api.middleware import EdgeMiddleware
 from api.routers import accounts, audit, auth, health, keys, labs, patients, privacy, records, sharing
-from vault.db.fastpath.lane import DatabaseLane
+from vault.db.fastpath import DatabaseLane
 from vault.patients import privacy as privacy_notice
 
 if TYPE_CHECKING:
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 def _lifespan(vault: Vault, lane: DatabaseLane) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """SQLite admits one writer, and every audited request writes: more than a few DB threads only queue in SQLite's
     busy handler and fight over the GIL (measured: same req/s, higher CPU and p99). PostgreSQL keeps the default.
-    The hot reads go through the database lane (vault/db/fastpath/lane.py: batches on this event loop), closed when
-    the app stops."""
+    The hot reads go through the fast path (vault/db/fastpath: batches on this event loop), closed when the app
+    stops."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -47,7 +47,7 @@ SQLITE_THREADS = 4
 
 def create_app(vault: Vault) -> FastAPI:
     privacy_notice.current_notice(vault)  # a missing or malformed privacy notice stops start-up, not a registration
-    lane = DatabaseLane(vault, single_thread=vault.settings.is_sqlite, on_loop=True)
+    lane = DatabaseLane(vault, single_thread=vault.settings.is_sqlite)
     app = FastAPI(
         lifespan=_lifespan(vault, lane),
         title="Health Vault",

@@ -31,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vault.accounts import tokens
-from vault.db.fastpath.lane import DatabaseLane
+from vault.db.fastpath import DatabaseLane
 from vault.errors import Unauthenticated
 from vault.identity import Identity, RequestContext
 from vault.patients import privacy
@@ -169,5 +169,5 @@ async def as_caller(caller: Caller, work):
     """Resolve the token and run `work(session, identity)` in one session, as one unit of the database lane.
 
     The hot read endpoints use this instead of `current_identity` so that identity, consent check (PIPL-1) and the
-    route's work share one session and, on SQLite, one savepoint of a batch (api/lanes.py), not two trips."""
+    route's work share one session and, on SQLite, one batch of the fast path (vault/db/fastpath), not two trips."""
     return await caller.lane.run(_in_one_session, caller, work)

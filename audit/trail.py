@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, text, update
-from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import TextClause
-from sqlalchemy.sql.util import find_tables
+from sqlalchemy import Connection, Table, bindparam, insert, select, text, update
+from sqlalchemy.orm import Session, SessionTransaction
 
 from audit import verify
 from audit.models import AuditEvent, ChainHead, UTCDateTime
-from audit.statements import HotStatement, _connection
 from audit.vocabulary import ACTIONS, OUTCOMES
 
 GENESIS = "0" * 64
@@ -76,7 +75,7 @@ def format_of_chain(chain_id: int) -> int:
     return SM_EVENT_FORMAT if chain_id >= SM_CHAIN_BASE else EVENT_FORMAT
 
 
-def canonical_event(row: AuditEvent) -> dict:
+def canonical_event(row: AuditEvent) -> dict[str, Any]:
     """The hashed view of a stored event (the same dict the exporter writes)."""
     return _canonical({c: getattr(row, c) for c in _COLUMNS})
 
@@ -97,42 +96,69 @@ def ensure_chains(session: Session, chains: int, event_format: int = EVENT_FORMA
             {"chain_id": c, "seq": -1, "hash": GENESIS, "integrated_seq": -1} for c in missing])
 
 
-_HEADS = ChainHead.__table__
-_EVENTS = AuditEvent.__table__
-_ADVANCE = HotStatement(update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(seq=_HEADS.c.seq + 1)
-                        .returning(_HEADS.c.seq, _HEADS.c.hash))
-_MOVE = HotStatement(update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(hash=bindparam("h")))
+_HEADS = cast(Table, ChainHead.__table__)
+_EVENTS = cast(Table, AuditEvent.__table__)
 _INSERT_COLUMNS = (*_COLUMNS, "hash")
-_HEAD = HotStatement(select(_HEADS.c.seq, _HEADS.c.hash).where(_HEADS.c.chain_id == bindparam("c")))
-_SET_HEAD = HotStatement(update(_HEADS).where(_HEADS.c.chain_id == bindparam("c"))
-                         .values(seq=bindparam("s"), hash=bindparam("h")))
-_INSERT = HotStatement(insert(_EVENTS).values({name: bindparam(name) for name in _INSERT_COLUMNS}))
+_ADVANCE = (update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(seq=_HEADS.c.seq + 1)
+            .returning(_HEADS.c.seq, _HEADS.c.hash))
+_MOVE = update(_HEADS).where(_HEADS.c.chain_id == bindparam("c")).values(hash=bindparam("h"))
+_INSERT = insert(_EVENTS)
+_SET_HEAD = (update(_HEADS).where(_HEADS.c.chain_id == bindparam("c"))
+             .values(seq=bindparam("s"), hash=bindparam("h")))
 # PostgreSQL: the head's new hash and the event go in one round trip (a data-modifying CTE always runs).
-_INSERT_AND_MOVE = HotStatement(text(
-    "WITH moved_head AS (UPDATE audit_chain_heads SET hash = :h WHERE chain_id = :c) "
+# Built from the fixed column names; every value is a bound parameter.
+_INSERT_AND_MOVE = text(
+    "WITH moved_head AS (UPDATE audit_chain_heads SET hash = :h WHERE chain_id = :c) "  # noqa: S608
     f"INSERT INTO audit_events ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(':' + c for c in _INSERT_COLUMNS)})"
-).bindparams(bindparam("occurred_at", type_=UTCDateTime())))
+).bindparams(bindparam("occurred_at", type_=UTCDateTime()))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deferred:
+    """An event appended in a session that defers its writing (`DEFER_KEY`): not yet linked, hashed or written.
+    Whoever holds the session's enclosing transaction links and writes it with `append_linked` before committing."""
+
+    event: NewEvent
+    now: dt.datetime
+    chain: int
 
 
 def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int,
-           event_format: int = EVENT_FORMAT) -> dict:
+           event_format: int = EVENT_FORMAT) -> dict[str, Any] | None:
     """Link one event into its chain, in the caller's transaction (the caller commits); returns the exported view.
 
     Two round trips on PostgreSQL: the head UPDATE that takes the chain's lock and returns (seq, prev_hash), then one
     statement that moves the head's hash and inserts the event; the lock is then held only through the caller's
-    commit. Statements are built once and run on the session's driver connection (`audit.statements`: SQLAlchemy's
-    execution path costs more than the database work here). `event_format` 2 (the "sm" suite) hashes with SM3 into
-    the chains from 32768. In a unit of a group transaction (SQLite) the step is linked here and written at the
-    group's commit (`DeferredChains`)."""
+    commit. `event_format` 2 (the "sm" suite) hashes with SM3 into the chains from 32768.
+
+    In a session whose `info` holds `DEFER_KEY` (a unit of the SQLite read fast path, vault/db/fastpath) the event is
+    only checked and kept as a value (`Deferred`, returns None): its session's commit hands it to the enclosing
+    transaction (`HELD_KEY`), whose holder links and writes it with `append_linked` before its COMMIT."""
     if event.action not in ACTIONS or event.outcome not in OUTCOMES:
         raise ValueError("unknown audit action or outcome")
     chain = chain_for(event.patient or event.actor, chains, event_format)
-    deferred: DeferredChains | None = session.info.get(DEFERRED_KEY)
-    moved = deferred.next_link(session, chain) if deferred is not None else _ADVANCE.first(session, {"c": chain})
+    if session.info.get(DEFER_KEY):
+        if session.get_transaction() is None:
+            session.begin()  # so that a rollback before the next commit drops the event (a rollback event fires)
+        session.info.setdefault(PENDING_KEY, []).append(Deferred(event, now, chain))
+        return None
+    moved = session.execute(_ADVANCE, {"c": chain}).first()
     if moved is None:
         raise RuntimeError(f"audit chain {chain} has no head row")
-    seq, prev_hash = moved
-    values = dict(
+    values, exported = link(event, now=now, chain=chain, seq=moved[0], prev_hash=moved[1])
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_INSERT_AND_MOVE, {**values, "c": chain, "h": values["hash"]})
+    else:
+        session.execute(_MOVE, {"c": chain, "h": values["hash"]})
+        session.execute(_INSERT, values)
+    session.info.setdefault(PENDING_KEY, []).append(exported)
+    return exported
+
+
+def link(event: NewEvent, *, now: dt.datetime, chain: int, seq: int,
+         prev_hash: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(row values, exported view) of `event` as step `seq` of `chain` after `prev_hash`, both with its hash."""
+    values: dict[str, Any] = dict(
         chain_id=chain, seq=seq, occurred_at=now, actor=event.actor, actor_role=event.actor_role,
         action=event.action, resource_type=event.resource_type, resource_id=event.resource_id,
         patient_pseudonym=event.patient, outcome=event.outcome, reason=event.reason, grant_id=event.grant_id,
@@ -141,18 +167,37 @@ def append(session: Session, event: NewEvent, *, now: dt.datetime, chains: int,
     )
     exported = _canonical(values)
     values["hash"] = exported["hash"] = verify.event_hash(verify.canonical_bytes(exported)).hex()
-    if deferred is not None:
-        deferred.add(session, values)
-    elif session.get_bind().dialect.name == "postgresql":
-        _INSERT_AND_MOVE.execute(session, {**values, "c": chain, "h": values["hash"]})
-    else:
-        _MOVE.execute(session, {"c": chain, "h": values["hash"]})
-        _INSERT.execute(session, values)
-    session.info.setdefault(PENDING_KEY, []).append(exported)
-    return exported
+    return values, exported
 
 
-def _canonical(values: dict) -> dict:
+def append_linked(connection: Connection, deferred: Sequence[Deferred]) -> list[dict[str, Any]]:
+    """Link `deferred` events in order onto their chains' heads and write them: one read of the touched heads (locked
+    on PostgreSQL: FOR UPDATE), one multi-row insert, one update per touched head. Runs in the caller's transaction,
+    which must already hold SQLite's write lock (BEGIN IMMEDIATE), so no other writer moves a head before the COMMIT.
+    Returns the exported views, in order."""
+    if not deferred:
+        return []
+    chains = sorted({item.chain for item in deferred})
+    heads: dict[int, tuple[int, str]] = {
+        row.chain_id: (row.seq, row.hash) for row in connection.execute(
+            select(_HEADS.c.chain_id, _HEADS.c.seq, _HEADS.c.hash).where(_HEADS.c.chain_id.in_(chains))
+            .with_for_update())}
+    rows: list[dict[str, Any]] = []
+    views: list[dict[str, Any]] = []
+    for item in deferred:
+        if item.chain not in heads:
+            raise RuntimeError(f"audit chain {item.chain} has no head row")
+        seq, prev_hash = heads[item.chain]
+        values, exported = link(item.event, now=item.now, chain=item.chain, seq=seq + 1, prev_hash=prev_hash)
+        heads[item.chain] = (seq + 1, values["hash"])
+        rows.append(values)
+        views.append(exported)
+    connection.execute(_INSERT, rows)
+    connection.execute(_SET_HEAD, [{"c": chain, "s": seq, "h": hash_} for chain, (seq, hash_) in heads.items()])
+    return views
+
+
+def _canonical(values: dict[str, Any]) -> dict[str, Any]:
     return {
         "v": format_of_chain(values["chain_id"]), "chain": values["chain_id"], "seq": values["seq"],
         "time": format_time(values["occurred_at"]),
@@ -170,13 +215,11 @@ PENDING_KEY = "audit.pending"
 HELD_KEY = "audit.held"
 
 
-def take_committed(session: Session) -> list[dict]:
+def take_committed(session: Session) -> list[Any]:
     """The events this session appended, for forwarding once its transaction has committed; none when that commit
-    only released a savepoint (they wait in the enclosing transaction's `HELD_KEY` list)."""
-    events = session.info.pop(PENDING_KEY, [])
-    deferred = session.info.get(DEFERRED_KEY)
-    if deferred is not None:
-        deferred.committed(session)
+    only released a savepoint or a deferring session's part of an enclosing transaction (they wait in that
+    transaction's `HELD_KEY` list)."""
+    events: list[Any] = session.info.pop(PENDING_KEY, [])
     held = session.info.get(HELD_KEY)
     if held is not None:
         held.extend(events)
@@ -184,141 +227,15 @@ def take_committed(session: Session) -> list[dict]:
     return events
 
 
-def forget_pending(session: Session, rolled_back=None) -> None:
-    """The session's transaction (`rolled_back`, None: the unit savepoint of a group transaction's session) rolled
-    back: its events are gone. A `begin_nested()` savepoint that rolls back takes none of them: the events appended
-    before it are still in the transaction. A unit of a group transaction appends and writes none inside one
-    (`DeferredChains` refuses); no other code appends inside one either (an event appended there and rolled back
-    would still reach the sink)."""
+def forget_pending(session: Session, rolled_back: SessionTransaction | None = None) -> None:
+    """The session's transaction (`rolled_back`) rolled back: its events are gone. A `begin_nested()` savepoint that
+    rolls back takes none of them: the events appended before it are still in the transaction. No code appends inside
+    one (an event appended there and rolled back would still reach the sink)."""
     if rolled_back is not None and rolled_back.nested:
         return
     session.info.pop(PENDING_KEY, None)
-    DeferredChains.rolled_back(session)
 
 
-# A `DeferredChains` in `session.info` under this key: the session is one unit of a group transaction
-# (vault/group_commit.py), whose chain steps are linked in memory and written when the group commits.
-DEFERRED_KEY = "audit.deferred"
-_STEPS_KEY = "audit.deferred.steps"  # the unit's steps since its last commit (they roll back with its savepoint)
-_FLUSHED_KEY = "audit.deferred.flushed"  # committed steps a flush wrote inside the unit's current savepoint
-
-
-class _Step:
-    __slots__ = ("values", "written")
-
-    def __init__(self, values: dict) -> None:
-        self.values = values
-        self.written = False
-
-
-class DeferredChains:
-    """The chain steps of one group transaction: linked in memory as units append, written in one go at its commit.
-
-    Why: a group transaction holds SQLite's write lock from its first statement to its COMMIT, so no other writer
-    can move a chain head in between, and the three statements of each chain step (advance the head, move its hash,
-    insert the event) can be replaced by one read of each head the batch touches and one multi-row insert at the end.
-    Each event is still linked, hashed and returned when it is appended, and is written in the same transaction as
-    the unit that appended it.
-
-    Savepoint semantics follow the units' sessions. The steps a unit appended since its last commit live in its
-    session's `info`; its commit (the release of its savepoint) hands them here (`take_committed`), and its rollback
-    drops them (`forget_pending`). A chain's next link is the unit's own newest step on that chain, else the newest
-    committed one, else the head row as the database holds it.
-
-    Never: writes a step whose unit rolled back, or a chain that does not continue its head row link by link
-    (`write` checks this before any row goes in). A statement that reads through the ORM inside a unit (the
-    denial-burst count reads `audit_events`) sees every step appended so far: `flush` writes them first.
-    """
-
-    def __init__(self) -> None:
-        self._base: dict[int, tuple[int, str]] = {}  # each touched chain's head row as the batch found it
-        self._heads: dict[int, tuple[int, str]] = {}  # each touched chain's newest committed step
-        self._committed: list[_Step] = []
-
-    def next_link(self, session: Session, chain: int) -> tuple[int, str] | None:
-        """(seq, prev_hash) for the next event on `chain`, or None when the chain has no head row."""
-        _refuse_nested(session)
-        for step in reversed(session.info.get(_STEPS_KEY, ())):
-            if step.values["chain_id"] == chain:
-                return step.values["seq"] + 1, step.values["hash"]
-        head = self._heads.get(chain)
-        if head is None:
-            row = _HEAD.first(session, {"c": chain})
-            if row is None:
-                return None
-            head = self._heads[chain] = self._base[chain] = (row.seq, row.hash)
-        else:
-            _connection(session)  # the unit's savepoint exists, so its commit or rollback reaches this batch
-        return head[0] + 1, head[1]
-
-    def add(self, session: Session, values: dict) -> None:
-        session.info.setdefault(_STEPS_KEY, []).append(_Step(values))
-
-    def committed(self, session: Session) -> None:
-        """The session released its savepoint: its steps are now the batch's, and what its flushes wrote stays."""
-        session.info.pop(_FLUSHED_KEY, None)
-        steps = session.info.pop(_STEPS_KEY, ())
-        self._committed.extend(steps)
-        for step in steps:
-            self._heads[step.values["chain_id"]] = (step.values["seq"], step.values["hash"])
-
-    def flush(self, session: Session) -> None:
-        """Write every step appended so far, inside the session's savepoint. Committed steps written here count as
-        unwritten again if that savepoint rolls back (`rolled_back`)."""
-        _refuse_nested(session)
-        connection = _connection(session)
-        committed = [step for step in self._committed if not step.written]
-        self._write(connection, [*committed, *session.info.get(_STEPS_KEY, ())])
-        session.info.setdefault(_FLUSHED_KEY, []).extend(committed)
-
-    @staticmethod
-    def rolled_back(session: Session) -> None:
-        """The session's savepoint rolled back: its own steps are gone, and so are the rows its flushes wrote."""
-        session.info.pop(_STEPS_KEY, None)
-        for step in session.info.pop(_FLUSHED_KEY, ()):
-            step.written = False
-
-    def write(self, connection) -> None:
-        """Write the committed steps not yet written; raise ChainBroken when they do not continue the head rows."""
-        last: dict[int, tuple[int, str]] = dict(self._base)
-        for step in self._committed:
-            values = step.values
-            seq, prev_hash = last[values["chain_id"]]
-            if values["seq"] != seq + 1 or values["prev_hash"] != prev_hash:
-                raise ChainBroken(f"audit chain {values['chain_id']} does not continue at seq {values['seq']}")
-            last[values["chain_id"]] = (values["seq"], values["hash"])
-        self._write(connection, self._committed)
-
-    @staticmethod
-    def _write(connection, steps: list[_Step]) -> None:
-        new = [step for step in steps if not step.written]
-        if not new:
-            return
-        heads = {step.values["chain_id"]: step.values for step in new}
-        _INSERT.execute_many(connection, [step.values for step in new])
-        _SET_HEAD.execute_many(connection, [{"c": chain, "s": values["seq"], "h": values["hash"]}
-                                            for chain, values in heads.items()])
-        for step in new:
-            step.written = True
-
-
-def _refuse_nested(session: Session) -> None:
-    """Steps are tracked per unit savepoint, not per `begin_nested()` savepoint inside it: appending or writing them
-    there is refused rather than risk an event lost or kept wrongly (no hot read nests savepoints)."""
-    if session.get_nested_transaction() is not None:
-        raise RuntimeError("audit events of a group transaction cannot be appended or read inside begin_nested()")
-
-
-_TRAIL_TABLES = frozenset({"audit_events", "audit_chain_heads"})
-
-
-def reads_the_trail(statement) -> bool:
-    """Whether a statement run through the ORM may read or write the trail's tables (a textual one always may)."""
-    if isinstance(statement, TextClause):
-        return True
-    return any(getattr(table, "name", None) in _TRAIL_TABLES for table in find_tables(
-        statement, include_aliases=True, include_joins=True, include_selects=True, include_crud=True))
-
-
-class ChainBroken(Exception):
-    """Deferred chain steps that do not link to their chain's head row: the batch must not commit."""
+# `session.info[DEFER_KEY]` true: the session's events are kept as values (`Deferred`) and written by the holder of
+# its enclosing transaction (`append_linked`), the read fast path's batch (vault/db/fastpath).
+DEFER_KEY = "audit.defer"

@@ -56,7 +56,9 @@ class ServerError(RuntimeError):
 
 
 class VaultServer:
-    def __init__(self, *, env: dict[str, str] | None = None, keep: bool = False, start_timeout: float = 90.0) -> None:
+    def __init__(self, *, env: dict[str, str] | None = None, keep: bool = False, start_timeout: float = 90.0,
+                 root: Path | None = None) -> None:
+        self.root = root or REPO_ROOT  # the source tree the server runs (another one for an A/B of two versions)
         self.extra_env = dict(env or {})
         self.keep = keep
         self.start_timeout = start_timeout
@@ -94,14 +96,14 @@ class VaultServer:
                    HEALTHVAULT_PASSPHRASE="bench passphrase " + secrets.token_hex(16))
         env.update(self.extra_env)
         existing = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + existing if existing else "")
+        env["PYTHONPATH"] = str(self.root) + (os.pathsep + existing if existing else "")
         return env
 
     def start(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="hv-bench-"))
         env = self._env()
         self.env = env
-        init = subprocess.run([sys.executable, "-m", "vault.cli", "init"], cwd=REPO_ROOT, env=env,
+        init = subprocess.run([sys.executable, "-m", "vault.cli", "init"], cwd=self.root, env=env,
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=180)
         if init.returncode != 0:
             raise ServerError(f"`vault.cli init` exited {init.returncode}:\n{(init.stderr + init.stdout)[-3000:]}")
@@ -109,7 +111,7 @@ class VaultServer:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vault.cli", "serve", "--host", self.host, "--port", str(self.port)],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.monotonic() + self.start_timeout
         while True:

@@ -35,7 +35,8 @@ from kms import rewrap, suites
 from kms.cache import KeyCache
 from kms.errors import CryptoError, KeyDestroyed, KeyStoreError
 from kms.keys import KEY_ID_SIZE, DataKey
-from kms.keystore import TOMBSTONE_VERSION, KeyStore, PatientKek, ServiceKey
+from kms.keystore import KeyStore
+from kms.keystore_tables import TOMBSTONE_VERSION, PatientKek, ServiceKey
 from kms.provider import RootKeyProvider
 from kms.rewrap import DekRewrapper, RewrapBatch
 from kms.suites import AES_256_GCM, KEY_SIZE

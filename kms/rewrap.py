@@ -18,7 +18,8 @@ from typing import Any
 
 from kms.errors import CryptoError, KeyDestroyed
 from kms.keys import DataKey
-from kms.keystore import TOMBSTONE_VERSION, KeyStore
+from kms.keystore import KeyStore
+from kms.keystore_tables import TOMBSTONE_VERSION
 from kms.provider import RootKeyProvider
 from kms.suites import AES_256_GCM
 from kms.wrapping import encode_name, kek_aad, parse, svc_aad, unwrap_dek, wrap_dek, zero

@@ -3,7 +3,7 @@
 One folder per domain, each with its service module(s) and what only it uses: access (the gate, the audit append,
 alerts), accounts, patients (identifiers, privacy consent, erasure), records (uploads, sniffing), labs, sharing,
 auditing (checkpoints, search, exports, retention) and keys (status, rotation, rewrap, retirement, key events).
-Infrastructure beside them imports no domain: settings, errors, identity, fields, jobs, logsetup, profile, `db/`
+Infrastructure beside them imports no domain: settings, errors, identity, fields, text, jobs, profile, `db/`
 (engine, models, migrations, the SQLite read fast path) and `blobs/`; `runtime.py` is the composition root that wires
 a Vault and registers the domains' job handlers, and `cli/` the command line (its `serve` module alone imports
 `api`). It orchestrates kms (keys and crypto), consent (Casbin), audit (the trail) and ocr. It must never return or

@@ -82,8 +82,8 @@ class Vault:
 
 
 def _forward_audit_events(vault: Vault) -> None:
-    """Hand committed events to the optional central sink; drop them on rollback. (The sessions of a group
-    transaction's units do the same bookkeeping themselves: vault.group_commit.UnitSession.)"""
+    """Hand committed events to the optional central sink; drop them on rollback. (The sessions of the read fast
+    path's batches keep their events for the batch instead: vault/db/fastpath/lane.py.)"""
     event.listen(vault.sessions, "after_commit",
                  lambda session: vault.forward_audit_events(trail.take_committed(session)))
     event.listen(vault.sessions, "after_soft_rollback",

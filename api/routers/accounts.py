@@ -24,7 +24,7 @@ from api.schemas.accounts import (
     PolicyOut,
     PolicyRuleOut,
 )
-from vault.accounts import service as accounts
+from vault.accounts import admin as accounts
 
 router = APIRouter(tags=["accounts"])
 

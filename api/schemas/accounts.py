@@ -1,5 +1,5 @@
 """Account administration at the edge: the bodies validate input; `AccountOut` is the domain's
-`accounts.AccountView` (never a password hash, TOTP secret, patient link or any PHI)."""
+`vault.accounts.admin.AccountView` (never a password hash, TOTP secret, patient link or any PHI)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import dataclasses
 from pydantic import BaseModel, Field, StrictBool
 
 from api.schemas import Input
-from vault.accounts import service as accounts
+from vault.accounts import admin as accounts
 
 
 class AccountCreateIn(Input):

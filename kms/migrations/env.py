@@ -6,7 +6,7 @@ table through `config.attributes`; there is no alembic.ini and no logging config
 
 from alembic import context
 
-from kms.keystore import KeyStoreBase
+from kms.keystore_tables import KeyStoreBase
 
 config = context.config
 connection = config.attributes["connection"]

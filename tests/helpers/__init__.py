@@ -92,8 +92,9 @@ def register(client, *, username: str, real_name: str = "张三", id_number: str
     return {**body, "patient_id": response.json()["patient_id"]}
 
 
-def login(client, username: str, password: str = PASSWORD) -> dict:
-    response = client.post("/v1/auth/login", json={"username": username, "password": password})
+def login(client, username: str, password: str = PASSWORD, *, otp: str | None = None) -> dict:
+    body = {"username": username, "password": password, **({"otp": otp} if otp else {})}
+    response = client.post("/v1/auth/login", json=body)
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 

@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from kms import KeyCache, KeyDestroyed, KeyManager, KeyStore, KeyStoreError
-from kms.keystore import KeyStoreBase
+from kms.keystore_tables import KeyStoreBase
 
 from .conftest import PG_URL
 

@@ -16,7 +16,8 @@ import pytest
 from kms import CryptoError, KeyCache, KeyDestroyed, KeyManager, KeyStore, KeyStoreError, RootKeyMissing, envelope
 from kms import pkcs11 as p11mod
 from kms.errors import WrongPassphrase
-from kms.pkcs11 import Pkcs11Provider, module_lock
+from kms.pkcs11 import Pkcs11Provider
+from kms.pkcs11_session import module_lock
 from kms.provider import RootKeyProvider
 from tests.helpers import softhsm
 

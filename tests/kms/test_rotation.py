@@ -30,7 +30,7 @@ from kms import (
     envelope,
     suites,
 )
-from kms.keystore import KeyStoreBase, PatientKek
+from kms.keystore_tables import KeyStoreBase, PatientKek
 from kms.manager import KeyEvent
 from kms.wrapping import WRAPPED_SIZE, WRAPPED_SIZE_V1, dek_aad_v1
 

@@ -18,7 +18,8 @@ import pytest
 
 from kms import KeyStoreError, RootKeyMissing
 from kms.errors import WrongPassphrase
-from kms.pkcs11 import Pkcs11Provider, module_lock
+from kms.pkcs11 import Pkcs11Provider
+from kms.pkcs11_session import module_lock
 from tests.conftest import CHEAP_PASSWORDS, IN_CI, TEST_KMS
 from tests.helpers import login, pdf_bytes, register, softhsm, upload
 

@@ -14,6 +14,8 @@ vault switches suite; `*_pseudonyms` give every form this vault has used, for lo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -25,43 +27,47 @@ from vault import fields
 from vault.errors import AuditUnavailable
 from vault.identity import Identity, RequestContext
 
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
-def _pseudonym_in(vault, suite: int, kind: str, value: str) -> str:
+
+def _pseudonym_in(vault: Vault, suite: int, kind: str, value: str) -> str:
     key = vault.keys.service_key(suites.purpose(PSEUDONYM_PURPOSE, suite))
     return pseudonym(key, kind, value, sm3=suite == suites.SM4_GCM)
 
 
-def keyed_pseudonym(vault, kind: str, value: str) -> str:
+def keyed_pseudonym(vault: Vault, kind: str, value: str) -> str:
     """A stable, unlinkable name for `value` of `kind` under the current pseudonym key (rate-limit buckets)."""
     return _pseudonym_in(vault, fields.suite_of(vault), kind, value)
 
 
-def actor_pseudonym(vault, account_id: str) -> str:
+def actor_pseudonym(vault: Vault, account_id: str) -> str:
     return _pseudonym_in(vault, fields.suite_of(vault), "account", account_id)
 
 
-def patient_pseudonym(vault, patient_id: str) -> str:
+def patient_pseudonym(vault: Vault, patient_id: str) -> str:
     return _pseudonym_in(vault, fields.suite_of(vault), "patient", patient_id)
 
 
-def actor_pseudonyms(vault, account_id: str) -> list[str]:
+def actor_pseudonyms(vault: Vault, account_id: str) -> list[str]:
     """Every pseudonym the account has had in this vault's trail (the current one first)."""
     return [_pseudonym_in(vault, s, "account", account_id) for s in fields.keyed_suites(vault, PSEUDONYM_PURPOSE)]
 
 
-def patient_pseudonyms(vault, patient_id: str) -> list[str]:
+def patient_pseudonyms(vault: Vault, patient_id: str) -> list[str]:
     return [_pseudonym_in(vault, s, "patient", patient_id) for s in fields.keyed_suites(vault, PSEUDONYM_PURPOSE)]
 
 
-def event_format(vault) -> int:
+def event_format(vault: Vault) -> int:
     """The audit event format new events get: 1 (SHA-256) for "aes", 2 (SM3) for "sm"."""
     return trail.SM_EVENT_FORMAT if fields.suite_of(vault) == suites.SM4_GCM else trail.EVENT_FORMAT
 
 
-def append(session: Session, vault, *, identity: Identity, ctx: RequestContext, action: str, outcome: str,
+def append(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, action: str, outcome: str,
            resource_type: str, resource_id: str | None = None, patient_id: str | None = None,
-           reason: str | None = None, grant_id: str | None = None) -> dict:
-    """Append one event in the session's transaction and flush it."""
+           reason: str | None = None, grant_id: str | None = None) -> dict[str, Any] | None:
+    """Append one event in the session's transaction and flush it; returns the exported view, or None where the read
+    fast path keeps the event as a value until its batch commits (vault/db/fastpath)."""
     suite = fields.suite_of(vault)
     key, sm3 = vault.keys.service_key(suites.purpose(PSEUDONYM_PURPOSE, suite)), suite == suites.SM4_GCM
     event = trail.NewEvent(

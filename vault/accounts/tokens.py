@@ -15,7 +15,7 @@ import secrets
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
-from audit.statements import HotStatement
+from vault.db.fastpath import HotStatement
 from vault.db.models import Account, AuthToken
 from vault.errors import Unauthenticated
 from vault.identity import Identity

@@ -8,6 +8,7 @@ once (the last used time step is stored), so a replayed code in the same step is
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import pyotp
 
@@ -16,13 +17,16 @@ from vault import fields
 from vault.db.models import Account
 from vault.errors import InvalidCredentials
 
+if TYPE_CHECKING:
+    from vault.runtime import Vault
+
 PURPOSE = "totp"
 ROLES_REQUIRING_TOTP = frozenset({"doctor", "escort", "auditor", "sysadmin", "secadmin", "auditadmin"})
 STEP = 30
 ISSUER = "Health Vault"
 
 
-def _key(vault) -> DataKey:
+def _key(vault: Vault) -> DataKey:
     return DataKey.from_bytes(vault.keys.service_key(PURPOSE), key_id=hashlib.sha256(b"hv/totp").digest()[:16])
 
 
@@ -30,7 +34,7 @@ def _where(account: Account) -> dict:
     return dict(table="accounts", column="totp_secret", row_id=account.id, patient_id="-")
 
 
-def enroll(vault, account: Account) -> tuple[str, str]:
+def enroll(vault: Vault, account: Account) -> tuple[str, str]:
     """A fresh secret (replacing an unactivated one); returns (secret, otpauth URI) to show once."""
     secret = pyotp.random_base32()
     account.totp_secret_enc = fields.seal(_key(vault), secret, **_where(account))
@@ -39,7 +43,7 @@ def enroll(vault, account: Account) -> tuple[str, str]:
     return secret, pyotp.TOTP(secret).provisioning_uri(name=account.username, issuer_name=ISSUER)
 
 
-def check(vault, account: Account, otp: str | None) -> bool:
+def check(vault: Vault, account: Account, otp: str | None) -> bool:
     """True once per valid code (current step ± 1); records the step so the same code cannot be replayed."""
     if not otp or account.totp_secret_enc is None or not otp.isdigit():
         return False
@@ -56,6 +60,6 @@ def check(vault, account: Account, otp: str | None) -> bool:
     return False
 
 
-def require(vault, account: Account, otp: str | None) -> None:
+def require(vault: Vault, account: Account, otp: str | None) -> None:
     if not check(vault, account, otp):
         raise InvalidCredentials()

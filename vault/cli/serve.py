@@ -55,8 +55,8 @@ def serve(data_dir: str | None, passphrase_file: str | None, host: str, port: in
     import uvicorn
 
     from api.app import create_app
-    from vault import logsetup
     from vault.auditing.trail import Checkpointer
+    from vault.cli import logsetup
 
     vault = open_or_fail(data_dir, passphrase_file)
     log_listener = logsetup.configure(vault.settings)

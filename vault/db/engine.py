@@ -7,26 +7,17 @@ factory and running Alembic. It never holds key material: wrapped patient KEKs l
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from audit.statements import driver_error
-
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-# Set in a connection's `info` when a SAVEPOINT, RELEASE or ROLLBACK TO failed on it: the transaction's savepoint stack
-# is then not what SQLAlchemy believes (vault/group_commit.py refuses to commit such a transaction).
-SAVEPOINT_FAILED = "vault.db.savepoint_failed"
-# Set in a connection's `info` by a caller whose savepoints must all nest in the transaction it holds open
-# (vault/group_commit.py). On SQLite a SAVEPOINT outside any transaction begins one, and its RELEASE then commits on its
-# own: after SQLite ended the shared transaction by itself, a unit's writes would be committed behind the batch's 503.
-# Such a SAVEPOINT is refused (and marks the connection, as a failed one does).
-SAVEPOINT_NEEDS_TRANSACTION = "vault.db.savepoint_needs_transaction"
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -35,37 +26,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
-
-
-def _driver_savepoints(dialect) -> None:
-    """SAVEPOINT, RELEASE and ROLLBACK TO go straight to the SQLite driver.
-
-    SQLAlchemy compiles a fresh clause for each of them (every savepoint has its own name); on a savepoint per unit of
-    the database lane's shared transaction (vault/group_commit.py) that cost about twice SQLite's own work. The names
-    are SQLAlchemy's own (`sa_savepoint_N`), quoted by the dialect; a driver error is raised as SQLAlchemy's, as
-    from any statement, and marks the connection (`SAVEPOINT_FAILED`)."""
-    quote = dialect.identifier_preparer.quote
-
-    def run(connection, sql: str) -> None:
-        try:
-            connection.connection.dbapi_connection.execute(sql)
-        except dialect.loaded_dbapi.Error as error:
-            connection.info[SAVEPOINT_FAILED] = True
-            raise driver_error(sql, error, dialect) from error
-
-    def savepoint(connection, name: str) -> None:
-        sql = f"SAVEPOINT {quote(name)}"
-        if connection.info.get(SAVEPOINT_NEEDS_TRANSACTION) \
-                and not connection.connection.dbapi_connection.in_transaction:
-            connection.info[SAVEPOINT_FAILED] = True
-            raise driver_error(sql, dialect.loaded_dbapi.OperationalError("no transaction to hold the savepoint"),
-                               dialect)
-        run(connection, sql)
-
-    dialect.do_savepoint = savepoint
-    dialect.do_release_savepoint = lambda connection, name: run(connection, f"RELEASE SAVEPOINT {quote(name)}")
-    dialect.do_rollback_to_savepoint = lambda connection, name: run(connection,
-                                                                    f"ROLLBACK TO SAVEPOINT {quote(name)}")
 
 
 def make_engine(url: str) -> Engine:
@@ -80,7 +40,6 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=8, max_overflow=8,
                                hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
-        _driver_savepoints(engine.dialect)
         return engine
     # hide_parameters: bound values (ciphertexts, usernames) never appear in exception text or logs.
     return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True)

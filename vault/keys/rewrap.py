@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast, overload
 from sqlalchemy import bindparam, func, select, update
 
 from kms import CryptoError, KeyDestroyed
-from kms.keystore import RewrapJob
+from kms.keystore_tables import RewrapJob
 from kms.rewrap import RewrapBatch
 from vault.errors import InvalidInput
 from vault.identity import Identity, RequestContext

@@ -25,7 +25,7 @@ from pydantic import Field
 from sqlalchemy.orm import Session
 
 from kms import KeyDestroyed, KeyStoreError
-from kms.keystore import RotationRequest
+from kms.keystore_tables import RotationRequest
 from vault.access import gate
 from vault.errors import Conflict, Forbidden, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext

@@ -28,8 +28,8 @@ from pathlib import Path
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from audit.statements import HotStatement
 from vault.access import gate
+from vault.db.fastpath import HotStatement
 from vault.db.models import CONSENT_ITEMS, Consent
 from vault.errors import ConsentRequired, NotFound, RegistrationConsentRequired, VaultError
 from vault.identity import Identity, RequestContext

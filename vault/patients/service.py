@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
+from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
@@ -32,6 +33,9 @@ from vault.patients.identifiers import (
     normalize_phone,
 )
 
+if TYPE_CHECKING:
+    from vault.runtime import Vault
+
 ID_INDEX_PURPOSE = "blind-index:id_number"
 PHONE_INDEX_PURPOSE = "blind-index:phone"
 MAX_NAME_LENGTH = 64
@@ -47,21 +51,21 @@ class Profile:
     created_at: dt.datetime
 
 
-def id_number_index(vault, normalized: str) -> bytes:
+def id_number_index(vault: Vault, normalized: str) -> bytes:
     """The index a new row stores (HMAC-SHA-256 or HMAC-SM3 by crypto_suite); lookups use id_number_indexes."""
     return fields.blind_index(vault, ID_INDEX_PURPOSE, kind="id_number", normalized_value=normalized)
 
 
-def phone_index(vault, normalized: str) -> bytes:
+def phone_index(vault: Vault, normalized: str) -> bytes:
     return fields.blind_index(vault, PHONE_INDEX_PURPOSE, kind="phone", normalized_value=normalized)
 
 
-def id_number_indexes(vault, normalized: str) -> list[bytes]:
+def id_number_indexes(vault: Vault, normalized: str) -> list[bytes]:
     """Every index the ID number may be stored under (rows indexed before a crypto_suite switch too)."""
     return fields.blind_index_candidates(vault, ID_INDEX_PURPOSE, kind="id_number", normalized_value=normalized)
 
 
-def phone_indexes(vault, normalized: str) -> list[bytes]:
+def phone_indexes(vault: Vault, normalized: str) -> list[bytes]:
     return fields.blind_index_candidates(vault, PHONE_INDEX_PURPOSE, kind="phone", normalized_value=normalized)
 
 
@@ -72,7 +76,7 @@ def _clean_name(real_name: str) -> str:
     return name
 
 
-def _refuse_collision(session: Session, vault, *, ctx: RequestContext, patient_id: str) -> None:
+def _refuse_collision(session: Session, vault: Vault, *, ctx: RequestContext, patient_id: str) -> None:
     """A registration with a registered ID number: audited as a denial against that patient (pseudonym only) by the
     anonymous client, counted toward the client's denial-burst alert, then the same 409 as a taken username."""
     anonymous = Identity(account_id=f"anonymous:{ctx.client_addr or '-'}", role="anonymous")
@@ -84,7 +88,8 @@ def _refuse_collision(session: Session, vault, *, ctx: RequestContext, patient_i
     raise Conflict("An account with these details already exists")
 
 
-def register(session: Session, vault, *, username: str, password: str, real_name: str, id_number: str, phone: str,
+def register(session: Session, vault: Vault,
+             *, username: str, password: str, real_name: str, id_number: str, phone: str,
              birth_date: dt.date | None, ctx: RequestContext, consents: privacy.Choices | None) -> str:
     """Create the patient, their KEK, their account and their consent rows; returns the patient id.
 
@@ -148,7 +153,7 @@ def get(session: Session, *, patient_id: str) -> Patient | None:
     return session.get(Patient, patient_id)
 
 
-def get_profile(session: Session, vault, *, identity: Identity, ctx: RequestContext, patient_id: str) -> Profile:
+def get_profile(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, patient_id: str) -> Profile:
     """The masked profile, through the gate."""
     patient = get(session, patient_id=patient_id)
     if patient is not None and patient.erased_at is not None:
@@ -169,7 +174,7 @@ def get_profile(session: Session, vault, *, identity: Identity, ctx: RequestCont
     )
 
 
-def find_ids(session: Session, vault, *, id_number: str | None = None, phone: str | None = None) -> list[str]:
+def find_ids(session: Session, vault: Vault, *, id_number: str | None = None, phone: str | None = None) -> list[str]:
     """Patient ids whose ID number or phone matches exactly, by blind index only: no row is decrypted."""
     clauses = []
     if id_number is not None:

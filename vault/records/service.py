@@ -1,10 +1,10 @@
 """Health records: create from an upload, list, read metadata, stream content back.
 
 Owns the record rows and their blobs. Each record has its own DEK (wrapped by the patient KEK) that seals the blob and
-every free-text column. Every call passes the gate; reads commit their audit event before anything is decrypted (on
-SQLite, in a batch of reads, that commit releases the read's savepoint, and the read is answered only after the
-batch's COMMIT: see vault/group_commit.py). A record row exists only if its blob was committed; a failed create
-removes the blob it wrote.
+every free-text column. Every call passes the gate; reads commit their audit event before any field is decrypted (on
+SQLite's read fast path that commit hands the event to the batch, which writes it, and nothing decrypted leaves
+before the batch's COMMIT: see vault/db/fastpath/lane.py). A record row exists only if its blob was committed; a
+failed create removes the blob it wrote.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pydantic import Field
 from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
-from audit.statements import HotStatement
 from kms import CryptoError, DataKey
 from kms.stream import iter_decrypt
 from vault import fields, moments, text
 from vault.access import gate
+from vault.db.fastpath import HotStatement
 from vault.db.models import CATEGORIES, LABELS, Record
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
 from vault.identity import Identity, RequestContext

@@ -1,5 +1,6 @@
-"""Hot statements (audit.statements) against the ORM path, on SQLite and the real PostgreSQL: the same values and types
-back, the session's transaction honoured, driver errors as SQLAlchemy errors without the bound values."""
+"""Hot statements (vault.db.fastpath.statements) against the ORM path, on SQLite and the real PostgreSQL: the same
+values and types back, the session's transaction honoured, driver errors as SQLAlchemy errors without the bound
+values."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 from sqlalchemy import bindparam, exc, insert, select, update
 
 from audit.models import ChainHead
-from audit.statements import HotStatement
 from tests.helpers import login, png_bytes, register, upload
 from vault.accounts import tokens
+from vault.db.fastpath.statements import HotStatement
 from vault.db.models import AuthToken, Consent, Record
 from vault.patients import privacy
 from vault.records import service as records
@@ -80,7 +81,7 @@ def test_driver_errors_are_sqlalchemy_errors_without_the_values(vault):
 
 
 def test_the_connection_is_asked_of_the_session_again_after_each_transaction(vault):
-    from audit import statements
+    from vault.db.fastpath import statements
 
     with vault.session() as session:
         first = statements._connection(session)

@@ -6,7 +6,7 @@ from pathlib import Path
 import vault
 from audit.models import AuditBase
 from consent.models import ConsentBase
-from kms.keystore import KeyStoreBase
+from kms.keystore_tables import KeyStoreBase
 from vault.db.models import Base
 
 INVENTORY = json.loads((Path(vault.__file__).parent / "db" / "inventory.json").read_text())

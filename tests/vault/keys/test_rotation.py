@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 
 from audit.models import AuditEvent
 from kms import LocalProvider
-from kms.keystore import ServiceKey
+from kms.keystore_tables import ServiceKey
 from tests.conftest import PASSPHRASE
 from tests.helpers import login, png_bytes, register, staff, upload
 from vault.access import audit_append
@@ -371,7 +371,7 @@ def test_a_pending_request_expires_after_a_day(client, vault, clock):
     b = staff(client, vault, "secadmin", "sec-y")
     a.pop("_secret"), b.pop("_secret")
     rid = client.post("/v1/keys/rotations", headers=a, json={}).json()["request_id"]
-    from kms.keystore import RotationRequest
+    from kms.keystore_tables import RotationRequest
 
     with vault.keystore.session() as s, s.begin():  # a day and an hour ago (the tokens would not live that long)
         s.execute(update(RotationRequest).where(RotationRequest.id == rid)
@@ -388,7 +388,7 @@ def test_cli_root_rotation_follows_the_profile(vault):
     assert vault.keys.current_root_version() == 1
     assert _events(vault, "key.rotate")[-1].outcome == "deny"
     # an approved request (its approval ran where the provider could not rotate) is executed by the CLI
-    from kms.keystore import RotationRequest
+    from kms.keystore_tables import RotationRequest
 
     vault.keystore.add_rotation_request(RotationRequest(
         id="5f0c1f4e-8a39-4e59-9c52-1d0b7f0f0c11", target="root", status="approved", requested_by="acct-a",

@@ -230,6 +230,9 @@ def test_erasure_needs_the_password_again_and_the_totp_code_when_enrolled(client
     activated = client.post("/v1/auth/totp/activate", json={"username": "careful", "password": PASSWORD,
                                                              "otp": totp_code(enrolled["secret"], clock())})
     assert activated.status_code == 204
+    assert client.get("/v1/records", headers=headers).status_code == 401  # sessions from before TOTP ended
+    clock.advance(seconds=30)
+    headers = login(client, "careful", otp=totp_code(enrolled["secret"], clock()))
     clock.advance(seconds=30)
     missing = _erase(client, headers)
     assert missing.status_code == 401 and missing.json()["type"] == PROBLEM + "otp-required"

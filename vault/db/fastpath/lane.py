@@ -1,20 +1,24 @@
-"""Where a hot request's database work runs: in batches on the event loop (SQLite), or in the shared pool (PostgreSQL).
+"""The SQLite read fast path: hot reads run in batches on the event loop, their audit events written together.
 
-Owns the SQLite lane. SQLite admits one writer, and every audited read writes its audit event. The reads queued in one
-turn of the event loop (up to `MAX_BATCH`) run one after another in one shared write transaction, each read in its own
-savepoint (`vault.group_commit`), on a connection the loop keeps; one COMMIT, then every request of the batch is
-answered. Running them on the loop itself, instead of on a thread of their own, saves the thread hand-offs and the
-GIL's back and forth between two busy threads: measured with bench/bench_http.py on 2 cores, about a fifth of the
-server CPU per read (docs/performance.md). The lane thread (`_Worker`) runs the same batches for a lane built with
-`on_loop=False`, and runs what is still queued when the lane closes. PostgreSQL takes concurrent writers on different
-audit chains, so it keeps the shared thread pool and its connection pool, one transaction per read.
+Owns where a hot request's database work runs. On SQLite (one writer, and every audited read writes its audit event)
+the reads queued in one turn of the event loop (up to `MAX_BATCH`) run one after another on a connection the loop
+keeps, inside one write transaction (`BEGIN IMMEDIATE`). A read's audit events are not written when it appends them:
+they are kept as values (`audit.trail.Deferred`), handed to the batch when the read's session commits, dropped when it
+rolls back. After the last read the batch links and hashes them onto their chains in memory and writes them with one
+multi-row insert (`audit.trail.append_linked`), then COMMITs once; only then is any request of the batch answered.
+Running on the loop itself, instead of on a thread of its own, saves the thread hand-offs and the GIL's back and forth
+between two busy threads (docs/performance.md). PostgreSQL takes concurrent writers on different audit chains, so it
+keeps the shared thread pool and its connection pool, one transaction per read (`run` is `run_in_threadpool` there).
 
-Never: answers a request before the shared commit that holds its audit event has succeeded. A batch whose commit fails
-answers every request in it with AuditUnavailable (503). Never waits for a lock on the event loop: the loop's
-connection has no busy timeout, so a batch that finds SQLite's write lock taken (an upload's commit, the audit
-checkpointer, a CLI rewrap batch) is tried again a little later while the loop goes on serving, health checks
-included; after `LOCK_WAIT_SECONDS` it answers 503. Never returns that connection to the pool: it is closed for good.
-Never drops the caller's context variables: each unit runs in a copy of them, as the thread pool does.
+Never: answers a request before the COMMIT that holds its audit events has succeeded. A batch whose COMMIT, event
+write or transaction fails answers every request in it with AuditUnavailable (503), whatever each read returned.
+Never links events outside a transaction that holds SQLite's write lock, so a chain cannot fork. Never waits for a lock
+on the event loop: the loop's connection has no busy timeout, so a batch that finds the write lock taken (an upload's
+commit, the audit checkpointer, a CLI rewrap batch) is tried again a little later while the loop goes on serving,
+health checks included; after `LOCK_WAIT_SECONDS` it answers 503. Never returns that connection to the pool: it is
+closed for good. Never drops the caller's context variables: each unit runs in a copy of them, as the thread pool
+does. What a read writes besides its audit events (a token's last-seen time) joins the batch's transaction without a
+savepoint of its own: the hot reads write nothing that their own failure must undo.
 """
 
 from __future__ import annotations
@@ -29,178 +33,126 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from vault.db.fastpath.group_commit import GroupTransaction, LockTaken
+from audit import trail
+from vault.db.fastpath.statements import driver_error
 from vault.errors import AuditUnavailable
 
 if TYPE_CHECKING:
     from vault.runtime import Vault
 
 T = TypeVar("T")
-log = logging.getLogger("healthvault.api.lane")
+log = logging.getLogger("healthvault.db.fastpath")
 
-# Reads in one shared transaction. A batch holds SQLite's write lock from its BEGIN to its COMMIT, and on the event
-# loop it holds the loop too, so this also bounds how long another writer (an upload's commit) and the loop's other
-# requests wait behind it: at ~0.4-1 ms per read, ~13-30 ms.
+# Reads in one shared transaction. A batch holds SQLite's write lock from its BEGIN to its COMMIT, and the event loop
+# too, so this also bounds how long another writer (an upload's commit) and the loop's other requests wait behind it.
 MAX_BATCH = 32
 # How an event loop waits for SQLite's write lock when another writer holds it: it tries again after a pause that
-# grows from 1 to 25 ms, and answers 503 after 10 s, like the busy timeout of every other connection (vault/db.py).
+# grows from 1 to 25 ms, and answers 503 after 10 s, like the busy timeout of every other connection (vault/db/engine).
 LOCK_RETRY_MIN, LOCK_RETRY_MAX, LOCK_WAIT_SECONDS = 0.001, 0.025, 10.0
 # Every this many batches an event loop has the WAL checkpointed on a thread (its own connection never does it).
 CHECKPOINT_EVERY = 32
+_SQLITE_BUSY = 5  # the primary result code; extended codes (BUSY_RECOVERY, ...) keep it in their low byte
+
+Answer = tuple["_Unit", Any, "BaseException | None"]
+
+
+class LockTaken(Exception):
+    """BEGIN IMMEDIATE found SQLite's write lock held by another connection. Nothing was begun."""
+
+
+class TransactionLost(Exception):
+    """The batch's transaction is no longer open (SQLite ended it by itself, or a read rolled it back)."""
+
+
+class _UnitSession(Session):
+    """A read's session: it joins the batch's transaction (no savepoint; a rollback ends the batch's transaction, which
+    the batch then refuses to commit). Its audit events are values (`trail.DEFER_KEY`): its commit hands them to the
+    batch, its rollback drops them."""
+
+
+event.listen(_UnitSession, "after_commit", trail.take_committed)
+event.listen(_UnitSession, "after_soft_rollback", trail.forget_pending)
 
 
 @dataclasses.dataclass(slots=True)
 class _Unit:
     context: contextvars.Context
     fn: Callable[..., Any]
-    args: tuple
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-    since: float = 0.0  # when an event loop queued it (its own wait for the write lock counts from here)
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+    since: float  # when it was queued (its own wait for the write lock counts from here)
 
 
-class _Executor:
-    """A kept connection and the batch running on it: the worker thread has one, and so has each event loop.
+class _Batch:
+    """One write transaction on a kept connection, and the audit events its reads committed."""
 
-    `nowait` (the event loop's): the connection never waits for SQLite's write lock (busy timeout 0), and never
-    checkpoints the WAL inside a COMMIT (the loop has that done on a thread, `_LoopRunner._checkpoint`). A batch that
-    cannot take the lock at once is handed back unrun."""
-
-    def __init__(self, lane: DatabaseLane, *, nowait: bool,
-                 forward: Callable[[list[dict]], None] | None = None) -> None:
-        self.lane = lane
-        self.nowait = nowait
-        self.forward = forward  # where committed audit events go (default: the vault's sink, on this thread)
-        self.connection: Connection | None = None
-
-    def run_batch(self, batch: list[_Unit]) -> tuple[list[tuple[_Unit, Any, BaseException | None]], list[_Unit]]:
-        """(answers, units not run). Units not run went back unanswered: the write lock was taken (`nowait`), or the
-        shared transaction failed before their turn."""
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.held: list[trail.Deferred] = []
+        self.transaction = connection.begin()
         try:
-            group = GroupTransaction(self.lane._vault, self._ready_connection(), forward=self.forward)
-        except LockTaken:  # only without a busy timeout; the connection stays good
-            return [], batch
-        except BaseException as exc:
-            self.discard_connection()
-            return _unavailable(batch, exc), []
-        done: list[tuple[_Unit, Any, BaseException | None]] = []
-        self.lane._current.group = group
-        try:
-            for unit in batch:
-                try:
-                    done.append((unit, unit.context.run(unit.fn, *unit.args), None))
-                except BaseException as exc:  # the unit's own failure is its answer; the batch goes on
-                    done.append((unit, None, exc))
-                group.end_unit()
-            group.commit()
-            return done, []
-        except BaseException as exc:
-            # Those run here are answered 503 (their events are not durable); the rest go back.
             try:
-                group.rollback()
-            except BaseException:
-                pass
-            # A fresh connection for the next batch: a failed batch may have left this one with statements that a
-            # ROLLBACK does not reset (a half-read write cursor), on which no savepoint can be opened again.
-            self.discard_connection()
-            return _unavailable([unit for unit, _r, _e in done], exc), batch[len(done):]
-        finally:
-            self.lane._current.group = None
+                self._driver().execute("BEGIN IMMEDIATE")
+            except connection.dialect.loaded_dbapi.OperationalError as error:
+                if getattr(error, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY:
+                    raise LockTaken() from None
+                raise driver_error("BEGIN IMMEDIATE", error, connection.dialect) from error
+        except BaseException:
+            self.transaction.rollback()
+            raise
 
-    def _ready_connection(self) -> Connection:
-        """The kept connection, reopened when it was invalidated. It holds no transaction here: a batch either
-        committed, or failed and had its connection discarded."""
-        connection = self.connection
-        if connection is not None and (connection.closed or connection.invalidated):
-            self.discard_connection()
-            connection = None
-        if connection is None:
-            connection = self.connection = self.lane._vault.engine.connect()
-            if self.nowait:
-                driver = connection.connection.dbapi_connection
-                driver.execute("PRAGMA busy_timeout=0")
-                driver.execute("PRAGMA wal_autocheckpoint=0")
-        return connection
+    def _driver(self) -> Any:
+        return self.connection.connection.dbapi_connection
 
-    def discard_connection(self) -> None:
-        """Close the kept connection for good (its driver connection too, which ends any transaction and lock it
-        held, and never returns a connection without a busy timeout to the pool); the next batch opens a fresh
-        one."""
-        connection, self.connection = self.connection, None
-        if connection is None:
-            return
+    def session(self) -> Session:
+        return _UnitSession(bind=self.connection, join_transaction_mode="rollback_only", expire_on_commit=False,
+                            info={trail.DEFER_KEY: True, trail.HELD_KEY: self.held})
+
+    def commit(self) -> list[dict[str, Any]]:
+        """Link and write the held events, COMMIT; returns their exported views (for the sink).
+
+        A transaction that pysqlite began anew at a read's write, after SQLite had ended the batch's by itself, may be
+        committed: the events are linked onto heads read inside it, and SQLite refuses its writes if another writer
+        committed since its snapshot; only the reads' other writes from before that rollback (a token's last-seen
+        time) are lost."""
+        if not self.transaction.is_active or not self._driver().in_transaction:
+            raise TransactionLost()
+        views = trail.append_linked(self.connection, self.held)
+        self.transaction.commit()
+        return views
+
+    def rollback(self) -> None:
+        """Undo everything, at SQLAlchemy's level and the driver's (a refused COMMIT leaves the driver in the
+        transaction, holding the write lock)."""
         try:
-            if not connection.closed:
-                connection.invalidate()
-        except Exception as exc:
-            log.error("lane connection not invalidated: %s", type(exc).__name__)
+            if self.transaction.is_active:
+                self.transaction.rollback()
         finally:
-            connection.close()
-
-
-class _Worker(threading.Thread):
-    """The lane's thread, for a lane built with `on_loop=False` (and for what is still queued when a lane closes):
-    runs the same batches on a connection that waits for the write lock in SQLite's busy handler."""
-
-    def __init__(self, lane: DatabaseLane) -> None:
-        super().__init__(name="db-lane", daemon=True)
-        self.lane = lane
-        self.closing = False
-        self.executor = _Executor(lane, nowait=False)
-
-    def run(self) -> None:
-        lane = self.lane
-        try:
-            while True:
-                with lane._ready:
-                    while not lane._queue and not self.closing:
-                        lane._ready.wait()
-                    if not lane._queue:
-                        return
-                    batch = [lane._queue.popleft() for _ in range(min(lane.max_batch, len(lane._queue)))]
-                try:
-                    answers, unrun = self.executor.run_batch(batch)
-                except BaseException as exc:  # never leave a request waiting, never let the lane thread die
-                    self.executor.discard_connection()  # with whatever transaction and write lock it still holds
-                    answers, unrun = _unavailable(batch, exc), []
-                if unrun:
-                    with lane._ready:
-                        lane._queue.extendleft(reversed(unrun))
-                try:
-                    _answer(answers)
-                except BaseException as exc:
-                    log.error("lane could not hand answers back: %s", type(exc).__name__)
-        finally:
-            self.executor.discard_connection()
+            if not self.connection.closed and not self.connection.invalidated and self._driver().in_transaction:
+                self._driver().rollback()
 
 
 class _LoopRunner:
-    """Runs the reads queued on one event loop, on that loop.
-
-    The units the request tasks queue are run by one callback scheduled after them, so the reads that arrive in the
-    same loop iteration share a batch. The loop never waits for SQLite's write lock: its connection has no busy
-    timeout, and while another writer holds the lock (an upload's commit, the audit checkpointer, a CLI rewrap) the
-    batch is tried again a little later, the loop serving other requests in between. A read that has waited
-    `LOCK_WAIT_SECONDS` for the lock is answered 503. Audit events go to the sink on a thread of their own (the
-    sink's socket I/O must not stall the loop), and the WAL is checkpointed on a pool thread."""
+    """Runs the reads queued on one event loop, on that loop, in batches: the reads that arrive in the same loop
+    iteration share one. Audit events go to the sink on a thread of their own (its socket I/O must not stall the
+    loop), and the WAL is checkpointed on a pool thread."""
 
     def __init__(self, lane: DatabaseLane, loop: asyncio.AbstractEventLoop) -> None:
         self.lane = lane
         self.loop = loop
         self.queue: collections.deque[_Unit] = collections.deque()
-        self.pending: asyncio.Handle | asyncio.TimerHandle | None = None  # the scheduled drain, if any
+        self.pending: asyncio.Handle | None = None  # the scheduled drain, if any
         self.closed = False
         self.locked_since: float | None = None  # when the write lock was first found taken, while it still is
-        self.executor = _Executor(lane, nowait=True, forward=lane._forward_off_loop)
+        self.connection: Connection | None = None
         self.batches = 0
         self.checkpointing = False
 
     def submit(self, unit: _Unit) -> None:
-        unit.since = self.loop.time()
         self.queue.append(unit)
         if self.pending is None:
             self.pending = self.loop.call_soon(self.drain)
@@ -209,23 +161,79 @@ class _LoopRunner:
         self.pending = None
         if self.closed:
             return
-        batch = [self.queue.popleft() for _ in range(min(self.lane.max_batch, len(self.queue)))]
-        try:
-            answers, unrun = self.executor.run_batch(batch)
-        except BaseException as exc:  # never leave a request waiting, never unwind the event loop
-            self.executor.discard_connection()
-            answers, unrun = _unavailable(batch, exc), []
-        _settle(answers)
-        if unrun:
-            self.queue.extendleft(reversed(unrun))
+        units = [self.queue.popleft() for _ in range(min(self.lane.max_batch, len(self.queue)))]
+        answers = self.run_batch(units, nowait=True)
+        if answers is None:  # the write lock is taken: try again a little later
+            self.queue.extendleft(reversed(units))
             self._again_later()
             return
+        _settle(answers)
         self.locked_since = None
         if self.queue:
             self.pending = self.loop.call_soon(self.drain)
         self.batches += 1
         if self.batches % CHECKPOINT_EVERY == 0:
             self._checkpoint()
+
+    def run_batch(self, units: list[_Unit], *, nowait: bool) -> list[Answer] | None:
+        """Each unit's answer, or None when the lock was taken (`nowait`) and nothing ran."""
+        try:
+            batch = _Batch(self._ready_connection(nowait))
+        except LockTaken:
+            return None
+        except BaseException as exc:  # noqa: BLE001 - whatever stopped the BEGIN, every read is answered 503
+            self.discard_connection()
+            return _unavailable(units, exc)
+        done: list[Answer] = []
+        self.lane._current.batch = batch  # lane.session() hands out its sessions
+        try:
+            for unit in units:
+                try:
+                    done.append((unit, unit.context.run(unit.fn, *unit.args), None))
+                except BaseException as exc:  # noqa: BLE001 - the unit's own failure is its answer; the batch goes on
+                    done.append((unit, None, exc))
+            views = batch.commit()
+        except BaseException as exc:  # noqa: BLE001 - whatever stopped the COMMIT, every read is answered 503
+            try:
+                batch.rollback()
+            except BaseException as undo:  # noqa: BLE001 - the connection is discarded next, which ends it anyway
+                log.warning("fast path batch not rolled back: %s", type(undo).__name__)
+            self.discard_connection()  # a fresh connection for the next batch
+            return _unavailable(units, exc)
+        finally:
+            self.lane._current.batch = None
+        try:
+            self.lane._forward_off_loop(views)
+        except Exception as exc:  # noqa: BLE001 - the events are committed: the reads are answered all the same
+            log.error("committed audit events not forwarded: %s", type(exc).__name__)
+        return done
+
+    def _ready_connection(self, nowait: bool) -> Connection:
+        connection = self.connection
+        if connection is not None and (connection.closed or connection.invalidated):
+            self.discard_connection()
+            connection = None
+        if connection is None:
+            connection = self.connection = self.lane._vault.engine.connect()
+            if nowait:  # never wait for the write lock on the loop, never checkpoint inside a loop's COMMIT
+                driver: Any = connection.connection.dbapi_connection
+                driver.execute("PRAGMA busy_timeout=0")
+                driver.execute("PRAGMA wal_autocheckpoint=0")
+        return connection
+
+    def discard_connection(self) -> None:
+        """Close the kept connection for good (its driver connection too, which ends any transaction and lock it
+        held, and never returns a connection without a busy timeout to the pool)."""
+        connection, self.connection = self.connection, None
+        if connection is None:
+            return
+        try:
+            if not connection.closed:
+                connection.invalidate()
+        except Exception as exc:  # noqa: BLE001 - closing it below still gives it up
+            log.error("fast path connection not invalidated: %s", type(exc).__name__)
+        finally:
+            connection.close()
 
     def _again_later(self) -> None:
         now = self.loop.time()
@@ -234,8 +242,7 @@ class _LoopRunner:
         expired = [unit for unit in self.queue if now - unit.since > LOCK_WAIT_SECONDS]
         if expired:
             self.queue = collections.deque(unit for unit in self.queue if now - unit.since <= LOCK_WAIT_SECONDS)
-            answers = _unavailable(expired, TimeoutError("SQLite's write lock stayed taken"))
-            _settle(answers)
+            _settle(_unavailable(expired, TimeoutError("SQLite's write lock stayed taken")))
         if self.queue:
             self.pending = self.loop.call_later(min(LOCK_RETRY_MAX, LOCK_RETRY_MIN + (now - self.locked_since) / 2),
                                                 self.drain)
@@ -254,32 +261,37 @@ class _LoopRunner:
         self.checkpointing = True
         done.add_done_callback(self._checkpointed)
 
-    def _checkpointed(self, done: asyncio.Future) -> None:
+    def _checkpointed(self, done: asyncio.Future[None]) -> None:
         self.checkpointing = False
         if not done.cancelled() and done.exception() is not None:
             log.warning("WAL checkpoint failed: %s", type(done.exception()).__name__)
 
-    def close(self) -> list[_Unit]:
-        """Stop for good (a drain already scheduled does nothing) and close the connection; the units still queued
-        are returned. Runs on the runner's own loop, or when that loop no longer runs."""
+    def finish(self) -> None:
+        """Stop for good: run what is still queued on a connection that waits for the lock (the loop is ending or
+        stopping), and close the connection. Runs on the runner's own loop, or when that loop no longer runs."""
         self.closed = True
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
-        self.executor.discard_connection()
-        units, self.queue = list(self.queue), collections.deque()
-        return units
+        self.discard_connection()
+        try:
+            while self.queue:
+                units = [self.queue.popleft() for _ in range(min(self.lane.max_batch, len(self.queue)))]
+                _settle(self.run_batch(units, nowait=False) or _unavailable(units, LockTaken()))
+        finally:
+            self.discard_connection()
 
 
-def _checkpoint_wal(engine) -> None:
+def _checkpoint_wal(engine: Engine) -> None:
     """A passive checkpoint: it copies what it can without waiting for readers or writers."""
     with engine.connect() as connection:
-        connection.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        driver: Any = connection.connection.dbapi_connection
+        driver.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
-def _unavailable(units: list[_Unit], cause: BaseException) -> list[tuple[_Unit, Any, BaseException | None]]:
+def _unavailable(units: list[_Unit], cause: BaseException) -> list[Answer]:
     log.error("audited batch of %d read(s) not committed: %s", len(units), type(cause).__name__)
-    answers = []
+    answers: list[Answer] = []
     for unit in units:
         error = AuditUnavailable()
         error.__cause__ = cause
@@ -287,21 +299,8 @@ def _unavailable(units: list[_Unit], cause: BaseException) -> list[tuple[_Unit, 
     return answers
 
 
-def _answer(answers: list[tuple[_Unit, Any, BaseException | None]]) -> None:
-    """Settle each request's future on its own event loop, one hand-off per loop for the whole batch."""
-    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-    for answer in answers:
-        by_loop.setdefault(answer[0].loop, []).append(answer)
-    for loop, settled in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle, settled)
-        except RuntimeError:  # that loop has closed: nobody is waiting any more
-            pass
-
-
-def _settle(answers: list[tuple[_Unit, Any, BaseException | None]]) -> None:
-    """Each unit's future on its own (on its loop): one that cannot take its answer must not leave the rest of the
-    batch waiting."""
+def _settle(answers: list[Answer]) -> None:
+    """Each unit's future on its own: one that cannot take its answer must not leave the rest of the batch waiting."""
     for unit, result, error in answers:
         future = unit.future
         if future.done():  # the request was cancelled (client gone) while its unit ran
@@ -312,104 +311,85 @@ def _settle(answers: list[tuple[_Unit, Any, BaseException | None]]) -> None:
             elif isinstance(error, Exception) and not isinstance(error, StopIteration):
                 future.set_exception(error)
             else:  # StopIteration cannot cross a future, and an interrupt must not unwind the event loop
-                wrapped = RuntimeError(f"lane unit raised {type(error).__name__}")
+                wrapped = RuntimeError(f"fast path unit raised {type(error).__name__}")
                 wrapped.__cause__ = error
                 future.set_exception(wrapped)
-        except Exception as exc:
-            log.error("lane answer not delivered: %s", type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - the other answers of the batch must still be delivered
+            log.error("fast path answer not delivered: %s", type(exc).__name__)
 
 
 class DatabaseLane:
-    def __init__(self, vault: Vault, *, single_thread: bool, on_loop: bool = False,
-                 max_batch: int = MAX_BATCH) -> None:
-        self._vault = vault
-        self._single_thread = single_thread
-        self._on_loop = single_thread and on_loop
-        self.max_batch = max_batch
-        self._queue: collections.deque[_Unit] = collections.deque()
-        self._ready = threading.Condition()
-        self._worker: _Worker | None = None  # started on first use, again after a close (app restart)
-        self._runners: dict[asyncio.AbstractEventLoop, _LoopRunner] = {}
-        self._current = threading.local()  # .group: the group transaction running on this thread, if any
-        self._forwarder: concurrent.futures.ThreadPoolExecutor | None = None  # the sink's thread, for the loops
+    """The one seam of the read fast path: `run` a unit of work, and inside it take its `session`."""
 
-    async def run(self, fn: Callable[..., T], *args) -> T:
-        """Run `fn(*args)` as one unit of a batch (on this event loop, or on the lane thread for a lane built with
-        `on_loop=False`), or in the shared pool when there is no lane (PostgreSQL)."""
+    def __init__(self, vault: Vault, *, single_thread: bool, max_batch: int = MAX_BATCH) -> None:
+        self._vault = vault
+        self._single_thread = single_thread  # SQLite: batches on the loop; else the shared pool
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._runners: dict[asyncio.AbstractEventLoop, _LoopRunner] = {}
+        self._current = threading.local()  # .batch: the batch running on this thread, if any
+        self._forwarder: concurrent.futures.ThreadPoolExecutor | None = None  # the sink's thread
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` as one unit of a batch on this event loop (SQLite), or in the shared pool (PostgreSQL);
+        answered only once its audit events are committed."""
         if not self._single_thread:
             return await run_in_threadpool(fn, *args)
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        unit = _Unit(contextvars.copy_context(), fn, args, loop, future)
-        if self._on_loop:
-            runner = self._runners.get(loop)
-            if runner is None:
-                runner = self._new_runner(loop)
-            runner.submit(unit)
-        else:
-            self._to_worker([unit])
+        future: asyncio.Future[T] = loop.create_future()
+        runner = self._runners.get(loop)
+        if runner is None or runner.closed:
+            runner = self._new_runner(loop)
+        runner.submit(_Unit(contextvars.copy_context(), fn, args, future, loop.time()))
         return await future
+
+    def session(self) -> Session:
+        """A session for work running in `run`: in a batch, the read's own session in the batch's transaction; else a
+        pooled session."""
+        if not self._single_thread:
+            return self._vault.session()
+        batch: _Batch | None = getattr(self._current, "batch", None)
+        if batch is None:
+            raise RuntimeError("a fast path session exists only for work running in the fast path")
+        return batch.session()
 
     def _new_runner(self, loop: asyncio.AbstractEventLoop) -> _LoopRunner:
         """A runner for this loop; the runners of loops that have closed since give back their connections."""
-        with self._ready:
-            for gone in [other for other in self._runners if other.is_closed()]:
-                self._runners.pop(gone).close()
+        with self._lock:
+            gone = [other for other in self._runners if other.is_closed()]
             runner = self._runners[loop] = _LoopRunner(self, loop)
+        for other in gone:
+            self._runners.pop(other).finish()
         return runner
 
-    def _forward_off_loop(self, events: list[dict]) -> None:
+    def _forward_off_loop(self, events: list[dict[str, Any]]) -> None:
         """Hand committed events to the sink on one thread of their own, in commit order."""
         if not events or self._vault.audit_sink is None:
             return
-        with self._ready:
+        with self._lock:
             if self._forwarder is None:
                 self._forwarder = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="audit-forward")
             forwarder = self._forwarder
         forwarder.submit(self._vault.forward_audit_events, events)
 
-    def _to_worker(self, units: list[_Unit]) -> None:
-        with self._ready:
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = _Worker(self)
-                self._worker.start()
-            self._queue.extend(units)
-            self._ready.notify()
-
-    def session(self) -> Session:
-        """A session for work running in `run`: on the lane, one inside the batch's shared transaction; else a pooled
-        session."""
-        if not self._single_thread:
-            return self._vault.session()
-        group = getattr(self._current, "group", None)
-        if group is None:
-            raise RuntimeError("a lane session exists only for work running on the lane")
-        return group.session()
-
     def close(self) -> None:
-        """Finish the queued work, stop the threads and close the connections (at the app's lifespan end, on its
-        loop)."""
-        with self._ready:
+        """Run what is queued, close the connections and stop the sink's thread (at the app's lifespan end)."""
+        with self._lock:
             runners, self._runners = list(self._runners.values()), {}
         try:
-            current = asyncio.get_running_loop()
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        leftover: list[_Unit] = []
         for runner in runners:
             if runner.loop is current or not runner.loop.is_running():
-                leftover += runner.close()
-            else:  # another loop still turns: its runner stops there, between two batches
-                runner.loop.call_soon_threadsafe(lambda runner=runner: self._to_worker(runner.close()))
-        if leftover:
-            self._to_worker(leftover)
-        with self._ready:
-            worker, self._worker = self._worker, None
+                runner.finish()
+            else:  # another loop still turns: its runner finishes there, between two batches
+                concurrent.futures.wait([asyncio.run_coroutine_threadsafe(_finish(runner), runner.loop)], timeout=30)
+        with self._lock:
             forwarder, self._forwarder = self._forwarder, None
-            if worker is not None:
-                worker.closing = True
-                self._ready.notify_all()
-        if worker is not None:
-            worker.join()
         if forwarder is not None:
             forwarder.shutdown(wait=True)  # the events of every committed batch reach the sink
+
+
+async def _finish(runner: _LoopRunner) -> None:
+    runner.finish()
