@@ -26,6 +26,9 @@ _HTTP_SLUGS = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404
                415: "unsupported-media-type", 429: "too-many-requests"}
 
 
+_STANDARD_MEMBERS = frozenset({"type", "title", "status", "detail", "instance", "request_id"})
+
+
 def problem(request: Request, *, status: int, slug: str, title: str, detail: str | None = None,
             extra: dict | None = None, headers: dict | None = None) -> JSONResponse:
     body = {"type": PROBLEM_BASE + slug, "title": title, "status": status}
@@ -35,8 +38,8 @@ def problem(request: Request, *, status: int, slug: str, title: str, detail: str
     request_id = getattr(request.state, "request_id", None)
     if request_id:
         body["request_id"] = request_id
-    if extra:
-        body.update(extra)
+    if extra:  # never over a standard member: `status` stays the HTTP status (RFC 9457 §3.1), found by the fuzzer
+        body.update((key, value) for key, value in extra.items() if key not in _STANDARD_MEMBERS)
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 

@@ -90,7 +90,7 @@ def export_archive(export_id: str, identity: CurrentIdentity, vault: VaultDep, c
     with vault.session() as session:
         job = audit_trail.get_export(session, vault, identity=identity, ctx=ctx, export_id=export_id)
     if job.status != "done" or job.path is None:
-        raise Conflict("The export is not finished", extra={"status": job.status})
+        raise Conflict("The export is not finished", extra={"export_status": job.status})
     assert job.path is not None  # a finished export has its directory
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:

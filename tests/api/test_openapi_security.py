@@ -58,3 +58,4 @@ def test_a_missing_or_wrong_credential_is_our_401_problem_before_any_422(client,
         assert response.headers["content-type"].startswith("application/problem+json")
         assert response.json()["type"].endswith(":unauthenticated")
         assert response.headers["www-authenticate"] == "Bearer"
+

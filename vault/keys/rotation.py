@@ -112,7 +112,8 @@ def request_root_rotation(session: Session, vault: Vault, *, identity: Identity,
         audit(session, vault, identity=identity, ctx=ctx, action="key.request", outcome="deny",
               resource_type="key-rotation", resource_id=row.id, reason="already-open")
         session.commit()
-        raise Conflict("A root rotation request is already open", extra={"request_id": row.id, "status": row.status})
+        raise Conflict("A root rotation request is already open",
+                       extra={"rotation_request_id": row.id, "request_status": row.status})
     row = RotationRequest(id=str(uuid.uuid4()), target="root", status="pending",
                           requested_by=identity.account_id[:64], requested_at=now)
     store.add_rotation_request(row)
@@ -147,7 +148,7 @@ def approve_root_rotation(session: Session, vault: Vault, *, identity: Identity,
         audit(session, vault, identity=identity, ctx=ctx, action="key.approve", outcome="deny",
               resource_type="key-rotation", resource_id=row.id, reason=f"status:{current.status}")
         session.commit()
-        raise Conflict("This rotation request is not pending", extra={"status": current.status})
+        raise Conflict("This rotation request is not pending", extra={"request_status": current.status})
     audit(session, vault, identity=identity, ctx=ctx, action="key.approve", resource_type="key-rotation",
           resource_id=row.id, reason="two-person-rule")
     session.commit()

@@ -50,7 +50,7 @@ def declined_error() -> VaultError:  # OcrDeclined
         "No values were extracted because automatic reading (OCR) was declined. To have lab sheets read, give the "
         f"ocr consent (POST {privacy.CONSENT_ENDPOINT}), then ask for extraction "
         "(POST /v1/records/{record_id}/lab-results/extraction)",
-        extra={"status": DECLINED, "consents": privacy.CONSENT_ENDPOINT})
+        extra={"ocr_status": DECLINED, "consents": privacy.CONSENT_ENDPOINT})
 
 
 def mark_pending(session, record_id: str) -> None:
@@ -126,7 +126,7 @@ def correct(session, vault, *, identity: Identity, ctx: RequestContext, record_i
     report = results_of(vault, record, dek)
     if report is None:
         ensure_not_declined(record)
-        raise Conflict("This record has no extracted lab results (yet)", extra={"status": record.ocr_status})
+        raise Conflict("This record has no extracted lab results (yet)", extra={"ocr_status": record.ocr_status})
     if not 0 <= row < len(report["results"]):
         raise InvalidInput("No such extracted row", extra={"reason": "row"})
     old = report["results"][row].get(field)
@@ -197,9 +197,9 @@ def request_extraction(session, vault, *, identity: Identity, ctx: RequestContex
     record, _dek = records.get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id,
                                         action="record.update")
     if not wants_extraction(record.category):
-        raise Conflict("Only lab reports are read by OCR", extra={"status": record.ocr_status})
+        raise Conflict("Only lab reports are read by OCR", extra={"ocr_status": record.ocr_status})
     if record.ocr_status == "pending":
-        raise Conflict("An extraction of this record is already queued", extra={"status": "pending"})
+        raise Conflict("An extraction of this record is already queued", extra={"ocr_status": "pending"})
     if not privacy.ocr_allowed(session, vault, patient_id=record.patient_id):
         raise declined_error()
     mark_pending(session, record.id)
