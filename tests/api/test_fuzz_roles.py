@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -40,9 +41,11 @@ from tests.helpers import login, png_bytes, register, staff, upload
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", [
     "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])]
 
-SEED = 20261207
+SEED = int(os.environ.get("HEALTHVAULT_FUZZ_SEED", "20261207"))
 # Cases per operation and mode, doubled for an operation that can reach a real object.
-EXAMPLES = {GenerationMode.POSITIVE: 3, GenerationMode.NEGATIVE: 2}
+# HEALTHVAULT_FUZZ_SCALE=N multiplies the budget for a deeper run by hand (CI keeps 1), HEALTHVAULT_FUZZ_SEED moves it.
+SCALE = int(os.environ.get("HEALTHVAULT_FUZZ_SCALE", "1"))
+EXAMPLES = {GenerationMode.POSITIVE: 3 * SCALE, GenerationMode.NEGATIVE: 2 * SCALE}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance, negative_data_rejection, ignored_auth]
 # Operations that would end the shared token or the caller's account.
