@@ -121,3 +121,14 @@ def test_an_export_signed_by_a_stranger_fails_against_the_pinned_key(client, vau
     shutil.copytree(export, swapped)
     (swapped / "public_key.txt").write_text(stranger.vkey() + "\n")
     assert not verify.verify_bundle(swapped, vkey).ok
+
+
+def test_cli_export_times_need_an_offset(tmp_path):
+    """The operator's --since/--until follow the same rule as every client time (issue 14 item 2): refused before
+    the vault is opened, with the reason, never a traceback."""
+    for value in ("2026-01-01", "2026-01-01T00:00:00", "10000-01-01T00:00:00Z", "9999-12-31T23:00:00-05:00", "soon"):
+        result = CliRunner().invoke(main, ["audit", "export", "--since", value, "--out", str(tmp_path / "x"),
+                                           "--data-dir", str(tmp_path / "none")])
+        assert result.exit_code == 2, (value, result.output)
+        assert "--since" in result.output and "with an offset" in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "x").exists()
