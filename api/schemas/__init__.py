@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, TypeAdapter
 
-from vault import moments
+from vault import text
 
 T = TypeVar("T")
 
@@ -26,8 +26,8 @@ class Input(BaseModel):
     model_config = ConfigDict(extra="forbid", str_max_length=256)
 
 
-# Every time a client sends (bodies and query parameters): with an offset, within vault.moments' range, in UTC.
-Instant = Annotated[AwareDatetime, AfterValidator(moments.to_utc)]
+# Every time a client sends (bodies and query parameters): with an offset, within vault.text's range, in UTC.
+Instant = Annotated[AwareDatetime, AfterValidator(text.utc_instant)]
 
 
 def _plain(value: Any) -> Any:

@@ -28,7 +28,7 @@ from audit import bundle, log, retention, trail
 from audit.models import ArchivePermit, AuditEvent, Checkpoint, Leaf
 from audit.verify import HASHES, claims_signer, leaf_data, verify_bundle
 from kms import suites
-from vault import fields, moments
+from vault import fields, text
 from vault.access import audit_append, gate
 from vault.db.models import Account
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
@@ -152,8 +152,8 @@ def _page(session: Session, query, *, limit: int, cursor: str | None) -> tuple[l
 def search(session: Session, vault, *, identity: Identity, ctx: RequestContext, filters: Filters, limit: int = 100,
            cursor: str | None = None) -> tuple[list[AuditEvent], str | None]:
     """Compliance search, newest first; the search itself is audited as audit.read."""
-    filters = dataclasses.replace(filters, since=moments.checked(filters.since, field="since"),
-                                  until=moments.checked(filters.until, field="until"))
+    filters = dataclasses.replace(filters, since=text.checked_instant(filters.since, field="since"),
+                                  until=text.checked_instant(filters.until, field="until"))
     gate.enter(vault, session, identity=identity, ctx=ctx, action="audit.read",
                target=gate.Target("audit", None, None))
     session.commit()
@@ -304,7 +304,7 @@ def _run_export(vault: Vault, job: ExportJob) -> None:
 
 def start_export(session: Session, vault, *, identity: Identity, ctx: RequestContext, since, until) -> ExportJob:
     """Audited (audit.export) before the job starts."""
-    since, until = moments.checked(since, field="since"), moments.checked(until, field="until")
+    since, until = text.checked_instant(since, field="since"), text.checked_instant(until, field="until")
     if since is not None and until is not None and since >= until:
         raise InvalidInput("since must be before until", extra={"reason": "range"})
     gate.enter(vault, session, identity=identity, ctx=ctx, action="audit.export",

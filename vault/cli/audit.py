@@ -23,13 +23,13 @@ def audit_group() -> None:
 
 
 def _when(value: str | None, option: str) -> dt.datetime | None:
-    """An --since/--until time: ISO 8601 with an offset (as every time a client sends, vault.moments)."""
+    """An --since/--until time: ISO 8601 with an offset (as every time a client sends, vault.text)."""
     if value is None:
         return None
-    from vault import moments
+    from vault import text
 
     try:
-        return moments.to_utc(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+        return text.utc_instant(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
     except ValueError as exc:
         raise click.BadParameter(f"an ISO 8601 time with an offset, e.g. 2026-01-31T00:00:00Z ({exc})",
                                  param_hint=option) from None

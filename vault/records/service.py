@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from kms import CryptoError, DataKey
 from kms.stream import iter_decrypt
-from vault import fields, moments, text
+from vault import fields, text
 from vault.access import gate
 from vault.db.fastpath import HotStatement
 from vault.db.models import CATEGORIES, LABELS, Record
@@ -246,7 +246,7 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, record_id = raw.split("|", 1)
-        return moments.to_utc(dt.datetime.fromisoformat(stamp)), record_id
+        return text.utc_instant(dt.datetime.fromisoformat(stamp)), record_id
     except (ValueError, UnicodeDecodeError) as exc:  # to_utc: a cursor's time carries an offset and is in range
         raise InvalidInput("Invalid cursor", extra={"reason": "cursor"}) from exc
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from consent import receipts
 from consent.models import BreakGlass, Grant
-from vault import fields, moments, text
+from vault import fields, text
 from vault.access import alerts, audit_append, gate
 from vault.accounts import totp
 from vault.accounts.usernames import normalize_username
@@ -123,8 +123,8 @@ def create_grant(session: Session, vault, *, identity: Identity, ctx: RequestCon
     gate.enter(vault, session, identity=identity, ctx=ctx, action="grant.create", target=target, audit_allow=False)
     assert patient_id is not None  # only a patient may grant: the gate refused anyone else
     now = vault.clock()
-    expires_at = moments.checked(expires_at, field="expires_at")
-    not_before = moments.checked(not_before, field="not_before") or now
+    expires_at = text.checked_instant(expires_at, field="expires_at")
+    not_before = text.checked_instant(not_before, field="not_before") or now
     purpose = text.inert(purpose or "", field="purpose", max_length=MAX_PURPOSE)
     if consult_ref is not None:
         consult_ref = text.inert(consult_ref, field="consult_ref", max_length=64)

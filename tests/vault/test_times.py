@@ -1,4 +1,4 @@
-"""Issue 14 item 2: every time a client sends carries an offset and lies in range (vault.moments, and `Instant`,
+"""Issue 14 item 2: every time a client sends carries an offset and lies in range (vault.text's times, and `Instant`,
 the pydantic type every API body and query parameter uses). Properties over every datetime and every string."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api.schemas import Instant
-from vault import moments
+from vault import text
 from vault.errors import InvalidInput
 
 INSTANT = pydantic.TypeAdapter(Instant)
@@ -22,7 +22,7 @@ offsets = st.builds(lambda m: dt.timezone(dt.timedelta(minutes=m)), st.integers(
 
 def _accepted(value: dt.datetime) -> None:
     assert value.tzinfo is not None and value.utcoffset() == dt.timedelta(0)
-    assert moments.EARLIEST <= value <= moments.LATEST
+    assert text.EARLIEST <= value <= text.LATEST
     value + WINDOW, value - WINDOW
 
 
@@ -32,14 +32,14 @@ def test_any_datetime_is_accepted_in_utc_or_refused_as_a_validation_error(value)
     try:
         parsed = INSTANT.validate_python(value)
     except pydantic.ValidationError:
-        reason = moments.problem(value)
+        reason = text.instant_problem(value)
         assert reason is not None
         with pytest.raises(InvalidInput):
-            moments.checked(value, field="since")
+            text.checked_instant(value, field="since")
         return
     _accepted(parsed)
     assert value.tzinfo is not None and parsed == value  # the same instant, only in UTC
-    assert moments.checked(value, field="since") == parsed
+    assert text.checked_instant(value, field="since") == parsed
 
 
 @given(value=st.datetimes(timezones=st.none() | st.just(dt.UTC) | offsets), z=st.booleans())
@@ -51,7 +51,7 @@ def test_iso_strings_parse_only_with_an_offset(value, z):
     try:
         parsed = INSTANT.validate_json(f'"{text}"')
     except pydantic.ValidationError:
-        assert value.tzinfo is None or moments.problem(value) is not None
+        assert value.tzinfo is None or text.instant_problem(value) is not None
         return
     assert value.tzinfo is not None
     _accepted(parsed)
@@ -88,7 +88,7 @@ def test_named_edges_are_refused(text):
 @pytest.mark.parametrize(("text", "utc"), [
     ("2026-01-31T08:00:00+08:00", dt.datetime(2026, 1, 31, 0, 0, tzinfo=dt.UTC)),
     ("2026-01-31T00:00:00Z", dt.datetime(2026, 1, 31, 0, 0, tzinfo=dt.UTC)),
-    ("1900-01-01T00:00:00Z", moments.EARLIEST),
+    ("1900-01-01T00:00:00Z", text.EARLIEST),
 ])
 def test_times_with_an_offset_are_kept_as_the_same_instant(text, utc):
     parsed = INSTANT.validate_python(text)
