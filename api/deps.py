@@ -40,6 +40,7 @@ PROCESSING: dict[tuple[str, str], str] = {
     ("GET", "/v1/records/{record_id}/lab-results/history"): "lab.read",
     ("POST", "/v1/records/{record_id}/lab-results/extraction"): "record.update",
     ("GET", "/v1/patients/me/lab-trends"): "lab.read",
+    ("GET", "/v1/records/{record_id}/fhir"): "record.read",
 }
 # Patient routes that never wait for consent: knowing, withdrawing and leaving are always possible (PIPL 15, 45, 47).
 CONSENT_EXEMPT: frozenset[tuple[str, str]] = frozenset({
