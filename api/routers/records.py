@@ -61,7 +61,7 @@ async def upload(request: Request, identity: Identity = Depends(current_identity
 
     def open_sink(declared_type: str | None) -> UploadSink:
         return UploadSink(vault, record_id=record_id, patient_id=patient_id, declared_type=declared_type,
-                          max_bytes=limit)
+                          max_bytes=limit, keep_original=vault.settings.keep_original_uploads)
 
     sink, fields, filename = await multipart.receive(request.headers.get("content-type", ""), request.stream(),
                                                      max_body=limit + _FORM_OVERHEAD, open_sink=open_sink)
