@@ -7,8 +7,18 @@ import pytest
 from sqlalchemy import func, select
 
 from audit.models import AuditEvent
-from tests.helpers import (PASSWORD, consents, login, make_id_number, pdf_bytes, png_bytes, real_jpeg, register,
-                           stored, upload)
+from tests.helpers import (
+    PASSWORD,
+    consents,
+    login,
+    make_id_number,
+    pdf_bytes,
+    png_bytes,
+    real_jpeg,
+    register,
+    stored,
+    upload,
+)
 from vault.db.models import Account, Patient, Record
 from vault.errors import PROBLEM_BASE
 

@@ -157,7 +157,7 @@ def _check_streams(pdf, limits: Limits) -> None:
             continue
         filters = _filters(obj)
         raw = obj.read_raw_bytes()
-        if not filters or filters[-1] in _IMAGE_CODECS and len(filters) == 1:
+        if not filters or (filters[-1] in _IMAGE_CODECS and len(filters) == 1):
             size = len(raw)
         elif filters[0] == _FLATE and all(f in _IMAGE_CODECS for f in filters[1:]):
             size = _inflated_size(raw, limits.max_stream_bytes)
