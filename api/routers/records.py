@@ -10,6 +10,7 @@ from api.schemas import RecordOut, RecordPage
 from vault.errors import InvalidInput, PayloadTooLarge
 from vault.identity import Identity, RequestContext
 from vault.records import service as records
+from vault.records import watermark
 from vault.records.uploads import UploadSink
 from vault.runtime import Vault
 
@@ -120,9 +121,16 @@ async def get_content(request: Request) -> StreamingResponse:
     who, record_id = record_path(request)
 
     def work(session, identity):
+        if identity.role != "patient":  # a grantee gets a watermarked, traceable copy (vault/records/watermark.py)
+            return watermark.authorize(session, who.vault, identity=identity, ctx=who.ctx, record_id=record_id)
         return records.open_content(session, who.vault, identity=identity, ctx=who.ctx, record_id=record_id)
 
-    view, chunks = await as_caller(who, work)
+    opened = await as_caller(who, work)
+    if isinstance(opened, watermark.PendingDownload):
+        marked = await run_in_threadpool(watermark.render, who.vault, opened)
+        return Response(marked, media_type="application/pdf",
+                        headers={"content-disposition": "attachment", "cache-control": "no-store"})
+    view, chunks = opened
     return StreamingResponse(
         chunks,
         media_type=view.content_type,

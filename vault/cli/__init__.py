@@ -570,5 +570,8 @@ def doctor(data_dir, as_json) -> None:
     sys.exit(1 if lacking else 0)
 
 
+audit_group.add_command(__import__("vault.cli.trace", fromlist=["trace"]).trace)  # issue 16: `audit trace FILE`
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
