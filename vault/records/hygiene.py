@@ -12,9 +12,13 @@ Owns turning an accepted upload (PDF, JPEG, PNG, HEIC; kind already sniffed) int
 - HEIC: decoded (pillow-heif), turned upright, re-encoded without EXIF, XMP, thumbnails or depth images.
 Encrypted, malformed or over-limit files are refused with a 422 problem and nothing is stored.
 
-Never: writes plaintext anywhere (the caller holds the bytes in memory, bounded by `max_bytes`, and encrypts the
-result); trusts a length, offset or count read from the file without a bounds check; decompresses a stream past its
-limit (Flate is inflated in bounded steps, other filters only when their worst-case expansion fits).
+Streams: the cleaners read a seekable source (an upload's encrypted spool through kms.stream.RandomAccessReader) and
+emit the stored copy in pieces, so memory stays bounded whatever the file size: qpdf's object table and one stream
+at a time for a PDF, one chunk for JPEG/PNG (plus the decoded pixels, bounded by `max_pixels`, when a photo must be
+turned upright), the file and its pixels for HEIC.
+Never: writes plaintext anywhere; trusts a length, offset or count read from the file without a bounds check;
+decompresses a stream past its limit (Flate is inflated in bounded steps, other filters only when their worst-case
+expansion fits).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import dataclasses
 import io
 import struct
 import zlib
+from collections.abc import Callable
+from typing import BinaryIO
 
 from vault.errors import VaultError
 from vault.records import sniff
@@ -57,23 +63,28 @@ class Limits:
     max_objects: int = 500_000
     max_stream_bytes: int = 256 * 1024 * 1024  # one decompressed stream
     max_decompressed_bytes: int = 1024 * 1024 * 1024  # all streams together
-    max_pixels: int = 100_000_000  # an image (or a HEIC's decoded frame)
+    max_pixels: int = 64_000_000  # an image (or a HEIC's decoded frame): decoding one needs ~3 bytes a pixel
 
 
 DEFAULT_LIMITS = Limits()
 
 
+def clean_stream(src: BinaryIO, emit: Callable[[bytes], None], *, kind: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Write the stored copy of an upload of `kind` (a sniffed media type) read from the seekable `src` to `emit`, in
+    pieces; raises an UnsafeFile subclass (the caller discards whatever was emitted)."""
+    cleaner = {sniff.PDF: clean_pdf_stream, sniff.JPEG: clean_jpeg_stream, sniff.PNG: clean_png_stream,
+               sniff.HEIC: clean_heic_stream}.get(kind)
+    if cleaner is None:
+        raise MalformedFile()
+    cleaner(src, emit, limits)
+
+
 def clean(data: bytes, *, kind: str, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    """The stored copy of an upload of `kind` (a sniffed media type); raises an UnsafeFile subclass."""
-    if kind == sniff.PDF:
-        return clean_pdf(data, limits)
-    if kind == sniff.JPEG:
-        return clean_jpeg(data, limits)
-    if kind == sniff.PNG:
-        return clean_png(data, limits)
-    if kind == sniff.HEIC:
-        return clean_heic(data, limits)
-    raise MalformedFile()
+    """The stored copy of `data` (in memory: for tests and small inputs; uploads use `clean_stream`)."""
+    out: list[bytes] = []
+    clean_stream(io.BytesIO(data), out.append, kind=kind, limits=limits)
+    cleaned = b"".join(out)
+    return data if cleaned == data else cleaned
 
 
 # ---------------------------------------------------------------------------------------------------------------- PDF
@@ -89,11 +100,34 @@ _BAD_ACTIONS = {"/JavaScript", "/Launch", "/URI", "/GoToR", "/GoToE", "/SubmitFo
                 "/Movie", "/Sound", "/RichMediaExecute", "/ResetForm", "/Hide", "/SetOCGState", "/Trans", "/GoTo3DView"}
 
 
+class _Sink(io.RawIOBase):
+    """A write-only file object over `emit` (what qpdf writes the rewritten PDF to)."""
+
+    def __init__(self, emit: Callable[[bytes], None]) -> None:
+        super().__init__()
+        self._emit = emit
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._emit(bytes(data))
+        return len(data)
+
+
 def clean_pdf(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    out: list[bytes] = []
+    clean_pdf_stream(io.BytesIO(data), out.append, limits)
+    return b"".join(out)
+
+
+def clean_pdf_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits = DEFAULT_LIMITS) -> None:
+    """Open `src` (seekable; read as qpdf needs it, never whole) and write the rewritten PDF to `emit`. Memory: qpdf's
+    object table (bounded by `max_objects`) and one stream at a time."""
     import pikepdf
 
     try:
-        pdf = pikepdf.open(io.BytesIO(data))
+        pdf = pikepdf.open(src)
     except pikepdf.PasswordError as exc:
         raise EncryptedFile() from exc
     except (pikepdf.PdfError, ValueError, OverflowError, RecursionError) as exc:
@@ -108,14 +142,12 @@ def clean_pdf(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
                 raise FileTooComplex(f"The PDF has more than {limits.max_pages} pages", extra={"limit": "pages"})
             _check_streams(pdf, limits)
             _sanitize(pdf)
-            out = io.BytesIO()
-            pdf.save(out, deterministic_id=True, fix_metadata_version=False, compress_streams=False,
+            pdf.save(_Sink(emit), deterministic_id=True, fix_metadata_version=False, compress_streams=False,
                      stream_decode_level=pikepdf.StreamDecodeLevel.none)
         except UnsafeFile:
             raise
         except (pikepdf.PdfError, ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
             raise MalformedFile() from exc
-    return out.getvalue()
 
 
 def _filters(stream) -> list[str]:
@@ -218,7 +250,57 @@ def _scrub(obj, pikepdf, depth: int = 0) -> None:
             _scrub(child, pikepdf, depth + 1)
 
 
-# --------------------------------------------------------------------------------------------------------------- JPEG
+# ------------------------------------------------------------------------------------------------------ image streams
+class _In:
+    """Sequential reads from a file-like source with a small look-ahead buffer (no length is trusted)."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self.src = src
+        self.buf = bytearray()
+        self.eof = False
+
+    def more(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self.src.read(_CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    def take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self.more():
+                raise MalformedFile("The image ends early")
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def at_end(self) -> bool:
+        return not self.buf and not self.more()
+
+
+class _Header:
+    """What is kept before the image data starts, held until we know whether the image must be turned upright."""
+
+    def __init__(self, limit: int = 16 * 1024 * 1024) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+
+    def add(self, part: bytes) -> None:
+        self.size += len(part)
+        if self.size > self.limit:
+            raise FileTooComplex("The image's header is too large", extra={"limit": "header"})
+        self.parts.append(part)
+
+
+class _Rotate(Exception):
+    """The image asks for a rotation: start again through the decoder."""
+
+
+_CHUNK = 1024 * 1024
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}
 
@@ -233,56 +315,64 @@ def _keep_jpeg_segment(marker: int, payload: bytes) -> bool:
     return not (0xE0 <= marker <= 0xEF or marker == 0xFE)
 
 
-def _strip_jpeg(data: bytes, limits: Limits) -> tuple[bytes, int]:
-    """(cleaned bytes, EXIF orientation) of a JPEG; MalformedFile if its structure does not hold."""
-    n = len(data)
-    if not data.startswith(b"\xff\xd8"):
-        raise MalformedFile()
-    out = [b"\xff\xd8"]
-    pos, orientation, frame, in_scan = 2, 1, False, False
+def _entropy(inp: _In, emit: Callable[[bytes], None]) -> None:
+    """Copy entropy-coded data up to (not including) the next real marker."""
+    buf, pos = inp.buf, 0
     while True:
-        if in_scan:  # entropy-coded data: copy up to the next real marker
-            start = pos
-            while True:
-                pos = data.find(b"\xff", pos)
-                if pos < 0 or pos + 1 >= n:
-                    raise MalformedFile("The image ends before its end marker")
-                follower = data[pos + 1]
-                if follower == 0x00 or 0xD0 <= follower <= 0xD7:
-                    pos += 2
-                    continue
-                if follower == 0xFF:
-                    pos += 1
-                    continue
-                break
-            out.append(data[start:pos])
-        if pos >= n or data[pos] != 0xFF:
-            raise MalformedFile()
-        while pos < n and data[pos] == 0xFF:
-            pos += 1
-        if pos >= n:
-            raise MalformedFile()
-        marker = data[pos]
-        pos += 1
-        if marker == 0xD9:
-            if not in_scan or not frame:
-                raise MalformedFile()
-            out.append(b"\xff\xd9")
-            return b"".join(out), orientation  # anything after the end marker is dropped
-        if marker in _STANDALONE:
-            out.append(bytes((0xFF, marker)))
+        i = buf.find(b"\xff", pos)
+        if i < 0 or i + 1 >= len(buf):
+            cut = i if i >= 0 else len(buf)
+            emit(bytes(buf[:cut]))
+            del buf[:cut]
+            pos = 0
+            if not inp.more():
+                raise MalformedFile("The image ends before its end marker")
             continue
-        if pos + 2 > n:
+        follower = buf[i + 1]
+        if follower == 0x00 or 0xD0 <= follower <= 0xD7:
+            pos = i + 2
+            continue
+        if follower == 0xFF:
+            pos = i + 1
+            continue
+        emit(bytes(buf[:i]))
+        del buf[:i]
+        return
+
+
+def _strip_jpeg(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits, *, allow_rotation: bool) -> None:
+    """Copy a JPEG's image segments and data to `emit`; raises _Rotate (before emitting anything) when its EXIF
+    asks for a rotation and `allow_rotation` is set."""
+    inp = _In(src)
+    if inp.take(2) != b"\xff\xd8":
+        raise MalformedFile()
+    header = _Header()
+    header.add(b"\xff\xd8")
+    orientation, frame, in_scan = 1, False, False
+    out = header.add
+    while True:
+        if in_scan:
+            _entropy(inp, out)
+        if inp.take(1) != b"\xff":
             raise MalformedFile()
-        length = struct.unpack(">H", data[pos:pos + 2])[0]
-        if length < 2 or pos + length > n:
+        marker = inp.take(1)[0]
+        while marker == 0xFF:  # fill bytes
+            marker = inp.take(1)[0]
+        if marker == 0xD9:
+            if not in_scan:
+                raise MalformedFile()
+            out(b"\xff\xd9")
+            return  # anything after the end marker is dropped
+        if marker in _STANDALONE:
+            out(bytes((0xFF, marker)))
+            continue
+        length_bytes = inp.take(2)
+        length = struct.unpack(">H", length_bytes)[0]
+        if length < 2:
             raise MalformedFile()
-        payload = data[pos + 2:pos + length]
-        segment = data[pos - 2:pos + length] if data[pos - 2] == 0xFF else b"\xff" + bytes((marker,)) + \
-            data[pos:pos + length]
-        pos += length
-        if marker == 0xE1 and payload.startswith(b"Exif\0\0"):
-            orientation = _exif_orientation(payload[6:]) if orientation == 1 else orientation
+        payload = inp.take(length - 2)
+        if marker == 0xE1 and payload.startswith(b"Exif\0\0") and orientation == 1:
+            orientation = _exif_orientation(payload[6:])
         if marker in _SOF:
             if len(payload) < 6:
                 raise MalformedFile()
@@ -293,9 +383,15 @@ def _strip_jpeg(data: bytes, limits: Limits) -> tuple[bytes, int]:
         if marker == 0xDA:
             if not frame:
                 raise MalformedFile()
+            if not in_scan:
+                if orientation != 1 and allow_rotation:
+                    raise _Rotate()
+                for part in header.parts:
+                    emit(part)
+                out = emit
             in_scan = True
         if _keep_jpeg_segment(marker, payload):
-            out.append(segment)
+            out(b"\xff" + bytes((marker,)) + length_bytes + payload)
 
 
 def _exif_orientation(tiff: bytes) -> int:
@@ -315,12 +411,14 @@ def _exif_orientation(tiff: bytes) -> int:
     return 1
 
 
-def _upright(data: bytes, fmt: str, limits: Limits) -> bytes:
-    """Decode, apply the EXIF orientation, re-encode without metadata (then cleaned again by the caller)."""
+def _upright(src: BinaryIO, fmt: str, limits: Limits) -> bytes:
+    """Decode, apply the EXIF orientation, re-encode without metadata (cleaned again by the caller). Memory: the
+    decoded pixels, bounded by `max_pixels`."""
     from PIL import Image, ImageOps
 
+    src.seek(0)
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(src) as image:
             if image.width * image.height > limits.max_pixels:
                 raise FileTooComplex("The image has too many pixels", extra={"limit": "pixels"})
             upright = ImageOps.exif_transpose(image)
@@ -328,7 +426,7 @@ def _upright(data: bytes, fmt: str, limits: Limits) -> bytes:
             out = io.BytesIO()
             options = {"icc_profile": icc} if icc else {}
             if fmt == "JPEG":
-                upright.save(out, "JPEG", quality=95, subsampling="keep" if upright is image else 0, **options)
+                upright.save(out, "JPEG", quality=95, **options)
             else:
                 upright.save(out, fmt, **options)
             return out.getvalue()
@@ -338,10 +436,17 @@ def _upright(data: bytes, fmt: str, limits: Limits) -> bytes:
         raise MalformedFile() from exc
 
 
+def clean_jpeg_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits = DEFAULT_LIMITS) -> None:
+    try:
+        _strip_jpeg(src, emit, limits, allow_rotation=True)
+    except _Rotate:
+        _strip_jpeg(io.BytesIO(_upright(src, "JPEG", limits)), emit, limits, allow_rotation=False)
+
+
 def clean_jpeg(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    cleaned, orientation = _strip_jpeg(data, limits)
-    if orientation != 1:
-        cleaned, _ = _strip_jpeg(_upright(data, "JPEG", limits), limits)
+    out: list[bytes] = []
+    clean_jpeg_stream(io.BytesIO(data), out.append, limits)
+    cleaned = b"".join(out)
     return data if cleaned == data else cleaned
 
 
@@ -350,52 +455,81 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Rendering chunks kept; every other ancillary chunk (tEXt, zTXt, iTXt, eXIf, tIME, private chunks) is dropped.
 _PNG_KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs",
              b"bKGD", b"hIST", b"acTL", b"fcTL", b"fdAT", b"cICP", b"mDCv", b"cLLi"}
+_MAX_EXIF = 1024 * 1024
 
 
-def _strip_png(data: bytes, limits: Limits) -> tuple[bytes, int]:
-    if not data.startswith(_PNG_SIGNATURE):
+def _strip_png(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits, *, allow_rotation: bool) -> None:
+    """Copy a PNG's rendering chunks (CRC-checked, streamed in pieces) to `emit`. An eXIf orientation seen before the
+    image data raises _Rotate (nothing emitted yet); one after it cannot be honoured any more and is dropped."""
+    inp = _In(src)
+    if inp.take(8) != _PNG_SIGNATURE:
         raise MalformedFile()
-    out = [_PNG_SIGNATURE]
-    pos, orientation, n, first = 8, 1, len(data), True
+    header = _Header()
+    header.add(_PNG_SIGNATURE)
+    out, first, holding = header.add, True, True
     while True:
-        if pos + 12 > n:
-            raise MalformedFile("The image ends before its end chunk")
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        end = pos + 12 + length
-        if end > n or not kind.isalpha():
+        head = inp.take(8)
+        length, kind = struct.unpack(">I4s", head)
+        if length > 0x7FFFFFFF or not kind.isalpha():
             raise MalformedFile()
-        body = data[pos + 8:pos + 8 + length]
-        if struct.unpack(">I", data[end - 4:end])[0] != zlib.crc32(kind + body):
+        if first and (kind != b"IHDR" or length != 13):
+            raise MalformedFile()
+        keep = kind in _PNG_KEEP
+        if not keep and kind[:1].isupper():
+            raise MalformedFile("The PNG has an unknown critical chunk")
+        if kind in (b"IDAT", b"IEND") and holding:
+            for part in header.parts:
+                emit(part)
+            out, holding = emit, False
+        crc = zlib.crc32(kind)
+        body = bytearray() if (first or kind == b"eXIf") else None
+        if kind == b"eXIf" and length > _MAX_EXIF:
+            raise FileTooComplex("The PNG's EXIF block is too large", extra={"limit": "header"})
+        if keep:
+            out(head)
+        remaining = length
+        while remaining:
+            piece = inp.take(min(remaining, _CHUNK))
+            remaining -= len(piece)
+            crc = zlib.crc32(piece, crc)
+            if keep:
+                out(piece)
+            if body is not None:
+                body += piece
+        trailer = inp.take(4)
+        if struct.unpack(">I", trailer)[0] != crc:
             raise MalformedFile("A PNG chunk fails its checksum")
+        if keep:
+            out(trailer)
         if first:
-            if kind != b"IHDR" or length != 13:
-                raise MalformedFile()
-            width, height = struct.unpack(">II", body[:8])
+            width, height = struct.unpack(">II", bytes(body[:8]))
             if width * height > limits.max_pixels:
                 raise FileTooComplex("The image has too many pixels", extra={"limit": "pixels"})
             first = False
-        if kind == b"eXIf":
-            orientation = _exif_orientation(body)
-        if kind in _PNG_KEEP:
-            out.append(data[pos:end])
-        elif kind[:1].isupper():
-            raise MalformedFile("The PNG has an unknown critical chunk")
-        pos = end
+        if kind == b"eXIf" and holding and allow_rotation and _exif_orientation(bytes(body)) != 1:
+            raise _Rotate()
         if kind == b"IEND":
-            return b"".join(out), orientation
+            return  # anything after the end chunk is dropped
+
+
+def clean_png_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits = DEFAULT_LIMITS) -> None:
+    try:
+        _strip_png(src, emit, limits, allow_rotation=True)
+    except _Rotate:
+        _strip_png(io.BytesIO(_upright(src, "PNG", limits)), emit, limits, allow_rotation=False)
 
 
 def clean_png(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    cleaned, orientation = _strip_png(data, limits)
-    if orientation != 1:
-        cleaned, _ = _strip_png(_upright(data, "PNG", limits), limits)
+    out: list[bytes] = []
+    clean_png_stream(io.BytesIO(data), out.append, limits)
+    cleaned = b"".join(out)
     return data if cleaned == data else cleaned
 
 
 # --------------------------------------------------------------------------------------------------------------- HEIC
-def clean_heic(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
+def clean_heic_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits = DEFAULT_LIMITS) -> None:
     """Decoded, turned upright and re-encoded: HEIF keeps EXIF, XMP and depth maps in items a byte-level strip
-    cannot safely reach."""
+    cannot safely reach. Memory: the file and its decoded pixels (bounded by `max_pixels`)."""
     try:
         import pillow_heif
         from PIL import Image, ImageOps
@@ -403,14 +537,20 @@ def clean_heic(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
         raise MalformedFile("HEIC images cannot be read on this server") from exc
     pillow_heif.register_heif_opener()
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(src) as image:
             if image.width * image.height > limits.max_pixels:
                 raise FileTooComplex("The image has too many pixels", extra={"limit": "pixels"})
             upright = ImageOps.exif_transpose(image)
             out = io.BytesIO()
             upright.save(out, "HEIF", quality=90, exif=None, xmp=None, save_all=False)
-            return out.getvalue()
     except UnsafeFile:
         raise
     except (OSError, ValueError, SyntaxError, RuntimeError, Image.DecompressionBombError) as exc:
         raise MalformedFile() from exc
+    emit(out.getvalue())
+
+
+def clean_heic(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    out: list[bytes] = []
+    clean_heic_stream(io.BytesIO(data), out.append, limits)
+    return b"".join(out)

@@ -2,18 +2,23 @@
 
 Owns the checks made while bytes stream in: the size limit (enforced per chunk, never after the fact), the kind sniffed
 from the first bytes and compared with the declared type, the hygiene pass (vault/records/hygiene.py: the sanitized
-copy is what is stored, and what `size`/`sha256` describe), and the streaming encryption. The received bytes are held
-in memory only (bounded by `max_bytes`) until the hygiene pass has run; no plaintext byte is ever written anywhere; on
-any failure the temp blobs are discarded, so nothing is left behind. The original upload is kept (encrypted under the
-record's DEK, its own associated data) only when the deployment sets `keep_original_uploads`.
+copy is what is stored, and what `size`/`sha256` describe), and the streaming encryption. The received bytes are
+encrypted as they arrive into a spool (an anonymous temporary file, unlinked at once: nothing survives a crash); the
+hygiene pass reads the spool back through kms.stream.RandomAccessReader and its output is encrypted into the temp
+blob, so memory stays bounded whatever the size. No plaintext byte is ever written anywhere; on any failure the spool
+and temp blobs are discarded, so nothing is left behind. The original upload is kept (the spool's ciphertext, under
+the record's DEK with its own associated data) only when the deployment sets `keep_original_uploads`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import shutil
+import tempfile
 
 from kms import envelope
-from kms.stream import StreamEncryptor
+from kms.stream import RandomAccessReader, StreamEncryptor
 from vault.errors import ContentMismatch, EmptyUpload, PayloadTooLarge, UnsupportedMediaType
 from vault.records import hygiene, sniff
 
@@ -32,13 +37,6 @@ def original_blob_id(record_id: str) -> str:
     return f"{record_id}-0"
 
 
-def _encrypt_into(temp, encryptor: StreamEncryptor, data: bytes, step: int = 1024 * 1024) -> None:
-    view = memoryview(data)
-    for offset in range(0, len(data), step):
-        temp.write(encryptor.update(view[offset:offset + step]))
-    temp.write(encryptor.finalize())
-
-
 class UploadSink:
     def __init__(self, vault, *, record_id: str, patient_id: str, declared_type: str | None, max_bytes: int,
                  keep_original: bool = False) -> None:
@@ -53,7 +51,8 @@ class UploadSink:
         self._head = b""
         self._encryptor = StreamEncryptor(self.dek, blob_aad(record_id=record_id, patient_id=patient_id))
         self._temp = vault.blobs.create_temp()
-        self._received = bytearray()
+        self._spool = tempfile.TemporaryFile(dir=getattr(vault.blobs, "tmp_dir", None))
+        self._spool_encryptor = StreamEncryptor(self.dek, original_aad(record_id=record_id, patient_id=patient_id))
         self._blobs = vault.blobs
         self._original = vault.blobs.create_temp() if keep_original else None
         self._sealed = False
@@ -69,7 +68,7 @@ class UploadSink:
             self._head += chunk[: sniff.SNIFF_BYTES - len(self._head)]
             if len(self._head) >= sniff.SNIFF_BYTES:
                 self._classify()
-        self._received += chunk
+        self._spool.write(self._spool_encryptor.update(chunk))
 
     def _classify(self) -> None:
         kind = sniff.sniff(self._head)
@@ -85,6 +84,8 @@ class UploadSink:
             raise EmptyUpload()
         if self.content_type is None:
             self._classify()
+        self._spool.write(self._spool_encryptor.finalize())
+        self._spool.flush()
 
     def seal(self) -> None:
         """The hygiene pass and the encryption of the stored copy: CPU work, run off the event loop (by the service,
@@ -92,16 +93,22 @@ class UploadSink:
         if self._sealed:
             return
         self._sealed = True
-        received = bytes(self._received)
-        self._received = bytearray()
-        stored = hygiene.clean(received, kind=self.content_type)
+        self._spool.seek(0)
+        reader = io.BufferedReader(RandomAccessReader(
+            self.dek, self._spool, original_aad(record_id=self.record_id, patient_id=self.patient_id)), 256 * 1024)
+        self.size = 0
+
+        def emit(piece: bytes) -> None:
+            self.size += len(piece)
+            self._sha.update(piece)
+            self._temp.write(self._encryptor.update(piece))
+
+        hygiene.clean_stream(reader, emit, kind=self.content_type)
+        self._temp.write(self._encryptor.finalize())
         if self._original is not None:
-            _encrypt_into(self._original, StreamEncryptor(
-                self.dek, original_aad(record_id=self.record_id, patient_id=self.patient_id)), received)
-        del received
-        self.size = len(stored)
-        self._sha.update(stored)
-        _encrypt_into(self._temp, self._encryptor, stored)
+            self._spool.seek(0)
+            shutil.copyfileobj(self._spool, self._original, 1024 * 1024)
+        self._spool.close()
 
     @property
     def sha256(self) -> bytes:
@@ -126,5 +133,5 @@ class UploadSink:
             self._temp.discard()
             if self._original is not None:
                 self._original.discard()
-            self._received = bytearray()
+            self._spool.close()
             self.dek.wipe()
