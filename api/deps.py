@@ -48,6 +48,8 @@ CONSENT_EXEMPT: frozenset[tuple[str, str]] = frozenset({
     ("GET", "/v1/patients/me/access-log"), ("GET", "/v1/patients/me/consents"),
     ("POST", "/v1/patients/me/consents"), ("GET", "/v1/grants"), ("GET", "/v1/grants/{grant_id}/receipt"),
     ("DELETE", "/v1/grants/{grant_id}"),
+    # issue 16: the copy of one's own data (PIPL 45) is a right, not a processing the consents gate
+    ("POST", "/v1/exports"), ("GET", "/v1/exports/{package_id}"), ("GET", "/v1/exports/{package_id}/download"),
 })
 
 
