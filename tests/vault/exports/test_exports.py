@@ -223,3 +223,30 @@ def test_one_build_at_a_time(client, vault, clock, patient):
     stale = client.get("/v1/exports/00000000-0000-4000-8000-000000000001", headers=headers).json()
     assert stale["status"] == "failed" and stale["error"] == "interrupted"
     assert client.post("/v1/exports", headers=headers, json={"passphrase": PASS}).status_code == 202
+
+
+def test_the_package_opens_with_7zip(client, patient, tmp_path):
+    """An independent, common tool (7-Zip: what Windows users and many phone apps use) opens it with the passphrase
+    and refuses without it."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("7z") is None:
+        if os.environ.get("CI"):
+            pytest.fail("7z (Debian p7zip-full) is missing: .ci/run installs it")
+        pytest.skip("7z not installed")
+    headers = patient["headers"]
+    export_id = client.post("/v1/exports", headers=headers, json={"passphrase": PASS}).json()["export_id"]
+    _wait_export(client, headers, export_id)
+    package = tmp_path / "export.zip"
+    package.write_bytes(client.get(f"/v1/exports/{export_id}/download", headers=headers).content)
+    wrong = subprocess.run(["7z", "t", "-pnot-the-passphrase", str(package)], capture_output=True, text=True)
+    assert wrong.returncode != 0
+    out = tmp_path / "out"
+    opened = subprocess.run(["7z", "x", f"-p{PASS}", f"-o{out}", str(package)], capture_output=True, text=True)
+    assert opened.returncode == 0, opened.stdout + opened.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["records"]) == 3
+    for entry in manifest["records"]:
+        assert hashlib.sha256((out / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
