@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import pydantic
 from fastapi import APIRouter, Depends
@@ -28,7 +28,7 @@ CurrentIdentity = Annotated[Identity, Depends(current_identity)]
 VaultDep = Annotated[Vault, Depends(get_vault)]
 Ctx = Annotated[RequestContext, Depends(get_ctx)]
 
-_FHIR_RESPONSE = {"200": {"description": "A FHIR R4 Bundle (type collection)",
+_FHIR_RESPONSE: dict[int | str, dict[str, Any]] = {"200": {"description": "A FHIR R4 Bundle (type collection)",
                           "content": {fhir.MEDIA_TYPE: {"schema": {"type": "object"}}}}}
 
 

@@ -113,7 +113,7 @@ def check_passphrase(passphrase: str) -> bytes:
 def start(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, passphrase: str) -> ExportView:
     """Audited (`export.create`) before anything is read; the build then runs on a thread of this process."""
     secret = bytearray(check_passphrase(passphrase))
-    patient_id = identity.patient_id
+    patient_id = identity.patient_id or ""
     export_id = str(uuid.uuid4())
     target = gate.Target("export", export_id, patient_id)  # staff have no own data: the gate says 403
     gate.enter(vault, session, identity=identity, ctx=ctx, action="export.create", target=target)
@@ -140,6 +140,8 @@ def _own(session: Session, vault: Vault, *, identity: Identity, ctx: RequestCont
     row = session.get(PatientExport, export_id)
     target = gate.Target("export", export_id, row.patient_id if row else None, exists=row is not None)
     gate.enter(vault, session, identity=identity, ctx=ctx, action=action, target=target, deny_as=NotFound)
+    if row is None:  # the gate denies what does not exist; kept for the type checker
+        raise NotFound()
     return row
 
 
@@ -173,8 +175,9 @@ def open_download(session: Session, vault: Vault, *, identity: Identity, ctx: Re
     if row.status != "done":
         session.commit()
         raise Conflict("The export is not ready", extra={"status": row.status})
-    claimed = session.execute(update(PatientExport).where(PatientExport.id == row.id, PatientExport.status == "done")
-                              .values(status="downloaded", downloaded_at=vault.clock(), updated_at=vault.clock()))
+    claim = (update(PatientExport).where(PatientExport.id == row.id, PatientExport.status == "done")
+             .values(status="downloaded", downloaded_at=vault.clock(), updated_at=vault.clock()))
+    claimed: Any = session.execute(claim)
     session.commit()
     if claimed.rowcount != 1:
         raise Gone()
@@ -263,7 +266,7 @@ def _when(moment: dt.datetime | None) -> str | None:
 
 def _write_package(vault: Vault, writer: _SealedWriter, *, export_id: str, patient_id: str, record_ids: list[str],
                    passphrase: bytes) -> dict:
-    import pyzipper
+    import pyzipper  # type: ignore[import-untyped]
 
     manifest: list[dict] = []
     lab_rows = 0
@@ -302,7 +305,7 @@ def _write_package(vault: Vault, writer: _SealedWriter, *, export_id: str, patie
         _progress(vault, export_id, done=len(record_ids) + 2)
         # 4. the summary in Chinese and the manifest
         with vault.session() as session:
-            patient = session.get(Patient, patient_id)
+            patient = _patient(session, patient_id)
             profile_key = vault.keys.open_data_key(patient.id, patient.wrapped_dek)
             name = fields.open_text(profile_key, patient.real_name_enc, column="real_name", table="patients",
                                     row_id=patient.id, patient_id=patient.id)
@@ -326,14 +329,16 @@ def _write_labs(vault: Vault, zf, manifest: list[dict], *, patient_id: str) -> i
     a time (each pass opens the sealed results again; they are small)."""
     with_labs = [m for m in manifest if m["has_lab_results"]]
 
-    def reports() -> Iterator[tuple[dict, dict, Any, Any]]:
+    def reports() -> Iterator[tuple[dict, dict, Any, Any]]:  # (manifest entry, LabReport, record, its DEK)
         for entry in with_labs:
             with vault.session() as session:
                 record = session.get(Record, entry["record_id"])
                 if record is None:
                     continue
                 key = vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
-                yield entry, records.results_of(vault, record, key), record, key
+                report = records.results_of(vault, record, key)
+                if report is not None:
+                    yield entry, report, record, key
 
     rows = 0
     with zf.open("lab-results.json", "w") as raw:
@@ -367,9 +372,16 @@ def _write_labs(vault: Vault, zf, manifest: list[dict], *, patient_id: str) -> i
     return rows
 
 
+def _patient(session: Session, patient_id: str) -> Patient:
+    patient = session.get(Patient, patient_id)
+    if patient is None:
+        raise NotFound()
+    return patient
+
+
 def _write_grants(vault: Vault, zf, *, patient_id: str) -> int:
     with vault.session() as session:
-        patient = session.get(Patient, patient_id)
+        patient = _patient(session, patient_id)
         key = vault.keys.open_data_key(patient.id, patient.wrapped_dek)
         rows = session.execute(select(Grant, Account.username, Account.role)
                                .outerjoin(Account, Account.id == Grant.grantee_id)

@@ -28,7 +28,7 @@ import io
 import struct
 import zlib
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from vault.errors import VaultError
 from vault.records import sniff
@@ -142,8 +142,8 @@ def clean_pdf_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limit
                 raise FileTooComplex(f"The PDF has more than {limits.max_pages} pages", extra={"limit": "pages"})
             _check_streams(pdf, limits)
             _sanitize(pdf)
-            pdf.save(_Sink(emit), deterministic_id=True, fix_metadata_version=False, compress_streams=False,
-                     stream_decode_level=pikepdf.StreamDecodeLevel.none)
+            pdf.save(cast(BinaryIO, _Sink(emit)), deterministic_id=True, fix_metadata_version=False,
+                     compress_streams=False, stream_decode_level=pikepdf.StreamDecodeLevel.none)
         except UnsafeFile:
             raise
         except (pikepdf.PdfError, ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
@@ -349,7 +349,7 @@ def _strip_jpeg(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits, *,
     header = _Header()
     header.add(b"\xff\xd8")
     orientation, frame, in_scan = 1, False, False
-    out = header.add
+    out: Callable[[bytes], None] = header.add
     while True:
         if in_scan:
             _entropy(inp, out)
@@ -466,7 +466,8 @@ def _strip_png(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits, *, 
         raise MalformedFile()
     header = _Header()
     header.add(_PNG_SIGNATURE)
-    out, first, holding = header.add, True, True
+    out: Callable[[bytes], None] = header.add
+    first, holding = True, True
     while True:
         head = inp.take(8)
         length, kind = struct.unpack(">I4s", head)
@@ -501,12 +502,12 @@ def _strip_png(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits, *, 
             raise MalformedFile("A PNG chunk fails its checksum")
         if keep:
             out(trailer)
-        if first:
+        if first and body is not None:
             width, height = struct.unpack(">II", bytes(body[:8]))
             if width * height > limits.max_pixels:
                 raise FileTooComplex("The image has too many pixels", extra={"limit": "pixels"})
             first = False
-        if kind == b"eXIf" and holding and allow_rotation and _exif_orientation(bytes(body)) != 1:
+        if kind == b"eXIf" and body is not None and holding and allow_rotation and _exif_orientation(bytes(body)) != 1:
             raise _Rotate()
         if kind == b"IEND":
             return  # anything after the end chunk is dropped

@@ -93,6 +93,8 @@ class UploadSink:
         if self._sealed:
             return
         self._sealed = True
+        if self.content_type is None:  # finish() classifies every upload
+            raise UnsupportedMediaType("Only PDF, JPEG, PNG and HEIC files are accepted")
         self._spool.seek(0)
         reader = io.BufferedReader(RandomAccessReader(
             self.dek, self._spool, original_aad(record_id=self.record_id, patient_id=self.patient_id)), 256 * 1024)

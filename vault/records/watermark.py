@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consent.models import Grant
-from kms import CryptoError
+from kms import CryptoError, DataKey
 from kms.stream import iter_decrypt
 from vault import fields
 from vault.access import gate
@@ -240,7 +240,7 @@ def read_download_id(data: bytes) -> str | None:
     except (pikepdf.PdfError, ValueError):
         return None
     try:
-        import pypdfium2
+        import pypdfium2  # type: ignore[import-untyped]
 
         document = pypdfium2.PdfDocument(data)
         try:
@@ -264,7 +264,7 @@ class PendingDownload:
     record_id: str
     patient_id: str
     content_type: str
-    dek: object
+    dek: DataKey
     mark: Mark
 
     @property
@@ -300,6 +300,8 @@ def authorize(session: Session, vault: Vault, *, identity: Identity, ctx: Reques
                reason=f"{source} {REASON_PREFIX}{download_id}", grant_id=decision.grant_id)
     session.commit()
     patient = session.get(Patient, record.patient_id)
+    if patient is None or dek is None:
+        raise NotFound()
     grantee = session.scalar(select(Account.username).where(Account.id == identity.account_id)) or identity.role
     the_mark = Mark(grantee=grantee, at=vault.clock(), grant_id=decision.grant_id or "-",
                     purpose=_grant_purpose(session, vault, decision.grant_id, patient), download_id=download_id)
