@@ -37,7 +37,8 @@ HERE = Path(__file__).parent
 MODEL_TEXT = (HERE / "model.conf").read_text()
 ACTIONS_BY_GRANT_VERB = {"view": ("record.read", "record.list"), "download": ("record.download",)}
 OWNER_ACTIONS = ("patient.read", "record.create", "record.read", "record.list", "record.download", "record.update",
-                 "access_log.read", "grant.create", "grant.list", "grant.revoke", "lab.read", "lab.correct")
+                 "access_log.read", "grant.create", "grant.list", "grant.revoke", "lab.read", "lab.correct",
+                 "export.create", "export.read", "export.download")  # issue 16: the patient's own export (PIPL 45)
 LABELS = ("normal", "sensitive", "special")
 GRANTABLE_LABELS = ("normal", "sensitive")  # a category-wide grant never reaches "special"
 BREAKGLASS_ACTIONS = ("patient.read", "record.read", "record.list", "record.download")

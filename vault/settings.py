@@ -26,6 +26,10 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def _flag(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -85,6 +89,8 @@ class Settings:
     # PIPL-1: the privacy notice patients consent to (None: the notice bundled with the vault). Its hash is stored
     # with every consent; a changed notice forces re-consent before further processing.
     privacy_notice_path: str | None = None
+    # Issue 16: uploads are stored as their sanitized copy; the untouched original is kept too (encrypted) only if set.
+    keep_original_uploads: bool = False
     # "development" or "production"; production refuses the local provider, plain HTTP and weak settings.
     profile: str = "development"
 
@@ -153,7 +159,7 @@ class Settings:
                            ("rate_limit_per_target", int),
                            ("crypto_suite", str), ("kms_provider", str), ("pkcs11_module", str),
                            ("pkcs11_token_label", str), ("pkcs11_key_label", str), ("pkcs11_pin_file", str),
-                           ("privacy_notice_path", str), ("profile", str)):
+                           ("privacy_notice_path", str), ("profile", str), ("keep_original_uploads", _flag)):
             raw = _env(name.upper())
             if raw is not None:
                 values[name] = kind(raw)

@@ -53,8 +53,10 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
     target.pop("_secret")
     account_id = client.get("/v1/accounts", headers=headers["sysadmin"], params={"limit": 500}).json()["items"]
     account_id = next(a["id"] for a in account_id if a["username"] == "m-target")
+    package_id = client.post("/v1/exports", headers=headers["patient"],
+                             json={"passphrase": "matrix export passphrase"}).json()["export_id"]
     params = {"record_id": record_id, "grant_id": grant["grant_id"], "export_id": export_id, "request_id": request_id,
-              "account_id": account_id}
+              "account_id": account_id, "package_id": package_id}
     bodies = {
         ("POST", "/v1/grants"): {"json": {"grantee": "m-escort", "categories": ["lab_report"], "actions": ["view"],
                                           "purpose": "matrix",
@@ -62,6 +64,7 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
         ("POST", "/v1/breakglass"): {"json": {"patient_id": patient["patient_id"], "reason": "matrix emergency test",
                                               "otp": _fresh_code(clock, secrets["doctor"])}},
         ("POST", "/v1/audit/exports"): {"json": {}},
+        ("POST", "/v1/exports"): {"json": {"passphrase": "another matrix passphrase"}},
         ("POST", "/v1/records"): {"data": {"category": "other"}, "files": {"file": ("a.png", png_bytes(b"n"))}},
         ("PATCH", "/v1/records/{record_id}/lab-results"): {"json": {"row": 0, "field": "value", "value": "1"}},
         ("GET", "/v1/patients/me/lab-trends"): {"params": {"code": "GLU"}},

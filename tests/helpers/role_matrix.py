@@ -16,6 +16,10 @@ EXPECTED = {
     ("GET", "/v1/records"): {"patient"},
     ("GET", "/v1/records/{record_id}"): {"patient", "doctor"},  # the doctor holds a view grant on this record
     ("GET", "/v1/records/{record_id}/content"): {"patient"},
+    ("GET", "/v1/records/{record_id}/fhir"): {"patient", "doctor"},  # 409 (no lab values in a PNG): allowed
+    ("POST", "/v1/exports"): {"patient"},  # issue 16: the patient's own export (PIPL 45)
+    ("GET", "/v1/exports/{package_id}"): {"patient"},
+    ("GET", "/v1/exports/{package_id}/download"): {"patient"},  # 409 while building / 410 once taken: allowed
     ("GET", "/v1/audit/events"): AUDITORS,
     ("POST", "/v1/audit/exports"): AUDITORS,
     ("GET", "/v1/audit/exports/{export_id}"): AUDITORS,

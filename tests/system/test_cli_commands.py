@@ -19,6 +19,7 @@ VERBS = {
     "audit archive": ["--data-dir", "--out", "--passphrase-file"],
     "audit checkpoint": ["--data-dir", "--passphrase-file"],
     "audit export": ["--data-dir", "--out", "--passphrase-file", "--since", "--until"],
+    "audit trace": ["--data-dir", "--passphrase-file", "FILE"],
     "audit verify": ["--key", "EXPORT_DIR"],
     "doctor": ["--data-dir", "--json"],
     "init": ["--data-dir", "--passphrase-file"],

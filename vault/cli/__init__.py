@@ -6,6 +6,7 @@ Commands, one module per group (`--help` on each says more):
   healthvault doctor                                      vault/cli/doctor.py
   healthvault users add | disable-idle                    vault/cli/users.py
   healthvault audit export | verify | archive | checkpoint  vault/cli/audit.py
+  healthvault audit trace FILE                            vault/cli/trace.py (registered by audit.py)
   healthvault keys status | rotate | rewrap | retire      vault/cli/keys.py
   healthvault patients erase                              vault/cli/patients.py
   healthvault ocr FILE...                                 ocr/cli.py (owned by ocr/)

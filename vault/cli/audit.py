@@ -107,3 +107,12 @@ def audit_checkpoint(data_dir: str | None, passphrase_file: str | None) -> None:
     finally:
         vault.close()
     click.echo(made.note if made is not None else "nothing new to checkpoint")
+
+
+def _register_trace() -> None:
+    from vault.cli.trace import trace  # issue 16: `audit trace FILE`, a module of its own
+
+    audit_group.add_command(trace)
+
+
+_register_trace()

@@ -148,3 +148,26 @@ class Consent(Base):
     notice_version: Mapped[str] = mapped_column(String(32))
     notice_hash: Mapped[str] = mapped_column(String(64))
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class PatientExport(Base):
+    """A patient's PIPL-45 export package (vault/exports/): its progress, and the sealed ZIP until it is downloaded
+    once or 24 hours pass. The passphrase that encrypts the ZIP is never stored."""
+
+    __tablename__ = "patient_exports"
+    __table_args__ = (Index("ix_patient_exports_patient", "patient_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | done | failed | downloaded | expired
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    downloaded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The DEK that seals the package blob (on top of the ZIP's own AES), wrapped by the patient KEK.
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)

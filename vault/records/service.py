@@ -89,6 +89,7 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
            title: str | None, filename: str | None, label: str = "normal") -> RecordView:
     """Commit the blob and its row together; on any failure neither remains."""
     check_metadata(category=category, title=title, filename=filename, label=label)
+    sink.seal()  # the sanitized copy is the record (vault/records/hygiene.py); a refused file stores nothing
     target = gate.Target("record", sink.record_id, sink.patient_id, category=category, label=label)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="record.create", target=target)
     where = dict(table="records", row_id=sink.record_id, patient_id=sink.patient_id)
@@ -115,7 +116,7 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
         session.commit()
     except BaseException:
         session.rollback()
-        vault.blobs.delete(sink.record_id)
+        sink.discard_committed()
         raise
     if record.ocr_status == "pending":
         vault.jobs.submit(EXTRACT_JOB, record.id)  # out of the request path

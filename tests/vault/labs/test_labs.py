@@ -58,9 +58,9 @@ def test_upload_extract_encrypted_results_corrections_and_trends(client, vault, 
 def test_bad_pages_fail_cleanly_and_the_worker_keeps_going(client, vault):
     register(client, username="lab-bad")
     headers = login(client, "lab-bad")
-    bad = upload(client, headers, sheetgen.encrypted_pdf(), category="lab_report",
-                 content_type="application/pdf").json()
-    assert _wait(client, headers, bad["record_id"])["ocr_error"] == "encrypted_pdf"
+    # Encrypted and truncated files no longer reach OCR: the upload hygiene pass refuses them (issue 16).
+    bad = upload(client, headers, sheetgen.encrypted_pdf(), category="lab_report", content_type="application/pdf")
+    assert bad.status_code == 422 and bad.json()["type"] == "urn:healthvault:problem:encrypted-file"
     huge = upload(client, headers, sheetgen.png_header_only(10_000, 10_000), category="lab_report").json()
     body = _wait(client, headers, huge["record_id"])
     assert body["ocr_status"] == "failed" and body["ocr_error"]
