@@ -36,7 +36,7 @@ from kms import (
 )
 from vault import profile
 from vault.accounts.passwords import PasswordPolicy
-from vault.blobs.store import BlobStore, LocalBlobStore
+from vault.blobs.store import BlobStore, open_store
 from vault.db import engine as db
 from vault.jobs import Jobs
 from vault.keys import events as key_events
@@ -145,7 +145,7 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
             session.flush()
     cache = KeyCache(max_age=settings.key_cache_max_age, max_uses=settings.key_cache_max_uses)
     keys = KeyManager(provider, keystore, cache=cache, suite=suite)
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = open_store(url=settings.blob_url, local_dir=settings.blob_dir)
     blobs.sweep_temp()
     sessions = db.make_sessionmaker(engine)
     vault = Vault(

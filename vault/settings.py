@@ -77,6 +77,9 @@ class Settings:
     # PIPL-1: the privacy notice patients consent to (None: the notice bundled with the vault). Its hash is stored
     # with every consent; a changed notice forces re-consent before further processing.
     privacy_notice_path: str | None = None
+    # Issue 17. Where file blobs live: None = the data directory's blobs/ (embedded default), or s3://bucket/prefix
+    # (S3-compatible storage; endpoint and credentials from the standard AWS variables and files, never from here).
+    blob_url: str | None = None
     # "development" or "production"; production refuses the local provider, plain HTTP and weak settings.
     profile: str = "development"
 
@@ -88,6 +91,8 @@ class Settings:
         for name, allowed in (("crypto_suite", CRYPTO_SUITES), ("kms_provider", KMS_PROVIDERS), ("profile", PROFILES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(sorted(allowed))}")
+        if self.blob_url is not None and not self.blob_url.startswith("s3://"):
+            raise ValueError("blob_url must look like s3://bucket/prefix")
 
     @property
     def log_dir(self) -> Path:
@@ -143,7 +148,7 @@ class Settings:
                            ("alert_denials_per_minute", int), ("alert_webhook", str),
                            ("crypto_suite", str), ("kms_provider", str), ("pkcs11_module", str),
                            ("pkcs11_token_label", str), ("pkcs11_key_label", str), ("pkcs11_pin_file", str),
-                           ("privacy_notice_path", str), ("profile", str)):
+                           ("privacy_notice_path", str), ("profile", str), ("blob_url", str)):
             raw = _env(name.upper())
             if raw is not None:
                 values[name] = kind(raw)

@@ -32,7 +32,7 @@ class UploadSink:
         self._sha = hashlib.sha256()
         self._head = b""
         self._encryptor = StreamEncryptor(self.dek, blob_aad(record_id=record_id, patient_id=patient_id))
-        self._temp = vault.blobs.create_temp()
+        self._temp = vault.blobs.create_temp(record_id)
         self._closed = False
 
     def write(self, chunk: bytes) -> None:
