@@ -163,6 +163,7 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         clock=clock,
         log_cache=LogCache("sm3" if suite == suites.SM4_GCM else "sha256"),
         audit_sink=Sink(settings.audit_sink) if settings.audit_sink else None,
+        jobs=_jobs(settings),
     )
     _forward_audit_events(vault)
     vault.jobs.register(records.EXTRACT_JOB, functools.partial(labs.run_extraction, vault), workers=1)
@@ -170,6 +171,16 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
     if migrate:
         key_events.ensure_service_keys(vault)
     return vault
+
+
+def _jobs(settings: Settings) -> Jobs:
+    """In-process pools (embedded default), or the Procrastinate queue on PostgreSQL (`job_queue`)."""
+    if settings.job_queue != "procrastinate":
+        return Jobs()
+    from vault.jobqueue import QueueJobs
+
+    return QueueJobs(settings.database_url, heartbeat_seconds=settings.job_heartbeat_seconds,
+                     stalled_seconds=settings.job_stalled_seconds)
 
 
 def _require_suite(settings: Settings) -> int:

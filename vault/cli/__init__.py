@@ -570,5 +570,8 @@ def doctor(data_dir, as_json) -> None:
     sys.exit(1 if lacking else 0)
 
 
+from vault.cli import worker as _worker  # noqa: E402, F401  (registers `healthvault worker`; issue 17)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
