@@ -1,8 +1,9 @@
 """Background jobs of one process: work that services queue by kind and that runs off the request path.
 
 Owns the seam between a service that queues work (`vault.jobs.enqueue(session, kind, *ids)` inside the caller's
-transaction, or `submit(kind, *ids)`) and where that work runs, and the in-process table of long jobs whose progress callers poll (`track` / `tracked`). The embedded default runs each kind
-on an in-process thread pool of its own size; handlers are registered once per process by the composition root
+transaction, or `submit(kind, *ids)`) and where that work runs, and the in-process table of long jobs whose
+progress callers poll (`track` / `tracked`). The embedded default runs each kind on an in-process thread pool of its
+own size; handlers are registered once per process by the composition root
 (`vault.runtime.open_vault`), so no service imports another domain to queue its work. Arguments are ids only, never
 PHI, so that a queue backend can carry them as they are. On PostgreSQL deployments with `job_queue = procrastinate`
 the same interface is served by a real queue (`vault.jobqueue`). This module imports no domain.

@@ -136,3 +136,15 @@ class Consent(Base):
     notice_version: Mapped[str] = mapped_column(String(32))
     notice_hash: Mapped[str] = mapped_column(String(64))
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class KeyInvalidation(Base):
+    """Cluster-wide notice that cached keys must go (issue 17): an erased patient's (patient_id), or every cached key
+    (patient_id NULL: key versions retired). Each process evicts what a new row names (vault.keystate)."""
+
+    __tablename__ = "key_invalidations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[str | None] = mapped_column(String(36))
+    reason: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from kms import CryptoError, KeyDestroyed, KeyStoreError
 from kms.keystore import RewrapJob, RotationRequest
 from kms.manager import RewrapBatch
+from vault import keystate
 from vault.access import audit_append, gate
 from vault.db.models import Patient, Record
 from vault.errors import Conflict, Forbidden, InvalidInput
@@ -624,4 +625,8 @@ def retire(vault, *, identity: Identity, ctx: RequestContext, grace_seconds: int
         result.root_versions.append(version)
         audit_now(vault, identity=identity, ctx=ctx, action="key.retire", resource_type="root-key",
                    resource_id=str(version), reason="unreferenced")
+    if result.kek_versions or result.root_versions:  # other processes drop whatever they cached
+        with vault.session() as session:
+            keystate.publish(session, patient_id=None, reason="retire", now=vault.clock())
+            session.commit()
     return result

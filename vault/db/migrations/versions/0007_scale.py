@@ -1,5 +1,5 @@
-"""Beyond one machine (issue 17): the job queue's schema (Procrastinate) on PostgreSQL; the cluster-wide state that
-several API processes must agree on.
+"""Beyond one machine (issue 17): the job queue's schema (Procrastinate) on PostgreSQL; the key-invalidation notices
+that several processes must agree on.
 
 Procrastinate's tables, types and functions are created in the data schema by Procrastinate's own schema file, as the
 owner role that runs migrations; the application role may use them (queue, fetch, finish jobs) but not change them.
@@ -11,6 +11,8 @@ Revises: 0005
 
 import sqlalchemy as sa
 from alembic import op
+
+from audit.models import BigId, UTCDateTime
 
 revision = "0007"
 down_revision = "0005"
@@ -37,11 +39,21 @@ def _apply_queue_schema() -> None:
 
 
 def upgrade() -> None:
+    # Notices that cached keys must go, read by every process (vault/keystate.py): append-only for the service.
+    op.create_table(
+        "key_invalidations",
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("patient_id", sa.String(36), nullable=True),
+        sa.Column("reason", sa.String(16), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+    )
     if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"GRANT SELECT, INSERT ON key_invalidations TO {APP_ROLE}")
         _apply_queue_schema()
 
 
 def downgrade() -> None:
+    op.drop_table("key_invalidations")
     if op.get_bind().dialect.name == "postgresql":
         for table in QUEUE_TABLES:
             op.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
