@@ -464,7 +464,9 @@ def _is_loopback(host: str) -> bool:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True))
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True))
-def serve(data_dir, passphrase_file, host, port, tls_cert, tls_key) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes on one socket (PostgreSQL only; vault/cli/multiserve.py).")
+def serve(data_dir, passphrase_file, host, port, tls_cert, tls_key, workers) -> None:
     """Run the HTTP API (TLS is required on any non-loopback address)."""
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -481,20 +483,28 @@ def serve(data_dir, passphrase_file, host, port, tls_cert, tls_key) -> None:
     import uvicorn
 
     from api.app import create_app
-    from vault import logsetup
+    from vault import keystate, logsetup
     from vault.auditing.trail import Checkpointer
 
     vault = _open(data_dir, passphrase_file)
+    if workers > 1:  # the key opened and the schema migrated once, here; then one vault per server process
+        vault.close()
+        from vault.cli.multiserve import serve_workers
+
+        return serve_workers(settings=settings, passphrase=_passphrase(passphrase_file), host=host, port=port,
+                             tls_cert=tls_cert, tls_key=tls_key, workers=workers)
     log_listener = logsetup.configure(vault.settings)
     app = create_app(vault)
     checkpointer = Checkpointer(vault)
     checkpointer.start()
+    watcher = keystate.watch(vault)  # several `serve` processes on one database drop erased keys together
     settle_heap()
     click.echo(f"serving on {'https' if tls_cert else 'http'}://{host}:{port}")
     try:
         uvicorn.run(app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key, access_log=False,
                     log_config=None, log_level="info", server_header=False)
     finally:
+        watcher.stop()
         checkpointer.stop()
         vault.close()
         log_listener.stop()
@@ -571,7 +581,6 @@ def doctor(data_dir, as_json) -> None:
 
 
 from vault.cli import worker as _worker  # noqa: E402, F401  (registers `healthvault worker`; issue 17)
-
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -23,7 +23,7 @@ from vault.cli import _common, _open, main
               help="Jobs run at once by this process (each OCR job takes about one core).")
 def worker(data_dir, passphrase_file, concurrency) -> None:
     """Run background jobs (OCR) from the PostgreSQL queue until stopped."""
-    from vault import logsetup
+    from vault import keystate, logsetup
     from vault.jobqueue import QueueJobs
 
     vault = _open(data_dir, passphrase_file)
@@ -32,10 +32,12 @@ def worker(data_dir, passphrase_file, concurrency) -> None:
         raise click.ClickException("no job queue to work on: set HEALTHVAULT_JOB_QUEUE=procrastinate "
                                    "(PostgreSQL only); the embedded default runs jobs inside `healthvault serve`")
     log_listener = logsetup.configure(vault.settings)
+    watcher = keystate.watch(vault)  # an erasure elsewhere drops this process's cached keys too
     name = f"{socket.gethostname()}-{os.getpid()}"
     click.echo(f"worker {name} running {concurrency} job(s) at a time")
     try:
         vault.jobs.run_worker(concurrency=concurrency, name=name)
     finally:
+        watcher.stop()
         vault.close()
         log_listener.stop()

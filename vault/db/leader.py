@@ -17,7 +17,11 @@ import threading
 from sqlalchemy import Connection, Engine, text
 
 log = logging.getLogger("healthvault.leader")
-CHECKPOINTER = 0x68760001  # advisory lock keys of this application ("hv" + duty)
+CHECKPOINTER = 0x68760001  # advisory lock keys of this application ("hv" + duty), paired with the schema's hash
+# Advisory locks are per database, not per schema: the first key is the data schema's hash, so two vaults in two
+# schemas of one database each have their own leader.
+_TRY = "SELECT pg_try_advisory_lock(hashtext(current_schema()), :k)"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtext(current_schema()), :k)"
 
 
 class LeaderLock:
@@ -47,7 +51,7 @@ class LeaderLock:
                     self._drop()
             try:
                 conn = self.engine.connect()
-                got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
+                got = conn.execute(text(_TRY), {"k": self.key}).scalar()
                 conn.commit()
             except Exception:  # noqa: BLE001 - database unreachable: nobody here leads
                 return False
@@ -71,7 +75,7 @@ class LeaderLock:
         with self._lock:
             if self._conn is not None:
                 try:
-                    self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                    self._conn.execute(text(_UNLOCK), {"k": self.key})
                     self._conn.commit()
                 except Exception as exc:  # noqa: BLE001 - a dead session released it already
                     log.debug("leader lock release: %s", type(exc).__name__)
