@@ -34,7 +34,7 @@ from kms import (
     sm2,
     suites,
 )
-from vault import profile
+from vault import metrics, profile
 from vault.accounts.passwords import PasswordPolicy
 from vault.blobs.store import BlobStore, open_store
 from vault.db import engine as db
@@ -144,6 +144,7 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
                                 trail.SM_EVENT_FORMAT if suite == suites.SM4_GCM else trail.EVENT_FORMAT)
             session.flush()
     cache = KeyCache(max_age=settings.key_cache_max_age, max_uses=settings.key_cache_max_uses)
+    cache.on_lookup = metrics.observe_key_cache
     keys = KeyManager(provider, keystore, cache=cache, suite=suite)
     blobs = open_store(url=settings.blob_url, local_dir=settings.blob_dir)
     blobs.sweep_temp()
@@ -166,7 +167,8 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         jobs=_jobs(settings),
     )
     _forward_audit_events(vault)
-    vault.jobs.register(records.EXTRACT_JOB, functools.partial(labs.run_extraction, vault), workers=1)
+    vault.jobs.register(records.EXTRACT_JOB, metrics.timed(records.EXTRACT_JOB,
+                                                           functools.partial(labs.run_extraction, vault)), workers=1)
     key_events.attach_auditor(vault)  # every process audits failed unwraps (API, every CLI verb, jobs)
     if migrate:
         key_events.ensure_service_keys(vault)

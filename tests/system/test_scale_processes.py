@@ -248,6 +248,12 @@ def test_serve_with_two_workers_answers_and_one_of_them_checkpoints(setup_vault,
         _until(lambda: _checkpoints(setup_vault) > 0, 30, "a checkpoint")
         assert _leaders(setup_vault) == 1
         assert server.log().count("now leads: audit checkpointer") == 1
+        # /metrics sums every process's counts (prometheus-client multiprocess mode), whichever process answers.
+        scraped = server.client.get("/metrics")
+        assert scraped.status_code == 200
+        line = 'healthvault_http_requests_total{method="POST",route="/v1/auth/login",status="200"} '
+        assert float(next(x for x in scraped.text.splitlines() if x.startswith(line))[len(line):]) == 20.0
+        assert list((pg_settings.data_dir / "metrics").glob("counter_*.db"))
     finally:
         server.stop()
     assert server.process.returncode == 0, server.log()

@@ -31,6 +31,7 @@ class BlobStore(Protocol):
     def delete(self, blob_id: str) -> None: ...
     def exists(self, blob_id: str) -> bool: ...
     def sweep_temp(self) -> int: ...
+    def check(self) -> None: ...
 
 
 def _check_id(blob_id: str) -> str:
@@ -93,6 +94,11 @@ class LocalBlobStore:
 
     def exists(self, blob_id: str) -> bool:
         return self.path_of(blob_id).exists()
+
+    def check(self) -> None:
+        """Raise OSError unless the directory is there and writable (readiness)."""
+        if not (self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)):
+            raise OSError("the blob directory is missing or not writable")
 
     def sweep_temp(self) -> int:
         """Remove temp files left by a crashed upload (RIP-1)."""

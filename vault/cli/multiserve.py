@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 from typing import TYPE_CHECKING
 
 import click
@@ -35,6 +36,11 @@ def serve_workers(*, settings: Settings, passphrase: bytes | None, host: str, po
     if settings.is_sqlite:
         raise click.UsageError("--workers needs PostgreSQL (HEALTHVAULT_DATABASE_URL): SQLite has one writer")
     os.environ["HEALTHVAULT_DATA_DIR"] = str(settings.data_dir)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics sums the processes' values kept here
+        metrics_dir = settings.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # values of a previous run would be summed in
+        metrics_dir.mkdir(mode=0o700)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     if passphrase is not None:
         os.environ[PASSPHRASE_ENV] = passphrase.decode()
     click.echo(f"serving on {'https' if tls_cert else 'http'}://{host}:{port} with {workers} processes")
