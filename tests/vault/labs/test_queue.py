@@ -218,3 +218,41 @@ def test_two_workers_one_killed_mid_job_every_sheet_extracted_once(queue_vault, 
             writes[record_id] += 1
     assert set(writes.values()) == {1}, writes  # every result stored, none twice
     assert [j for j in _jobs(vault) if j["status"] != "succeeded"] == []  # nothing left queued, running or failed
+
+
+def test_the_app_role_queues_runs_and_invalidates_without_ddl(pg_app_role_settings):
+    """Migrations (and the queue's schema) are the owner's; the service role only uses them (issue 17 item 4)."""
+    import dataclasses
+
+    from sqlalchemy.exc import DBAPIError
+
+    from vault import keystate
+    from vault.db.leader import CHECKPOINTER, LeaderLock
+
+    _owner, app_settings = pg_app_role_settings
+    app_settings = dataclasses.replace(app_settings, job_queue="procrastinate")
+    vault = open_vault(app_settings, PASSPHRASE)
+    try:
+        calls = []
+        vault.jobs.register("test.role", calls.append)
+        with vault.session() as session:
+            vault.jobs.enqueue(session, "test.role", "r1")
+            keystate.publish(session, patient_id=None, reason="retire", now=vault.clock())
+            session.commit()
+        vault.jobs.run_worker(wait=False, install_signal_handlers=False)
+        assert calls == ["r1"]
+        watcher = keystate.KeyStateWatcher(vault)
+        with vault.session() as session:
+            keystate.publish(session, patient_id=None, reason="retire", now=vault.clock())
+            session.commit()
+        assert watcher.apply() == 1
+        leader = LeaderLock(vault.engine, CHECKPOINTER, duty="test")
+        assert leader.held()
+        leader.release()
+        for statement in ("DROP TABLE procrastinate_jobs", "ALTER TABLE procrastinate_jobs ADD COLUMN x int",
+                          "DELETE FROM key_invalidations", "CREATE TABLE t_evil (x int)"):
+            with pytest.raises(DBAPIError, match="permission denied|must be owner"):
+                with vault.engine.begin() as conn:
+                    conn.exec_driver_sql(statement)
+    finally:
+        vault.close()
