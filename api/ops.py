@@ -81,17 +81,18 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        state = {"status": 500, "problem": None}
+        status = [500]
+        problem_body: list[bytearray] = []  # set when the response is a problem+json
 
         async def observe(message: Message) -> None:
             if message["type"] == "http.response.start":
-                state["status"] = message["status"]
+                status[0] = message["status"]
                 headers = dict(message.get("headers") or ())
                 if headers.get(b"content-type", b"").startswith(MEDIA_TYPE.encode()):
-                    state["problem"] = bytearray()
-            elif message["type"] == "http.response.body" and state["problem"] is not None:
-                if len(state["problem"]) < _MAX_PROBLEM_BODY:
-                    state["problem"] += message.get("body", b"")[:_MAX_PROBLEM_BODY]
+                    problem_body.append(bytearray())
+            elif message["type"] == "http.response.body" and problem_body:
+                if len(problem_body[0]) < _MAX_PROBLEM_BODY:
+                    problem_body[0] += message.get("body", b"")[:_MAX_PROBLEM_BODY]
             await send(message)
 
         try:
@@ -99,10 +100,10 @@ class MetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None) or "<unmatched>"
             method = scope.get("method") if scope.get("method") in METHODS else "OTHER"
-            metrics.REQUESTS.labels(method, route, str(state["status"])).inc()
+            metrics.REQUESTS.labels(method, route, str(status[0])).inc()
             metrics.LATENCY.labels(route).observe(time.perf_counter() - started)
-            if state["problem"] is not None:
-                metrics.PROBLEMS.labels(_slug(bytes(state["problem"]))).inc()
+            if problem_body:
+                metrics.PROBLEMS.labels(_slug(bytes(problem_body[0]))).inc()
 
 
 def _slug(body: bytes) -> str:

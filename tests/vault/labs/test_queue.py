@@ -251,7 +251,7 @@ def test_the_app_role_queues_runs_and_invalidates_without_ddl(pg_app_role_settin
         leader.release()
         for statement in ("DROP TABLE procrastinate_jobs", "ALTER TABLE procrastinate_jobs ADD COLUMN x int",
                           "DELETE FROM key_invalidations", "CREATE TABLE t_evil (x int)"):
-            with pytest.raises(DBAPIError, match="permission denied|must be owner"):
+            with pytest.raises(DBAPIError, match=r"permission denied|must be owner"):
                 with vault.engine.begin() as conn:
                     conn.exec_driver_sql(statement)
     finally:
