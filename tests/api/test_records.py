@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from audit.models import AuditEvent
 from tests.helpers import (
     PASSWORD,
+    blobs,
     consents,
     login,
     make_id_number,
@@ -31,8 +32,7 @@ def _count(vault, model) -> int:
 
 
 def _blob_files(vault) -> list:
-    root = vault.settings.blob_dir
-    return [p for p in root.rglob("*") if p.is_file()]
+    return blobs.stored(vault.blobs) + blobs.leftovers(vault.blobs)
 
 
 def _assert_problem(response, status: int, slug: str) -> dict:
@@ -248,7 +248,7 @@ def test_truncated_upload_leaves_nothing(client, vault):
                            headers={**headers, "Content-Type": "multipart/form-data; boundary=b0"})
     _assert_problem(response, 400, "truncated-upload")
     _no_trace(vault)
-    assert list(vault.settings.blob_dir.joinpath("tmp").iterdir()) == []
+    assert blobs.leftovers(vault.blobs) == []
 
 
 def test_another_patient_cannot_reach_records_and_the_attempt_is_audited(client, vault):

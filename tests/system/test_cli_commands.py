@@ -28,8 +28,9 @@ VERBS = {
     "keys rotate": ["--all-keks", "--data-dir", "--kek", "--passphrase-file", "--root"],
     "keys status": ["--data-dir", "--json", "--passphrase-file"],
     "ocr": ["--json", "--pretty", "FILES"],
+    "worker": ["--concurrency", "--data-dir", "--passphrase-file"],
     "patients erase": ["--data-dir", "--passphrase-file", "--yes", "PATIENT_ID"],
-    "serve": ["--data-dir", "--host", "--passphrase-file", "--port", "--tls-cert", "--tls-key"],
+    "serve": ["--data-dir", "--host", "--passphrase-file", "--port", "--tls-cert", "--tls-key", "--workers"],
     "users add": ["--data-dir", "--passphrase-file", "--password-file", "--role", "--username"],
     "users disable-idle": ["--data-dir", "--passphrase-file"],
 }

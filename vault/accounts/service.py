@@ -87,6 +87,9 @@ def _fail(session: Session, vault, account: Account | None, name: str | None, ct
           reason: str) -> NoReturn:
     """Record a failed sign-in (and a lockout when the threshold is reached), commit, raise the uniform 401."""
     now = vault.clock()
+    if account is not None and reason in ("bad-credentials", "bad-otp"):
+        # The counter is shared by every server process: count on the locked row, not on what this process read.
+        session.refresh(account, with_for_update=True)
     actor = (Identity(account_id=account.id, role=account.role) if account
              else Identity(account_id="unknown:" + (name or "-"), role="anonymous"))
     audit_append.append(session, vault, identity=actor, ctx=ctx, action="login_failed", outcome="deny",

@@ -9,6 +9,7 @@ Commands, one module per group (`--help` on each says more):
   healthvault audit trace FILE                            vault/cli/trace.py (registered by audit.py)
   healthvault keys status | rotate | rewrap | retire      vault/cli/keys.py
   healthvault patients erase                              vault/cli/patients.py
+  healthvault worker [--concurrency N]                    vault/cli/worker.py (the PostgreSQL job queue)
   healthvault ocr FILE...                                 ocr/cli.py (owned by ocr/)
 
 Adding a group: a new module defining one click command or group, and one line in `COMMANDS` below. A command module
@@ -52,6 +53,7 @@ COMMANDS: dict[str, str] = {
     "audit": "vault.cli.audit:audit_group",
     "keys": "vault.cli.keys:keys_group",
     "patients": "vault.cli.patients:patients_group",
+    "worker": "vault.cli.worker:worker",
     "ocr": "ocr.cli:ocr_command",
 }
 

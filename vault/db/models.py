@@ -171,3 +171,13 @@ class PatientExport(Base):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # The DEK that seals the package blob (on top of the ZIP's own AES), wrapped by the patient KEK.
     wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+class KeyInvalidation(Base):
+    """Cluster-wide notice that cached keys must go (issue 17): an erased patient's (patient_id), or every cached key
+    (patient_id NULL: key versions retired). Each process evicts what a new row names (vault.keystate)."""
+
+    __tablename__ = "key_invalidations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[str | None] = mapped_column(String(36))
+    reason: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

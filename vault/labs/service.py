@@ -3,7 +3,9 @@
 Owns the `lab.extract` job (`run_extraction`, queued by the records service through `vault.jobs` and run off the
 request path; the job is just a record id): running `ocr.extract`, storing the
 LabReport sealed under the record's DEK, and the record's status pending → done / needs_review / failed (with the
-OCR package's stable error code). A failing page never takes the worker down. `ocr/` stays pure: it gets bytes and
+OCR package's stable error code). A failing page never takes the worker down. Running the job twice does no harm
+(a queue may: retries, a killed worker's jobs): it acts only on a record still `pending`, and stores its result only
+if the record is still `pending`, so each result is stored once. `ocr/` stays pure: it gets bytes and
 returns a report; identities, keys and the database stay here.
 OCR is optional processing (PIPL-1): without the patient's `ocr` consent on the current notice an upload is stored
 with status `declined` and nothing is read; the worker checks the consent again when it runs, so a withdrawal stops
@@ -74,6 +76,8 @@ def run_extraction(vault, record_id: str) -> str:
                                 .values(ocr_status=DECLINED, ocr_error=None))
                 session.commit()
                 return DECLINED
+            if record.ocr_status != "pending":
+                return record.ocr_status or "failed"  # a job run twice (retry, stalled worker): done already
             target = gate.Target("record", record.id, record.patient_id, category=record.category,
                                  label=record.label)
             # The extraction is the vault processing PHI on the patient's behalf: on the record, not silent.
@@ -93,16 +97,22 @@ def run_extraction(vault, record_id: str) -> str:
             values: dict[str, object] = dict(ocr_status=status, ocr_error=error)
             if payload is not None:
                 values["lab_results_enc"] = fields.seal(dek, payload, column="lab_results", **_where(record))
-            session.execute(update(Record).where(Record.id == record_id).values(**values))
+            stored = session.execute(update(Record).where(Record.id == record_id, Record.ocr_status == "pending")
+                                     .values(**values)).rowcount
             session.commit()
-            return status
+            return status if stored else _status_of(vault, record_id)  # another run stored it first: keep that
     except Exception as exc:  # noqa: BLE001 - the worker survives anything one page does
         log.error("lab extraction failed: %s", type(exc).__name__)
         with vault.session() as session:
-            session.execute(update(Record).where(Record.id == record_id)
+            session.execute(update(Record).where(Record.id == record_id, Record.ocr_status == "pending")
                             .values(ocr_status="failed", ocr_error="internal"))
             session.commit()
         return "failed"
+
+
+def _status_of(vault, record_id: str) -> str:
+    with vault.session() as session:
+        return session.scalar(select(Record.ocr_status).where(Record.id == record_id)) or "failed"
 
 
 def _extract(data: bytes) -> tuple[str, str | None, str | None]:
@@ -203,6 +213,6 @@ def request_extraction(session, vault, *, identity: Identity, ctx: RequestContex
     if not privacy.ocr_allowed(session, vault, patient_id=record.patient_id):
         raise declined_error()
     mark_pending(session, record.id)
+    vault.jobs.enqueue(session, EXTRACT_JOB, record.id)
     session.commit()
-    vault.jobs.submit(EXTRACT_JOB, record.id)
     return "pending"

@@ -37,6 +37,7 @@ from kms.blind_index import INDEX_SIZE
 from vault.access import audit_append, gate
 from vault.accounts import service as accounts
 from vault.accounts import totp
+from vault.db import keystate
 from vault.db.models import Account, AuthToken, LabCorrection, Patient, Record
 from vault.errors import InvalidCredentials, NotFound, OtpRequired
 from vault.identity import Identity, RequestContext
@@ -146,5 +147,6 @@ def _erase(session: Session, vault, *, patient_id: str, actor: Identity, ctx: Re
             totp_enabled=False, totp_last_step=None, previous_password_hashes=None, is_active=False))
     gate.audit(vault, session, identity=actor, ctx=ctx, action="key.shred", target=_target(patient_id),
                outcome="allow", reason=f"kek-versions:{destroyed}")
+    keystate.publish(session, patient_id=patient_id, reason="erasure", now=now)  # other processes drop their cache
     session.commit()
     return ErasureReport(pseudonym, destroyed, len(record_ids), len(grant_ids))

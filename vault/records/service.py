@@ -113,13 +113,13 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
     session.flush()
     sink.commit()
     try:
+        if record.ocr_status == "pending":  # out of the request path; queued only if this transaction commits
+            vault.jobs.enqueue(session, EXTRACT_JOB, record.id)
         session.commit()
     except BaseException:
         session.rollback()
         sink.discard_committed()
         raise
-    if record.ocr_status == "pending":
-        vault.jobs.submit(EXTRACT_JOB, record.id)  # out of the request path
     return _view(record, sink.dek)
 
 

@@ -50,11 +50,11 @@ class UploadSink:
         self._sha = hashlib.sha256()
         self._head = b""
         self._encryptor = StreamEncryptor(self.dek, blob_aad(record_id=record_id, patient_id=patient_id))
-        self._temp = vault.blobs.create_temp()
+        self._temp = vault.blobs.create_temp(record_id)
         self._spool = tempfile.TemporaryFile(dir=getattr(vault.blobs, "tmp_dir", None))
         self._spool_encryptor = StreamEncryptor(self.dek, original_aad(record_id=record_id, patient_id=patient_id))
         self._blobs = vault.blobs
-        self._original = vault.blobs.create_temp() if keep_original else None
+        self._original = vault.blobs.create_temp(original_blob_id(record_id)) if keep_original else None
         self._sealed = False
         self._closed = False
 
