@@ -11,7 +11,7 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 
-from api import problems
+from api import console, problems
 from api.middleware import EdgeMiddleware
 from api.routers import accounts, audit, auth, health, keys, labs, patients, privacy, records, sharing
 from vault.db.fastpath.lane import DatabaseLane
@@ -56,5 +56,6 @@ def create_app(vault: Vault) -> FastAPI:
     for router in (health.router, records.router, auth.router, patients.router, audit.router, sharing.router,
                    labs.router, privacy.router, keys.router, accounts.router):
         app.include_router(router)
+    console.mount(app)  # the browser console at / (api/console): the same services, after the API routes
     app.add_middleware(EdgeMiddleware)
     return app
