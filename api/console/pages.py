@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
+import re
 import tarfile
 import uuid
 from typing import Any
@@ -42,6 +43,7 @@ from vault.db.models import CATEGORIES
 from vault.errors import (
     Conflict,
     InvalidInput,
+    NotFound,
     OtpEnrollmentRequired,
     PasswordChangeRequired,
     PayloadTooLarge,
@@ -143,7 +145,7 @@ async def login(request: Request) -> Response:
     except (PasswordChangeRequired, OtpEnrollmentRequired):
         return console.redirect("/first-sign-in")
     except VaultError as exc:
-        return console.page("login.html", status=exc.status, next=_safe_next(_field(console, "next")),
+        return console.page("login.html", http_status=exc.status, next=_safe_next(_field(console, "next")),
                             error=i18n.error_text(console.lang, exc), notice=None)
     response = console.redirect(_safe_next(_field(console, "next")))
     set_cookie(request, response, SESSION, token, max_age=ttl)
@@ -194,7 +196,7 @@ async def register(request: Request) -> Response:
     try:
         await console.anonymous(work)
     except VaultError as exc:
-        return console.page("register.html", status=exc.status, notice=notice,
+        return console.page("register.html", http_status=exc.status, notice=notice,
                             error=i18n.error_text(console.lang, exc), values=values)
     return console.redirect("/login?done=registered")
 
@@ -221,7 +223,7 @@ async def first_password(request: Request) -> Response:
     try:
         await console.anonymous(work)
     except VaultError as exc:
-        return console.page("first.html", status=exc.status, step="password", username=username, qr_svg=None,
+        return console.page("first.html", http_status=exc.status, step="password", username=username, qr_svg=None,
                             secret=None, error=i18n.error_text(console.lang, exc), message=None)
     return console.page("first.html", step="totp", username=username, error=None, qr_svg=None, secret=None,
                         message=console.t("first.changed"))
@@ -240,7 +242,7 @@ async def first_totp(request: Request) -> Response:
     try:
         secret, uri = await console.anonymous(work)
     except VaultError as exc:
-        return console.page("first.html", status=exc.status, step="totp", username=username, qr_svg=None,
+        return console.page("first.html", http_status=exc.status, step="totp", username=username, qr_svg=None,
                             secret=None, error=i18n.error_text(console.lang, exc), message=None)
     return console.page("first.html", step="activate", username=username, qr_svg=qr.svg(uri), secret=secret,
                         error=None, message=None)
@@ -259,7 +261,7 @@ async def first_activate(request: Request) -> Response:
     try:
         await console.anonymous(work)
     except VaultError as exc:
-        return console.page("first.html", status=exc.status, step="activate", username=username, qr_svg=None,
+        return console.page("first.html", http_status=exc.status, step="activate", username=username, qr_svg=None,
                             secret=None, error=i18n.error_text(console.lang, exc), message=None)
     return console.redirect("/login?done=first")
 
@@ -555,9 +557,7 @@ async def grant_page(request: Request, grant_id: uuid.UUID) -> Response:
         match = [g for g in sharing.list_grants(session, console.vault, identity=identity, ctx=console.ctx)
                  if g.grant_id == gid]
         if not match:
-            from vault.errors import NotFound
-
-            raise NotFound()
+                raise NotFound()
         return match[0]
 
     grant = await console.run(work, roles=READERS)
@@ -729,11 +729,20 @@ async def exports_page(request: Request) -> Response:
     return console.page("exports.html")
 
 
+def _export_id(value: str) -> str:
+    if not _EXPORT_ID.fullmatch(value):
+        raise NotFound()
+    return value
+
+
+_EXPORT_ID = re.compile(r"[0-9a-f]{16}")
+
+
 @router.get("/audit/exports/{export_id}")
 @page
-async def export_status(request: Request, export_id: uuid.UUID) -> Response:
+async def export_status(request: Request, export_id: str) -> Response:
     console = await open_console(request)
-    eid = str(export_id)
+    eid = _export_id(export_id)
 
     def work(session, identity: Identity) -> tuple[trail.ExportJob, str]:
         job = trail.get_export(session, console.vault, identity=identity, ctx=console.ctx, export_id=eid)
@@ -746,9 +755,9 @@ async def export_status(request: Request, export_id: uuid.UUID) -> Response:
 
 @router.get("/audit/exports/{export_id}/archive")
 @page
-async def export_archive(request: Request, export_id: uuid.UUID) -> Response:
+async def export_archive(request: Request, export_id: str) -> Response:
     console = await open_console(request)
-    eid = str(export_id)
+    eid = _export_id(export_id)
 
     def work(session, identity: Identity) -> trail.ExportJob:
         return trail.get_export(session, console.vault, identity=identity, ctx=console.ctx, export_id=eid)

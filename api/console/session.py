@@ -145,10 +145,10 @@ class Console:
 
         return await run_in_threadpool(unit)
 
-    def page(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
+    def page(self, template: str, http_status: int = 200, **values: Any) -> HTMLResponse:
         html = render(template, lang=self.lang, csrf=self.csrf, identity=self.identity,
                       htmx=self.request.headers.get("hx-request") == "true", path=self.request.url.path, **values)
-        response = HTMLResponse(html, status_code=status)
+        response = HTMLResponse(html, status_code=http_status)
         if self.pre:
             set_cookie(self.request, response, PRE, self.pre)
         return headers(response)

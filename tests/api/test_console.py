@@ -206,3 +206,33 @@ def test_dates_window_reaches_the_service(client, vault, clock):
     refused = client.post("/sharing", data={"csrf": csrf, "grantee": "c.windoc", "record_ids": record_id,
                                             "actions": "view", "purpose": "p", "days": "0"})
     assert refused.status_code == 422
+
+
+def test_auditor_search_export_and_key_pages(client, vault, clock):
+    import time
+
+    from tests.helpers import totp_code
+
+    register(client, username="c.audited")
+    auditor = staff(client, vault, "auditor", "c.aud")
+    secret = auditor.pop("_secret")
+    clock.advance(seconds=60)
+    csrf = console_login(client, "c.aud", otp=totp_code(secret, clock()))
+    found = client.get("/audit", params={"action": "login", "outcome": "allow"})
+    assert found.status_code == 200 and 'class="actor"' in found.text
+    assert_console_headers(found)
+    assert client.get("/audit", params={"outcome": "maybe"}).status_code == 422
+    assert client.get("/audit", params={"since": "not a date"}).status_code == 422
+    started = client.post("/audit/exports", data={"csrf": csrf, "since": "", "until": ""}, follow_redirects=False)
+    assert started.status_code == 303, started.text
+    export_url = started.headers["location"]
+    for _ in range(100):
+        status = client.get(export_url)
+        if 'id="export-download"' in status.text:
+            break
+        time.sleep(0.05)
+    assert 'id="vkey"' in status.text and "healthvault audit verify" in status.text
+    archive = client.get(export_url + "/archive")
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/gzip"
+    assert client.get("/keys").status_code == 200
+    assert client.get("/records").status_code == 403
