@@ -120,8 +120,13 @@ class Console:
             raise LoginRequired()
         token, vault, ctx = self.token, self.vault, self.ctx
 
+        reading = self.request.method in SAFE_METHODS
+        lane = self.request.app.state.db_lane
+
         def unit() -> Any:
-            with vault.session() as session:
+            # A page view is a hot read: on the database lane, like the JSON record reads (one batch, one commit,
+            # on SQLite on the event loop); a state change runs in a session of its own in the thread pool.
+            with (lane.session() if reading else vault.session()) as session:
                 try:
                     identity = tokens.resolve(session, token=token, now=vault.clock(),
                                               idle_timeout_seconds=vault.settings.idle_timeout_seconds)
@@ -134,7 +139,7 @@ class Console:
                     privacy.require_processing_consent(session, vault, identity=identity, ctx=ctx, action=action)
                 return work(session, identity)
 
-        return await run_in_threadpool(unit)
+        return await (lane.run(unit) if reading else run_in_threadpool(unit))
 
     async def anonymous(self, work: Callable[[Session], Any]) -> Any:
         vault = self.vault
