@@ -61,7 +61,8 @@ def trend_svg(points: list[Point], *, title: str, unit: str | None, low: float |
         parts.append(f'<rect class="band" x="{LEFT}" y="{band_top:.1f}" width="{inner_w}" '
                      f'height="{max(band_bottom - band_top, 1):.1f}" fill="#d8f0dc"/>')
         parts.append(f'<rect x="{LEFT}" y="{HEIGHT - 22}" width="18" height="14" fill="#d8f0dc" stroke="#1d5b2a"/>')
-        parts.append(f'<text x="{LEFT + 24}" y="{HEIGHT - 9}" font-size="16" fill="#1d5b2a">{escape(band_label)}</text>')
+        parts.append(f'<text x="{LEFT + 24}" y="{HEIGHT - 9}" font-size="16" fill="#1d5b2a">'
+                     f'{escape(band_label)}</text>')
     for tick in (lo + pad, (lo + hi) / 2, hi - pad):
         parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" '
                      f'stroke="#bbb" stroke-width="1"/>')

@@ -6,7 +6,14 @@ import datetime as dt
 import time
 
 from tests.helpers import PASSWORD, login, png_bytes, register, staff, upload
-from tests.helpers.role_matrix import CONSOLE_EXPECTED, CONSOLE_PUBLIC, EXPECTED, PUBLIC, ROLES, STAFF
+from tests.helpers.role_matrix import (
+    CONSOLE_EXPECTED,
+    CONSOLE_PUBLIC,
+    EXPECTED,
+    PUBLIC,
+    ROLES,
+    STAFF,
+)
 
 DENIED = (401, 403, 404)
 
