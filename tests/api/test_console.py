@@ -236,3 +236,26 @@ def test_auditor_search_export_and_key_pages(client, vault, clock):
     assert archive.status_code == 200 and archive.headers["content-type"] == "application/gzip"
     assert client.get("/keys").status_code == 200
     assert client.get("/records").status_code == 403
+
+
+def test_break_glass_in_the_console_warns_and_counts_down(client, vault, clock):
+    from tests.helpers import totp_code
+
+    patient = register(client, username="c.bg-patient")
+    doctor = staff(client, vault, "doctor", "c.bg-doc")
+    secret = doctor.pop("_secret")
+    clock.advance(seconds=60)
+    csrf = console_login(client, "c.bg-doc", otp=totp_code(secret, clock()))
+    form = client.get("/breakglass")
+    assert form.status_code == 200 and 'role="alert"' in form.text
+    short = client.post("/breakglass", data={"csrf": csrf, "patient_id": patient["patient_id"], "reason": "short"})
+    assert short.status_code == 422
+    not_an_id = client.post("/breakglass", data={"csrf": csrf, "patient_id": "王芳", "reason": "x" * 20})
+    assert not_an_id.status_code == 422
+    opened = client.post("/breakglass", data={"csrf": csrf, "patient_id": patient["patient_id"],
+                                              "reason": "unconscious at the emergency desk"})
+    assert opened.status_code == 200 and 'class="countdown" data-expires="' in opened.text
+    assert_console_headers(opened)
+    bearer = login(client, "c.bg-patient")
+    log = client.get("/v1/patients/me/access-log", headers=bearer).json()["items"]
+    assert any(e["action"] == "breakglass" and e["actor_name"] == "c.bg-doc" for e in log)

@@ -78,6 +78,7 @@ class Run:
         self.responses: list = []
         self.console_errors: list[str] = []
         self.shots = 0
+        self.progress: list[int] = []  # the upload bar's values, as console.js set them
 
     def watch(self, page) -> None:
         page.on("request", lambda request: self.urls.append(request.url))
@@ -143,6 +144,10 @@ def _context(browser, run: Run, *, mobile: bool):
     viewport = {"width": 375, "height": 812} if mobile else {"width": 1280, "height": 900}
     context = browser.new_context(viewport=viewport, locale="zh-CN", accept_downloads=True)
     context.add_init_script(path=str(AXE))  # through the DevTools protocol: the page's CSP stays as served
+    context.expose_function("hvProgress", lambda value: run.progress.append(int(value)))
+    context.add_init_script(script="document.addEventListener('htmx:xhr:progress', () => setTimeout(() => { "
+                            "const bar = document.getElementById('upload-progress'); "
+                            "if (bar) window.hvProgress(bar.value); }, 0));")
     context.set_default_timeout(30_000)
     page = context.new_page()
     run.watch(page)
@@ -190,17 +195,10 @@ def _first_sign_in(page, run: Run, username: str, name: str) -> str:
     return secret
 
 
-def _wait_for_values(page, run: Run, record_url: str) -> None:
-    for _ in range(90):  # OCR runs off the request path; the page polls and reloads itself when it is done
-        if page.locator("#lab-table").count():
-            return
-        status = page.locator("#ocr-status")
-        if status.count() and "failed" in (status.get_attribute("class") or ""):
-            raise AssertionError("the lab sheet could not be read")
-        page.wait_for_timeout(2000)
-        if not page.locator("#ocr-status.pending").count():
-            page.goto(record_url)
-    raise AssertionError("no extracted values after 3 minutes")
+def _wait_for_values(page) -> None:
+    """OCR runs off the request path; the record page polls its status and reloads itself once the sheet is read."""
+    page.wait_for_selector("#lab-table, #ocr-status.failed, #ocr-status.declined", timeout=180_000)
+    assert page.locator("#lab-table").count() == 1, "the lab sheet could not be read"
 
 
 def _upload(page, run: Run, *, data: bytes, name: str, title: str, shot: str) -> str:
@@ -208,10 +206,12 @@ def _upload(page, run: Run, *, data: bytes, name: str, title: str, shot: str) ->
     page.get_by_label("类别", exact=True).select_option("lab_report")
     page.get_by_label("标题（可选）", exact=True).fill(title)
     page.locator("#file").set_input_files(files=[{"name": name, "mimeType": "image/jpeg", "buffer": data}])
+    progress_events = len(run.progress)
     page.get_by_role("button", name="上传").click()
     page.wait_for_url(re.compile(r".*/records/[0-9a-f-]{36}$"))
+    assert len(run.progress) > progress_events and run.progress[-1] == 100  # the bar followed the upload to the end
     record_url = page.url
-    _wait_for_values(page, run, record_url)
+    _wait_for_values(page)
     run.shot(page, shot)
     return record_url
 
