@@ -66,14 +66,15 @@ READERS = PATIENT | GRANTEES
 AUDITORS = frozenset({"auditor", "auditadmin"})
 KEY_READERS = AUDITORS | {"secadmin"}
 HOME = {"patient": "/records", "doctor": "/shared", "escort": "/shared", "auditor": "/audit",
-        "auditadmin": "/audit", "secadmin": "/keys"}
+        "auditadmin": "/audit", "secadmin": "/security", "sysadmin": "/accounts"}
 _FORM_OVERHEAD = 64 * 1024
 INLINE_TYPES = ("image/png", "image/jpeg", "image/webp", "application/pdf")
 
 
 def _safe_next(value: str | None) -> str:
     """Only a local path (never another origin, never a query string): the sign-in's `next`."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value or "?" in value:
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value or "?" in value \
+            or any(ord(c) < 33 or ord(c) == 127 for c in value):  # browsers drop tabs and newlines: "/\t/evil"
         return "/"
     return value
 

@@ -259,3 +259,45 @@ def test_break_glass_in_the_console_warns_and_counts_down(client, vault, clock):
     bearer = login(client, "c.bg-patient")
     log = client.get("/v1/patients/me/access-log", headers=bearer).json()["items"]
     assert any(e["action"] == "breakglass" and e["actor_name"] == "c.bg-doc" for e in log)
+
+
+def test_admin_pages_create_disable_and_move_roles(client, vault, clock):
+    from tests.helpers import totp_code
+
+    sysadmin = staff(client, vault, "sysadmin", "c.sys")
+    sys_secret = sysadmin.pop("_secret")
+    secadmin = staff(client, vault, "secadmin", "c.sec")
+    sec_secret = secadmin.pop("_secret")
+    clock.advance(seconds=60)
+    csrf = console_login(client, "c.sys", otp=totp_code(sys_secret, clock()))
+    made = client.post("/accounts", data={"csrf": csrf, "username": "c.newdoc", "password": PASSWORD,
+                                          "role": "doctor"}, follow_redirects=False)
+    assert made.status_code == 303
+    listing = client.get("/accounts")
+    assert "c.newdoc" in listing.text
+    account_id = re.search(r'action="/accounts/([0-9a-f-]{36})/active"', listing.text.split("c.newdoc", 1)[1]).group(1)
+    off = client.post(f"/accounts/{account_id}/active", data={"csrf": csrf, "active": "no"}, follow_redirects=False)
+    assert off.status_code == 303
+    assert client.post("/accounts", data={"csrf": csrf, "username": "c.admin2", "password": PASSWORD,
+                                          "role": "sysadmin"}).status_code in (403, 422)  # admins stay CLI-only
+    assert client.get("/security").status_code == 403  # AC-3: roles and rotations are the secadmin's
+    clock.advance(seconds=60)
+    csrf = console_login(client, "c.sec", otp=totp_code(sec_secret, clock()))
+    moved = client.post("/security/role", data={"csrf": csrf, "account_id": account_id, "role": "escort"},
+                        follow_redirects=False)
+    assert moved.status_code == 303
+    requested = client.post("/security/rotations", data={"csrf": csrf}, follow_redirects=False)
+    assert requested.status_code == 303
+    page = client.get("/security")
+    assert "pending" in page.text
+    request_id = re.search(r'/security/rotations/([0-9a-f-]{36})/approve', page.text).group(1)
+    own = client.post(f"/security/rotations/{request_id}/approve", data={"csrf": csrf})
+    assert own.status_code in (403, 409)  # two-person rule: not the requester
+    assert client.get("/accounts").status_code == 403
+
+
+def test_sign_in_next_drops_control_characters(client, vault):
+    register(client, username="c.tab")
+    page = client.get("/login")
+    form = {"csrf": csrf_of(page.text), "username": "c.tab", "password": PASSWORD, "next": "/\t/evil.example"}
+    assert client.post("/login", data=form, follow_redirects=False).headers["location"] == "/"

@@ -86,9 +86,10 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
 def _console_routes() -> set[tuple[str, str]]:
     """Every page of the console's router (mounted whole by api/console.mount: the matrix below runs them on the
     app)."""
+    from api.console.admin import router as admin
     from api.console.pages import router
 
-    return {(method, route.path) for route in router.routes for method in route.methods - {"HEAD"}}
+    return {(method, route.path) for route in [*router.routes, *admin.routes] for method in route.methods - {"HEAD"}}
 
 
 def test_every_console_route_has_a_policy_entry(client):
@@ -120,7 +121,16 @@ def test_console_role_by_page_matrix(client, vault, clock, app):
         if client.get(f"/v1/audit/exports/{export_id}", headers=auditor).json()["status"] == "done":
             break
         time.sleep(0.05)
-    params = {"record_id": record_id, "grant_id": grant["grant_id"], "export_id": export_id, "row": 0}
+    requester = staff(client, vault, "secadmin", "cm-secadmin-2")  # two-person rule: cm-secadmin approves
+    requester.pop("_secret")
+    request_id = client.post("/v1/keys/rotations", headers=requester, json={}).json()["request_id"]
+    target = staff(client, vault, "doctor", "cm-target")
+    target.pop("_secret")
+    sysadmin = {"Authorization": f"Bearer {tokens['sysadmin']}"}
+    listed = client.get("/v1/accounts", headers=sysadmin, params={"limit": 500}).json()["items"]
+    account_id = next(a["id"] for a in listed if a["username"] == "cm-target")
+    params = {"record_id": record_id, "grant_id": grant["grant_id"], "export_id": export_id, "row": 0,
+              "request_id": request_id, "account_id": account_id}
     bodies = {
         ("POST", "/records"): {"data": {"category": "other"}, "files": {"file": ("a.png", png_bytes(b"cn"))}},
         ("POST", "/records/{record_id}/values"): {"data": {"row": "0", "field": "value", "value": "1"}},
@@ -129,6 +139,9 @@ def test_console_role_by_page_matrix(client, vault, clock, app):
         ("POST", "/consents"): {"data": {"item": "ocr", "give": "yes"}},
         ("POST", "/breakglass"): {"data": {"patient_id": patient["patient_id"], "reason": "matrix emergency test"}},
         ("POST", "/audit/exports"): {"data": {}},
+        ("POST", "/accounts"): {"data": {"username": "cm-created", "password": PASSWORD, "role": "doctor"}},
+        ("POST", "/accounts/{account_id}/active"): {"data": {"active": "yes"}},
+        ("POST", "/security/role"): {"data": {"account_id": account_id, "role": "escort"}},
     }
     mismatches = []
     last = (("POST", "/sharing/{grant_id}/revoke"), ("POST", "/logout"))

@@ -79,4 +79,12 @@ CONSOLE_EXPECTED = {
     ("GET", "/audit/exports/{export_id}"): AUDITORS,
     ("GET", "/audit/exports/{export_id}/archive"): AUDITORS,
     ("GET", "/keys"): {"secadmin"} | AUDITORS,
+    ("GET", "/accounts"): {"sysadmin"},  # AC-3: the sysadmin manages accounts, the secadmin roles and rotations
+    ("POST", "/accounts"): {"sysadmin"},
+    ("POST", "/accounts/{account_id}/active"): {"sysadmin"},
+    ("POST", "/accounts/{account_id}/unlock"): {"sysadmin"},
+    ("GET", "/security"): {"secadmin"},
+    ("POST", "/security/role"): {"secadmin"},
+    ("POST", "/security/rotations"): {"secadmin"},  # 409 while another request is open: allowed, not denied
+    ("POST", "/security/rotations/{request_id}/approve"): {"secadmin"},  # requested by a second secadmin
 }
