@@ -56,6 +56,6 @@ def create_app(vault: Vault) -> FastAPI:
     for router in (health.router, records.router, auth.router, patients.router, audit.router, sharing.router,
                    labs.router, privacy.router, keys.router, accounts.router):
         app.include_router(router)
-    console.mount(app)  # the browser console at / (api/console): the same services, after the API routes
+    console.mount(app)  # the browser console at / (api/console): its own paths only, the same services
     app.add_middleware(EdgeMiddleware)
     return app

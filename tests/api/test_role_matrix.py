@@ -86,10 +86,9 @@ def test_role_by_endpoint_matrix(client, vault, clock, app):
 def _console_routes() -> set[tuple[str, str]]:
     """Every page of the console's router (mounted whole by api/console.mount: the matrix below runs them on the
     app)."""
-    from api.console.admin import router as admin
-    from api.console.pages import router
+    from api.console import routes
 
-    return {(method, route.path) for route in [*router.routes, *admin.routes] for method in route.methods - {"HEAD"}}
+    return {(method, route.path) for route in routes() for method in route.methods - {"HEAD"}}
 
 
 def test_every_console_route_has_a_policy_entry(client):
