@@ -1,6 +1,6 @@
 """The console's record page against the JSON read of the same record (target, issue 15: page <= 2x JSON).
 
-    python bench/bench_console.py [--requests 300] [--rows 40] [--rounds 3]
+    python bench/bench_console.py [--requests 300] [--rows 40] [--rounds 3] [--quick]
 
 One vault on a fresh temporary data directory (SQLite, cheap password hashing: the sign-in is not what is timed),
 its FastAPI app driven in process by one HTTP client (the same client for both, so its own overhead is the same on
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -70,7 +71,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rows", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="50 requests, 1 round (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.rounds = 50, 1
 
     from fastapi.testclient import TestClient
 
@@ -140,6 +144,7 @@ def main() -> None:
                           f"record page median {page_med * 1000:.2f} ms (p90 {q_page * 1000:.2f}); "
                           f"ratio {page_med / json_med:.2f}")
                 ratio = statistics.median(ratios)
+                print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
                 print(f"ratio page/JSON (median of rounds): {ratio:.2f} (target <= {TARGET}) "
                       f"{'PASS' if ratio <= TARGET else 'FAIL'}")
         finally:
