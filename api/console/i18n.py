@@ -42,6 +42,7 @@ CATALOG: dict[str, tuple[str, str]] = {
     "register.phone": ("手机号", "Mobile phone"),
     "register.password_hint": ("至少 12 位，包含字母和数字", "At least 12 characters with letters and digits"),
     "register.notice": ("隐私政策", "Privacy notice"),
+    "register.notice_full": ("阅读完整隐私政策", "Read the full privacy notice"),
     "register.consents": ("请分别选择您的同意", "Your separate consents"),
     "consent.health_data": ("同意处理我的健康资料（必需）", "I consent to processing my health data (required)"),
     "consent.id_number": ("同意处理我的身份证号（必需）", "I consent to processing my ID number (required)"),
