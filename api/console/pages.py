@@ -31,6 +31,7 @@ from api.console.session import (
     SESSION,
     Console,
     CsrfFailed,
+    check_csrf,
     clear_cookie,
     headers,
     open_console,
@@ -309,12 +310,8 @@ async def upload(request: Request) -> Response:
     sink, fields, filename = await multipart.receive(request.headers.get("content-type", ""), request.stream(),
                                                      max_body=limit + _FORM_OVERHEAD, open_sink=open_sink)
     try:
-        if request.headers.get("x-csrf-token") is None:  # a plain form: the token came in the body
-            import hmac
-
-            sent = fields.get(CSRF_FIELD, "")
-            if not hmac.compare_digest(sent.encode("ascii", "replace"), console.csrf.encode()):
-                raise CsrfFailed()
+        if console.csrf_in_body and not check_csrf(console, fields.get(CSRF_FIELD)):
+            raise CsrfFailed()
         unknown = set(fields) - {"category", "title", CSRF_FIELD}
         if unknown:
             raise InvalidInput("Unknown form fields", extra={"reason": "form", "fields": sorted(unknown)})

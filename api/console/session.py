@@ -105,6 +105,7 @@ class Console:
     pre: str | None = None  # a pre-session secret minted by this request (set as a cookie on the response)
     identity: Identity | None = None
     form: dict[str, Any] = dataclasses.field(default_factory=dict)
+    csrf_in_body: bool = False
 
     def t(self, key: str) -> str:
         return i18n.text(self.lang, key)
@@ -174,6 +175,13 @@ def _context(request: Request) -> RequestContext:
                           user_agent=agent[:256] if agent else None)
 
 
+def check_csrf(console: Console, sent: str | None) -> bool:
+    """The token sent back matches this session's (never before sign-in's pre-session cookie was set)."""
+    if console.pre or not sent:
+        return False
+    return hmac.compare_digest(sent.encode("ascii", "replace"), console.csrf.encode())
+
+
 async def open_console(request: Request, *, multipart: bool = False) -> Console:
     """Build the request's Console and enforce CSRF on anything but GET/HEAD (a multipart upload checks its header
     here and is read by the route itself)."""
@@ -187,15 +195,15 @@ async def open_console(request: Request, *, multipart: bool = False) -> Console:
                       lang=i18n.choose(request), token=token, csrf=csrf_for(secret), pre=pre)
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER)
-        if sent is None and not multipart:
+        if not multipart:
             form = await request.form(max_files=0, max_fields=64)
             console.form = {k: form.getlist(k) if len(form.getlist(k)) > 1 else form.get(k) for k in form}
-            value = console.form.get(CSRF_FIELD)
-            sent = value if isinstance(value, str) else None
-        elif not multipart:
-            form = await request.form(max_files=0, max_fields=64)
-            console.form = {k: form.getlist(k) if len(form.getlist(k)) > 1 else form.get(k) for k in form}
-        if pre or not sent or not hmac.compare_digest(sent.encode("ascii", "replace"), console.csrf.encode()):
+            if sent is None and isinstance(console.form.get(CSRF_FIELD), str):
+                sent = console.form[CSRF_FIELD]
+        elif sent is None and not pre:
+            console.csrf_in_body = True  # a plain upload form: its `csrf` field is checked before anything is kept
+            return console
+        if not check_csrf(console, sent):
             raise CsrfFailed()
     return console
 

@@ -301,3 +301,18 @@ def test_sign_in_next_drops_control_characters(client, vault):
     page = client.get("/login")
     form = {"csrf": csrf_of(page.text), "username": "c.tab", "password": PASSWORD, "next": "/\t/evil.example"}
     assert client.post("/login", data=form, follow_redirects=False).headers["location"] == "/"
+
+
+def test_a_plain_upload_form_carries_its_token_in_the_body(client, vault):
+    """Without script the upload form posts multipart with the `csrf` field: accepted only with the right token,
+    and a wrong one keeps nothing."""
+    register(client, username="c.plain")
+    csrf = console_login(client, "c.plain")
+    wrong = client.post("/records", data={"csrf": "f" * 64, "category": "other"},
+                        files={"file": ("a.png", png_bytes(b"w"), "image/png")}, follow_redirects=False)
+    assert wrong.status_code == 403
+    assert "record-link" not in client.get("/records").text
+    right = client.post("/records", data={"csrf": csrf, "category": "other"},
+                        files={"file": ("a.png", png_bytes(b"r"), "image/png")}, follow_redirects=False)
+    assert right.status_code == 303 and right.headers["location"].startswith("/records/")
+    assert client.get("/records").text.count("record-link") == 1
