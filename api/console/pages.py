@@ -302,9 +302,10 @@ async def upload(request: Request) -> Response:
         return identity
 
     identity: Identity = await console.run(precheck, roles=PATIENT, action="record.create")
+    patient_id = str(identity.patient_id)  # a patient (the role check and the gate above): never None here
 
     def open_sink(declared_type: str | None) -> UploadSink:
-        return UploadSink(vault, record_id=record_id, patient_id=identity.patient_id, declared_type=declared_type,
+        return UploadSink(vault, record_id=record_id, patient_id=patient_id, declared_type=declared_type,
                           max_bytes=limit)
 
     sink, fields, filename = await multipart.receive(request.headers.get("content-type", ""), request.stream(),
@@ -336,7 +337,8 @@ def _rows(view: records.RecordView) -> list[dict]:
 def _default_row(rows: list[dict]) -> int | None:
     numeric = [i for i, r in enumerate(rows) if r.get("value_num") is not None and (r.get("std_code") or r.get("code"))]
     flagged = [i for i in numeric if rows[i].get("flag") in ("H", "L")]
-    return (flagged or numeric or [None])[0]
+    chosen = flagged or numeric
+    return chosen[0] if chosen else None
 
 
 def _trend_points(console: Console, session, identity: Identity, view: records.RecordView,

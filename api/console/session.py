@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import Request
@@ -77,7 +77,10 @@ def csrf_for(secret: str) -> str:
     return hmac.new(_CSRF_LABEL, secret.encode("ascii", "replace"), hashlib.sha256).hexdigest()
 
 
-def headers(response: Response) -> Response:
+R = TypeVar("R", bound=Response)
+
+
+def headers(response: R) -> R:
     response.headers["content-security-policy"] = CSP
     response.headers["cache-control"] = "no-store"
     response.headers["x-frame-options"] = "DENY"
