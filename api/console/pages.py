@@ -474,6 +474,20 @@ async def correct_value(request: Request, record_id: uuid.UUID) -> Response:
     return console.redirect(f"/records/{rid}/trend/{row}")
 
 
+@router.post("/records/{record_id}/extraction")
+@page
+async def request_extraction(request: Request, record_id: uuid.UUID) -> Response:
+    """Read this lab sheet (again): after giving the OCR consent late, or after a failure."""
+    console = await open_console(request)
+    rid = str(record_id)
+
+    def work(session, identity: Identity) -> str:
+        return labs.request_extraction(session, console.vault, identity=identity, ctx=console.ctx, record_id=rid)
+
+    await console.run(work, roles=PATIENT, action="record.update")
+    return console.redirect(f"/records/{rid}")
+
+
 @router.get("/records/{record_id}/content")
 @page
 async def record_content(request: Request, record_id: uuid.UUID) -> Response:

@@ -316,3 +316,19 @@ def test_a_plain_upload_form_carries_its_token_in_the_body(client, vault):
                         files={"file": ("a.png", png_bytes(b"r"), "image/png")}, follow_redirects=False)
     assert right.status_code == 303 and right.headers["location"].startswith("/records/")
     assert client.get("/records").text.count("record-link") == 1
+
+
+def test_declined_ocr_can_be_asked_for_after_consenting(client, vault):
+    register(client, username="c.later", ocr=False)
+    csrf = console_login(client, "c.later")
+    uploaded = client.post("/records", headers={"x-csrf-token": csrf}, data={"category": "lab_report"},
+                           files={"file": ("a.png", png_bytes(b"l"), "image/png")}, follow_redirects=False)
+    record_url = uploaded.headers["location"]
+    page = client.get(record_url)
+    assert 'class="status declined"' in page.text and f'action="{record_url}/extraction"' in page.text
+    refused = client.post(record_url + "/extraction", data={"csrf": csrf})
+    assert refused.status_code == 409  # no OCR consent yet: nothing is read
+    client.post("/consents", data={"csrf": csrf, "item": "ocr", "give": "yes"})
+    queued = client.post(record_url + "/extraction", data={"csrf": csrf}, follow_redirects=False)
+    assert queued.status_code == 303
+    assert "status pending" in client.get(record_url).text or "status failed" in client.get(record_url).text
