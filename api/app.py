@@ -14,7 +14,7 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 
-from api import ops, problems
+from api import console, ops, problems
 from api.middleware import EdgeMiddleware
 from api.routers import accounts, audit, auth, health, keys, labs, outputs, patients, privacy, records, sharing
 from vault.db.fastpath import DatabaseLane
@@ -62,5 +62,6 @@ def create_app(vault: Vault) -> FastAPI:
                    labs.router, privacy.router, keys.router, accounts.router, outputs.router, ops.router):
         app.include_router(router)
     app.add_middleware(ops.MetricsMiddleware)  # issue 17: /metrics (inside the edge: its request ids and refusals)
+    console.mount(app)  # the browser console at / (api/console): its own paths only, the same services
     app.add_middleware(EdgeMiddleware)
     return app

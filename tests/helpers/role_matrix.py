@@ -49,3 +49,47 @@ EXPECTED = {
     ("PUT", "/v1/accounts/{account_id}/role"): {"secadmin"},
     ("GET", "/v1/policy"): {"secadmin"} | AUDITORS,
 }
+
+# The browser console (api/console): the same roles per page as the services behind them. Public pages need no
+# session; every other page without one redirects to sign-in (or answers 401), and a wrong role gets 403/404.
+CONSOLE_PUBLIC = {("GET", "/"), ("GET", "/login"), ("POST", "/login"), ("GET", "/register"), ("POST", "/register"),
+                  ("GET", "/first-sign-in"), ("POST", "/first-sign-in/password"), ("POST", "/first-sign-in/totp"),
+                  ("POST", "/first-sign-in/activate"), ("GET", "/lang/{code}")}
+READERS = {"patient", "doctor"}  # the doctor holds a view + download grant on the matrix record
+CONSOLE_EXPECTED = {
+    ("GET", "/home"): set(ROLES),
+    ("POST", "/logout"): set(ROLES),
+    ("GET", "/records"): {"patient"},
+    ("POST", "/records"): {"patient"},
+    ("GET", "/records/{record_id}"): READERS,
+    ("GET", "/records/{record_id}/trend/{row}"): READERS,
+    ("GET", "/records/{record_id}/status"): READERS,
+    ("GET", "/records/{record_id}/content"): READERS,
+    ("GET", "/records/{record_id}/history"): {"patient"},
+    ("POST", "/records/{record_id}/values"): {"patient"},
+    ("POST", "/records/{record_id}/extraction"): {"patient"},  # 409 for a record that is not a lab sheet: allowed
+    ("GET", "/sharing"): {"patient", "doctor", "escort"},
+    ("POST", "/sharing"): {"patient"},
+    ("GET", "/sharing/{grant_id}"): {"patient", "doctor"},
+    ("POST", "/sharing/{grant_id}/revoke"): {"patient"},
+    ("GET", "/access-log"): {"patient"},
+    ("GET", "/consents"): {"patient"},
+    ("POST", "/consents"): {"patient"},
+    ("GET", "/shared"): {"doctor", "escort"},
+    ("GET", "/breakglass"): {"doctor"},
+    ("POST", "/breakglass"): {"doctor"},
+    ("GET", "/audit"): AUDITORS,
+    ("GET", "/audit/exports"): AUDITORS,
+    ("POST", "/audit/exports"): AUDITORS,
+    ("GET", "/audit/exports/{export_id}"): AUDITORS,
+    ("GET", "/audit/exports/{export_id}/archive"): AUDITORS,
+    ("GET", "/keys"): {"secadmin"} | AUDITORS,
+    ("GET", "/accounts"): {"sysadmin"},  # AC-3: the sysadmin manages accounts, the secadmin roles and rotations
+    ("POST", "/accounts"): {"sysadmin"},
+    ("POST", "/accounts/{account_id}/active"): {"sysadmin"},
+    ("POST", "/accounts/{account_id}/unlock"): {"sysadmin"},
+    ("GET", "/security"): {"secadmin"},
+    ("POST", "/security/role"): {"secadmin"},
+    ("POST", "/security/rotations"): {"secadmin"},  # 409 while another request is open: allowed, not denied
+    ("POST", "/security/rotations/{request_id}/approve"): {"secadmin"},  # requested by a second secadmin
+}

@@ -186,8 +186,10 @@ def trends(session, vault, *, identity: Identity, ctx: RequestContext, code: str
     if not privacy.ocr_allowed(session, vault, patient_id=patient_id):
         raise declined_error()
     points = []
-    for record in session.scalars(select(Record).where(Record.patient_id == patient_id,
-                                                       Record.lab_results_enc.is_not(None))
+    # Only the columns a trend reads (plain rows, no ORM entities): this runs on every console record page.
+    columns = (Record.id, Record.patient_id, Record.wrapped_dek, Record.lab_results_enc, Record.created_at)
+    for record in session.execute(select(*columns).where(Record.patient_id == patient_id,
+                                                         Record.lab_results_enc.is_not(None))
                                   .order_by(Record.created_at, Record.id)):
         report = results_of(vault, record)
         assert report is not None  # only records with results were selected
