@@ -147,6 +147,7 @@ CATALOG: dict[str, tuple[str, str]] = {
                    "once. Life-threatening emergencies only."),
     "bg.patient": ("患者编号", "Patient id"),
     "bg.reason": ("紧急原因（至少 10 个字）", "Emergency reason (at least 10 characters)"),
+    "bg.otp": ("身份验证器上的动态码（再次确认身份）", "A fresh code from your authenticator (to confirm it is you)"),
     "bg.submit": ("我确认，开始紧急访问", "I confirm: start break-glass access"),
     "bg.active": ("紧急访问已开启，剩余时间：", "Break-glass access is open. Time left:"),
     "bg.ends": ("结束时间", "Ends at"),

@@ -673,7 +673,7 @@ async def breakglass(request: Request) -> Response:
 
     def work(session, identity: Identity):
         claim = sharing.breakglass(session, console.vault, identity=identity, ctx=console.ctx, patient_id=patient_id,
-                                   reason=_field(console, "reason"))
+                                   reason=_field(console, "reason"), otp=_field(console, "otp") or None)
         return claim.id, claim.expires_at
 
     claim_id, expires_at = await console.run(work, roles=frozenset({"doctor"}))

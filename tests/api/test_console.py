@@ -252,8 +252,13 @@ def test_break_glass_in_the_console_warns_and_counts_down(client, vault, clock):
     assert short.status_code == 422
     not_an_id = client.post("/breakglass", data={"csrf": csrf, "patient_id": "王芳", "reason": "x" * 20})
     assert not_an_id.status_code == 422
+    no_code = client.post("/breakglass", data={"csrf": csrf, "patient_id": patient["patient_id"],
+                                               "reason": "unconscious at the emergency desk"})
+    assert no_code.status_code == 401  # break-glass steps up with a fresh TOTP code, in the console too
+    clock.advance(seconds=60)
     opened = client.post("/breakglass", data={"csrf": csrf, "patient_id": patient["patient_id"],
-                                              "reason": "unconscious at the emergency desk"})
+                                              "reason": "unconscious at the emergency desk",
+                                              "otp": totp_code(secret, clock())})
     assert opened.status_code == 200 and 'class="countdown" data-expires="' in opened.text
     assert_console_headers(opened)
     bearer = login(client, "c.bg-patient")
