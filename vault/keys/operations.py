@@ -42,17 +42,18 @@ from kms import CryptoError, KeyDestroyed, KeyStoreError
 from kms.keystore import RewrapJob, RotationRequest
 from kms.manager import RewrapBatch
 from vault.access import audit_append, gate
-from vault.db.models import Patient, Record
+from vault.db.models import Patient, PatientExport, Record
 from vault.errors import Conflict, Forbidden, InvalidInput
 from vault.identity import Identity, RequestContext
 
 log = logging.getLogger("healthvault.keys")
 
 # (name, table, id column, patient-id column, wrapped DEK column): every DEK wrapped by a patient KEK.
-_P, _R = Patient.__table__, Record.__table__
+_P, _R, _E = Patient.__table__, Record.__table__, PatientExport.__table__
 DEK_COLUMNS = (
     ("patients", _P, _P.c.id, _P.c.id, _P.c.wrapped_dek),
     ("records", _R, _R.c.id, _R.c.patient_id, _R.c.wrapped_dek),
+    ("patient_exports", _E, _E.c.id, _E.c.patient_id, _E.c.wrapped_dek),  # issue 16: export packages
 )
 PHASES = ("keks", "service", *(name for name, *_ in DEK_COLUMNS))
 REQUEST_TTL = dt.timedelta(hours=24)
