@@ -139,9 +139,9 @@ async def get_content(request: Request) -> Response:
 
     opened = await as_caller(who, work)
     if isinstance(opened, watermark.PendingDownload):
-        marked = await run_in_threadpool(watermark.render, who.vault, opened)
-        return Response(marked, media_type="application/pdf",
-                        headers={"content-disposition": "attachment", "cache-control": "no-store"})
+        size, marked = await run_in_threadpool(watermark.render_stream, who.vault, opened)
+        return StreamingResponse(marked, media_type="application/pdf", headers={
+            "content-length": str(size), "content-disposition": "attachment", "cache-control": "no-store"})
     view, chunks = opened
     return StreamingResponse(
         chunks,

@@ -124,6 +124,7 @@ def start(session: Session, vault: Vault, *, identity: Identity, ctx: RequestCon
     if busy:
         session.commit()  # the request stays on record
         raise Conflict("An export is already being built", extra={"status": "running"})
+    sweep(session, vault)
     dek, wrapped = vault.keys.new_data_key(patient_id)
     row = PatientExport(id=export_id, patient_id=patient_id, account_id=identity.account_id, status="queued", done=0,
                         total=0, created_at=now, updated_at=now, expires_at=now + TTL, wrapped_dek=wrapped)
@@ -154,6 +155,16 @@ def _settle(session: Session, vault: Vault, row: PatientExport) -> None:
     elif row.status in ACTIVE and now - row.updated_at > STALE_AFTER:
         vault.blobs.delete(row.id)
         row.status, row.error, row.updated_at = "failed", "interrupted", now
+
+
+def sweep(session: Session, vault: Vault) -> int:
+    """Delete every package past its 24 hours (anyone's: a package nobody asks about again must not stay). Run when
+    any export starts; the status and download requests expire their own package too."""
+    due = list(session.scalars(select(PatientExport).where(PatientExport.status == "done",
+                                                           PatientExport.expires_at <= vault.clock())))
+    for row in due:
+        _settle(session, vault, row)
+    return len(due)
 
 
 def get(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, export_id: str) -> ExportView:

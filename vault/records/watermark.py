@@ -21,14 +21,16 @@ import datetime as dt
 import io
 import re
 import secrets
-from typing import TYPE_CHECKING
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from consent.models import Grant
 from kms import CryptoError, DataKey
-from kms.stream import iter_decrypt
+from kms.stream import RandomAccessReader, StreamEncryptor, iter_decrypt
 from vault import fields
 from vault.access import gate
 from vault.db.models import Account, Patient
@@ -140,10 +142,30 @@ def _stamp(width: float, height: float, mark: Mark):
 
 def mark_pdf(data: bytes, mark: Mark) -> bytes:
     """Every page of `data` with the mark on top; the download id in the document information."""
+    out: list[bytes] = []
+    mark_pdf_stream(io.BytesIO(data), out.append, mark)
+    return b"".join(out)
+
+
+class _Sink(io.RawIOBase):
+    def __init__(self, emit: Callable[[bytes], None]) -> None:
+        super().__init__()
+        self._emit = emit
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        self._emit(bytes(data))
+        return len(data)
+
+
+def mark_pdf_stream(src: BinaryIO, emit: Callable[[bytes], None], mark: Mark) -> None:
+    """`mark_pdf` from a seekable source (read as qpdf needs it) to `emit`, in pieces."""
     import pikepdf
 
     try:
-        pdf = pikepdf.open(io.BytesIO(data))
+        pdf = pikepdf.open(src)
     except (pikepdf.PdfError, pikepdf.PasswordError, ValueError) as exc:
         raise CannotMark() from exc
     stamps: dict[tuple[int, int], pikepdf.Pdf] = {}
@@ -157,9 +179,7 @@ def mark_pdf(data: bytes, mark: Mark) -> bytes:
                     stamps[key] = _stamp(max(width, 36.0), max(height, 36.0), mark)
                 page.add_overlay(stamps[key].pages[0], pikepdf.Rectangle(*[float(v) for v in box]))
             pdf.docinfo[INFO_KEY] = mark.download_id
-            out = io.BytesIO()
-            pdf.save(out)
-            return out.getvalue()
+            pdf.save(cast(BinaryIO, _Sink(emit)))
     except pikepdf.PdfError as exc:
         raise CannotMark() from exc
     finally:
@@ -310,14 +330,49 @@ def authorize(session: Session, vault: Vault, *, identity: Identity, ctx: Reques
 
 
 def render(vault: Vault, pending: PendingDownload) -> bytes:
-    """Decrypt the stored copy (authenticated, whole: bounded by the upload limit) and mark it."""
-    with vault.blobs.open(pending.record_id) as source:
+    """The marked copy, in memory (for tests and small files; the API streams with `render_stream`)."""
+    _size, chunks = render_stream(vault, pending)
+    return b"".join(chunks)
+
+
+def render_stream(vault: Vault, pending: PendingDownload) -> tuple[int, Iterator[bytes]]:
+    """(size, chunks) of the marked copy, memory bounded for PDFs whatever their size: qpdf reads the stored blob
+    through kms.stream.RandomAccessReader (every segment authenticated) and writes the marked PDF into an encrypted
+    spool (an anonymous temporary file under a throw-away data key) that the chunks decrypt as they are sent. An
+    image is placed on a page in memory first (bounded by the upload's pixel limit)."""
+    aad = blob_aad(record_id=pending.record_id, patient_id=pending.patient_id)
+    spool = tempfile.TemporaryFile(dir=getattr(vault.blobs, "tmp_dir", None))
+    spool_key, _wrapped = vault.keys.new_data_key(pending.patient_id)
+    spool_aad = b"hv/watermark-spool/" + pending.mark.download_id.encode()
+    encryptor = StreamEncryptor(spool_key, spool_aad)
+
+    def feed(piece: bytes) -> None:
+        spool.write(encryptor.update(piece))
+
+    try:
+        with vault.blobs.open(pending.record_id) as source:
+            reader = io.BufferedReader(RandomAccessReader(pending.dek, source, aad), 256 * 1024)
+            if pending.content_type == "application/pdf":
+                mark_pdf_stream(reader, feed, pending.mark)
+            else:
+                feed(mark_pdf(image_to_pdf(reader.read()), pending.mark))
+        spool.write(encryptor.finalize())
+    except CryptoError as exc:
+        spool.close()
+        raise IntegrityFailure() from exc
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+
+    def chunks() -> Iterator[bytes]:
         try:
-            data = b"".join(iter_decrypt(pending.dek, source, blob_aad(record_id=pending.record_id,
-                                                                       patient_id=pending.patient_id)))
-        except CryptoError as exc:
-            raise IntegrityFailure() from exc
-    return mark(data, pending.content_type, pending.mark)
+            yield from iter_decrypt(spool_key, spool, spool_aad)
+        finally:
+            spool.close()
+            spool_key.wipe()
+
+    return encryptor.plaintext_size, chunks()
 
 
 def download(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> bytes:

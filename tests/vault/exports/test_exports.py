@@ -180,6 +180,15 @@ def test_the_package_expires_after_24_hours(client, vault, clock, patient):
     assert not vault.blobs.exists(export_id)
     assert client.get(f"/v1/exports/{export_id}/download", headers=headers).status_code == 410
 
+    # a package nobody asks about again is swept when any export starts
+    second = client.post("/v1/exports", headers=headers, json={"passphrase": PASS}).json()["export_id"]
+    assert _wait_export(client, headers, second)["status"] == "done"
+    clock.advance(hours=25)
+    register(client, username="export-sweeper")
+    assert client.post("/v1/exports", headers=login(client, "export-sweeper"),
+                       json={"passphrase": PASS}).status_code == 202
+    assert not vault.blobs.exists(second)
+
 
 def test_weak_passphrases_and_concurrent_builds(client, patient):
     headers = patient["headers"]

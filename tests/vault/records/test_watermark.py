@@ -170,3 +170,21 @@ def test_mark_functions_directly():
     with pytest.raises(watermark.CannotMark):
         watermark.mark_pdf(b"%PDF-1.4 garbage", mark)
     assert watermark.read_download_id(b"not a pdf") is None
+
+
+def test_heic_and_png_images_are_placed_on_a_marked_page():
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from PIL import Image
+
+    pillow_heif.register_heif_opener()
+    heic = io.BytesIO()
+    Image.new("RGB", (80, 40), (0, 120, 200)).save(heic, "HEIF")
+    mark = watermark.Mark(grantee="dr.y", at=dt.datetime(2026, 12, 7, tzinfo=dt.UTC), grant_id="g-2", purpose="p",
+                          download_id="1" * 32)
+    for data, kind in ((heic.getvalue(), "image/heic"), (png_bytes(b"grey row"), "image/png")):
+        out = watermark.mark(data, kind, mark)
+        (text,) = _pages_text(out)
+        assert "仅供诊疗使用" in text and "1" * 32 in text
+        with pikepdf.open(io.BytesIO(out)) as pdf:
+            (image,) = pdf.pages[0].images.values()
+            assert int(image.Width) in (80, 8) and watermark.read_download_id(out) == "1" * 32
