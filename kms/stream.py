@@ -37,18 +37,18 @@ Segment i: the suite's AEAD (AES-256-GCM or SM4-GCM) under the subkey, nonce = n
 a switch to the SM suite.
 The index in the nonce catches reordering and duplication; the last flag catches truncation and appending; the
 header in every AAD catches header edits.
+
+Readers of this format: StreamDecryptor, decrypt_file and iter_decrypt here (sequential), and
+kms/stream_reader.py's RandomAccessReader (seekable: any segment, authenticated on read), which reuses this module's
+header layout, subkey derivation and nonce suffix.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, BinaryIO
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -372,90 +372,3 @@ def iter_decrypt(key: KeyOrResolver, src: BinaryIO, associated_data: bytes, *,
         if tail:
             yield tail
         return
-
-
-class RandomAccessReader(io.RawIOBase):
-    """A seekable, read-only plaintext view of one blob on a seekable ciphertext source.
-
-    For readers that need random access (qpdf opening an upload to sanitize it, vault/records/hygiene.py) without
-    the plaintext ever existing whole: each segment is authenticated when it is read and at most one decrypted
-    segment is held. The blob's length and last segment are checked when the reader opens (the last segment must
-    verify as "last"), so truncation and appending fail at once, not at the end of a read.
-    """
-
-    def __init__(self, key: KeyOrResolver, src: BinaryIO, associated_data: bytes) -> None:
-        super().__init__()
-        self._src = src
-        src.seek(0, os.SEEK_END)
-        total = src.tell()
-        src.seek(0)
-        header = src.read(HEADER_SIZE)
-        if len(header) != HEADER_SIZE:
-            raise CryptoError()
-        fmt, suite, key_id, key_version, segment_size = _PREFIX.unpack_from(header, 0)
-        if fmt != FORMAT_VERSION or not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
-            raise CryptoError()
-        try:
-            self._aead = _subkey_aead(resolve(key, key_id, key_version, suite), header, bytes(associated_data))
-        except ValueError:
-            raise CryptoError() from None
-        self._header = header
-        self._nonce_prefix = header[PREFIX_SIZE + SALT_SIZE:HEADER_SIZE]
-        self._segment_size = segment_size
-        self._full = segment_size + TAG_SIZE
-        body = total - HEADER_SIZE
-        if body < TAG_SIZE:
-            raise CryptoError()
-        self._last_index = (body - TAG_SIZE) // self._full
-        self._last_length = body - self._last_index * self._full
-        if not TAG_SIZE <= self._last_length < self._full or self._last_index > _MAX_INDEX:
-            raise CryptoError()
-        self.size = self._last_index * segment_size + self._last_length - TAG_SIZE
-        self._pos = 0
-        self._cached: tuple[int, bytes] | None = None
-        self._segment(self._last_index)
-
-    def _segment(self, index: int) -> bytes:
-        if self._cached is not None and self._cached[0] == index:
-            return self._cached[1]
-        last = index == self._last_index
-        self._src.seek(HEADER_SIZE + index * self._full)
-        length = self._last_length if last else self._full
-        ciphertext = self._src.read(length)
-        if len(ciphertext) != length:
-            raise CryptoError()
-        nonce = self._nonce_prefix + _SUFFIX.pack(index, 1 if last else 0)
-        try:
-            plaintext = self._aead.decrypt(nonce, ciphertext, self._header)
-        except (InvalidTag, ValueError, OverflowError):
-            raise CryptoError() from None
-        self._cached = (index, plaintext)
-        return plaintext
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        view = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(view) and self._pos < self.size:
-            index, within = divmod(self._pos, self._segment_size)
-            plaintext = self._segment(index)
-            take = min(len(plaintext) - within, len(view) - done)
-            view[done:done + take] = plaintext[within:within + take]
-            done += take
-            self._pos += take
-        return done

@@ -4,7 +4,7 @@ Owns the checks made while bytes stream in: the size limit (enforced per chunk, 
 from the first bytes and compared with the declared type, the hygiene pass (vault/records/hygiene.py: the sanitized
 copy is what is stored, and what `size`/`sha256` describe), and the streaming encryption. The received bytes are
 encrypted as they arrive into a spool (an anonymous temporary file, unlinked at once: nothing survives a crash); the
-hygiene pass reads the spool back through kms.stream.RandomAccessReader and its output is encrypted into the temp
+hygiene pass reads the spool back through kms.stream_reader.RandomAccessReader and its output is encrypted into the temp
 blob, so memory stays bounded whatever the size. No plaintext byte is ever written anywhere; on any failure the spool
 and temp blobs are discarded, so nothing is left behind. The original upload is kept (the spool's ciphertext, under
 the record's DEK with its own associated data) only when the deployment sets `keep_original_uploads`.
@@ -18,7 +18,8 @@ import shutil
 import tempfile
 
 from kms import envelope
-from kms.stream import RandomAccessReader, StreamEncryptor
+from kms.stream import StreamEncryptor
+from kms.stream_reader import RandomAccessReader
 from vault.errors import ContentMismatch, EmptyUpload, PayloadTooLarge, UnsupportedMediaType
 from vault.records import hygiene, sniff
 

@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session
 
 from consent.models import Grant
 from kms import CryptoError, DataKey
-from kms.stream import RandomAccessReader, StreamEncryptor, iter_decrypt
+from kms.stream import StreamEncryptor, iter_decrypt
+from kms.stream_reader import RandomAccessReader
 from vault import fields
 from vault.access import gate
 from vault.db.models import Account, Patient
@@ -337,9 +338,9 @@ def render(vault: Vault, pending: PendingDownload) -> bytes:
 
 def render_stream(vault: Vault, pending: PendingDownload) -> tuple[int, Iterator[bytes]]:
     """(size, chunks) of the marked copy, memory bounded for PDFs whatever their size: qpdf reads the stored blob
-    through kms.stream.RandomAccessReader (every segment authenticated) and writes the marked PDF into an encrypted
-    spool (an anonymous temporary file under a throw-away data key) that the chunks decrypt as they are sent. An
-    image is placed on a page in memory first (bounded by the upload's pixel limit)."""
+    through kms.stream_reader.RandomAccessReader (every segment authenticated) and writes the marked PDF into an
+    encrypted spool (an anonymous temporary file under a throw-away data key) that the chunks decrypt as they are
+    sent. An image is placed on a page in memory first (bounded by the upload's pixel limit)."""
     aad = blob_aad(record_id=pending.record_id, patient_id=pending.patient_id)
     spool = tempfile.TemporaryFile(dir=getattr(vault.blobs, "tmp_dir", None))
     spool_key, _wrapped = vault.keys.new_data_key(pending.patient_id)

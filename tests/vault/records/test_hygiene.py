@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import login, pdf_bytes, png_bytes, register, stored, upload
-from vault.records import hygiene
+from vault.records import hygiene, image_hygiene, pdf_hygiene
 
 PROBLEM = "urn:healthvault:problem:"
 
@@ -149,16 +149,16 @@ def gps_photo(orientation: int = 6) -> bytes:
 
 # ----------------------------------------------------------------------------------------------------- the PDF features
 def test_javascript_and_open_actions_are_gone():
-    cleaned = pikepdf.open(io.BytesIO(hygiene.clean_pdf(javascript_pdf())))
+    cleaned = pikepdf.open(io.BytesIO(pdf_hygiene.clean_pdf(javascript_pdf())))
     keys = _all_keys(cleaned)
     assert not keys & {"/OpenAction", "/AA", "/JS", "/JavaScript"}
     assert "/JavaScript" not in _action_types(cleaned)
-    assert b"app.alert" not in hygiene.clean_pdf(javascript_pdf())
-    assert "visible page text" in _page_text(hygiene.clean_pdf(javascript_pdf()))  # the page itself survives
+    assert b"app.alert" not in pdf_hygiene.clean_pdf(javascript_pdf())
+    assert "visible page text" in _page_text(pdf_hygiene.clean_pdf(javascript_pdf()))  # the page itself survives
 
 
 def test_launch_and_uri_actions_are_gone():
-    data = hygiene.clean_pdf(launch_pdf())
+    data = pdf_hygiene.clean_pdf(launch_pdf())
     cleaned = pikepdf.open(io.BytesIO(data))
     assert not _action_types(cleaned) & {"/Launch", "/URI"}
     assert "/OpenAction" not in cleaned.Root
@@ -166,7 +166,7 @@ def test_launch_and_uri_actions_are_gone():
 
 
 def test_embedded_files_are_gone():
-    data = hygiene.clean_pdf(attachment_pdf())
+    data = pdf_hygiene.clean_pdf(attachment_pdf())
     cleaned = pikepdf.open(io.BytesIO(data))
     assert len(cleaned.attachments) == 0
     assert not _all_keys(cleaned) & {"/EmbeddedFiles", "/EF"}
@@ -178,7 +178,7 @@ def test_embedded_files_are_gone():
 def test_xmp_and_document_info_are_gone():
     source = metadata_pdf()
     assert b"Dr. Metadata Leak" in source and b"Author Leak" in source  # the crafted file carries them
-    data = hygiene.clean_pdf(source)
+    data = pdf_hygiene.clean_pdf(source)
     cleaned = pikepdf.open(io.BytesIO(data))
     assert "/Metadata" not in cleaned.Root and "/Info" not in cleaned.trailer
     for leak in (b"Dr. Metadata Leak", b"LeakyScanner", b"Author Leak", b"Producer Leak"):
@@ -189,53 +189,53 @@ def test_huge_page_count_is_refused():
     import tests.ocr.sheetgen as sheetgen
 
     limits = hygiene.Limits(max_pages=50)
-    assert len(pikepdf.open(io.BytesIO(hygiene.clean_pdf(sheetgen.many_page_pdf(50), limits))).pages) == 50
+    assert len(pikepdf.open(io.BytesIO(pdf_hygiene.clean_pdf(sheetgen.many_page_pdf(50), limits))).pages) == 50
     with pytest.raises(hygiene.FileTooComplex):
-        hygiene.clean_pdf(sheetgen.many_page_pdf(51), limits)
+        pdf_hygiene.clean_pdf(sheetgen.many_page_pdf(51), limits)
     with pytest.raises(hygiene.FileTooComplex):  # and with the default limit
-        hygiene.clean_pdf(sheetgen.many_page_pdf(hygiene.DEFAULT_LIMITS.max_pages + 1))
+        pdf_hygiene.clean_pdf(sheetgen.many_page_pdf(hygiene.DEFAULT_LIMITS.max_pages + 1))
 
 
 def test_too_many_objects_is_refused():
     with pytest.raises(hygiene.FileTooComplex):
-        hygiene.clean_pdf(pdf_bytes(), hygiene.Limits(max_objects=3))
+        pdf_hygiene.clean_pdf(pdf_bytes(), hygiene.Limits(max_objects=3))
 
 
 def test_broken_xref_is_rebuilt_or_refused():
     good = pdf_bytes("xref text")
     start = good.rindex(b"xref\n")
     broken = good[:start] + b"xref\n0 6\nthis is not a cross-reference table\n" + good[good.rindex(b"trailer"):]
-    data = hygiene.clean_pdf(broken)  # qpdf rebuilds the table from the objects; the rewrite is consistent
+    data = pdf_hygiene.clean_pdf(broken)  # qpdf rebuilds the table from the objects; the rewrite is consistent
     reopened = pikepdf.open(io.BytesIO(data))
     assert reopened.get_warnings() == [] and len(reopened.pages) == 1
-    assert hygiene.clean_pdf(data) == data
+    assert pdf_hygiene.clean_pdf(data) == data
     with pytest.raises(hygiene.MalformedFile):  # nothing left to rebuild from
-        hygiene.clean_pdf(b"%PDF-1.7\n" + bytes(range(256)) * 4 + b"\n%%EOF\n")
+        pdf_hygiene.clean_pdf(b"%PDF-1.7\n" + bytes(range(256)) * 4 + b"\n%%EOF\n")
     with pytest.raises(hygiene.MalformedFile):
-        hygiene.clean_pdf(good[: len(good) // 3])
+        pdf_hygiene.clean_pdf(good[: len(good) // 3])
 
 
 def test_decompression_bomb_stream_is_refused():
     limits = hygiene.Limits(max_stream_bytes=8 * 1024 * 1024, max_decompressed_bytes=64 * 1024 * 1024)
-    assert hygiene.clean_pdf(bomb_pdf(4 * 1024 * 1024), limits)  # within the limit: fine
+    assert pdf_hygiene.clean_pdf(bomb_pdf(4 * 1024 * 1024), limits)  # within the limit: fine
     bomb = bomb_pdf(64 * 1024 * 1024)
     assert len(bomb) < 200_000
     with pytest.raises(hygiene.FileTooComplex) as refused:
-        hygiene.clean_pdf(bomb, limits)
+        pdf_hygiene.clean_pdf(bomb, limits)
     assert refused.value.extra == {"limit": "stream-size"}
     total = hygiene.Limits(max_stream_bytes=8 * 1024 * 1024, max_decompressed_bytes=6 * 1024 * 1024)
     with pytest.raises(hygiene.FileTooComplex):
-        hygiene.clean_pdf(bomb_pdf(4 * 1024 * 1024, streams=2), total)
+        pdf_hygiene.clean_pdf(bomb_pdf(4 * 1024 * 1024, streams=2), total)
 
 
 def test_encrypted_pdf_is_refused():
     import tests.ocr.sheetgen as sheetgen
 
     with pytest.raises(hygiene.EncryptedFile):
-        hygiene.clean_pdf(sheetgen.encrypted_pdf())
+        pdf_hygiene.clean_pdf(sheetgen.encrypted_pdf())
     owner_only = _save(_base(), encryption=pikepdf.Encryption(owner="owner-only", user="", R=6))
     with pytest.raises(hygiene.EncryptedFile):
-        hygiene.clean_pdf(owner_only)
+        pdf_hygiene.clean_pdf(owner_only)
 
 
 # -------------------------------------------------------------------------------------------------------------- images
@@ -243,7 +243,7 @@ def test_exif_gps_photo_loses_its_metadata_after_turning_upright():
     photo = gps_photo(orientation=6)
     with Image.open(io.BytesIO(photo)) as before:
         assert before.getexif().get_ifd(0x8825) and before.size == (40, 20)
-    data = hygiene.clean_jpeg(photo)
+    data = image_hygiene.clean_jpeg(photo)
     with Image.open(io.BytesIO(data)) as after:
         assert after.size == (20, 40)  # orientation 6 (rotate 90° clockwise) applied to the pixels
         assert dict(after.getexif()) == {} and "exif" not in after.info and "comment" not in after.info
@@ -254,11 +254,11 @@ def test_exif_gps_photo_loses_its_metadata_after_turning_upright():
 
 def test_upright_photo_is_cleaned_losslessly():
     photo = gps_photo(orientation=1)
-    data = hygiene.clean_jpeg(photo)
+    data = image_hygiene.clean_jpeg(photo)
     assert b"Exif\0\0" not in data and b"PhoneMaker" not in data
     with Image.open(io.BytesIO(photo)) as a, Image.open(io.BytesIO(data)) as b:
         assert a.size == b.size and a.tobytes() == b.tobytes()  # same pixels: no re-encoding
-    assert hygiene.clean_jpeg(data) == data  # nothing left to remove: byte for byte
+    assert image_hygiene.clean_jpeg(data) == data  # nothing left to remove: byte for byte
 
 
 def test_png_text_exif_and_trailing_data_are_dropped():
@@ -272,14 +272,14 @@ def test_png_text_exif_and_trailing_data_are_dropped():
     exif = b"MM\0*\0\0\0\x08\0\x01\x01\x0f\0\x02\0\0\0\x06\0\0\0\x1aPhone\0"
     dirty = (clean[:ihdr_end] + chunk(b"tEXt", b"Author\0Home Address") + chunk(b"eXIf", exif)
              + chunk(b"tIME", b"\x07\xea\x0c\x07\x00\x00\x00") + clean[ihdr_end:] + b"appended zip payload")
-    assert hygiene.clean_png(dirty) == clean
-    assert hygiene.clean_png(clean) == clean
+    assert image_hygiene.clean_png(dirty) == clean
+    assert image_hygiene.clean_png(clean) == clean
     bad_crc = bytearray(clean)
     bad_crc[ihdr_end - 1] ^= 0xFF
     with pytest.raises(hygiene.MalformedFile):
-        hygiene.clean_png(bytes(bad_crc))
+        image_hygiene.clean_png(bytes(bad_crc))
     with pytest.raises(hygiene.MalformedFile):
-        hygiene.clean_png(clean[:-12])  # no IEND
+        image_hygiene.clean_png(clean[:-12])  # no IEND
 
 
 def test_image_pixel_bombs_and_broken_jpegs_are_refused():
@@ -289,12 +289,13 @@ def test_image_pixel_bombs_and_broken_jpegs_are_refused():
     ihdr = huge[12:29] + b"\x08\x00\x00\x00\x00"
     bomb = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr[:17] + struct.pack(">I", zlib.crc32(ihdr[:17]))
     with pytest.raises(hygiene.FileTooComplex):
-        hygiene.clean_png(bomb + png_bytes()[33:])
+        image_hygiene.clean_png(bomb + png_bytes()[33:])
     with pytest.raises(hygiene.MalformedFile):
-        hygiene.clean_jpeg(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9")  # no frame
+        # no frame
+        image_hygiene.clean_jpeg(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9")
     photo = gps_photo(orientation=1)
     with pytest.raises(hygiene.MalformedFile):
-        hygiene.clean_jpeg(photo[: len(photo) // 2])  # truncated: no end marker
+        image_hygiene.clean_jpeg(photo[: len(photo) // 2])  # truncated: no end marker
 
 
 def test_heic_is_reencoded_without_metadata():
@@ -306,7 +307,7 @@ def test_heic_is_reencoded_without_metadata():
     exif[0x0112] = 6
     out = io.BytesIO()
     image.save(out, "HEIF", exif=exif.tobytes())
-    data = hygiene.clean_heic(out.getvalue())
+    data = image_hygiene.clean_heic(out.getvalue())
     assert b"PhoneMaker" not in data
     with Image.open(io.BytesIO(data)) as after:
         assert after.size == (32, 64) and not after.info.get("exif")
