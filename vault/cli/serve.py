@@ -57,9 +57,11 @@ def serve(data_dir: str | None, passphrase_file: str | None, host: str, port: in
     from api.app import create_app
     from vault import logsetup
     from vault.auditing.trail import Checkpointer
+    from vault.labs import service as labs
 
     vault = open_or_fail(data_dir, passphrase_file)
     log_listener = logsetup.configure(vault.settings)
+    labs.resume_pending(vault)  # extractions a killed server left pending (the crash drill)
     app = create_app(vault)
     checkpointer = Checkpointer(vault)
     checkpointer.start()

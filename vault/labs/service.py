@@ -1,10 +1,10 @@
 """Lab sheets become data: extraction jobs, encrypted results, patient corrections, trends.
 
 Owns the `lab.extract` job (`run_extraction`, queued by the records service through `vault.jobs` and run off the
-request path; the job is just a record id): running `ocr.extract`, storing the
-LabReport sealed under the record's DEK, and the record's status pending → done / needs_review / failed (with the
-OCR package's stable error code). A failing page never takes the worker down. `ocr/` stays pure: it gets bytes and
-returns a report; identities, keys and the database stay here.
+request path; the job is just a record id; `resume_pending` queues again at server start what a killed one left):
+running `ocr.extract`, storing the LabReport sealed under the record's DEK, and the record's status pending → done /
+needs_review / failed (with the OCR package's stable error code). A failing page never takes the worker down. `ocr/`
+stays pure: it gets bytes and returns a report; identities, keys and the database stay here.
 OCR is optional processing (PIPL-1): without the patient's `ocr` consent on the current notice an upload is stored
 with status `declined` and nothing is read; the worker checks the consent again when it runs, so a withdrawal stops
 queued jobs too. After giving consent the patient can ask for extraction of an earlier upload (`request_extraction`).
@@ -103,6 +103,17 @@ def run_extraction(vault, record_id: str) -> str:
                             .values(ocr_status="failed", ocr_error="internal"))
             session.commit()
         return "failed"
+
+
+def resume_pending(vault) -> int:
+    """Queue again every extraction left `pending` (a server killed mid-job, or before its queue ran); returns how
+    many. Called once by `serve` at start. A job is idempotent: it re-reads the blob and writes the final status, so
+    one run twice (several servers starting at once on PostgreSQL) only costs time."""
+    with vault.session() as session:
+        pending = list(session.scalars(select(Record.id).where(Record.ocr_status == "pending")))
+    for record_id in pending:
+        vault.jobs.submit(EXTRACT_JOB, record_id)
+    return len(pending)
 
 
 def _extract(data: bytes) -> tuple[str, str | None, str | None]:
