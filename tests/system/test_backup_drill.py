@@ -205,3 +205,37 @@ def test_restore_refuses_a_damaged_backup_before_touching_anything(drill_setting
     assert "interrupted" in _cli("restore", str(out), "--force").output
     with _running(settings) as (_vault, client):
         assert _snapshot(client, login(client, person["username"])) == before
+
+
+def test_a_key_store_copy_older_than_an_erasure_loses_that_kek_again_at_restore(drill_settings, tmp_path, request):
+    """The key store's own procedure (docs/backup.md): restored from a copy taken before an erasure, it brings the
+    erased patient's KEK back; the data restore that follows destroys it again (the data remembers the erasure)."""
+    import sqlite3
+
+    from vault.patients import erasure
+
+    settings = drill_settings
+    if not settings.is_sqlite:
+        pytest.skip("the key-store copy here is a SQLite file; the PostgreSQL key store is a pg_dump of its schema")
+    with _running(settings) as (_vault, client):
+        person = register(client, username=unique("kek"))
+    keys_db, key_copy = settings.data_dir / "keys" / "keys.db", tmp_path / "keys-before-erasure.db"
+    with sqlite3.connect(keys_db) as source, sqlite3.connect(key_copy) as copy:
+        source.backup(copy)
+    with _running(settings) as (vault, _client), vault.session() as session:
+        erasure.erase_by_operator(session, vault, patient_id=person["patient_id"], actor=OPERATOR,
+                                  ctx=RequestContext(request_id="drill"))
+    backup_dir = tmp_path / "after-erasure"
+    assert _cli("backup", "--out", str(backup_dir)).exit_code == 0
+    for suffix in ("-wal", "-shm"):
+        keys_db.with_name(keys_db.name + suffix).unlink(missing_ok=True)
+    shutil.copyfile(key_copy, keys_db)  # the key store goes back to before the erasure
+    with _running(settings) as (vault, _client):
+        assert vault.keys.patient_key_exists(person["patient_id"])  # the KEK is back ...
+    _wipe(settings, request)
+    restored = _cli("restore", str(backup_dir), "--verify")
+    assert restored.exit_code == 0, restored.output
+    assert "1 erasure(s) re-applied" in restored.output
+    with _running(settings) as (vault, _client):
+        assert not vault.keys.patient_key_exists(person["patient_id"])  # ... and gone again
+        assert vault.keystore.is_destroyed(person["patient_id"])

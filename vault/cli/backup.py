@@ -1,11 +1,12 @@
 """`healthvault backup --out DIR` and `healthvault restore DIR [--verify] [--force]` (COMPLIANCE BAK-1).
 
 The composition of a backup and a restore around the mechanics of vault/db/backup.py: both are audited (a backup's
-`vault.backup` event is in the backup it makes; a restore's `vault.restore` event is appended to the restored
-trail, after the checks), and a restore re-applies every erasure the key store remembers (a patient whose KEKs were
-destroyed after the backup was taken is erased again at once: unreadable already, now also gone), then with
-`--verify` checks every blob against the manifest and the rows, and the whole audit chain (an export verified
-offline against the signing key held in the key store, not in the backup).
+`vault.backup` event is in the backup it makes; a restore's `vault.restore` event is appended to the restored trail,
+after the checks). A restore re-applies every erasure either side remembers: a patient whose KEKs the key store has
+destroyed since the backup was taken is erased again at once (unreadable already, now also gone), and a patient the
+data marks erased whose KEK an older key-store copy brought back loses it again. With `--verify` it then checks every
+blob against the manifest and the rows, and the whole audit chain (an export verified offline against the signing
+key held in the key store, not in the backup).
 Never: backs up or restores the key store or the root key (docs/backup.md gives their own procedure), restores into
 a running vault (stop `serve` first), or replaces a non-empty vault without --force, nor with it before the trail it
 replaces is exported (DATA_DIR/exports/pre-restore-*: the events since the backup would otherwise be lost).
@@ -132,17 +133,20 @@ def _keep_replaced_trail(vault: Vault) -> Path:
 
 
 def _reapply_erasures(vault: Vault) -> int:
-    """Erase again every restored patient whose keys the key store has destroyed; returns how many."""
+    """Finish every erasure one side remembers; returns how many were re-applied. Both directions: a restored
+    patient whose keys the key store has destroyed (a data backup older than the erasure), and a patient the data
+    marks erased whose KEK is back (a key store restored from a copy older than the erasure, docs/backup.md)."""
     from sqlalchemy import select
 
     from vault.db.models import Patient
     from vault.patients import erasure
 
     with vault.session() as session:
-        patient_ids = list(session.scalars(select(Patient.id)))
+        patients = list(session.execute(select(Patient.id, Patient.erased_at)))
     count = 0
-    for patient_id in patient_ids:
-        if vault.keystore.is_destroyed(patient_id):
+    for patient_id, erased_at in patients:
+        if vault.keystore.is_destroyed(patient_id) or (erased_at is not None
+                                                       and vault.keys.patient_key_exists(patient_id)):
             with vault.session() as session:
                 report = erasure.erase_by_operator(session, vault, patient_id=patient_id, actor=cli_identity(),
                                                    ctx=CTX)
