@@ -110,9 +110,15 @@ def test_sigkill_during_a_streaming_upload_leaves_nothing_visible(data, tmp_path
     assert blob_files(settings.blob_dir) == set()  # no committed blob without its row ...
     assert record_rows(settings.data_dir / "vault.db") == {}  # ... and no row without its blob
 
+    # The one window SIGKILL cannot be timed into: after the blob's commit, before its row's. Its leftover is planted.
+    orphan = settings.blob_dir / "0f" / "0f0f0f0f-0000-4000-8000-000000000000.hvb"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(os.urandom(1024))
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
     restarted = Server(env, tmp_path / "serve2.log").wait_ready()
     try:
         assert list(temp_dir.glob("*.part")) == []  # the half-written temp blob was swept at start (RIP-1)
+        assert not orphan.exists()  # and the committed blob without a row
         with httpx.Client(base_url=restarted.base, timeout=60) as http:
             headers = _patient(http)
             body = pdf_bytes("WHOLE") + os.urandom(300_000)

@@ -2,7 +2,8 @@
 
 Owns placing ciphertext bytes on storage and removing them. A BlobStore only ever receives ciphertext (kms encrypts
 before a byte reaches it); it never sees keys or plaintext. Writes go to a temporary name and become visible only by
-`commit`, so a crash mid-upload leaves at most a temp file that `sweep_temp` removes at the next start.
+`commit`, so a crash mid-upload leaves at most a temp file that `sweep_temp` removes at the next start (a crash between
+a blob's commit and its row's leaves an orphan: vault.records.service.sweep_orphan_blobs).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class BlobStore(Protocol):
     def delete(self, blob_id: str) -> None: ...
     def exists(self, blob_id: str) -> bool: ...
     def sweep_temp(self) -> int: ...
+    def committed_before(self, cutoff: float) -> list[str]: ...
 
 
 def _check_id(blob_id: str) -> str:
@@ -84,6 +86,17 @@ class LocalBlobStore:
 
     def exists(self, blob_id: str) -> bool:
         return self.path_of(blob_id).exists()
+
+    def committed_before(self, cutoff: float) -> list[str]:
+        """Ids of the committed blobs last written before `cutoff` (a time.time() value)."""
+        found = []
+        for path in self.root.glob("??/*.hvb"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    found.append(path.stem)
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+        return found
 
     def sweep_temp(self) -> int:
         """Remove temp files left by a crashed upload (RIP-1)."""

@@ -58,10 +58,12 @@ def serve(data_dir: str | None, passphrase_file: str | None, host: str, port: in
     from vault import logsetup
     from vault.auditing.trail import Checkpointer
     from vault.labs import service as labs
+    from vault.records import service as records
 
     vault = open_or_fail(data_dir, passphrase_file)
     log_listener = logsetup.configure(vault.settings)
-    labs.resume_pending(vault)  # extractions a killed server left pending (the crash drill)
+    labs.resume_pending(vault)  # extractions a killed server left pending (the crash drills)
+    records.sweep_orphan_blobs(vault)  # blobs a killed upload committed without their row
     app = create_app(vault)
     checkpointer = Checkpointer(vault)
     checkpointer.start()
