@@ -9,6 +9,8 @@ readable of that patient (the KEK is gone from the key store, which no data back
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import shutil
 from collections.abc import Iterator
 
@@ -201,6 +203,16 @@ def test_restore_refuses_a_damaged_backup_before_touching_anything(drill_setting
     blob.write_bytes(blob.read_bytes()[:-1] + bytes([blob.read_bytes()[-1] ^ 1]))
     damaged = _cli("restore", str(out), "--verify", "--force")
     assert damaged.exit_code != 0 and "damaged" in damaged.output and "nothing was changed" in damaged.output
+    blob.write_bytes(blob.read_bytes()[:-1] + bytes([blob.read_bytes()[-1] ^ 1]))  # mended
+    manifest = json.loads((out / "manifest.json").read_text())
+    database = out / manifest["database"]["file"]
+    database.write_bytes(b"not a database at all" * 100)  # a backup whose manifest matches, yet will not restore
+    manifest["database"].update(size=database.stat().st_size, sha256=hashlib.sha256(database.read_bytes()).hexdigest())
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    unrestorable = _cli("restore", str(out), "--verify", "--force")
+    assert unrestorable.exit_code != 0 and ("quick_check" in unrestorable.output or "pg_restore" in unrestorable.output)
+    with _running(settings) as (_vault, client):
+        assert _snapshot(client, login(client, person["username"])) == before  # the vault is as it was
     (out / "manifest.json").unlink()
     assert "interrupted" in _cli("restore", str(out), "--force").output
     with _running(settings) as (_vault, client):

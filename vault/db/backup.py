@@ -16,6 +16,8 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -98,14 +100,21 @@ def _pg_target(settings: Settings) -> tuple[str, dict[str, str], str]:
     for part in options.split():
         if part.startswith("-csearch_path="):
             schema = part.split("=", 1)[1].split(",")[0].strip() or "public"
-    if settings.keystore_schema == schema and settings.keystore_url == settings.database_url:
+    if settings.keystore_schema == schema and _same_server(settings.keystore_url, settings.database_url):
         raise BackupError(f"the data schema {schema} is also the key store's: refusing (keys are never backed up "
                           "with the data)")
     env = {**os.environ}
     if url.password:
         env["PGPASSWORD"] = str(url.password)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", schema):
+        raise BackupError("the data schema's name must be a plain identifier")
     plain = url.set(drivername="postgresql", password=None)
     return plain.render_as_string(hide_password=False), env, schema
+
+
+def _same_server(a: str, b: str) -> bool:
+    left, right = make_url(a), make_url(b)
+    return (left.host, left.port, left.database) == (right.host, right.port, right.database)
 
 
 def _run(command: list[str], env: dict[str, str], what: str) -> None:
@@ -264,6 +273,17 @@ def _restore_sqlite(settings: Settings, source: Path) -> None:
     staged = target.with_name(target.name + ".restoring")
     shutil.copyfile(source, staged)
     os.chmod(staged, 0o600)
+    try:
+        check = sqlite3.connect(staged)
+        try:
+            verdict = check.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            check.close()
+    except sqlite3.DatabaseError as exc:
+        verdict = str(exc)
+    if verdict != "ok":
+        staged.unlink(missing_ok=True)
+        raise BackupError(f"the backup's database fails SQLite's quick_check ({verdict[:100]}); nothing was changed")
     # The old database's WAL must go before the new file takes its name: replayed onto it, it would corrupt it.
     for suffix in ("-wal", "-shm", "-journal"):
         target.with_name(target.name + suffix).unlink(missing_ok=True)
@@ -274,14 +294,29 @@ def _restore_pg(settings: Settings, dump: Path, schema: str) -> None:
     uri, env, target_schema = _pg_target(settings)
     if target_schema != schema:
         raise BackupError(f"the backup holds schema {schema}; the vault is configured for {target_schema}")
+    # The schema being replaced is set aside, not dropped, until pg_restore has succeeded: a failed restore puts it
+    # back as it was.
+    aside = f"{schema[:40]}_replaced_{secrets.token_hex(4)}"
     engine = create_engine(settings.database_url, isolation_level="AUTOCOMMIT", hide_parameters=True)
     try:
         with engine.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            exists = conn.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema}).first()
+            if exists:
+                conn.execute(text(f'ALTER SCHEMA "{schema}" RENAME TO "{aside}"'))
+        try:
+            _run(["pg_restore", "--no-owner", "--exit-on-error", "--single-transaction", f"--dbname={uri}",
+                  str(dump)], env, "pg_restore")
+        except BaseException:
+            if exists:
+                with engine.connect() as conn:
+                    conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+                    conn.execute(text(f'ALTER SCHEMA "{aside}" RENAME TO "{schema}"'))
+            raise
+        if exists:
+            with engine.connect() as conn:
+                conn.execute(text(f'DROP SCHEMA "{aside}" CASCADE'))
     finally:
         engine.dispose()
-    _run(["pg_restore", "--no-owner", "--exit-on-error", "--single-transaction", f"--dbname={uri}", str(dump)],
-         env, "pg_restore")
 
 
 def record_ids(settings: Settings) -> set[str]:
