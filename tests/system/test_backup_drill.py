@@ -197,6 +197,8 @@ def test_restore_refuses_a_damaged_backup_before_touching_anything(drill_setting
         assert upload(client, headers, pdf_bytes("DAMAGE"), category="exam_report",
                       content_type="application/pdf").status_code == 201
         before = _snapshot(client, headers)
+    into_keys = _cli("backup", "--out", str(settings.data_dir / "keys" / "backup"))
+    assert into_keys.exit_code != 0 and "key store" in into_keys.output
     out = tmp_path / "damaged"
     assert _cli("backup", "--out", str(out)).exit_code == 0
     blob = next(out.glob("blobs/*/*.hvb"))
