@@ -16,6 +16,7 @@ class RecordingRelay:
         self.to_client = bytearray()
         self.connections = 0
         self._lock = threading.Lock()
+        self._writers: list[asyncio.StreamWriter] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="recording-relay", daemon=True)
@@ -28,7 +29,14 @@ class RecordingRelay:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        """Close every relayed connection (both ends), then stop: the server sees its clients go away."""
+
+        def close_all() -> None:
+            for writer in self._writers:
+                writer.close()
+            self._loop.call_later(0.2, self._loop.stop)
+
+        self._loop.call_soon_threadsafe(close_all)
         self._thread.join(timeout=10)
 
     def recorded(self) -> bytes:
@@ -49,11 +57,13 @@ class RecordingRelay:
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         with self._lock:
             self.connections += 1
+        self._writers.append(client_w)
         try:
             server_r, server_w = await asyncio.open_connection(*self.target)
         except OSError:
             client_w.close()
             return
+        self._writers.append(server_w)
         await asyncio.gather(self._pipe(client_r, server_w, self.to_server),
                              self._pipe(server_r, client_w, self.to_client), return_exceptions=True)
 

@@ -35,6 +35,7 @@ SQLITE_FILE = "vault.db"
 PG_FILE = "vault.pgdump"
 BLOB_DIR = "blobs"
 CHUNK = 1 << 20
+RUN_TIMEOUT = 6 * 3600  # seconds for one pg_dump or pg_restore
 
 
 class BackupError(Exception):
@@ -118,12 +119,14 @@ def _same_server(a: str, b: str) -> bool:
 
 
 def _run(command: list[str], env: dict[str, str], what: str) -> None:
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600,  # noqa: S603 (argv list: pg_dump or pg_restore, no shell)
+    try:  # an argv list (pg_dump or pg_restore), never a shell
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT,  # noqa: S603
                               check=False)
     except FileNotFoundError:
         raise BackupError(f"{command[0]} not found: install the PostgreSQL client tools (Debian: postgresql-client)") \
             from None
+    except subprocess.TimeoutExpired:
+        raise BackupError(f"{what} did not finish in {RUN_TIMEOUT} s") from None
     if done.returncode != 0:
         raise BackupError(f"{what} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
 
