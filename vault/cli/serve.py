@@ -4,7 +4,8 @@ This is the one module of `vault/` allowed to import `api/` (tests/system/test_a
 the vault, builds the FastAPI app around it (`api.app.create_app`), starts the checkpointer and the log sink, and runs
 uvicorn. Everything else in vault/ stays below the API and never imports it.
 Owns the transport refusals (TLS on any non-loopback address, the production profile's serving checks, all reported
-before the root key is opened) and the start-up heap settling (`settle_heap`).
+before the root key is opened), the start-up housekeeping after a crash (pending OCR extractions queued again, blobs
+a killed upload committed without their row swept) and the start-up heap settling (`settle_heap`).
 Never: serves without TLS on a non-loopback address, or logs request bodies, tokens or ids (uvicorn's access log is
 off; the API's middleware logs route templates).
 """
