@@ -1,7 +1,8 @@
 """Lab sheets become data: extraction jobs, encrypted results, patient corrections, trends.
 
 Owns the `lab.extract` job (`run_extraction`, queued by the records service through `vault.jobs` and run off the
-request path; the job is just a record id): running `ocr.extract`, storing the
+request path; the job is just a record id; `resume_pending` queues again at server start what a killed one left):
+running `ocr.extract`, storing the
 LabReport sealed under the record's DEK, and the record's status pending → done / needs_review / failed (with the
 OCR package's stable error code). A failing page never takes the worker down. Running the job twice does no harm
 (a queue may: retries, a killed worker's jobs): it acts only on a record still `pending`, and stores its result only
@@ -113,6 +114,15 @@ def run_extraction(vault, record_id: str) -> str:
 def _status_of(vault, record_id: str) -> str:
     with vault.session() as session:
         return session.scalar(select(Record.ocr_status).where(Record.id == record_id)) or "failed"
+def resume_pending(vault) -> int:
+    """Queue again every extraction left `pending` (a server killed mid-job, or before its queue ran); returns how
+    many. Called once by `serve` at start. A job is idempotent: it re-reads the blob and writes the final status, so
+    one run twice (several servers starting at once on PostgreSQL) only costs time."""
+    with vault.session() as session:
+        pending = list(session.scalars(select(Record.id).where(Record.ocr_status == "pending")))
+    for record_id in pending:
+        vault.jobs.submit(EXTRACT_JOB, record_id)
+    return len(pending)
 
 
 def _extract(data: bytes) -> tuple[str, str | None, str | None]:

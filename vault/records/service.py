@@ -4,7 +4,8 @@ Owns the record rows and their blobs. Each record has its own DEK (wrapped by th
 every free-text column. Every call passes the gate; reads commit their audit event before any field is decrypted (on
 SQLite's read fast path that commit hands the event to the batch, which writes it, and nothing decrypted leaves
 before the batch's COMMIT: see vault/db/fastpath/lane.py). A record row exists only if its blob was committed; a
-failed create removes the blob it wrote.
+failed create removes the blob it wrote, and a blob orphaned by a crash between the two commits is swept at the next
+start.
 """
 
 from __future__ import annotations
@@ -121,6 +122,30 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
         sink.discard_committed()
         raise
     return _view(record, sink.dek)
+
+
+ORPHAN_MIN_AGE_SECONDS = 3600.0
+
+
+def sweep_orphan_blobs(vault: Vault, *, min_age_seconds: float = ORPHAN_MIN_AGE_SECONDS) -> int:
+    """Delete committed blobs that no record row names, once older than `min_age_seconds`; returns how many.
+
+    `create` commits the blob, then the row: a process killed between the two leaves a blob no row will ever name
+    (ciphertext whose DEK was wrapped only in the lost row, so unreadable, but still a file). The age keeps an upload
+    of another process that is between its two commits out of reach. Called by `serve` at start."""
+    import time
+
+    candidates = vault.blobs.committed_before(time.time() - min_age_seconds)
+    removed = 0
+    for start in range(0, len(candidates), 500):
+        batch = candidates[start:start + 500]
+        with vault.session() as session:
+            named = set(session.scalars(select(Record.id).where(Record.id.in_(batch))))
+        for blob_id in batch:
+            if blob_id not in named:
+                vault.blobs.delete(blob_id)
+                removed += 1
+    return removed
 
 
 def wants_extraction(category: str) -> bool:
