@@ -9,8 +9,9 @@ killed upload committed without their row swept), the start-up heap settling (`s
 on PostgreSQL, uvicorn's process supervisor with an app factory each server process calls (`app_factory`: its own
 vault, the audit checkpointer — only the holder of the database's leader lock signs, vault/db/leader.py — and the
 key-state watcher, vault/db/keystate.py). The processes share nothing but PostgreSQL and the blob store: revocation,
-logout, lockouts and erasure are decided from the database on every request. The root-key passphrase reaches the server processes
-through their environment ($HEALTHVAULT_PASSPHRASE, readable only by the same user), never through arguments.
+logout, lockouts and erasure are decided from the database on every request. The root-key passphrase reaches the
+server processes through their environment ($HEALTHVAULT_PASSPHRASE, readable only by the same user), never through
+arguments.
 Never: serves without TLS on a non-loopback address, or logs request bodies, tokens or ids (uvicorn's access log is
 off; the API's middleware logs route templates).
 """
