@@ -104,22 +104,23 @@ def _seal_grants_and_claims(bind, key: bytes, suite: int) -> None:
 
 
 def upgrade() -> None:
+    bind = op.get_bind()
+    count = lambda table: bind.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar()  # noqa: S608 - constants
+    has_records, has_sources = count("records") > 0, count("grants") + count("breakglass") > 0
+    keys = _keys() if has_records or has_sources else None  # refuses before any change
     with op.batch_alter_table("records") as batch:
         batch.add_column(sa.Column("category_enc", sa.LargeBinary(), nullable=True))
     with op.batch_alter_table("grants") as batch:
         batch.add_column(sa.Column("integrity_mac", sa.LargeBinary(), nullable=True))
     with op.batch_alter_table("breakglass") as batch:
         batch.add_column(sa.Column("integrity_mac", sa.LargeBinary(), nullable=True))
-    bind = op.get_bind()
-    count = lambda table: bind.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar()  # noqa: S608 - constants
-    has_records, has_sources = count("records") > 0, count("grants") + count("breakglass") > 0
-    if not (has_records or has_sources):
+    if keys is None:
         return
-    attributes, keys, suite = _keys()
+    attributes, manager, suite = keys
     if has_records:
-        _seal_records(bind, keys)
+        _seal_records(bind, manager)
     if has_sources:
-        _seal_grants_and_claims(bind, _integrity_key(attributes, keys, suite), suite)
+        _seal_grants_and_claims(bind, _integrity_key(attributes, manager, suite), suite)
 
 
 def downgrade() -> None:
