@@ -39,15 +39,24 @@ KeyLookup = Callable[[int], "bytes | None"]
 class GrantFields(Protocol):
     """What a grant's tag covers (a Grant row, the engine's source tuple, or a plain namespace)."""
 
-    id: str
-    patient_id: str
-    grantee_id: str
-    record_ids: Any  # the stored JSON text
-    categories: Any
-    include_future: Any
-    actions: Any
-    not_before: dt.datetime
-    expires_at: dt.datetime
+    @property
+    def id(self) -> str: ...
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def grantee_id(self) -> str: ...
+    @property
+    def record_ids(self) -> Any: ...  # the stored JSON text
+    @property
+    def categories(self) -> Any: ...
+    @property
+    def include_future(self) -> Any: ...
+    @property
+    def actions(self) -> Any: ...
+    @property
+    def not_before(self) -> dt.datetime: ...
+    @property
+    def expires_at(self) -> dt.datetime: ...
 
 
 def _stamp(moment: dt.datetime | None) -> str | None:

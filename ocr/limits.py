@@ -47,7 +47,7 @@ def check_pdf(pdf: Any, *, max_pixels: int | None = None, max_page_image_bytes: 
         raise
     except MemoryError as exc:
         raise TooLarge("PDF exhausts memory while being checked") from exc
-    except Exception as exc:  # noqa: BLE001 - pikepdf raises many kinds on broken structure
+    except Exception as exc:  # pikepdf raises many kinds on broken structure
         raise CorruptInput(f"malformed PDF structure: {type(exc).__name__}") from exc
 
 

@@ -134,8 +134,8 @@ class OcrWorker:
         args = [sys.executable, "-m", "vault.labs.ocr_worker", str(limits.cpu_seconds), str(limits.memory_bytes),
                 "1" if self.warm else "0"]
         started = time.monotonic()
-        child = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                 env=env, close_fds=True, start_new_session=True)
+        child = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,  # noqa: S603 - fixed argv
+                                 stderr=subprocess.DEVNULL, env=env, close_fds=True, start_new_session=True)
         self._child = child
         self.spawned += 1
         assert child.stdout is not None

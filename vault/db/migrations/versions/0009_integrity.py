@@ -105,7 +105,7 @@ def _seal_grants_and_claims(bind, key: bytes, suite: int) -> None:
 
 def upgrade() -> None:
     bind = op.get_bind()
-    count = lambda table: bind.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar()  # noqa: S608 - constants
+    count = lambda table: int(bind.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar() or 0)  # noqa: S608
     has_records, has_sources = count("records") > 0, count("grants") + count("breakglass") > 0
     keys = _keys() if has_records or has_sources else None  # refuses before any change
     with op.batch_alter_table("records") as batch:
