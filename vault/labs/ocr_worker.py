@@ -12,7 +12,8 @@ Outcomes are stable error codes: the ocr package's (`too_large`, `corrupt_input`
 RLIMIT_AS surfaces as `too_large`), `cpu_limit` (killed by SIGXCPU), `worker_crashed` (any other death),
 `timeout` (wall clock), `worker_unavailable` (the child could not be started).
 Never: decodes a page in the server process, lets a child's failure raise into the caller, keeps a page's bytes after
-its job, or passes identities, keys or database handles to the child (it gets bytes only).
+its job, or passes identities, keys, secrets or database handles to the child (it gets bytes only, and an environment
+without the server's HEALTHVAULT_* settings but the OCR engine's).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class OcrWorker:
         if child is not None and child.poll() is None:
             return child
         self._child = None
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        env = _child_env()
         limits = self.limits
         args = [sys.executable, "-m", "vault.labs.ocr_worker", str(limits.cpu_seconds), str(limits.memory_bytes),
                 "1" if self.warm else "0"]
@@ -171,6 +172,15 @@ class OcrWorker:
             child.kill()
         child.wait()
         _close_pipes(child)
+
+
+def _child_env() -> dict[str, str]:
+    """The server's environment without its secrets: no HEALTHVAULT_* variable (passphrase, development root key,
+    PKCS#11 PIN, database URLs) except the OCR engine's own settings (HEALTHVAULT_OCR_*)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("HEALTHVAULT_") or k.startswith("HEALTHVAULT_OCR_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return env
 
 
 _SHARED: OcrWorker | None = None

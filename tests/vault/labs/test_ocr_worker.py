@@ -115,3 +115,20 @@ def test_a_child_that_dies_between_pages_is_replaced(monkeypatch):
         assert worker.pid() not in (None, first) and worker.spawned == 2
     finally:
         worker.close()
+
+
+def test_the_child_gets_no_secret_from_the_server_environment(monkeypatch):
+    monkeypatch.setenv("HEALTHVAULT_PASSPHRASE", "not-for-the-child")
+    monkeypatch.setenv("HEALTHVAULT_ROOT_KEY", "not-for-the-child-either")
+    monkeypatch.setenv("HEALTHVAULT_OCR_THREADS", "2")
+    worker = OcrWorker(warm=False)
+    try:
+        worker.extract(b"not a page")
+        pid = worker.pid()
+        assert pid is not None
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            names = {item.split(b"=", 1)[0] for item in environ.read().split(b"\0") if item}
+        assert b"HEALTHVAULT_PASSPHRASE" not in names and b"HEALTHVAULT_ROOT_KEY" not in names
+        assert b"HEALTHVAULT_OCR_THREADS" in names
+    finally:
+        worker.close()

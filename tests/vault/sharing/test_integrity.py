@@ -17,6 +17,7 @@ from sqlalchemy import select, text, update
 from audit.models import AuditEvent
 from consent.models import BreakGlass, Grant
 from tests.helpers import login, png_bytes, register, staff, totp_code, upload
+from vault.access import integrity
 from vault.db.models import Record
 
 
@@ -139,6 +140,11 @@ def test_a_withdrawal_undone_in_the_database_does_not_revive_the_grant(client, v
     grant_id = _grant(client, clock, people)
     assert client.delete(f"/v1/grants/{grant_id}", headers=people["patient"]).status_code == 200
     assert client.get(f"/v1/records/{people['lab']}", headers=people["doctor"]).status_code == 404
+    with vault.session() as session:
+        row = session.get(Grant, grant_id)
+        # The withdrawal re-sealed the row over its revoked_at (and the live form no longer verifies).
+        assert integrity.grant_intact(vault, row, revoked_at=row.revoked_at, tag=row.integrity_mac)
+        assert not integrity.grant_intact(vault, row, revoked_at=None, tag=row.integrity_mac)
     _edit(vault, Grant, grant_id, revoked_at=None)
     _integrity(client.get(f"/v1/records/{people['lab']}", headers=people["doctor"]))
     assert [a.grant_id for a in _alerts(vault)] == [grant_id]
