@@ -215,11 +215,10 @@ def main() -> int:
             for threads in (1, args.threads):
                 for size in sizes:
                     engine, granted, doctors = setups[size]
-                    runs.setdefault((size, threads), []).append(
-                        _measure(engine, granted, doctors, args.samples, threads))
-                    if args.integrity_ab:
-                        runs.setdefault((size, -threads), []).append(
-                            _measure(engine, granted, doctors, args.samples, threads, check=False))
+                    variants = (True, False) if args.integrity_ab else (True,)
+                    for check in variants if r % 2 == 0 else variants[::-1]:  # A/B order flips each round too
+                        runs.setdefault((size, threads if check else -threads), []).append(
+                            _measure(engine, granted, doctors, args.samples, threads, check=check))
                 engine, granted, _ = setups[args.grants]
                 floors.setdefault(threads, []).append(_floor(engine, granted, args.samples, threads))
         med = {key: {f: statistics.median(m[f] for m in ms) for f in ("p50_us", "p99_us", "max_us", "per_s")}

@@ -7,9 +7,10 @@ into policies. The key is a single-purpose service key (kms `service_key(suites.
 patient's KEK: the check costs one HMAC per live source and no unwrap per request.
 
 Tag layout: FORMAT (1 byte) || suite id (1 byte) || MAC (32 bytes), MAC = HMAC-SHA-256 (AES suite) or HMAC-SM3 (SM
-suite) over a domain-separated canonical message; the suite byte picks the key, so tags written before a suite
-switch still verify. A grant's tag covers `revoked_at` too: withdrawing re-seals the row, so setting `revoked_at` back
-to NULL in the database breaks the tag instead of reviving the grant.
+suite) over a domain-separated canonical message (length-prefixed fields, times as microseconds since the epoch);
+the suite byte picks the key, so tags written before a suite switch still verify. A grant's tag covers `revoked_at`
+too: withdrawing re-seals the row, so setting `revoked_at` back to NULL in the database breaks the tag instead of
+reviving the grant.
 Never: accepts a missing or malformed tag (a row without one is tampered), compares in variable time, asks for a key
 of a suite the caller does not vouch for (the key lookup returns None: the tag fails), or raises out of `check`.
 Residual: a tag is a function of the row alone, so someone who can write the database and saved a row's earlier
@@ -21,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -59,31 +59,47 @@ class GrantFields(Protocol):
     def expires_at(self) -> dt.datetime: ...
 
 
-def _stamp(moment: dt.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime")
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def _micros(moment: dt.datetime | None) -> str:
+    """Microseconds since the epoch (UTC), or "-"; a naive datetime raises (TypeError)."""
+    return "-" if moment is None else str((moment - _EPOCH) // _MICROSECOND)
+
+
+def _encode(domain: bytes, parts: tuple[str, ...]) -> bytes:
+    """Length-prefixed fields: no two different tuples share an encoding, whatever the fields contain."""
+    return domain + "".join(f"{len(part)}:{part}" for part in parts).encode()
 
 
 def grant_message(grant: GrantFields, *, revoked_at: dt.datetime | None) -> bytes:
-    """The canonical bytes a grant's tag is computed over (the JSON columns as stored, byte for byte)."""
-    fields = [grant.id, grant.patient_id, grant.grantee_id, grant.record_ids, grant.categories,
-              bool(grant.include_future), grant.actions, _stamp(grant.not_before), _stamp(grant.expires_at),
-              _stamp(revoked_at)]
-    return _GRANT + json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
+    """The canonical bytes a grant's tag is computed over (the JSON columns as stored, character for character)."""
+    return _encode(_GRANT, (grant.id, grant.patient_id, grant.grantee_id, grant.record_ids, grant.categories,
+                            "1" if grant.include_future else "0", grant.actions, _micros(grant.not_before),
+                            _micros(grant.expires_at), _micros(revoked_at)))
 
 
 def breakglass_message(*, claim_id: str, doctor_id: str, patient_id: str, created_at: dt.datetime,
                        expires_at: dt.datetime) -> bytes:
-    fields = [claim_id, doctor_id, patient_id, _stamp(created_at), _stamp(expires_at)]
-    return _BREAKGLASS + json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
+    return _encode(_BREAKGLASS, (claim_id, doctor_id, patient_id, _micros(created_at), _micros(expires_at)))
+
+
+_PREPARED: dict[bytes, Any] = {}  # HMAC-SHA-256 states keyed (ipad/opad absorbed), copied per tag: the hot path
+_PREPARED_MAX = 8  # a handful of keys ever (one per suite and rotation); never grows without bound
 
 
 def _mac(suite: int, key: bytes, message: bytes) -> bytes:
     if suite == suites.AES_256_GCM:
-        return hmac.digest(bytes(key), message, hashlib.sha256)
+        key = bytes(key)
+        prepared = _PREPARED.get(key)
+        if prepared is None:
+            if len(_PREPARED) >= _PREPARED_MAX:
+                _PREPARED.clear()
+            prepared = _PREPARED[key] = hmac.new(key, digestmod=hashlib.sha256)
+        state = prepared.copy()
+        state.update(message)
+        return state.digest()
     return suites.hmac_digest(suite, key, message)  # HMAC-SM3; refuses an unknown suite
 
 
