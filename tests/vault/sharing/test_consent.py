@@ -191,7 +191,8 @@ def test_breakglass_steps_up_with_a_fresh_code(client, vault, clock, people):
     assert replayed.status_code == 401
     with vault.session() as session:
         reasons = [e.reason for e in session.scalars(select(AuditEvent).where(AuditEvent.action == "breakglass",
-                                                                              AuditEvent.outcome == "deny"))]
+                                                                              AuditEvent.outcome == "deny")
+                                                     .order_by(AuditEvent.id))]
     assert reasons == ["otp-missing", "bad-otp", "bad-otp"]
 
 
