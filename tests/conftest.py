@@ -15,8 +15,13 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.helpers import egress
 from vault.runtime import init_data_dir, open_vault
 from vault.settings import Settings
+
+# PIPL-13: no test may reach beyond this machine. The guard refuses and counts non-loopback connections, here and in
+# every Python subprocess (tests/helpers/egress.py); the session fails at its end if anything was attempted.
+egress.install()
 
 PG_URL = os.environ.get("HEALTHVAULT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PASSPHRASE = b"correct horse battery staple 42"
@@ -200,3 +205,14 @@ def client(app):
 
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Zero egress attempts, or the run fails (COMPLIANCE PIPL-13), whatever the tests said."""
+    message = egress.report(egress.all_attempts())
+    if message:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

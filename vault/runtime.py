@@ -138,16 +138,17 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
     provider = open_root_key(settings, passphrase)
     keystore = KeyStore(settings.keystore_url, schema=settings.keystore_schema)
     engine = db.make_engine(settings.database_url)
+    cache = KeyCache(max_age=settings.key_cache_max_age, max_uses=settings.key_cache_max_uses)
+    cache.on_lookup = metrics.observe_key_cache
+    keys = KeyManager(provider, keystore, cache=cache, suite=suite)
+    sealed_with: list[str] = []  # service keys a migration created to seal existing rows (audited below)
     if migrate:
         keystore.migrate()
-        db.migrate(engine)
+        sealed_with = db.migrate(engine, keys=keys, suite=suite, keystore=keystore)
         with engine.begin() as conn, Session(conn) as session:
             trail.ensure_chains(session, settings.effective_audit_chains,
                                 trail.SM_EVENT_FORMAT if suite == suites.SM4_GCM else trail.EVENT_FORMAT)
             session.flush()
-    cache = KeyCache(max_age=settings.key_cache_max_age, max_uses=settings.key_cache_max_uses)
-    cache.on_lookup = metrics.observe_key_cache
-    keys = KeyManager(provider, keystore, cache=cache, suite=suite)
     blobs = open_store(url=settings.blob_url, local_dir=settings.blob_dir)
     blobs.sweep_temp()
     sessions = db.make_sessionmaker(engine)
@@ -173,7 +174,7 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
                                                            functools.partial(labs.run_extraction, vault)), workers=1)
     key_events.attach_auditor(vault)  # every process audits failed unwraps (API, every CLI verb, jobs)
     if migrate:
-        key_events.ensure_service_keys(vault)
+        key_events.ensure_service_keys(vault, created_by_migration=sealed_with)
     return vault
 
 

@@ -117,9 +117,10 @@ def test_console_role_by_page_matrix(client, vault, clock, app):
     object.__setattr__(vault.settings, "idle_timeout_seconds", 10**7)
     patient = register(client, username="cm-patient")
     tokens = {"patient": login(client, "cm-patient")["Authorization"].split()[1]}
+    secrets = {}
     for role in STAFF:
         h = staff(client, vault, role, f"cm-{role}")
-        h.pop("_secret")
+        secrets[role] = h.pop("_secret")
         tokens[role] = h["Authorization"].split()[1]
     bearer = {"Authorization": f"Bearer {tokens['patient']}"}
     record_id = upload(client, bearer, png_bytes(b"cm"), category="other").json()["record_id"]
@@ -148,7 +149,8 @@ def test_console_role_by_page_matrix(client, vault, clock, app):
         ("POST", "/sharing"): {"data": {"grantee": "cm-escort", "record_ids": record_id, "actions": "view",
                                         "purpose": "matrix", "days": "1"}},
         ("POST", "/consents"): {"data": {"item": "ocr", "give": "yes"}},
-        ("POST", "/breakglass"): {"data": {"patient_id": patient["patient_id"], "reason": "matrix emergency test"}},
+        ("POST", "/breakglass"): {"data": {"patient_id": patient["patient_id"], "reason": "matrix emergency test",
+                                           "otp": _fresh_code(clock, secrets["doctor"])}},
         ("POST", "/audit/exports"): {"data": {}},
         ("POST", "/accounts"): {"data": {"username": "cm-created", "password": PASSWORD, "role": "doctor"}},
         ("POST", "/accounts/{account_id}/active"): {"data": {"active": "yes"}},

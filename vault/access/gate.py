@@ -4,7 +4,8 @@ Owns the order that makes access accountable: (1) the caller's identity is alrea
 (`consent.engine`: role policy, ownership, live consent grants, break-glass claims), (3) the decision — allowed or
 denied, with the grant that allowed it — is appended to the audit trail in the caller's transaction, and (4) only an
 allowed caller goes on to decrypt. A denial is committed on its own before the error is raised, so the attempt stays
-on record. Fail closed: an error in the decision is a denial.
+on record. Fail closed: an error in the decision is a denial. A grant or break-glass row whose integrity tag fails
+(INT-1, `vault.access.integrity`) counts as absent and raises the alarm; a denial it caused is an IntegrityFailure.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import ipaddress
 from sqlalchemy.orm import Session
 
 from consent import engine
-from vault.access import alerts, audit_append
-from vault.errors import Forbidden, NotFound, VaultError
+from vault.access import alerts, audit_append, integrity
+from vault.errors import Forbidden, IntegrityFailure, NotFound, VaultError
 from vault.identity import Identity, RequestContext
 
 
@@ -71,7 +72,7 @@ def decide(session: Session, vault, identity: Identity, action: str, target: Tar
         return Decision(False, "not-found")
     request = engine.Request(account_id=identity.account_id, role=identity.role, own_patient_id=identity.patient_id,
                              patient_id=target.patient_id, obj=target.obj, cls=target.cls, action=action)
-    return engine.decide(session, request, now=vault.clock())
+    return engine.decide(session, request, now=vault.clock(), key_for=integrity.key_for(vault))
 
 
 def audit(vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
@@ -90,6 +91,8 @@ def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, a
     the write it permits (an upload is checked before its bytes are read, and recorded when its row is written).
     """
     decision = decide(session, vault, identity, action, target, ctx)
+    if decision.tampered:
+        integrity.alarm(vault, session, identity=identity, ctx=ctx, target=target, sources=decision.tampered)
     if decision.allowed and not audit_allow:
         return decision
     reason = decision.source.partition(":")[0] if decision.allowed else decision.source
@@ -98,6 +101,8 @@ def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, a
     if not decision.allowed:
         alert_on_burst(vault, session, identity=identity, ctx=ctx, target=target)
         session.commit()
+        if decision.tampered:
+            raise IntegrityFailure()
         raise (NotFound if not target.exists else deny_as)()
     return decision
 

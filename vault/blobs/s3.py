@@ -191,16 +191,25 @@ class S3BlobStore:
             raise
         return True
 
-    def iter_ids(self) -> list[str]:
-        """The ids of every committed blob under the prefix (for reconciliation and tests; pages through all)."""
-        ids = []
+    def _committed(self) -> list[tuple[str, dt.datetime]]:
+        """(id, last modified) of every committed blob under the prefix (pages through all)."""
+        found = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self._list_prefix()):
             for item in page.get("Contents", []):
                 name = item["Key"][len(self._list_prefix()):]
                 if name.endswith(".hvb") and "/" not in name:
-                    ids.append(name[: -len(".hvb")])
-        return ids
+                    found.append((name[: -len(".hvb")], item["LastModified"]))
+        return found
+
+    def iter_ids(self) -> list[str]:
+        """The ids of every committed blob under the prefix (for reconciliation and tests)."""
+        return [blob_id for blob_id, _ in self._committed()]
+
+    def committed_before(self, cutoff: float) -> list[str]:
+        """Ids of the committed blobs last written before `cutoff` (a time.time() value): the orphan sweep's view."""
+        limit = dt.datetime.fromtimestamp(cutoff, dt.UTC)
+        return [blob_id for blob_id, modified in self._committed() if modified < limit]
 
     def incomplete_uploads(self) -> list[tuple[str, str, dt.datetime]]:
         """(key, upload id, initiated) of every multipart upload under the prefix that was never completed."""

@@ -2,7 +2,8 @@
 
 Owns placing ciphertext bytes on storage and removing them. A BlobStore only ever receives ciphertext (kms encrypts
 before a byte reaches it); it never sees keys or plaintext. Writes go to a temporary name and become visible only by
-`commit`, so a crash mid-upload leaves at most a temp file that `sweep_temp` removes at the next start.
+`commit`, so a crash mid-upload leaves at most a temp file that `sweep_temp` removes at the next start (a crash between
+a blob's commit and its row's leaves an orphan: vault.records.service.sweep_orphan_blobs).
 `open_store` picks the store a deployment names: this local directory (the embedded default) or S3-compatible object
 storage (`vault.blobs.s3`, for `blob_url = s3://bucket/prefix`).
 """
@@ -32,6 +33,7 @@ class BlobStore(Protocol):
     def exists(self, blob_id: str) -> bool: ...
     def sweep_temp(self) -> int: ...
     def check(self) -> None: ...
+    def committed_before(self, cutoff: float) -> list[str]: ...
 
 
 def _check_id(blob_id: str) -> str:
@@ -99,6 +101,16 @@ class LocalBlobStore:
         """Raise OSError unless the directory is there and writable (readiness)."""
         if not (self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)):
             raise OSError("the blob directory is missing or not writable")
+    def committed_before(self, cutoff: float) -> list[str]:
+        """Ids of the committed blobs last written before `cutoff` (a time.time() value)."""
+        found = []
+        for path in self.root.glob("??/*.hvb"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    found.append(path.stem)
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+        return found
 
     def sweep_temp(self) -> int:
         """Remove temp files left by a crashed upload (RIP-1)."""

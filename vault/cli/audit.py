@@ -2,12 +2,15 @@
 
 Each command that reads the trail records its own `audit.export` event first; `verify` needs no database and no
 secret (it runs the offline verifier, audit/verify.py).
+An export is written under a hidden `.NAME.partial-*` directory and renamed into place when complete and verified, so
+an export killed midway leaves no half-written NAME; the next export to NAME removes such leftovers.
 Never: writes or deletes an event except through `vault.auditing.trail` (archive prunes only what it sealed).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import click
@@ -42,6 +45,9 @@ def audit_export(data_dir: str | None, passphrase_file: str | None, since: str |
     from vault.auditing import trail as audit_trail
 
     vault = open_or_fail(data_dir, passphrase_file)
+    out = Path(out_dir)
+    for leftover in out.parent.glob(f".{out.name}.partial-*"):  # an export killed before its atomic rename
+        shutil.rmtree(leftover, ignore_errors=True)
     bar = tqdm(total=0, unit="event", desc="export")
 
     def progress(done: int, total: int) -> None:

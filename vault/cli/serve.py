@@ -4,12 +4,14 @@ This is the one module of `vault/` allowed to import `api/` (tests/system/test_a
 the vault, builds the FastAPI app around it (`api.app.create_app`), starts the checkpointer and the log sink, and runs
 uvicorn. Everything else in vault/ stays below the API and never imports it.
 Owns the transport refusals (TLS on any non-loopback address, the production profile's serving checks, all reported
-before the root key is opened), the start-up heap settling (`settle_heap`) and, with `--workers N` on PostgreSQL,
-uvicorn's process supervisor with an app factory each server process calls (`app_factory`: its own vault, the audit
-checkpointer — only the holder of the database's leader lock signs, vault/db/leader.py — and the key-state watcher,
-vault/db/keystate.py). The processes share nothing but PostgreSQL and the blob store: revocation, logout, lockouts
-and erasure are decided from the database on every request. The root-key passphrase reaches the server processes
-through their environment ($HEALTHVAULT_PASSPHRASE, readable only by the same user), never through arguments.
+before the root key is opened), the start-up housekeeping after a crash (pending OCR extractions queued again, blobs a
+killed upload committed without their row swept), the start-up heap settling (`settle_heap`) and, with `--workers N`
+on PostgreSQL, uvicorn's process supervisor with an app factory each server process calls (`app_factory`: its own
+vault, the audit checkpointer — only the holder of the database's leader lock signs, vault/db/leader.py — and the
+key-state watcher, vault/db/keystate.py). The processes share nothing but PostgreSQL and the blob store: revocation,
+logout, lockouts and erasure are decided from the database on every request. The root-key passphrase reaches the
+server processes through their environment ($HEALTHVAULT_PASSPHRASE, readable only by the same user), never through
+arguments.
 Never: serves without TLS on a non-loopback address, or logs request bodies, tokens or ids (uvicorn's access log is
 off; the API's middleware logs route templates).
 """
@@ -73,6 +75,8 @@ def serve(data_dir: str | None, passphrase_file: str | None, host: str, port: in
     from vault.auditing.trail import Checkpointer
     from vault.cli import logsetup
     from vault.db import keystate
+    from vault.labs import service as labs
+    from vault.records import service as records
 
     vault = open_or_fail(data_dir, passphrase_file)
     if workers > 1:  # the key opened and the schema migrated once, here; then one vault per server process
@@ -81,6 +85,8 @@ def serve(data_dir: str | None, passphrase_file: str | None, host: str, port: in
                              tls_cert=tls_cert, tls_key=tls_key, workers=workers)
     watcher = keystate.watch(vault)  # several `serve` processes on one database drop erased keys together
     log_listener = logsetup.configure(vault.settings)
+    labs.resume_pending(vault)  # extractions a killed server left pending (the crash drills)
+    records.sweep_orphan_blobs(vault)  # blobs a killed upload committed without their row
     app = create_app(vault)
     checkpointer = Checkpointer(vault)
     checkpointer.start()

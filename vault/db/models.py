@@ -89,6 +89,8 @@ class Record(Base):
     # Sensitivity label; label_enc seals the same value under the record DEK so an edit in the database is detected.
     label: Mapped[str] = mapped_column(String(16), default="normal")
     label_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The category, sealed the same way (a category grant reads it: INT-1).
+    category_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     content_type: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

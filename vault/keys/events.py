@@ -116,7 +116,7 @@ def _service_purposes(vault) -> list[str]:
     """Every service key this vault's current suite uses (the names each module asks kms for)."""
     from audit import log
     from audit.pseudonyms import PURPOSE as PSEUDONYM
-    from consent import receipts
+    from consent import integrity, receipts
     from kms import suites
     from vault import fields
     from vault.accounts import totp
@@ -125,16 +125,21 @@ def _service_purposes(vault) -> list[str]:
     suite = fields.suite_of(vault)
     return [*(suites.purpose(base, suite) for base in (PSEUDONYM, patients.ID_INDEX_PURPOSE,
                                                        patients.PHONE_INDEX_PURPOSE, log.SIGNING_PURPOSE)),
-            receipts.PURPOSE, totp.PURPOSE]
+            receipts.PURPOSE, totp.PURPOSE, suites.purpose(integrity.PURPOSE, suite)]
 
 
-def ensure_service_keys(vault) -> list[str]:
+def ensure_service_keys(vault, *, created_by_migration: list[str] | None = None) -> list[str]:
     """Create the service keys the vault will use that do not exist yet, each audited (`key.create`) in its own
-    transaction, so that no key is born unrecorded on first use in the middle of another flow. Returns the purposes
-    created (none on every start after the first)."""
+    transaction, so that no key is born unrecorded on first use in the middle of another flow; and audit the keys a
+    migration created to seal existing rows (`created_by_migration`, reason "migration"). Returns the purposes
+    created here (none on every start after the first)."""
+    ctx = RequestContext(request_id="kms")
+    for purpose in created_by_migration or ():
+        audit_now(vault, identity=SYSTEM, ctx=ctx, action="key.create", outcome="allow",
+                  resource_type="service-key", resource_id=purpose, reason="migration")
     created = [p for p in _service_purposes(vault) if vault.keystore.newest_service_key(p) is None]
     for purpose in created:
         vault.keys.service_key(purpose)
-        audit_now(vault, identity=SYSTEM, ctx=RequestContext(request_id="kms"), action="key.create", outcome="allow",
+        audit_now(vault, identity=SYSTEM, ctx=ctx, action="key.create", outcome="allow",
                   resource_type="service-key", resource_id=purpose, reason="startup")
     return created

@@ -1,9 +1,11 @@
 """Lab sheets become data: extraction jobs, encrypted results, patient corrections, trends.
 
 Owns the `lab.extract` job (`run_extraction`, queued by the records service through `vault.jobs` and run off the
-request path; the job is just a record id): running `ocr.extract`, storing the
-LabReport sealed under the record's DEK, and the record's status pending → done / needs_review / failed (with the
-OCR package's stable error code). A failing page never takes the worker down. Running the job twice does no harm
+request path; the job is just a record id; `resume_pending` queues again at server start what a killed one left):
+having `ocr.extract` run in the OCR worker process (vault/labs/ocr_worker.py: CPU, memory and wall-clock limits,
+never in the server process), storing the LabReport sealed under the record's DEK, and the record's status pending →
+done / needs_review / failed (with the OCR package's or the worker's stable error code). A failing page never takes
+the worker down. Running the job twice does no harm
 (a queue may: retries, a killed worker's jobs): it acts only on a record still `pending`, and stores its result only
 if the record is still `pending`, so each result is stored once. `ocr/` stays pure: it gets bytes and
 returns a report; identities, keys and the database stay here.
@@ -28,6 +30,7 @@ from vault.access import gate
 from vault.db.models import LabCorrection, Record
 from vault.errors import Conflict, InvalidInput, OcrDeclined, VaultError
 from vault.identity import Identity, RequestContext
+from vault.labs import ocr_worker
 from vault.patients import privacy
 from vault.records import service as records
 from vault.records.service import DECLINED, EXTRACT_JOB, results_of, wants_extraction
@@ -63,8 +66,9 @@ def _where(record) -> dict:
     return dict(table="records", row_id=record.id, patient_id=record.patient_id)
 
 
-def run_extraction(vault, record_id: str) -> str:
-    """Extract one record's lab sheet; returns the final status. Never raises (a failure is a status)."""
+def run_extraction(vault, record_id: str, *, worker: ocr_worker.OcrWorker | None = None) -> str:
+    """Extract one record's lab sheet in the OCR worker process (this process's shared one unless given); returns the
+    final status. Never raises (a failure is a status)."""
     try:
         with vault.session() as session:
             record = session.get(Record, record_id)
@@ -93,7 +97,9 @@ def run_extraction(vault, record_id: str) -> str:
                 with vault.blobs.open(record.id) as source:
                     for chunk in iter_decrypt(dek, source, blob_aad(record_id=record.id, patient_id=record.patient_id)):
                         buffer.write(chunk)
-                status, error, payload = _extract(buffer.getvalue())
+                outcome = (worker or ocr_worker.shared()).extract(buffer.getvalue())
+                del buffer
+                status, error, payload = outcome.status, outcome.error, outcome.payload
             values: dict[str, object] = dict(ocr_status=status, ocr_error=error)
             if payload is not None:
                 values["lab_results_enc"] = fields.seal(dek, payload, column="lab_results", **_where(record))
@@ -115,15 +121,15 @@ def _status_of(vault, record_id: str) -> str:
         return session.scalar(select(Record.ocr_status).where(Record.id == record_id)) or "failed"
 
 
-def _extract(data: bytes) -> tuple[str, str | None, str | None]:
-    import ocr
-    from ocr.errors import OCRError
-
-    try:
-        report = ocr.extract(data)
-    except OCRError as exc:
-        return "failed", exc.code[:32], None
-    return ("needs_review" if report.needs_review else "done"), None, report.to_json()
+def resume_pending(vault) -> int:
+    """Queue again every extraction left `pending` (a server killed mid-job, or before its queue ran); returns how
+    many. Called once by `serve` at start. A job is idempotent: it re-reads the blob and writes the final status, so
+    one run twice (several servers starting at once on PostgreSQL) only costs time."""
+    with vault.session() as session:
+        pending = list(session.scalars(select(Record.id).where(Record.ocr_status == "pending")))
+    for record_id in pending:
+        vault.jobs.submit(EXTRACT_JOB, record_id)
+    return len(pending)
 
 
 def correct(session, vault, *, identity: Identity, ctx: RequestContext, record_id: str, row: int, field: str,

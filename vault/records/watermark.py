@@ -306,15 +306,11 @@ def authorize(session: Session, vault: Vault, *, identity: Identity, ctx: Reques
               record_id: str) -> PendingDownload:
     """Gate and audit a grantee's download of one record; NotFound when the gate says no (existence never leaks).
     The audit event is committed, carrying the download id, before anything is decrypted."""
-    record = records.get(session, record_id=record_id)
-    dek = None
-    if record is not None:
-        dek = records._open_dek(vault, record)
-        records._check_label(record, dek)
-    target = gate.Target("record", record_id, record.patient_id if record else None, exists=record is not None,
-                         category=record.category if record else None, label=record.label if record else None)
+    record, dek, target = records.target_of(session, vault, identity=identity, ctx=ctx, record_id=record_id,
+                                            action="record.download")
     decision = gate.enter(vault, session, identity=identity, ctx=ctx, action="record.download", target=target,
                           deny_as=NotFound, audit_allow=False)
+    assert record is not None  # the gate refuses (404) a record that does not exist
     download_id = secrets.token_hex(16)
     source = decision.source.partition(":")[0]
     gate.audit(vault, session, identity=identity, ctx=ctx, action="record.download", target=target, outcome="allow",

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import CHEAP_KDF, PASSPHRASE, make_settings
-from tests.helpers import blobs, login, pdf_bytes, register, upload
+from tests.helpers import blobs, login, pdf_bytes, register, stored, upload
 from vault.blobs.s3 import BlobStoreUnavailable, MiB, S3BlobStore, parse_url
 from vault.blobs.store import BlobExists
 from vault.runtime import init_data_dir, open_vault
@@ -56,13 +56,14 @@ def test_an_upload_is_ciphertext_in_the_bucket_and_reads_back_exactly(s3_vault):
         created = upload(client, headers, data, title="血常规", content_type="application/pdf")
         assert created.status_code == 201, created.text
         record_id = created.json()["record_id"]
-        stored = blobs.raw(s3_vault.blobs, record_id)  # straight from the bucket, not through the vault
-        assert marker.encode() not in stored and b"%PDF" not in stored and "血常规".encode() not in stored
-        assert len(stored) > len(data)  # header and tags: the same sealed stream as on disk
+        kept = stored(data)  # the upload's sanitized copy is the record (issue 16)
+        raw = blobs.raw(s3_vault.blobs, record_id)  # straight from the bucket, not through the vault
+        assert marker.encode() not in raw and b"%PDF" not in raw and "血常规".encode() not in raw
+        assert len(raw) > len(kept)  # header and tags: the same sealed stream as on disk
         assert blobs.stored(s3_vault.blobs) == [record_id]
         assert s3_vault.blobs.key_of(record_id).endswith(f"{record_id}.hvb")  # the key is an id, nothing else
         content = client.get(f"/v1/records/{record_id}/content", headers=headers)
-        assert content.status_code == 200 and content.content == data
+        assert content.status_code == 200 and content.content == kept
     assert blobs.leftovers(s3_vault.blobs) == []
 
 

@@ -255,6 +255,9 @@ def test_rewrap_cli_killed_with_sigkill_then_resumed(client, vault, backend):
     assert "rewrap" in finished.stderr and "key/s" in finished.stderr  # the progress bar (tqdm, with its rate/ETA)
     assert keystatus.compute_status(vault).deks_under_old_kek == 0
     _read_everything(client, people)
+    from tests.helpers.drills import export_verifies  # the crash drill's last check: the chain verifies offline
+
+    assert export_verifies(vault, vault.settings.data_dir / "exports" / "after-sigkill") > 0
 
 
 def test_reads_keep_working_while_rewrap_runs(client, vault):
