@@ -144,6 +144,8 @@ PROJECT = ("kms", "audit", "vault", "api", "consent", "ocr")
 NOT_DATA_PATHS = {
     "kms.local": "the local root-key provider's own wrap (AES-256-GCM key file): a certified SM HSM does the root "
                  "wrap in an SM deployment; out of the suite's scope",
+    "kms.keyfile": "the local provider's sealed key file (AES-256-GCM under an Argon2id key, kms/keyfile.py, split "
+                   "from kms.local): the same root-key provider, out of the suite's scope",
     "vault.accounts.tokens": "digest of bearer tokens for lookup: a credential, not record data",
     "vault.patients.privacy": "digest of the published privacy notice (public text) stored with each consent",
     "ocr.engine": "fingerprints of the bundled OCR model files (software, not data)",
