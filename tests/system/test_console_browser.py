@@ -155,7 +155,9 @@ def _context(browser, run: Run, *, mobile: bool):
 
 
 def _axe(page) -> list[dict]:
-    """Serious and critical violations axe-core finds on the page as it is now."""
+    """Serious and critical violations axe-core finds on the page once it has loaded."""
+    page.wait_for_load_state("load")
+    page.wait_for_function("document.documentElement !== null && window.axe !== undefined")
     result = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
                            ".filter(v => v.impact === 'serious' || v.impact === 'critical')"
                            ".map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target)}))")
