@@ -53,7 +53,7 @@ from vault.errors import (
 from vault.identity import Identity
 from vault.keys import operations as keyops
 from vault.labs import service as labs
-from vault.patients import privacy
+from vault.patients import erasure, privacy
 from vault.patients import service as patients
 from vault.records import service as records
 from vault.records.uploads import UploadSink
@@ -649,6 +649,40 @@ async def change_consent(request: Request) -> Response:
 
     await console.run(work, roles=PATIENT)
     return console.redirect("/consents")
+
+
+@router.get("/account")
+@page
+async def account_page(request: Request) -> Response:
+    """The patient's own profile (ID number and phone masked) and erasure."""
+    console = await open_console(request)
+
+    def work(session, identity: Identity) -> patients.Profile:
+        return patients.get_profile(session, console.vault, identity=identity, ctx=console.ctx,
+                                    patient_id=str(identity.patient_id))
+
+    profile = await console.run(work, roles=PATIENT)
+    return console.page("account.html", profile=profile, report=None, error=None)
+
+
+@router.post("/account/erase")
+@page
+async def erase_account(request: Request) -> Response:
+    """Erasure by crypto-shredding, after the password (and the TOTP code if enrolled) again. Cannot be undone."""
+    console = await open_console(request)
+    password, otp = field(console, "password"), field(console, "otp")
+    if field(console, "confirm") != "yes":
+        raise InvalidInput("tick the box to confirm the erasure", extra={"reason": "confirm"})
+
+    def work(session, identity: Identity) -> erasure.ErasureReport:
+        return erasure.erase_self(session, console.vault, identity=identity, ctx=console.ctx, password=password,
+                                  otp=otp or None)
+
+    report = await console.run(work, roles=PATIENT)
+    console.identity = None
+    response = console.page("account.html", profile=None, report=report, error=None)
+    clear_cookie(request, response, SESSION)
+    return response
 
 
 # ---- doctor / escort ------------------------------------------------------------------------------------------------
