@@ -53,7 +53,7 @@ from vault.errors import (
 from vault.identity import Identity
 from vault.keys import status as keyops
 from vault.labs import service as labs
-from vault.patients import privacy
+from vault.patients import erasure, privacy
 from vault.patients import service as patients
 from vault.records import service as records
 from vault.records.uploads import UploadSink
@@ -80,9 +80,19 @@ def _safe_next(value: str | None) -> str:
     return value
 
 
-def _field(console: Console, name: str) -> str:
+# Form fields are capped as the JSON API's models cap them (a password is hashed: never an unbounded one).
+LIMITS = {"username": 256, "password": 256, "new_password": 256, "real_name": 64, "id_number": 64, "phone": 32,
+          "otp": 16, "grantee": 256, "purpose": 500, "reason": 500, "value": 64}
+MAX_FIELD = 1024
+
+
+def field(console: Console, name: str) -> str:
     value = console.form.get(name)
-    return value.strip() if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    if len(value) > LIMITS.get(name, MAX_FIELD):
+        raise InvalidInput(f"{name} is too long", extra={"reason": name})
+    return value if "password" in name else value.strip()  # a password is exactly what was typed
 
 
 def _list(console: Console, name: str) -> list[str]:
@@ -136,7 +146,7 @@ async def login_form(request: Request) -> Response:
 @page
 async def login(request: Request) -> Response:
     console = await open_console(request)
-    username, password, otp = _field(console, "username"), _field(console, "password"), _field(console, "otp")
+    username, password, otp = field(console, "username"), field(console, "password"), field(console, "otp")
 
     def work(session):
         return accounts.login(session, console.vault, username=username, password=password, ctx=console.ctx,
@@ -147,9 +157,9 @@ async def login(request: Request) -> Response:
     except (PasswordChangeRequired, OtpEnrollmentRequired):
         return console.redirect("/first-sign-in")
     except VaultError as exc:
-        return console.page("login.html", http_status=exc.status, next=_safe_next(_field(console, "next")),
+        return console.page("login.html", http_status=exc.status, next=_safe_next(field(console, "next")),
                             error=i18n.error_text(console.lang, exc), notice=None)
-    response = console.redirect(_safe_next(_field(console, "next")))
+    response = console.redirect(_safe_next(field(console, "next")))
     set_cookie(request, response, SESSION, token, max_age=ttl)
     clear_cookie(request, response, PRE)
     return response
@@ -183,16 +193,16 @@ async def register_form(request: Request) -> Response:
 async def register(request: Request) -> Response:
     console = await open_console(request)
     notice = privacy.current_notice(console.vault)
-    values = {k: _field(console, k) for k in ("username", "real_name", "phone")}
-    choices = privacy.Choices(notice_version=_field(console, "notice_version") or None,
-                              health_data=_field(console, "health_data") == "yes",
-                              id_number=_field(console, "id_number_consent") == "yes",
-                              ocr=_field(console, "ocr") == "yes")
+    values = {k: field(console, k) for k in ("username", "real_name", "phone")}
+    choices = privacy.Choices(notice_version=field(console, "notice_version") or None,
+                              health_data=field(console, "health_data") == "yes",
+                              id_number=field(console, "id_number_consent") == "yes",
+                              ocr=field(console, "ocr") == "yes")
 
     def work(session) -> str:
         return patients.register(session, console.vault, username=values["username"],
-                                 password=_field(console, "password"), real_name=values["real_name"],
-                                 id_number=_field(console, "id_number"), phone=values["phone"], birth_date=None,
+                                 password=field(console, "password"), real_name=values["real_name"],
+                                 id_number=field(console, "id_number"), phone=values["phone"], birth_date=None,
                                  ctx=console.ctx, consents=choices)
 
     try:
@@ -215,11 +225,11 @@ async def first_form(request: Request) -> Response:
 @page
 async def first_password(request: Request) -> Response:
     console = await open_console(request)
-    username = _field(console, "username")
+    username = field(console, "username")
 
     def work(session) -> None:
-        accounts.change_password(session, console.vault, username=username, password=_field(console, "password"),
-                                 new_password=_field(console, "new_password"), otp=_field(console, "otp") or None,
+        accounts.change_password(session, console.vault, username=username, password=field(console, "password"),
+                                 new_password=field(console, "new_password"), otp=field(console, "otp") or None,
                                  ctx=console.ctx)
 
     try:
@@ -235,10 +245,10 @@ async def first_password(request: Request) -> Response:
 @page
 async def first_totp(request: Request) -> Response:
     console = await open_console(request)
-    username = _field(console, "username")
+    username = field(console, "username")
 
     def work(session) -> tuple[str, str]:
-        return accounts.totp_enroll(session, console.vault, username=username, password=_field(console, "password"),
+        return accounts.totp_enroll(session, console.vault, username=username, password=field(console, "password"),
                                     ctx=console.ctx)
 
     try:
@@ -254,11 +264,11 @@ async def first_totp(request: Request) -> Response:
 @page
 async def first_activate(request: Request) -> Response:
     console = await open_console(request)
-    username = _field(console, "username")
+    username = field(console, "username")
 
     def work(session) -> None:
-        accounts.totp_activate(session, console.vault, username=username, password=_field(console, "password"),
-                               otp=_field(console, "otp"), ctx=console.ctx)
+        accounts.totp_activate(session, console.vault, username=username, password=field(console, "password"),
+                               otp=field(console, "otp"), ctx=console.ctx)
 
     try:
         await console.anonymous(work)
@@ -458,17 +468,17 @@ async def correct_value(request: Request, record_id: uuid.UUID) -> Response:
     console = await open_console(request)
     rid = str(record_id)
     try:
-        row = int(_field(console, "row"))
+        row = int(field(console, "row"))
     except ValueError:
         raise InvalidInput("row must be a number", extra={"reason": "row"}) from None
-    field = _field(console, "field") or "value"
-    value = _field(console, "value")
+    column = field(console, "field") or "value"
+    value = field(console, "value")
     if not value or len(value) > 64:
         raise InvalidInput("value must be 1-64 characters", extra={"reason": "value"})
 
     def work(session, identity: Identity) -> dict:
         return labs.correct(session, console.vault, identity=identity, ctx=console.ctx, record_id=rid, row=row,
-                            field=field, value=value)
+                            field=column, value=value)
 
     await console.run(work, roles=PATIENT, action="lab.correct")
     return console.redirect(f"/records/{rid}/trend/{row}")
@@ -538,9 +548,11 @@ async def sharing_page(request: Request) -> Response:
 async def share(request: Request) -> Response:
     console = await open_console(request)
     try:
-        days = int(_field(console, "days") or "7")
+        days = int(field(console, "days") or "7")
     except ValueError:
         raise InvalidInput("days must be a number", extra={"reason": "window"}) from None
+    if not 0 <= days <= 3660:  # the service holds the real bound (grant_max_days); this keeps the date arithmetic sane
+        raise InvalidInput("days out of range", extra={"reason": "window"})
     record_ids = _list(console, "record_ids")
     for rid in record_ids:
         try:
@@ -551,9 +563,9 @@ async def share(request: Request) -> Response:
     def work(session, identity: Identity) -> sharing.GrantView:
         now = console.vault.clock()
         return sharing.create_grant(
-            session, console.vault, identity=identity, ctx=console.ctx, grantee=_field(console, "grantee"),
+            session, console.vault, identity=identity, ctx=console.ctx, grantee=field(console, "grantee"),
             record_ids=record_ids, categories=[], include_future=False, actions=_list(console, "actions"),
-            purpose=_field(console, "purpose"), consult_ref=None, not_before=None,
+            purpose=field(console, "purpose"), consult_ref=None, not_before=None,
             expires_at=now + dt.timedelta(days=max(days, 0)))
 
     grant = await console.run(work, roles=PATIENT, action="grant.create")
@@ -625,10 +637,10 @@ async def consents_page(request: Request) -> Response:
 @page
 async def change_consent(request: Request) -> Response:
     console = await open_console(request)
-    item = _field(console, "item")
+    item = field(console, "item")
     if item not in privacy.CONSENT_ITEMS:
         raise InvalidInput("unknown consent item", extra={"reason": "item"})
-    give = _field(console, "give") == "yes"
+    give = field(console, "give") == "yes"
     choices = privacy.Choices(notice_version=privacy.current_notice(console.vault).version if give else None,
                               **{item: give})
 
@@ -637,6 +649,40 @@ async def change_consent(request: Request) -> Response:
 
     await console.run(work, roles=PATIENT)
     return console.redirect("/consents")
+
+
+@router.get("/account")
+@page
+async def account_page(request: Request) -> Response:
+    """The patient's own profile (ID number and phone masked) and erasure."""
+    console = await open_console(request)
+
+    def work(session, identity: Identity) -> patients.Profile:
+        return patients.get_profile(session, console.vault, identity=identity, ctx=console.ctx,
+                                    patient_id=str(identity.patient_id))
+
+    profile = await console.run(work, roles=PATIENT)
+    return console.page("account.html", profile=profile, report=None, error=None)
+
+
+@router.post("/account/erase")
+@page
+async def erase_account(request: Request) -> Response:
+    """Erasure by crypto-shredding, after the password (and the TOTP code if enrolled) again. Cannot be undone."""
+    console = await open_console(request)
+    password, otp = field(console, "password"), field(console, "otp")
+    if field(console, "confirm") != "yes":
+        raise InvalidInput("tick the box to confirm the erasure", extra={"reason": "confirm"})
+
+    def work(session, identity: Identity) -> erasure.ErasureReport:
+        return erasure.erase_self(session, console.vault, identity=identity, ctx=console.ctx, password=password,
+                                  otp=otp or None)
+
+    report = await console.run(work, roles=PATIENT)
+    console.identity = None
+    response = console.page("account.html", profile=None, report=report, error=None)
+    clear_cookie(request, response, SESSION)
+    return response
 
 
 # ---- doctor / escort ------------------------------------------------------------------------------------------------
@@ -665,7 +711,7 @@ async def breakglass_form(request: Request) -> Response:
 @page
 async def breakglass(request: Request) -> Response:
     console = await open_console(request)
-    patient_id = _field(console, "patient_id")
+    patient_id = field(console, "patient_id")
     try:
         patient_id = str(uuid.UUID(patient_id))
     except ValueError:
@@ -673,7 +719,7 @@ async def breakglass(request: Request) -> Response:
 
     def work(session, identity: Identity):
         claim = sharing.breakglass(session, console.vault, identity=identity, ctx=console.ctx, patient_id=patient_id,
-                                   reason=_field(console, "reason"), otp=_field(console, "otp") or None)
+                                   reason=field(console, "reason"), otp=field(console, "otp") or None)
         return claim.id, claim.expires_at
 
     claim_id, expires_at = await console.run(work, roles=frozenset({"doctor"}))
@@ -725,7 +771,7 @@ async def audit_search(request: Request) -> Response:
 @page
 async def start_export(request: Request) -> Response:
     console = await open_console(request)
-    since, until = _when_param(_field(console, "since")), _when_param(_field(console, "until"))
+    since, until = _when_param(field(console, "since")), _when_param(field(console, "until"))
 
     def work(session, identity: Identity) -> trail.ExportJob:
         return trail.start_export(session, console.vault, identity=identity, ctx=console.ctx, since=since,
