@@ -4,7 +4,7 @@ from __future__ import annotations
 
 PUBLIC = {("GET", "/healthz"), ("POST", "/v1/patients/register"), ("POST", "/v1/auth/login"),
           ("POST", "/v1/auth/totp/enroll"), ("POST", "/v1/auth/totp/activate"), ("POST", "/v1/auth/password"),
-          ("GET", "/v1/privacy-notice")}
+          ("GET", "/v1/privacy-notice"), ("GET", "/readyz")}
 STAFF = ("doctor", "escort", "auditor", "sysadmin", "secadmin", "auditadmin")
 ROLES = ("patient", *STAFF)
 AUDITORS = {"auditor", "auditadmin"}
