@@ -1,9 +1,10 @@
 """The browser console, served by the vault itself at `/`: server-rendered pages (Jinja2) with vendored htmx.
 
 Owns mounting the console's pages and its static files on the app (`mount`). The pages call the same vault services
-as the JSON API (api/routers); nothing here is a second path to data. See pages.py (routes), admin.py (the
-administrators' pages), session.py (cookie session, CSRF, headers), render.py, i18n.py, charts.py, qr.py; templates/
-and static/ (no inline script or style).
+as the JSON API (api/routers); nothing here is a second path to data. See pages.py (public pages, shared helpers),
+patient_records.py and patient_sharing.py (the patient's pages), staff.py (doctors, escorts, compliance staff),
+admin.py (the administrators' pages), session.py (cookie session, CSRF, headers), render.py, i18n.py, charts.py,
+qr.py; templates/ and static/ (no inline script or style).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from api.console.admin import router as admin_router
+from api.console import admin, patient_records, patient_sharing, staff
 from api.console.pages import router
 from api.console.render import STATIC
 
@@ -45,7 +46,8 @@ class ConsoleRoutes(BaseRoute):
 
 def routes() -> list[BaseRoute]:
     """Every console page (the role × endpoint matrix test reads this list)."""
-    return [*router.routes, *admin_router.routes]
+    return [*router.routes, *patient_records.router.routes, *patient_sharing.router.routes, *staff.router.routes,
+            *admin.router.routes]
 
 
 def mount(app: FastAPI) -> None:

@@ -12,6 +12,7 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from api.console.pages import field
 from api.console.session import open_console, page
 from vault.accounts import admin as accounts
 from vault.errors import InvalidInput
@@ -52,12 +53,11 @@ async def accounts_page(request: Request) -> Response:
 @page
 async def create_account(request: Request) -> Response:
     console = await open_console(request)
-    form = console.form
+    username, password, role = field(console, "username"), field(console, "password"), field(console, "role")
 
     def work(session, identity: Identity) -> None:
-        accounts.create_staff(session, console.vault, identity=identity, ctx=console.ctx,
-                              username=str(form.get("username") or ""), password=str(form.get("password") or ""),
-                              role=str(form.get("role") or ""))
+        accounts.create_staff(session, console.vault, identity=identity, ctx=console.ctx, username=username,
+                              password=password, role=role)
 
     await console.run(work, roles=SYSADMIN)
     return console.redirect("/accounts")
@@ -106,8 +106,8 @@ async def security_page(request: Request) -> Response:
 @page
 async def change_role(request: Request) -> Response:
     console = await open_console(request)
-    aid = _account_id(str(console.form.get("account_id") or ""))
-    role = str(console.form.get("role") or "")
+    aid = _account_id(field(console, "account_id"))
+    role = field(console, "role")
 
     def work(session, identity: Identity) -> None:
         accounts.change_role(session, console.vault, identity=identity, ctx=console.ctx, account_id=aid, role=role)

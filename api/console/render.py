@@ -33,7 +33,14 @@ def _when(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _short(value: Any) -> str:
+    """MM-DD HH:MM (UTC): for narrow tables."""
+    full = _when(value)
+    return full[5:16] if len(full) >= 16 else full
+
+
 _ENV.filters["when"] = _when
+_ENV.filters["short"] = _short
 
 
 def render(template: str, *, lang: str, **values: Any) -> str:

@@ -336,4 +336,36 @@ def test_declined_ocr_can_be_asked_for_after_consenting(client, vault):
     client.post("/consents", data={"csrf": csrf, "item": "ocr", "give": "yes"})
     queued = client.post(record_url + "/extraction", data={"csrf": csrf}, follow_redirects=False)
     assert queued.status_code == 303
-    assert "status pending" in client.get(record_url).text or "status failed" in client.get(record_url).text
+    after = client.get(record_url).text
+    assert 'id="ocr-status"' in after and 'class="status declined"' not in after  # queued (or already read)
+
+
+def test_form_fields_are_capped_and_passwords_kept_exactly(client, vault):
+    page = client.get("/login")
+    csrf = csrf_of(page.text)
+    huge = client.post("/login", data={"csrf": csrf, "username": "c.huge", "password": "x" * 5000})
+    assert huge.status_code == 422  # never hashed
+    spaced = " " + PASSWORD + " "
+    register(client, username="c.spaced", password=spaced)
+    wrong = client.post("/login", data={"csrf": csrf, "username": "c.spaced", "password": PASSWORD})
+    assert wrong.status_code == 401  # the password is not trimmed: what was typed is what is checked
+    assert client.post("/login", data={"csrf": csrf, "username": "c.spaced", "password": spaced},
+                       follow_redirects=False).status_code == 303
+
+
+def test_patient_erases_the_account_from_the_console(client, vault):
+    register(client, username="c.leaver", real_name="李离开")
+    csrf = console_login(client, "c.leaver")
+    account = client.get("/account")
+    assert account.status_code == 200 and "李离开" in account.text
+    assert_console_headers(account)
+    unconfirmed = client.post("/account/erase", data={"csrf": csrf, "password": PASSWORD})
+    assert unconfirmed.status_code == 422
+    wrong = client.post("/account/erase", data={"csrf": csrf, "password": "not-the-password", "confirm": "yes"})
+    assert wrong.status_code == 401
+    erased = client.post("/account/erase", data={"csrf": csrf, "password": PASSWORD, "confirm": "yes"})
+    assert erased.status_code == 200 and 'id="erased"' in erased.text
+    assert client.get("/records", follow_redirects=False).status_code == 303  # the session ended with the account
+    page = client.get("/login")
+    assert client.post("/login", data={"csrf": csrf_of(page.text), "username": "c.leaver",
+                                       "password": PASSWORD}).status_code == 401

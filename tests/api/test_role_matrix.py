@@ -117,6 +117,8 @@ def test_console_role_by_page_matrix(client, vault, clock, app):
     object.__setattr__(vault.settings, "idle_timeout_seconds", 10**7)
     patient = register(client, username="cm-patient")
     tokens = {"patient": login(client, "cm-patient")["Authorization"].split()[1]}
+    register(client, username="cm-eraser")  # POST /account/erase erases the caller: not the matrix patient
+    eraser = login(client, "cm-eraser")["Authorization"].split()[1]
     secrets = {}
     for role in STAFF:
         h = staff(client, vault, role, f"cm-{role}")
@@ -155,6 +157,7 @@ def test_console_role_by_page_matrix(client, vault, clock, app):
         ("POST", "/accounts"): {"data": {"username": "cm-created", "password": PASSWORD, "role": "doctor"}},
         ("POST", "/accounts/{account_id}/active"): {"data": {"active": "yes"}},
         ("POST", "/security/role"): {"data": {"account_id": account_id, "role": "escort"}},
+        ("POST", "/account/erase"): {"data": {"password": PASSWORD, "confirm": "yes"}},
     }
     mismatches = []
     last = (("POST", "/sharing/{grant_id}/revoke"), ("POST", "/logout"))
@@ -165,8 +168,9 @@ def test_console_role_by_page_matrix(client, vault, clock, app):
             client.cookies.clear()
             headers = {}
             if role is not None:
-                client.cookies.set("hv_session", tokens[role])
-                headers["x-csrf-token"] = csrf_for(tokens[role])
+                token = eraser if (method, path, role) == ("POST", "/account/erase", "patient") else tokens[role]
+                client.cookies.set("hv_session", token)
+                headers["x-csrf-token"] = csrf_for(token)
             response = client.request(method, url, headers=headers, follow_redirects=False,
                                       **bodies.get((method, path), {}))
             to_sign_in = response.status_code == 303 and response.headers["location"].startswith("/login?next=")

@@ -74,6 +74,8 @@ CONSOLE_EXPECTED = {
     ("POST", "/sharing/{grant_id}/revoke"): {"patient"},
     ("GET", "/access-log"): {"patient"},
     ("GET", "/consents"): {"patient"},
+    ("GET", "/account"): {"patient"},
+    ("POST", "/account/erase"): {"patient"},  # run as a second patient (`cm-eraser`)
     ("POST", "/consents"): {"patient"},
     ("GET", "/shared"): {"doctor", "escort"},
     ("GET", "/breakglass"): {"doctor"},

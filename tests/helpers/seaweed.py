@@ -50,6 +50,16 @@ def missing() -> str | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the test process dies, even by SIGKILL, so no server is left."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except (OSError, AttributeError):
+        pass
+
+
 def _free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -120,7 +130,7 @@ def start(directory: Path) -> Weed:
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                   cwd=directory, start_new_session=True)
+                                   cwd=directory, start_new_session=True, preexec_fn=_die_with_parent)
     weed = Weed(directory=directory, endpoint=f"http://127.0.0.1:{s3}", process=process, log_path=log_path)
     deadline = time.monotonic() + START_TIMEOUT
     while True:

@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ("vault", "api", "audit", "consent", "kms", "ocr")
-DOMAINS = ("access", "accounts", "patients", "records", "labs", "sharing", "auditing", "keys")
+DOMAINS = ("access", "accounts", "patients", "records", "labs", "sharing", "auditing", "keys", "exports")
 INFRASTRUCTURE = ("vault/db/", "vault/blobs/", "vault/jobs/", "vault/metrics.py", "vault/settings.py",
                   "vault/errors.py", "vault/identity.py", "vault/fields.py", "vault/text.py", "vault/profile.py")
 API_ROOT = "vault/cli/serve.py"

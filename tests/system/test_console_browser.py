@@ -155,11 +155,28 @@ def _context(browser, run: Run, *, mobile: bool):
 
 
 def _axe(page) -> list[dict]:
-    """Serious and critical violations axe-core finds on the page as it is now."""
+    """Serious and critical violations axe-core finds on the page once it has loaded."""
+    page.wait_for_load_state("load")
+    page.wait_for_function("document.documentElement !== null && window.axe !== undefined")
     result = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
                            ".filter(v => v.impact === 'serious' || v.impact === 'critical')"
                            ".map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target)}))")
     return result
+
+
+def _fits(page) -> bool:
+    """Nothing wider than the screen (wide tables scroll inside their own box): usable at 375 px."""
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def _tab_order(page, count: int) -> list[str]:
+    """The ids (or tag names) the keyboard focus visits, pressing Tab `count` times from the top of the page."""
+    page.locator("body").focus()
+    seen = []
+    for _ in range(count):
+        page.keyboard.press("Tab")
+        seen.append(page.evaluate("document.activeElement.id || document.activeElement.tagName.toLowerCase()"))
+    return seen
 
 
 def _first_sign_in(page, run: Run, username: str, name: str) -> str:
@@ -229,9 +246,12 @@ def test_three_journeys(server, browser, run):
     patient.goto(base + "/")
     patient.wait_for_url("**/login*")
     violations["login"] = _axe(patient)
+    order = _tab_order(patient, 12)  # skip link, header links, then the form: every field and the button by keyboard
+    assert {"username", "password", "otp"} <= set(order) and "button" in order, order
     run.shot(patient, "patient-login")
     patient.get_by_role("link", name="还没有账号？注册").click()
     violations["register"] = _axe(patient)
+    assert _fits(patient), "register is wider than a 375 px screen"
     patient.get_by_label("用户名", exact=True).fill("wang.fangfang")
     patient.get_by_label("密码", exact=True).fill(PASSWORD)
     patient.get_by_label("真实姓名", exact=True).fill(REAL_NAME)
@@ -251,6 +271,7 @@ def test_three_journeys(server, browser, run):
     session = cookies["hv_session"]
     assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/"
     violations["records"] = _axe(patient)
+    assert _fits(patient), "records is wider than a 375 px screen"
     run.shot(patient, "patient-records-empty")
 
     # A state change without the CSRF token: refused, nothing stored.
@@ -268,6 +289,7 @@ def test_three_journeys(server, browser, run):
     assert PAYLOAD in patient.locator("h1").inner_text()  # shown as text: no script ran (a dialog would fail)
     assert FILE_PAYLOAD + ".jpg" in patient.locator("dl.facts").inner_text()
     violations["record"] = _axe(patient)
+    assert _fits(patient), "record is wider than a 375 px screen"
     second_url = _upload(patient, run, data=second_photo, name="report-2.jpg", title="复查", shot="patient-record-2")
     wbc = patient.locator("#lab-table tr[data-code='WBC'] a.trend-link")
     wbc.click()
@@ -283,6 +305,7 @@ def test_three_journeys(server, browser, run):
     patient.get_by_label("查看原件/下载", exact=True).check()
     patient.get_by_label("用途", exact=True).fill("门诊复诊 " + PAYLOAD)
     violations["sharing"] = _axe(patient)
+    assert _fits(patient), "sharing is wider than a 375 px screen"
     run.shot(patient, "patient-share-form")
 
     # ---- journey 2, first part: the doctor signs in (TOTP) and reads the shared record ------------------------
@@ -316,12 +339,14 @@ def test_three_journeys(server, browser, run):
 
     # ---- journey 1, end: the access log shows the doctor's read; revoke in one click -----------------------------
     patient.goto(base + "/access-log")
-    log_text = patient.locator("#access-table").inner_text()
-    assert "dr.li" in log_text and "record.read" in log_text
+    log_text = patient.locator("#access-table").inner_text()  # the others' accesses, apart from the patient's own
+    assert "dr.li" in log_text and "查看报告" in log_text and "you" not in log_text
     violations["access-log"] = _axe(patient)
+    assert _fits(patient), "access-log is wider than a 375 px screen"
     run.shot(patient, "patient-access-log")
     patient.goto(base + "/consents")
     violations["consents"] = _axe(patient)
+    assert _fits(patient), "consents is wider than a 375 px screen"
     run.shot(patient, "patient-consents")
     patient.goto(grant_url)
     patient.get_by_role("button", name="撤回").click()

@@ -175,7 +175,7 @@ class PatientExport(Base):
     wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
 class KeyInvalidation(Base):
     """Cluster-wide notice that cached keys must go (issue 17): an erased patient's (patient_id), or every cached key
-    (patient_id NULL: key versions retired). Each process evicts what a new row names (vault.keystate)."""
+    (patient_id NULL: key versions retired). Each process evicts what a new row names (vault.db.keystate)."""
 
     __tablename__ = "key_invalidations"
 
