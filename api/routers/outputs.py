@@ -45,18 +45,18 @@ async def record_fhir(record_id: uuid.UUID, identity: CurrentIdentity, vault: Va
                     headers={"cache-control": "no-store"})
 
 
-class ExportIn(pydantic.BaseModel):
+class PatientExportIn(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     passphrase: str = pydantic.Field(min_length=exports.MIN_PASSPHRASE, max_length=exports.MAX_PASSPHRASE,
                                      description="Encrypts the ZIP (AES-256); never stored. Needed to open it.")
 
 
-class ExportStarted(pydantic.BaseModel):
+class PatientExportStarted(pydantic.BaseModel):
     export_id: str
     status: str
 
 
-class ExportStatus(pydantic.BaseModel):
+class PatientExportStatus(pydantic.BaseModel):
     export_id: str
     status: str  # queued | running | done | failed | downloaded | expired
     done: int
@@ -67,19 +67,19 @@ class ExportStatus(pydantic.BaseModel):
     error: str | None
 
 
-@router.post("/v1/exports", status_code=202, response_model=ExportStarted, tags=["patients"])
-def start_export(body: ExportIn, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> ExportStarted:
+@router.post("/v1/exports", status_code=202, response_model=PatientExportStarted, tags=["patients"])
+def start_export(body: PatientExportIn, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> PatientExportStarted:
     """PIPL 45: a copy of all my data, as an AES-256 encrypted ZIP; built in the background (poll the status)."""
     with vault.session() as session:
         view = exports.start(session, vault, identity=identity, ctx=ctx, passphrase=body.passphrase)
-    return ExportStarted(export_id=view.export_id, status=view.status)
+    return PatientExportStarted(export_id=view.export_id, status=view.status)
 
 
-@router.get("/v1/exports/{package_id}", response_model=ExportStatus, tags=["patients"])
-def export_status(package_id: uuid.UUID, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> ExportStatus:
+@router.get("/v1/exports/{package_id}", response_model=PatientExportStatus, tags=["patients"])
+def export_status(package_id: uuid.UUID, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> PatientExportStatus:
     with vault.session() as session:
         view = exports.get(session, vault, identity=identity, ctx=ctx, export_id=str(package_id))
-    return ExportStatus(**view.__dict__)
+    return PatientExportStatus(**view.__dict__)
 
 
 @router.get("/v1/exports/{package_id}/download", response_class=StreamingResponse, tags=["patients"])
