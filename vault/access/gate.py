@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -19,6 +20,9 @@ from consent import engine
 from vault.access import alerts, audit_append, integrity
 from vault.errors import Forbidden, IntegrityFailure, NotFound, VaultError
 from vault.identity import Identity, RequestContext
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +56,7 @@ ADMIN_ACTIONS = frozenset({"audit.read", "audit.export", "account.create", "acco
                            "key.rotate", "key.status", "key.request", "key.approve"})
 
 
-def _from_admin_network(vault, ctx: RequestContext) -> bool:
+def _from_admin_network(vault: Vault, ctx: RequestContext) -> bool:
     networks = vault.settings.admin_networks
     if not networks:
         return True
@@ -63,7 +67,7 @@ def _from_admin_network(vault, ctx: RequestContext) -> bool:
     return any(address in ipaddress.ip_network(n.strip(), strict=False) for n in networks.split(",") if n.strip())
 
 
-def decide(session: Session, vault, identity: Identity, action: str, target: Target,
+def decide(session: Session, vault: Vault, identity: Identity, action: str, target: Target,
            ctx: RequestContext | None = None) -> Decision:
     """Fail-closed decision through Casbin (and the admin-network rule, IP-3)."""
     if action in ADMIN_ACTIONS and not _from_admin_network(vault, ctx or RequestContext()):
@@ -75,7 +79,7 @@ def decide(session: Session, vault, identity: Identity, action: str, target: Tar
     return engine.decide(session, request, now=vault.clock(), key_for=integrity.key_for(vault))
 
 
-def audit(vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
+def audit(vault: Vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
           outcome: str, reason: str | None, grant_id: str | None = None) -> None:
     """Append one event for this target in the session's transaction."""
     audit_append.append(session, vault, identity=identity, ctx=ctx, action=action, outcome=outcome,
@@ -83,7 +87,7 @@ def audit(vault, session: Session, *, identity: Identity, ctx: RequestContext, a
                      patient_id=target.patient_id, reason=reason, grant_id=grant_id)
 
 
-def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
+def enter(vault: Vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
           deny_as: type[VaultError] = Forbidden, audit_allow: bool = True) -> Decision:
     """Decide and audit; raise `deny_as` (NotFound when existence must not leak) after committing a denial.
 
@@ -107,7 +111,7 @@ def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, a
     return decision
 
 
-def alert_on_burst(vault, session: Session, *, identity: Identity, ctx: RequestContext, target: Target) -> None:
+def alert_on_burst(vault: Vault, session: Session, *, identity: Identity, ctx: RequestContext, target: Target) -> None:
     actor = audit_append.actor_pseudonym(vault, identity.account_id)
     count = alerts.denial_burst(session, actor=actor, now=vault.clock(),
                                 threshold=vault.settings.alert_denials_per_minute)

@@ -21,8 +21,9 @@ import io
 import json
 import logging
 import uuid
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from kms.stream import iter_decrypt
 from vault import fields
@@ -35,6 +36,9 @@ from vault.patients import privacy
 from vault.records import service as records
 from vault.records.service import DECLINED, EXTRACT_JOB, results_of, wants_extraction
 from vault.records.uploads import blob_aad
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 log = logging.getLogger("healthvault.labs")
 SYSTEM = Identity(account_id="system:ocr", role="system")
@@ -66,7 +70,7 @@ def _where(record) -> dict:
     return dict(table="records", row_id=record.id, patient_id=record.patient_id)
 
 
-def run_extraction(vault, record_id: str, *, worker: ocr_worker.OcrWorker | None = None) -> str:
+def run_extraction(vault: Vault, record_id: str, *, worker: ocr_worker.OcrWorker | None = None) -> str:
     """Extract one record's lab sheet in the OCR worker process (this process's shared one unless given); returns the
     final status. Never raises (a failure is a status)."""
     try:
@@ -103,8 +107,8 @@ def run_extraction(vault, record_id: str, *, worker: ocr_worker.OcrWorker | None
             values: dict[str, object] = dict(ocr_status=status, ocr_error=error)
             if payload is not None:
                 values["lab_results_enc"] = fields.seal(dek, payload, column="lab_results", **_where(record))
-            stored = session.execute(update(Record).where(Record.id == record_id, Record.ocr_status == "pending")
-                                     .values(**values)).rowcount
+            stored = cast(CursorResult[Any], session.execute(
+                update(Record).where(Record.id == record_id, Record.ocr_status == "pending").values(**values))).rowcount
             session.commit()
             return status if stored else _status_of(vault, record_id)  # another run stored it first: keep that
     except Exception as exc:  # noqa: BLE001 - the worker survives anything one page does
@@ -116,12 +120,12 @@ def run_extraction(vault, record_id: str, *, worker: ocr_worker.OcrWorker | None
         return "failed"
 
 
-def _status_of(vault, record_id: str) -> str:
+def _status_of(vault: Vault, record_id: str) -> str:
     with vault.session() as session:
         return session.scalar(select(Record.ocr_status).where(Record.id == record_id)) or "failed"
 
 
-def resume_pending(vault) -> int:
+def resume_pending(vault: Vault) -> int:
     """Queue again every extraction left `pending` (a server killed mid-job, or before its queue ran); returns how
     many. Called once by `serve` at start. A job is idempotent: it re-reads the blob and writes the final status, so
     one run twice (several servers starting at once on PostgreSQL) only costs time."""
@@ -132,7 +136,7 @@ def resume_pending(vault) -> int:
     return len(pending)
 
 
-def correct(session, vault, *, identity: Identity, ctx: RequestContext, record_id: str, row: int, field: str,
+def correct(session, vault: Vault, *, identity: Identity, ctx: RequestContext, record_id: str, row: int, field: str,
             value) -> dict:
     """The patient corrects one extracted field; old and new are kept (sealed) in the correction history."""
     if field not in CORRECTABLE:
@@ -179,7 +183,7 @@ class TrendPoint:
     flag: str | None
 
 
-def trends(session, vault, *, identity: Identity, ctx: RequestContext, code: str) -> list[TrendPoint]:
+def trends(session, vault: Vault, *, identity: Identity, ctx: RequestContext, code: str) -> list[TrendPoint]:
     """One analyte across the caller's own lab reports, oldest first."""
     code = code.strip().upper()
     if not code or len(code) > 32:
@@ -208,7 +212,7 @@ def trends(session, vault, *, identity: Identity, ctx: RequestContext, code: str
     return sorted(points, key=lambda p: p.at)  # stable: same-day sheets keep their upload order
 
 
-def request_extraction(session, vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> str:
+def request_extraction(session, vault: Vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> str:
     """Queue (again) the extraction of one lab sheet: after OCR consent was given late, or after a failure.
 
     The gate decides as for any change to the record (`record.update`: the owner only; grants never carry it)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -42,6 +43,9 @@ from vault.db.models import Account, AuthToken, LabCorrection, Patient, Record
 from vault.errors import InvalidCredentials, NotFound, OtpRequired
 from vault.identity import Identity, RequestContext
 from vault.patients import privacy
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 UNUSABLE_PASSWORD_HASH = "!erased"  # noqa: S105 - not a password: a hash no password can ever match
 
@@ -60,7 +64,7 @@ def _target(patient_id: str) -> gate.Target:
     return gate.Target("patient", None, patient_id)
 
 
-def erase_self(session: Session, vault, *, identity: Identity, ctx: RequestContext, password: str,
+def erase_self(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, password: str,
                otp: str | None) -> ErasureReport:
     """The patient erases themself; the password (and TOTP code, if enrolled) is checked again first."""
     if identity.role != "patient" or identity.patient_id is None:
@@ -83,7 +87,7 @@ def erase_self(session: Session, vault, *, identity: Identity, ctx: RequestConte
     return _erase(session, vault, patient_id=identity.patient_id, actor=identity, ctx=ctx, reason="self")
 
 
-def erase_by_operator(session: Session, vault, *, patient_id: str, actor: Identity,
+def erase_by_operator(session: Session, vault: Vault, *, patient_id: str, actor: Identity,
                       ctx: RequestContext) -> ErasureReport:
     """An operator on the host erases a patient (`healthvault patients erase`); also finishes an interrupted one."""
     if session.get(Patient, patient_id) is None:
@@ -91,7 +95,7 @@ def erase_by_operator(session: Session, vault, *, patient_id: str, actor: Identi
     return _erase(session, vault, patient_id=patient_id, actor=actor, ctx=ctx, reason="operator")
 
 
-def _erase(session: Session, vault, *, patient_id: str, actor: Identity, ctx: RequestContext,
+def _erase(session: Session, vault: Vault, *, patient_id: str, actor: Identity, ctx: RequestContext,
            reason: str) -> ErasureReport:
     pseudonym = audit_append.patient_pseudonym(vault, patient_id)
     patient = session.get(Patient, patient_id)

@@ -16,12 +16,16 @@ import hashlib
 import io
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
 
 from kms import envelope
 from kms.stream import StreamEncryptor
 from kms.stream_reader import RandomAccessReader
 from vault.errors import ContentMismatch, EmptyUpload, PayloadTooLarge, UnsupportedMediaType
 from vault.records import hygiene, sniff
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 
 def blob_aad(*, record_id: str, patient_id: str) -> bytes:
@@ -39,7 +43,7 @@ def original_blob_id(record_id: str) -> str:
 
 
 class UploadSink:
-    def __init__(self, vault, *, record_id: str, patient_id: str, declared_type: str | None, max_bytes: int,
+    def __init__(self, vault: Vault, *, record_id: str, patient_id: str, declared_type: str | None, max_bytes: int,
                  keep_original: bool = False) -> None:
         self.record_id = record_id
         self.patient_id = patient_id
