@@ -14,9 +14,9 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 
-from api import problems
+from api import console, ops, problems
 from api.middleware import EdgeMiddleware
-from api.routers import accounts, audit, auth, health, keys, labs, patients, privacy, records, sharing
+from api.routers import accounts, audit, auth, health, keys, labs, outputs, patients, privacy, records, sharing
 from vault.db.fastpath import DatabaseLane
 from vault.patients import privacy as privacy_notice
 
@@ -59,7 +59,9 @@ def create_app(vault: Vault) -> FastAPI:
     problems.install(app)
     # Routers are tried in this order on every request: the hot record reads come right after the health check.
     for router in (health.router, records.router, auth.router, patients.router, audit.router, sharing.router,
-                   labs.router, privacy.router, keys.router, accounts.router):
+                   labs.router, privacy.router, keys.router, accounts.router, outputs.router, ops.router):
         app.include_router(router)
+    app.add_middleware(ops.MetricsMiddleware)  # issue 17: /metrics (inside the edge: its request ids and refusals)
+    console.mount(app)  # the browser console at / (api/console): its own paths only, the same services
     app.add_middleware(EdgeMiddleware)
     return app

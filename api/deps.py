@@ -48,6 +48,7 @@ PROCESSING: dict[tuple[str, str], str] = {
     ("GET", "/v1/records/{record_id}/lab-results/history"): "lab.read",
     ("POST", "/v1/records/{record_id}/lab-results/extraction"): "record.update",
     ("GET", "/v1/patients/me/lab-trends"): "lab.read",
+    ("GET", "/v1/records/{record_id}/fhir"): "record.read",
 }
 # Patient routes that never wait for consent: knowing, withdrawing and leaving are always possible (PIPL 15, 45, 47).
 CONSENT_EXEMPT: frozenset[tuple[str, str]] = frozenset({
@@ -55,6 +56,8 @@ CONSENT_EXEMPT: frozenset[tuple[str, str]] = frozenset({
     ("GET", "/v1/patients/me/access-log"), ("GET", "/v1/patients/me/consents"),
     ("POST", "/v1/patients/me/consents"), ("GET", "/v1/grants"), ("GET", "/v1/grants/{grant_id}/receipt"),
     ("DELETE", "/v1/grants/{grant_id}"),
+    # issue 16: the copy of one's own data (PIPL 45) is a right, not a processing the consents gate
+    ("POST", "/v1/exports"), ("GET", "/v1/exports/{package_id}"), ("GET", "/v1/exports/{package_id}/download"),
 })
 
 

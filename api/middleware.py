@@ -54,7 +54,9 @@ class EdgeMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
-                message["headers"] = [*message.get("headers", []), *extra_headers]
+                own = message.get("headers", [])
+                present = {name.lower() for name, _ in own}  # a response's own policy (the console's CSP) wins
+                message["headers"] = [*own, *(h for h in extra_headers if h[0] not in present)]
             await send(message)
 
         query = scope.get("query_string", b"").decode("latin-1")

@@ -23,6 +23,10 @@ ACTIONS = frozenset(
         "key.status", "key.request", "key.approve", "key.retire",
         # the trail itself
         "audit.read", "audit.export", "audit.checkpoint", "audit.archive", "access_log.read",
+        # the patient's own export (PIPL 45, issue 16)
+        "export.create", "export.read", "export.download", "export.build",
+        # operations on the whole vault (vault/cli/backup.py)
+        "vault.backup", "vault.restore",
     }
 )
 OUTCOMES = frozenset({"allow", "deny", "error"})
@@ -31,5 +35,7 @@ OUTCOMES = frozenset({"allow", "deny", "error"})
 LONG_RETENTION_ACTIONS = frozenset(
     {"grant.create", "grant.revoke", "consent.give", "consent.withdraw", "breakglass", "audit.export",
      "patient.erase", "key.shred", "key.request", "key.approve", "key.rotate", "key.retire",
-     "account.role"}  # privilege changes: kept as long as the consents they could have bypassed
+     "account.role",  # privilege changes: kept as long as the consents they could have bypassed
+     "export.create", "export.download", "export.build",  # issue 16: the patient's copies (PIPL 45)
+     "vault.backup", "vault.restore"}  # copies of all PHI made and put back (BAK-1)
 )

@@ -217,7 +217,7 @@ class VaultServer:
 
     def upload_small(self, auth: dict[str, str], data: bytes | None = None, category: str = "lab_report") -> dict:
         """Upload one small record (buffered multipart; fine for a few KB) and return the server's JSON."""
-        data = data if data is not None else b"%PDF-1.4\n" + b"bench record " * 64 + b"\n%%EOF\n"
+        data = data if data is not None else small_pdf(b"bench record " * 64)
         boundary = "hvbench" + secrets.token_hex(12)
         body = multipart_preamble(boundary, category) + data + multipart_epilogue(boundary)
         headers = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"}
@@ -225,6 +225,24 @@ class VaultServer:
         if status != 201 or not isinstance(reply, dict) or "record_id" not in reply:
             raise ServerError(f"upload → {status}: {reply!r}")
         return reply
+
+
+def small_pdf(text: bytes) -> bytes:
+    """A valid one-page PDF (uploads pass the hygiene pass, which refuses malformed PDFs)."""
+    content = b"BT /F1 9 Tf 20 700 Td (" + text.replace(b"(", b"").replace(b")", b"") + b") Tj ET"
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+               b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream"]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
 
 
 def multipart_preamble(boundary: str, category: str, filename: str = "bench.pdf",

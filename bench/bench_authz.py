@@ -36,16 +36,31 @@ PG_URL = os.environ.get("HEALTHVAULT_TEST_PG_URL", "postgresql+psycopg://postgre
 UTC = dt.UTC
 
 
+KEY = bytes(range(32))  # the bench's integrity key (consent.integrity tags, HMAC-SHA-256)
+
+
+def _key_for(suite: int) -> bytes | None:
+    return KEY if suite == 1 else None
+
+
 def _fill(engine, n: int, doctors: list[str], patients: list[str], now: dt.datetime) -> list[tuple[str, str, str]]:
-    """COPY n grants (~20 per doctor); returns some (doctor, patient, record) triples that are granted."""
+    """COPY n grants (~20 per doctor), each with its integrity tag; returns some granted (doctor, patient, record)."""
+    from types import SimpleNamespace
+
+    from consent import integrity
+
     granted = []
     buf = io.StringIO()
+    nbf, exp = now - dt.timedelta(hours=1), now + dt.timedelta(days=10)
     for i in range(n):
         doctor, patient = doctors[i % len(doctors)], patients[(i * 7919) % len(patients)]
         record = str(uuid.uuid4())
-        row = [str(uuid.uuid4()), patient, doctor, json.dumps([record]), "[]", "f", '["view"]', "\\\\x00", "",
-               (now - dt.timedelta(hours=1)).isoformat(), (now + dt.timedelta(days=10)).isoformat(),
-               now.isoformat(), "\\N", "{}"]
+        grant = SimpleNamespace(id=str(uuid.uuid4()), patient_id=patient, grantee_id=doctor,
+                                record_ids=json.dumps([record]), categories="[]", include_future=False,
+                                actions='["view"]', not_before=nbf, expires_at=exp)
+        tag = integrity.seal(KEY, integrity.grant_message(grant, revoked_at=None), suite=1)
+        row = [grant.id, patient, doctor, grant.record_ids, "[]", "f", '["view"]', "\\\\x00", "",
+               nbf.isoformat(), exp.isoformat(), now.isoformat(), "\\N", "{}", "\\\\x" + tag.hex()]
         buf.write("\t".join(row) + "\n")
         if i % max(1, n // 500) == 0:
             granted.append((doctor, patient, record))
@@ -54,7 +69,8 @@ def _fill(engine, n: int, doctors: list[str], patients: list[str], now: dt.datet
     try:
         with raw.cursor() as cur, cur.copy(
                 "COPY grants (id, patient_id, grantee_id, record_ids, categories, include_future, actions, purpose_enc,"
-                " consult_ref, not_before, expires_at, created_at, revoked_at, receipt) FROM STDIN") as copy:
+                " consult_ref, not_before, expires_at, created_at, revoked_at, receipt, integrity_mac) FROM STDIN"
+        ) as copy:
             copy.write(buf.getvalue())
         raw.commit()
     finally:
@@ -64,13 +80,18 @@ def _fill(engine, n: int, doctors: list[str], patients: list[str], now: dt.datet
     return granted
 
 
-def _measure(engine, granted, doctors, samples: int, threads: int) -> dict:
+def _measure(engine, granted, doctors, samples: int, threads: int, *, check: bool = True) -> dict:
     """Latency of `consent.engine.decide` (wall clock, as the calling thread sees it) from `threads` threads, each
     with its own session and connection; half the requests are granted, half are a real doctor asking for a patient
-    who granted them nothing. Every decision is checked against that expectation."""
+    who granted them nothing. Every decision is checked against that expectation. `check=False` (the A/B of
+    `--integrity-ab`) replaces the grant's integrity-tag check with one that accepts every row."""
     from sqlalchemy.orm import Session
 
     from consent import engine as consent
+
+    real_intact = consent.intact
+    if not check:
+        consent.intact = lambda source, key_for: True  # type: ignore[assignment]
 
     now = dt.datetime.now(UTC)
     lat: list[float] = []
@@ -93,7 +114,7 @@ def _measure(engine, granted, doctors, samples: int, threads: int) -> dict:
                 req = consent.Request(account_id=doctor, role="doctor", own_patient_id=None, patient_id=patient,
                                       obj=f"record:{record}", cls="category:lab_report/normal", action="record.read")
                 t0 = time.perf_counter()
-                decision = consent.decide(session, req, now=now)
+                decision = consent.decide(session, req, now=now, key_for=_key_for)
                 mine.append(time.perf_counter() - t0)
                 if decision.allowed != expect:
                     wrong.append((doctor, patient))
@@ -108,6 +129,7 @@ def _measure(engine, granted, doctors, samples: int, threads: int) -> dict:
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - started
+    consent.intact = real_intact  # type: ignore[assignment]
     lat.sort()
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e6
     return {"p50_us": q(0.50), "p99_us": q(0.99), "max_us": lat[-1] * 1e6, "n": len(lat), "wrong": len(wrong),
@@ -156,6 +178,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--integrity-ab", action="store_true",
+                        help="also measure every case with the grant integrity-tag check replaced by a no-op (A/B)")
     args = parser.parse_args()
     if args.quick:
         args.grants, args.samples, args.rounds = 20_000, 400, 1
@@ -191,8 +215,10 @@ def main() -> int:
             for threads in (1, args.threads):
                 for size in sizes:
                     engine, granted, doctors = setups[size]
-                    runs.setdefault((size, threads), []).append(
-                        _measure(engine, granted, doctors, args.samples, threads))
+                    variants = (True, False) if args.integrity_ab else (True,)
+                    for check in variants if r % 2 == 0 else variants[::-1]:  # A/B order flips each round too
+                        runs.setdefault((size, threads if check else -threads), []).append(
+                            _measure(engine, granted, doctors, args.samples, threads, check=check))
                 engine, granted, _ = setups[args.grants]
                 floors.setdefault(threads, []).append(_floor(engine, granted, args.samples, threads))
         med = {key: {f: statistics.median(m[f] for m in ms) for f in ("p50_us", "p99_us", "max_us", "per_s")}
@@ -204,6 +230,17 @@ def main() -> int:
                 print(f"{size:>9,} grants, {threads} thread{'s' if threads > 1 else ' '}: p50 {m['p50_us']:5.0f} µs  "
                       f"p99 {m['p99_us']:5.0f} µs (best {m['best_p99']:.0f})  max {m['max_us']:6.0f} µs  "
                       f"{m['per_s']:6.0f} decisions/s  wrong {m['wrong']}")
+        if args.integrity_ab:
+            print("integrity A/B (same rounds): the grant tag check on vs replaced by a no-op")
+            for threads in (1, args.threads):
+                for size in (1000, args.grants):
+                    on, off = med[(size, threads)], med[(size, -threads)]
+                    label = f"{size:>9,} grants, {threads} thread{'s' if threads > 1 else ' '}"
+                    print(f"  {label}: p50 {on['p50_us']:5.0f} "
+                          f"vs {off['p50_us']:5.0f} µs ({on['p50_us'] / off['p50_us']:.3f}x)  p99 {on['p99_us']:5.0f} "
+                          f"vs {off['p99_us']:5.0f} µs ({on['p99_us'] / off['p99_us']:.3f}x)  decisions/s "
+                          f"{on['per_s']:6.0f} vs {off['per_s']:6.0f} ({on['per_s'] / off['per_s']:.3f}x)  "
+                          f"wrong {on['wrong']}/{off['wrong']}")
         for threads in (1, args.threads):
             f = floors[threads]
             print(f"  floor, bare indexed query at {args.grants:,}, {threads} thread{'s' if threads > 1 else ' '}: "

@@ -40,7 +40,7 @@ from _server import ServerError, VaultServer, loadavg, multipart_epilogue, multi
 
 MiB = 1024 * 1024
 TARGET_GROWTH_MIB = 64.0
-PDF_MAGIC = b"%PDF-1.4\n"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------------------------------------ memory probes
@@ -138,37 +138,69 @@ def measure_phase(server: VaultServer, action, interval: float) -> dict:
 
 # ------------------------------------------------------------------------------------------------ client
 class Payload:
-    """`size` bytes of incompressible data starting with a PDF magic, produced chunk by chunk and hashed on the fly.
-
-    A 1 MiB random pool is sliced at shifting offsets, so the client's memory stays ~1 MiB whatever the size.
+    """`size` bytes of a valid PNG whose IDAT chunks carry incompressible data, produced chunk by chunk and hashed on
+    the fly. A PNG because the upload hygiene pass (vault/records/hygiene.py) streams a PNG's image chunks through
+    unchanged: what is stored is byte for byte what was sent, so the SHA-256 round trip still proves the path, and the
+    memory figure includes the hygiene pass. A 1 MiB random pool is sliced at shifting offsets, so the client's memory
+    stays ~1 MiB whatever the size.
     """
 
     def __init__(self, size: int, chunk: int) -> None:
+        if size < 64:
+            raise ValueError("payload too small")
         self.size = size
         self.chunk = chunk
         self._pool = os.urandom(MiB + chunk)
         self.sha256 = hashlib.sha256()
         self.sent = 0
 
-    def chunks(self) -> Iterator[bytes]:
-        position = 0
+    def _parts(self) -> Iterator[bytes]:
+        import struct
+        import zlib
+
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        yield PNG_MAGIC + chunk(b"IHDR", struct.pack(">IIBBBBB", 4096, 4096, 8, 2, 0, 0, 0))
+        rest = self.size - len(PNG_MAGIC) - 25 - 12
+        count = -(-rest // (MiB + 12))
+        bodies = rest - 12 * count
         index = 0
-        while position < self.size:
-            n = min(self.chunk, self.size - position)
-            offset = (index * 4099) % MiB
-            piece = self._pool[offset:offset + n]
-            if position == 0:
-                piece = (PDF_MAGIC + piece)[:n]
-            self.sha256.update(piece)
-            position += n
-            index += 1
-            self.sent = position
-            yield piece
+        for n in range(count):
+            length = bodies // count + (1 if n < bodies % count else 0)
+            crc = zlib.crc32(b"IDAT")
+            yield struct.pack(">I", length) + b"IDAT"
+            done = 0
+            while done < length:
+                take = min(self.chunk, length - done)
+                offset = (index * 4099) % MiB
+                piece = self._pool[offset:offset + take]
+                crc = zlib.crc32(piece, crc)
+                index += 1
+                done += take
+                yield piece
+            yield struct.pack(">I", crc)
+        yield chunk(b"IEND", b"")
+
+    def chunks(self) -> Iterator[bytes]:
+        pending = bytearray()
+        for part in self._parts():
+            pending += part
+            while len(pending) >= self.chunk:
+                piece = bytes(pending[:self.chunk])
+                del pending[:self.chunk]
+                self.sha256.update(piece)
+                self.sent += len(piece)
+                yield piece
+        if pending:
+            self.sha256.update(pending)
+            self.sent += len(pending)
+            yield bytes(pending)
 
 
-def streamed_upload(server: VaultServer, auth: dict, payload: Payload, category: str = "lab_report") -> dict:
+def streamed_upload(server: VaultServer, auth: dict, payload: Payload, category: str = "other") -> dict:
     boundary = "hvbench" + secrets.token_hex(12)
-    head = multipart_preamble(boundary, category)
+    head = multipart_preamble(boundary, category, filename="bench.png", content_type="image/png")
     tail = multipart_epilogue(boundary)
     conn = server.connection(timeout=600)
     try:
@@ -235,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         args.mb = 20.0
     size = int(args.mb * MiB)
     chunk = args.chunk_kib * 1024
-    if size < len(PDF_MAGIC) or chunk < 1:
+    if size < 64 or chunk < 1:
         parser.error("--mb too small or --chunk-kib < 1")
     interval = args.interval_ms / 1000
 

@@ -13,8 +13,12 @@ patient in view) is decided by the static role file and the ownership rule alone
 function of (role, action, owner-or-not). Casbin decides each such triple once per process and the answer is kept
 (`_STATIC_DECISIONS`); the check at import below turns this off if the role file ever gets a policy of another
 shape.
+Every grant and break-glass row read is checked against its integrity tag (`consent.integrity`, under a service key
+the caller's `key_for` supplies) before it becomes a policy: a row whose tag fails is treated as absent and named in
+the decision (`Decision.tampered`), so the gate can refuse and raise the alarm (INT-1).
 Never: keeps a decision or anything read from the grant and break-glass tables beyond one request (withdrawal takes
-effect on the next request in every process), shares an enforcer between threads, or lets an error become an allow.
+effect on the next request in every process), shares an enforcer between threads, lets an error become an allow, or
+turns a row whose integrity tag fails into a policy.
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ from casbin.model import Model
 from sqlalchemy import bindparam, literal_column, null, select, union_all
 from sqlalchemy.orm import Session
 
+from consent import integrity
 from consent.models import BreakGlass, Grant
 
 HERE = Path(__file__).parent
 MODEL_TEXT = (HERE / "model.conf").read_text()
 ACTIONS_BY_GRANT_VERB = {"view": ("record.read", "record.list"), "download": ("record.download",)}
 OWNER_ACTIONS = ("patient.read", "record.create", "record.read", "record.list", "record.download", "record.update",
-                 "access_log.read", "grant.create", "grant.list", "grant.revoke", "lab.read", "lab.correct")
+                 "access_log.read", "grant.create", "grant.list", "grant.revoke", "lab.read", "lab.correct",
+                 "export.create", "export.read", "export.download")  # issue 16: the patient's own export (PIPL 45)
 LABELS = ("normal", "sensitive", "special")
 GRANTABLE_LABELS = ("normal", "sensitive")  # a category-wide grant never reaches "special"
 BREAKGLASS_ACTIONS = ("patient.read", "record.read", "record.list", "record.download")
@@ -83,7 +89,10 @@ class Request:
 @dataclasses.dataclass(frozen=True)
 class Decision:
     allowed: bool
-    source: str  # "role" | "owner" | "grant:<id>" | "breakglass:<id>" | a denial reason
+    source: str  # "role" | "owner" | "grant:<id>" | "breakglass:<id>" | a denial reason ("integrity": see tampered)
+    # Grants and break-glass claims of this request whose integrity tag failed ("grant:<id>", "breakglass:<id>"):
+    # they were treated as absent.
+    tampered: tuple[str, ...] = ()
 
     @property
     def grant_id(self) -> str | None:
@@ -157,14 +166,15 @@ _G, _B = Grant.__table__, BreakGlass.__table__
 # PostgreSQL its compiled text is run straight on the session's psycopg connection as a prepared statement (the
 # SQLAlchemy execution path costs as much as the database work here, ~40 us). Columns:
 # kind ("grant" | "breakglass"), id, grantee_id (a claim's doctor), patient_id, record_ids, categories, include_future,
-# actions, not_before (a claim's created_at), expires_at — the names `grant_policies` reads.
+# actions, not_before (a claim's created_at), expires_at — the names `grant_policies` reads — and the integrity tag.
 _LIVE_SOURCES = union_all(
     select(literal_column("'grant'").label("kind"), _G.c.id, _G.c.grantee_id, _G.c.patient_id, _G.c.record_ids,
-           _G.c.categories, _G.c.include_future, _G.c.actions, _G.c.not_before, _G.c.expires_at).where(
+           _G.c.categories, _G.c.include_future, _G.c.actions, _G.c.not_before, _G.c.expires_at,
+           _G.c.integrity_mac).where(
         _G.c.grantee_id == bindparam("who"), _G.c.patient_id == bindparam("patient"), _G.c.revoked_at.is_(None),
         _G.c.expires_at > bindparam("now", type_=_G.c.expires_at.type)),
     select(literal_column("'breakglass'"), _B.c.id, _B.c.doctor_id, _B.c.patient_id, null(), null(), null(), null(),
-           _B.c.created_at, _B.c.expires_at).where(
+           _B.c.created_at, _B.c.expires_at, _B.c.integrity_mac).where(
         _B.c.doctor_id == bindparam("who"), _B.c.patient_id == bindparam("patient"),
         _B.c.expires_at > bindparam("now", type_=_B.c.expires_at.type)))
 _PSYCOPG_SQL: dict[type, str] = {}
@@ -181,6 +191,18 @@ class _Source(NamedTuple):
     actions: str | None
     not_before: dt.datetime
     expires_at: dt.datetime
+    integrity_mac: bytes | None
+
+
+def intact(source: _Source, key_for: integrity.KeyLookup) -> bool:
+    """Whether a live source's integrity tag verifies (a live grant is not revoked: its tag covers revoked_at=None)."""
+    if source.kind == "grant":
+        message = integrity.grant_message(source, revoked_at=None)
+    else:
+        message = integrity.breakglass_message(claim_id=source.id, doctor_id=source.grantee_id,
+                                               patient_id=source.patient_id, created_at=source.not_before,
+                                               expires_at=source.expires_at)
+    return integrity.check(source.integrity_mac, message, key_for)
 
 
 def live_sources(session: Session, *, who: str, patient_id: str, now: dt.datetime) -> list[_Source]:
@@ -200,8 +222,9 @@ def live_sources(session: Session, *, who: str, patient_id: str, now: dt.datetim
     return [_Source(*row) for row in connection.execute(_LIVE_SOURCES, params)]
 
 
-def decide(session: Session, request: Request, *, now: dt.datetime) -> Decision:
-    """Allow only what a policy allows; any failure is a denial."""
+def decide(session: Session, request: Request, *, now: dt.datetime, key_for: integrity.KeyLookup) -> Decision:
+    """Allow only what a policy allows; any failure is a denial. `key_for(suite)` gives the integrity key of a
+    suite (or None); it is asked only when a grant or claim was read."""
     try:
         # Only policies that can match are loaded: the matcher requires r.act == p.act and p.obj in ("*", r.obj,
         # r.cls), and the lookup already fixed sub and dom. The enforcer's linear scan stays at a handful of rules
@@ -215,6 +238,7 @@ def decide(session: Session, request: Request, *, now: dt.datetime) -> Decision:
             if kept is not None:
                 return kept
         policies = [list(p) for p in ROLE_POLICIES_BY_ACTION.get(act, ())]
+        tampered: list[str] = []
         sub = f"user:{request.account_id}"
         if owner:
             policies.append([sub, f"patient:{request.own_patient_id}", "*", act, "0000", "9999", "owner"])
@@ -223,7 +247,9 @@ def decide(session: Session, request: Request, *, now: dt.datetime) -> Decision:
             breakglass = request.role == "doctor" and act in BREAKGLASS_ACTIONS
             assert request.patient_id is not None  # reads_sources says so
             for source in live_sources(session, who=request.account_id, patient_id=request.patient_id, now=now):
-                if source.kind == "grant":
+                if not intact(source, key_for):
+                    tampered.append(f"{source.kind}:{source.id}")  # treated as absent
+                elif source.kind == "grant":
                     policies += grant_policies(source, act=act, want=want)
                 elif source.kind == "breakglass" and breakglass:
                     policies.append([sub, f"patient:{source.patient_id}", "*", act, stamp(source.not_before),
@@ -237,7 +263,10 @@ def decide(session: Session, request: Request, *, now: dt.datetime) -> Decision:
         enforcer.build_role_links()
         dom = f"patient:{request.patient_id}" if request.patient_id else "-"
         allowed, explain = enforcer.enforce_ex(sub, dom, request.obj, request.cls, request.action, stamp(now))
-        decision = Decision(True, explain[-1] if explain else "role") if allowed else Decision(False, "no-policy")
+        if allowed:
+            decision = Decision(True, explain[-1] if explain else "role", tuple(tampered))
+        else:
+            decision = Decision(False, "integrity" if tampered else "no-policy", tuple(tampered))
         if not reads_sources and STATIC_DECISIONS_HOLD:
             _STATIC_DECISIONS[static_key] = decision
         return decision

@@ -1,7 +1,8 @@
 """Consent grants and break-glass claims: the source of truth Casbin policies are built from.
 
 A grant names the patient, the grantee account, the scope (record ids and/or categories), actions, an encrypted
-purpose, the window (not-before, expires-at) and, once withdrawn, when. Rows are never deleted: a revoked or expired
+purpose, the window (not-before, expires-at) and, once withdrawn, when; its integrity tag (consent/integrity.py)
+binds what authorisation reads. Rows are never deleted: a revoked or expired
 grant stays as a processing record (PIPL art. 55). The data-DB migrations (vault/db/migrations) create these tables.
 """
 
@@ -63,6 +64,8 @@ class Grant(ConsentBase):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     receipt: Mapped[str] = mapped_column(Text)
+    # consent.integrity tag over the authorisation fields (scope, window, parties, revoked_at): an edit is detected.
+    integrity_mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class BreakGlass(ConsentBase):
@@ -75,3 +78,5 @@ class BreakGlass(ConsentBase):
     reason_enc: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # consent.integrity tag over (id, doctor, patient, created_at, expires_at).
+    integrity_mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

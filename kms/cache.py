@@ -42,9 +42,17 @@ class KeyCache:
         self._lock = threading.Lock()
         self._sweep_every = self.max_age / 4
         self._swept: float | None = None
+        # Optional observer of every lookup (True: served from the cache); set by the service for its metrics.
+        self.on_lookup: Callable[[bool], None] | None = None
 
     def get(self, cache_key: Hashable, *, now: float) -> DataKey | None:
         """The cached key (counting one use), or None if absent, too old or used up."""
+        key = self._get(cache_key, now)
+        if self.on_lookup is not None:
+            self.on_lookup(key is not None)
+        return key
+
+    def _get(self, cache_key: Hashable, now: float) -> DataKey | None:
         with self._lock:
             self._sweep_if_due(now)
             entry = self._entries.get(cache_key)

@@ -249,6 +249,15 @@ class KeyManager:
             raise KeyDestroyed()
         return dek
 
+    def forget(self, patient_id: str | None = None) -> None:
+        """Drop cached keys without destroying anything: one patient's KEKs and DEKs, or (None) every cached key.
+        Another process erased the patient or retired key versions; the next use reads the key store again."""
+        if patient_id is None:
+            self._cache.evict_where(lambda _key: True)
+            return
+        self._cache.evict_where(lambda k: isinstance(k, tuple) and len(k) == 3 and k[0] in ("kek", "dek")
+                                and k[1] == patient_id)
+
     def destroy_patient_keys(self, patient_id: str) -> int:
         """Crypto-shred: every record of the patient becomes unreadable, in backups too (keys live apart from data)."""
         encode_name(patient_id, "patient_id")

@@ -37,6 +37,10 @@ Segment i: the suite's AEAD (AES-256-GCM or SM4-GCM) under the subkey, nonce = n
 a switch to the SM suite.
 The index in the nonce catches reordering and duplication; the last flag catches truncation and appending; the
 header in every AAD catches header edits.
+
+Readers of this format: StreamDecryptor, decrypt_file and iter_decrypt here (sequential), and
+kms/stream_reader.py's RandomAccessReader (seekable: any segment, authenticated on read), which reuses this module's
+header layout, subkey derivation and nonce suffix.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import limits
 from .errors import CorruptInput, EncryptedPDF, TooLarge, UnsupportedFormat
 
 # Limits (module-level so a deployment can tune them; tests rely on the defaults)
@@ -146,6 +147,7 @@ def _check_pdf_structure(data: bytes) -> tuple[bytes, list[bool]]:
             raise TooLarge(f"PDF has {npages} pages; limit {MAX_PAGES}")
         if len(pdf.objects) > MAX_PDF_OBJECTS:
             raise TooLarge(f"PDF has {len(pdf.objects)} objects; limit {MAX_PDF_OBJECTS}")
+        limits.check_pdf(pdf, max_pixels=MAX_PIXELS, max_page_image_bytes=MAX_IMAGE_BYTES_PER_PAGE)  # ocr/limits.py
         has_image = []
         try:
             for page in pdf.pages:

@@ -15,8 +15,13 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.helpers import egress
 from vault.runtime import init_data_dir, open_vault
 from vault.settings import Settings
+
+# PIPL-13: no test may reach beyond this machine. The guard refuses and counts non-loopback connections, here and in
+# every Python subprocess (tests/helpers/egress.py); the session fails at its end if anything was attempted.
+egress.install()
 
 PG_URL = os.environ.get("HEALTHVAULT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PASSPHRASE = b"correct horse battery staple 42"
@@ -26,6 +31,10 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # HEALTHVAULT_TEST_KMS=pkcs11 runs every vault this file builds on a SoftHSM2 token (tests/helpers/softhsm.py)
 # instead of a sealed local key file; tests/system/test_pkcs11_foundation.py runs the foundation suite that way.
 TEST_KMS = os.environ.get("HEALTHVAULT_TEST_KMS", "local")
+# HEALTHVAULT_TEST_BLOBS=s3 puts the blobs of every vault this file builds in a real SeaweedFS
+# (tests/helpers/seaweed.py), each under a prefix of its own, instead of the data directory; .ci/run runs the
+# records and erasure tests that way.
+TEST_BLOBS = os.environ.get("HEALTHVAULT_TEST_BLOBS", "local")
 
 
 def _pg_reachable() -> bool:
@@ -100,9 +109,33 @@ def kms_overrides(data_dir) -> dict:
                 pkcs11_key_label="hv-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:16])
 
 
+def require_seaweed():
+    """This process's SeaweedFS server; fails in CI when `weed` is missing, skips elsewhere."""
+    from tests.helpers import seaweed
+
+    reason = seaweed.missing()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"SeaweedFS is required in CI: {reason}")
+        pytest.skip(reason)
+    return seaweed.process_seaweed()
+
+
+def blob_overrides() -> dict:
+    """Settings for the blob store under test: none for `local`; a fresh prefix on SeaweedFS for `s3`."""
+    if TEST_BLOBS != "s3":
+        return {}
+    return dict(blob_url=require_seaweed().blob_url())
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    return require_seaweed()
+
+
 def make_settings(tmp_path, backend: str, request=None, **overrides) -> Settings:
     data_dir = tmp_path / "var"
-    overrides = {**kms_overrides(data_dir), **overrides}
+    overrides = {**kms_overrides(data_dir), **blob_overrides(), **overrides}
     if backend == "postgres":
         data_schema, key_schema = request.getfixturevalue("pg_schemas")
         url = f"{PG_URL}?options=-csearch_path%3D{data_schema}"
@@ -172,3 +205,14 @@ def client(app):
 
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Zero egress attempts, or the run fails (COMPLIANCE PIPL-13), whatever the tests said."""
+    message = egress.report(egress.all_attempts())
+    if message:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -18,10 +18,14 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from typing import TYPE_CHECKING
 
 from kms import CryptoError, DataKey, envelope, suites
 from kms import blind_index as _blind_index
 from vault.errors import IntegrityFailure
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 
 def seal(key: DataKey, value: str | bytes, *, table: str, column: str, row_id: str, patient_id: str) -> bytes:
@@ -44,7 +48,7 @@ def open_text(key: DataKey, blob: bytes, **where: str) -> str:
 
 # ---- suites ---------------------------------------------------------------------------------------------------------
 
-def suite_of(vault) -> int:
+def suite_of(vault: Vault) -> int:
     """The kms suite id of the vault's configured crypto_suite ("aes" -> 1, "sm" -> 2)."""
     return suites.by_name(vault.settings.crypto_suite)
 
@@ -55,7 +59,7 @@ _seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _seen_lock = threading.Lock()
 
 
-def _has_service_key(vault, purpose: str) -> bool:
+def _has_service_key(vault: Vault, purpose: str) -> bool:
     store, now = vault.keystore, time.monotonic()
     with _seen_lock:
         known = _seen.get(store, {}).get(purpose)
@@ -67,7 +71,7 @@ def _has_service_key(vault, purpose: str) -> bool:
     return exists
 
 
-def keyed_suites(vault, base_purpose: str) -> list[int]:
+def keyed_suites(vault: Vault, base_purpose: str) -> list[int]:
     """The configured suite, then every other suite whose key for `base_purpose` exists (data keyed before a suite
     switch)."""
     current = suite_of(vault)
@@ -76,14 +80,14 @@ def keyed_suites(vault, base_purpose: str) -> list[int]:
     return [current, *others]
 
 
-def blind_index(vault, base_purpose: str, *, kind: str, normalized_value: str) -> bytes:
+def blind_index(vault: Vault, base_purpose: str, *, kind: str, normalized_value: str) -> bytes:
     """The index a new row stores: the configured suite's MAC under that suite's key."""
     suite = suite_of(vault)
     key = vault.keys.service_key(suites.purpose(base_purpose, suite))
     return _blind_index.compute(key, kind=kind, normalized_value=normalized_value, suite=suite)
 
 
-def blind_index_candidates(vault, base_purpose: str, *, kind: str, normalized_value: str) -> list[bytes]:
+def blind_index_candidates(vault: Vault, base_purpose: str, *, kind: str, normalized_value: str) -> list[bytes]:
     """Every index the value may be stored under in this vault (the new one first)."""
     return [_blind_index.compute(vault.keys.service_key(suites.purpose(base_purpose, suite)), kind=kind,
                                  normalized_value=normalized_value, suite=suite)

@@ -34,9 +34,9 @@ from kms import (
     sm2,
     suites,
 )
-from vault import profile
+from vault import metrics, profile
 from vault.accounts.passwords import PasswordPolicy
-from vault.blobs.store import BlobStore, LocalBlobStore
+from vault.blobs.store import BlobStore, open_store
 from vault.db import engine as db
 from vault.jobs import Jobs
 from vault.keys import events as key_events
@@ -138,16 +138,18 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
     provider = open_root_key(settings, passphrase)
     keystore = KeyStore(settings.keystore_url, schema=settings.keystore_schema)
     engine = db.make_engine(settings.database_url)
+    cache = KeyCache(max_age=settings.key_cache_max_age, max_uses=settings.key_cache_max_uses)
+    cache.on_lookup = metrics.observe_key_cache
+    keys = KeyManager(provider, keystore, cache=cache, suite=suite)
+    sealed_with: list[str] = []  # service keys a migration created to seal existing rows (audited below)
     if migrate:
         keystore.migrate()
-        db.migrate(engine)
+        sealed_with = db.migrate(engine, keys=keys, suite=suite, keystore=keystore)
         with engine.begin() as conn, Session(conn) as session:
             trail.ensure_chains(session, settings.effective_audit_chains,
                                 trail.SM_EVENT_FORMAT if suite == suites.SM4_GCM else trail.EVENT_FORMAT)
             session.flush()
-    cache = KeyCache(max_age=settings.key_cache_max_age, max_uses=settings.key_cache_max_uses)
-    keys = KeyManager(provider, keystore, cache=cache, suite=suite)
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = open_store(url=settings.blob_url, local_dir=settings.blob_dir)
     blobs.sweep_temp()
     sessions = db.make_sessionmaker(engine)
     vault = Vault(
@@ -165,13 +167,25 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         clock=clock,
         log_cache=LogCache("sm3" if suite == suites.SM4_GCM else "sha256"),
         audit_sink=Sink(settings.audit_sink) if settings.audit_sink else None,
+        jobs=_jobs(settings),
     )
     _forward_audit_events(vault)
-    vault.jobs.register(records.EXTRACT_JOB, functools.partial(labs.run_extraction, vault), workers=1)
+    vault.jobs.register(records.EXTRACT_JOB, metrics.timed(records.EXTRACT_JOB,
+                                                           functools.partial(labs.run_extraction, vault)), workers=1)
     key_events.attach_auditor(vault)  # every process audits failed unwraps (API, every CLI verb, jobs)
     if migrate:
-        key_events.ensure_service_keys(vault)
+        key_events.ensure_service_keys(vault, created_by_migration=sealed_with)
     return vault
+
+
+def _jobs(settings: Settings) -> Jobs:
+    """In-process pools (embedded default), or the Procrastinate queue on PostgreSQL (`job_queue`)."""
+    if settings.job_queue != "procrastinate":
+        return Jobs()
+    from vault.jobs.queue import QueueJobs
+
+    return QueueJobs(settings.database_url, heartbeat_seconds=settings.job_heartbeat_seconds,
+                     stalled_seconds=settings.job_stalled_seconds)
 
 
 def _require_suite(settings: Settings) -> int:

@@ -19,11 +19,16 @@ MIN_LOG_RETENTION_DAYS = 184
 CRYPTO_SUITES = frozenset({"aes", "sm"})
 KMS_PROVIDERS = frozenset({"local", "pkcs11"})
 PROFILES = frozenset({"development", "production"})
+JOB_QUEUES = frozenset({"pool", "procrastinate"})
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(ENV_PREFIX + name)
     return value if value not in (None, "") else default
+
+
+def _flag(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +90,17 @@ class Settings:
     # PIPL-1: the privacy notice patients consent to (None: the notice bundled with the vault). Its hash is stored
     # with every consent; a changed notice forces re-consent before further processing.
     privacy_notice_path: str | None = None
+    # Issue 16: uploads are stored as their sanitized copy; the untouched original is kept too (encrypted) only if set.
+    keep_original_uploads: bool = False
+    # Issue 17. Where file blobs live: None = the data directory's blobs/ (embedded default), or s3://bucket/prefix
+    # (S3-compatible storage; endpoint and credentials from the standard AWS variables and files, never from here).
+    blob_url: str | None = None
+    # Where background jobs (OCR) run: "pool" (threads of the serving process; the embedded default) or
+    # "procrastinate" (a queue in PostgreSQL, run by `healthvault worker` processes on any machine; PostgreSQL only).
+    job_queue: str = "pool"
+    # Queue workers beat every job_heartbeat_seconds; one silent for job_stalled_seconds is dead and its jobs rerun.
+    job_heartbeat_seconds: float = 10.0
+    job_stalled_seconds: float = 30.0
     # "development" or "production"; production refuses the local provider, plain HTTP and weak settings.
     profile: str = "development"
 
@@ -93,9 +109,14 @@ class Settings:
             raise ValueError(f"log_retention_days must be at least {MIN_LOG_RETENTION_DAYS} (six months)")
         if self.audit_retention_days < MIN_LOG_RETENTION_DAYS:
             raise ValueError(f"audit_retention_days must be at least {MIN_LOG_RETENTION_DAYS} (six months)")
-        for name, allowed in (("crypto_suite", CRYPTO_SUITES), ("kms_provider", KMS_PROVIDERS), ("profile", PROFILES)):
+        for name, allowed in (("crypto_suite", CRYPTO_SUITES), ("kms_provider", KMS_PROVIDERS), ("profile", PROFILES),
+                              ("job_queue", JOB_QUEUES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(sorted(allowed))}")
+        if self.blob_url is not None and not self.blob_url.startswith("s3://"):
+            raise ValueError("blob_url must look like s3://bucket/prefix")
+        if self.job_queue == "procrastinate" and self.is_sqlite:
+            raise ValueError("job_queue = procrastinate needs PostgreSQL (database_url)")
 
     @property
     def log_dir(self) -> Path:
@@ -153,7 +174,9 @@ class Settings:
                            ("rate_limit_per_target", int),
                            ("crypto_suite", str), ("kms_provider", str), ("pkcs11_module", str),
                            ("pkcs11_token_label", str), ("pkcs11_key_label", str), ("pkcs11_pin_file", str),
-                           ("privacy_notice_path", str), ("profile", str)):
+                           ("privacy_notice_path", str), ("profile", str), ("keep_original_uploads", _flag),
+                           ("blob_url", str), ("job_queue", str),
+                           ("job_heartbeat_seconds", float), ("job_stalled_seconds", float)):
             raw = _env(name.upper())
             if raw is not None:
                 values[name] = kind(raw)

@@ -23,6 +23,7 @@ from api.schemas.records import RecordOut, RecordPage
 from vault.errors import InvalidInput, PayloadTooLarge
 from vault.identity import Identity
 from vault.records import service as records
+from vault.records import watermark
 from vault.records.uploads import UploadSink
 
 router = APIRouter(prefix="/v1/records", tags=["records"])
@@ -72,7 +73,7 @@ async def upload(request: Request, identity: CurrentIdentity, vault: VaultDep, c
 
     def open_sink(declared_type: str | None) -> UploadSink:
         return UploadSink(vault, record_id=record_id, patient_id=patient_id, declared_type=declared_type,
-                          max_bytes=limit)
+                          max_bytes=limit, keep_original=vault.settings.keep_original_uploads)
 
     sink, fields, filename = await multipart.receive(request.headers.get("content-type", ""), request.stream(),
                                                      max_body=limit + _FORM_OVERHEAD, open_sink=open_sink)
@@ -128,13 +129,21 @@ async def get_record(request: Request) -> Response:
 
 
 @router.get("/{record_id}/content", response_class=StreamingResponse, openapi_extra=_RECORD_ID)
-async def get_content(request: Request) -> StreamingResponse:
+async def get_content(request: Request) -> Response:
     who, record_id = record_path(request)
 
-    def work(session: Session, identity: Identity) -> tuple[records.RecordView, Iterator[bytes]]:
+    def work(session: Session,
+             identity: Identity) -> tuple[records.RecordView, Iterator[bytes]] | watermark.PendingDownload:
+        if identity.role != "patient":  # a grantee gets a watermarked, traceable copy (vault/records/watermark.py)
+            return watermark.authorize(session, who.vault, identity=identity, ctx=who.ctx, record_id=record_id)
         return records.open_content(session, who.vault, identity=identity, ctx=who.ctx, record_id=record_id)
 
-    view, chunks = await as_caller(who, work)
+    opened = await as_caller(who, work)
+    if isinstance(opened, watermark.PendingDownload):
+        size, marked = await run_in_threadpool(watermark.render_stream, who.vault, opened)
+        return StreamingResponse(marked, media_type="application/pdf", headers={
+            "content-length": str(size), "content-disposition": "attachment", "cache-control": "no-store"})
+    view, chunks = opened
     return StreamingResponse(
         chunks,
         media_type=view.content_type,

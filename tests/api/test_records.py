@@ -7,7 +7,19 @@ import pytest
 from sqlalchemy import func, select
 
 from audit.models import AuditEvent
-from tests.helpers import PASSWORD, consents, jpeg_bytes, login, make_id_number, pdf_bytes, png_bytes, register, upload
+from tests.helpers import (
+    PASSWORD,
+    blobs,
+    consents,
+    login,
+    make_id_number,
+    pdf_bytes,
+    png_bytes,
+    real_jpeg,
+    register,
+    stored,
+    upload,
+)
 from vault.db.models import Account, Patient, Record
 from vault.errors import PROBLEM_BASE
 
@@ -20,8 +32,7 @@ def _count(vault, model) -> int:
 
 
 def _blob_files(vault) -> list:
-    root = vault.settings.blob_dir
-    return [p for p in root.rglob("*") if p.is_file()]
+    return blobs.stored(vault.blobs) + blobs.leftovers(vault.blobs)
 
 
 def _assert_problem(response, status: int, slug: str) -> dict:
@@ -55,8 +66,11 @@ def test_round_trip_returns_exact_bytes(client, vault):
     patient = register(client, username="roundtrip", real_name="王小明", id_number="11010519491231002X",
                        phone="+86 138 0013 8000")
     headers = login(client, "roundtrip")
-    data = pdf_bytes("glucose 5.6 mmol/L") + os.urandom(300_000)
-    created = upload(client, headers, data, title="血常规 2026-11", filename="report.pdf",
+    # Bytes after %%EOF are dropped by the hygiene pass: the sanitized copy is the record, returned byte for byte.
+    sent = pdf_bytes("glucose 5.6 mmol/L " + os.urandom(150_000).hex()) + os.urandom(1000)
+    data = stored(sent)
+    assert data != sent and len(data) > 300_000
+    created = upload(client, headers, sent, title="血常规 2026-11", filename="report.pdf",
                      content_type="application/pdf")
     assert created.status_code == 201, created.text
     record = created.json()
@@ -222,7 +236,7 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(client, vault):
     _assert_problem(upload(client, headers, png_bytes(), title="x" * 500), 422, "invalid-input")
     _assert_problem(client.post("/v1/records", headers=headers, json={"category": "other"}), 422, "invalid-input")
     _no_trace(vault)
-    assert upload(client, headers, jpeg_bytes(b"ok"), content_type="image/jpeg").status_code == 201
+    assert upload(client, headers, real_jpeg(), content_type="image/jpeg").status_code == 201
 
 
 def test_truncated_upload_leaves_nothing(client, vault):
@@ -234,7 +248,7 @@ def test_truncated_upload_leaves_nothing(client, vault):
                            headers={**headers, "Content-Type": "multipart/form-data; boundary=b0"})
     _assert_problem(response, 400, "truncated-upload")
     _no_trace(vault)
-    assert list(vault.settings.blob_dir.joinpath("tmp").iterdir()) == []
+    assert blobs.leftovers(vault.blobs) == []
 
 
 def test_another_patient_cannot_reach_records_and_the_attempt_is_audited(client, vault):

@@ -29,17 +29,36 @@ def make_phone() -> str:
 
 
 def png_bytes(marker: bytes = b"") -> bytes:
-    """A real 1x1 PNG, with an optional tEXt chunk carrying `marker`."""
+    """A real PNG: 1x1, or one grey row of len(marker) pixels whose values are the marker's bytes, stored in an
+    uncompressed deflate block so the marker appears verbatim in the file (a plaintext canary that upload hygiene
+    keeps: it is pixel data, not metadata). Nothing for the hygiene pass to remove: stored byte for byte."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
-    parts = [chunk(b"IHDR", ihdr)]
-    if marker:
-        parts.append(chunk(b"tEXt", b"Comment\0" + marker))
-    parts += [chunk(b"IDAT", zlib.compress(b"\0\0")), chunk(b"IEND", b"")]
+    width = max(1, len(marker))
+    ihdr = struct.pack(">IIBBBBB", width, 1, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\0" + marker, 0) if marker else zlib.compress(b"\0\0")
+    parts = [chunk(b"IHDR", ihdr), chunk(b"IDAT", pixels), chunk(b"IEND", b"")]
     return b"\x89PNG\r\n\x1a\n" + b"".join(parts)
+
+
+def stored(data: bytes) -> bytes:
+    """What the vault stores for an upload of `data`: its sanitized copy (vault/records/hygiene.py)."""
+    from vault.records import hygiene, sniff
+
+    return hygiene.clean(data, kind=sniff.sniff(data[: sniff.SNIFF_BYTES]))
+
+
+def real_jpeg(size: tuple[int, int] = (8, 8), **save_options) -> bytes:
+    """A decodable JPEG drawn by Pillow."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(out, "JPEG", **save_options)
+    return out.getvalue()
 
 
 def pdf_bytes(marker: str = "hello") -> bytes:

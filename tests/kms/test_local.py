@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from kms import CryptoError, KeyStoreError, LocalProvider, RootKeyMissing, WrongPassphrase
-from kms.local import HEAD_SIZE
+from kms.keyfile import HEAD_SIZE
 
 from .conftest import CHEAP_KDF, PASSPHRASE
 

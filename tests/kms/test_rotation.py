@@ -274,7 +274,7 @@ def test_local_retire_version(root_path, provider):
 def test_a_file_resealed_under_another_passphrase_refuses_the_remembered_key(root_path, provider):
     other = LocalProvider.open(root_path, PASSPHRASE)
     # an operator re-seals the file under a new passphrase (explicit path + passphrase: derives afresh)
-    from kms.local import _read, _seal, _unseal, _write_new
+    from kms.keyfile import _read, _seal, _unseal, _write_new
 
     keys, _ = _unseal(_read(root_path), PASSPHRASE, root_path)
     blob, _ = _seal(keys, b"a new passphrase", CHEAP_KDF)

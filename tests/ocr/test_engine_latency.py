@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from ocr import extract
-from ocr.engine import DET_SIDE, REC_MIN_WIDTH, RapidOCREngine, get_engine
+from ocr.engine import DET_SIDE, REC_MIN_WIDTH, RapidOCREngine, get_engine, import_openvino
 
 from .sheetgen import ROWS, image_sheet, photo_of
 
@@ -76,7 +76,10 @@ def test_phone_photo_is_warped_straight_to_working_size():
 @pytest.mark.slow
 def test_openvino_detection_matches_onnxruntime():
     """The detection runtime is an implementation detail: same model file, same boxes, same text."""
-    pytest.importorskip("openvino")
+    try:
+        import_openvino()  # never a bare `import openvino`: it would send telemetry (docs/privacy.md, PIPL-13)
+    except ImportError:
+        pytest.skip("openvino is not installed")
     import numpy as np
 
     from ocr.inputs import load_image

@@ -1,4 +1,4 @@
-"""The background-job seam (vault/jobs.py): handlers by kind, each kind on its own pool, progress objects by id."""
+"""The background-job seam (vault/jobs/): handlers by kind, each kind on its own pool, progress objects by id."""
 
 from __future__ import annotations
 

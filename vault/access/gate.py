@@ -4,20 +4,25 @@ Owns the order that makes access accountable: (1) the caller's identity is alrea
 (`consent.engine`: role policy, ownership, live consent grants, break-glass claims), (3) the decision — allowed or
 denied, with the grant that allowed it — is appended to the audit trail in the caller's transaction, and (4) only an
 allowed caller goes on to decrypt. A denial is committed on its own before the error is raised, so the attempt stays
-on record. Fail closed: an error in the decision is a denial.
+on record. Fail closed: an error in the decision is a denial. A grant or break-glass row whose integrity tag fails
+(INT-1, `vault.access.integrity`) counts as absent and raises the alarm; a denial it caused is an IntegrityFailure.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
 from consent import engine
-from vault.access import alerts, audit_append
-from vault.errors import Forbidden, NotFound, VaultError
+from vault.access import alerts, audit_append, integrity
+from vault.errors import Forbidden, IntegrityFailure, NotFound, VaultError
 from vault.identity import Identity, RequestContext
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +56,7 @@ ADMIN_ACTIONS = frozenset({"audit.read", "audit.export", "account.create", "acco
                            "key.rotate", "key.status", "key.request", "key.approve"})
 
 
-def _from_admin_network(vault, ctx: RequestContext) -> bool:
+def _from_admin_network(vault: Vault, ctx: RequestContext) -> bool:
     networks = vault.settings.admin_networks
     if not networks:
         return True
@@ -62,7 +67,7 @@ def _from_admin_network(vault, ctx: RequestContext) -> bool:
     return any(address in ipaddress.ip_network(n.strip(), strict=False) for n in networks.split(",") if n.strip())
 
 
-def decide(session: Session, vault, identity: Identity, action: str, target: Target,
+def decide(session: Session, vault: Vault, identity: Identity, action: str, target: Target,
            ctx: RequestContext | None = None) -> Decision:
     """Fail-closed decision through Casbin (and the admin-network rule, IP-3)."""
     if action in ADMIN_ACTIONS and not _from_admin_network(vault, ctx or RequestContext()):
@@ -71,10 +76,10 @@ def decide(session: Session, vault, identity: Identity, action: str, target: Tar
         return Decision(False, "not-found")
     request = engine.Request(account_id=identity.account_id, role=identity.role, own_patient_id=identity.patient_id,
                              patient_id=target.patient_id, obj=target.obj, cls=target.cls, action=action)
-    return engine.decide(session, request, now=vault.clock())
+    return engine.decide(session, request, now=vault.clock(), key_for=integrity.key_for(vault))
 
 
-def audit(vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
+def audit(vault: Vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
           outcome: str, reason: str | None, grant_id: str | None = None) -> None:
     """Append one event for this target in the session's transaction."""
     audit_append.append(session, vault, identity=identity, ctx=ctx, action=action, outcome=outcome,
@@ -82,7 +87,7 @@ def audit(vault, session: Session, *, identity: Identity, ctx: RequestContext, a
                      patient_id=target.patient_id, reason=reason, grant_id=grant_id)
 
 
-def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
+def enter(vault: Vault, session: Session, *, identity: Identity, ctx: RequestContext, action: str, target: Target,
           deny_as: type[VaultError] = Forbidden, audit_allow: bool = True) -> Decision:
     """Decide and audit; raise `deny_as` (NotFound when existence must not leak) after committing a denial.
 
@@ -90,6 +95,8 @@ def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, a
     the write it permits (an upload is checked before its bytes are read, and recorded when its row is written).
     """
     decision = decide(session, vault, identity, action, target, ctx)
+    if decision.tampered:
+        integrity.alarm(vault, session, identity=identity, ctx=ctx, target=target, sources=decision.tampered)
     if decision.allowed and not audit_allow:
         return decision
     reason = decision.source.partition(":")[0] if decision.allowed else decision.source
@@ -98,11 +105,13 @@ def enter(vault, session: Session, *, identity: Identity, ctx: RequestContext, a
     if not decision.allowed:
         alert_on_burst(vault, session, identity=identity, ctx=ctx, target=target)
         session.commit()
+        if decision.tampered:
+            raise IntegrityFailure()
         raise (NotFound if not target.exists else deny_as)()
     return decision
 
 
-def alert_on_burst(vault, session: Session, *, identity: Identity, ctx: RequestContext, target: Target) -> None:
+def alert_on_burst(vault: Vault, session: Session, *, identity: Identity, ctx: RequestContext, target: Target) -> None:
     actor = audit_append.actor_pseudonym(vault, identity.account_id)
     count = alerts.denial_burst(session, actor=actor, now=vault.clock(),
                                 threshold=vault.settings.alert_denials_per_minute)

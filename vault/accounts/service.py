@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -36,6 +36,9 @@ from vault.errors import (
 )
 from vault.identity import Identity, RequestContext
 
+if TYPE_CHECKING:
+    from vault.runtime import Vault
+
 
 def get(session: Session, *, account_id: str) -> Account | None:
     return session.get(Account, account_id)
@@ -45,7 +48,7 @@ def get_by_username(session: Session, *, username: str) -> Account | None:
     return session.scalar(select(Account).where(Account.username == normalize_username(username)))
 
 
-def build(vault, *, username: str, password: str, role: str, patient_id: str | None = None,
+def build(vault: Vault, *, username: str, password: str, role: str, patient_id: str | None = None,
           must_change_password: bool = False) -> Account:
     """A validated, hashed, not yet persisted account."""
     if role not in ROLES:
@@ -64,7 +67,7 @@ def build(vault, *, username: str, password: str, role: str, patient_id: str | N
     )
 
 
-def create(session: Session, vault, *, username: str, password: str, role: str, ctx: RequestContext,
+def create(session: Session, vault: Vault, *, username: str, password: str, role: str, ctx: RequestContext,
            created_by: Identity | None = None, must_change_password: bool = False) -> Account:
     """Create a staff account (the CLI path); audited as account.create."""
     account = build(vault, username=username, password=password, role=role,
@@ -83,10 +86,13 @@ def create(session: Session, vault, *, username: str, password: str, role: str, 
     return account
 
 
-def _fail(session: Session, vault, account: Account | None, name: str | None, ctx: RequestContext,
+def _fail(session: Session, vault: Vault, account: Account | None, name: str | None, ctx: RequestContext,
           reason: str) -> NoReturn:
     """Record a failed sign-in (and a lockout when the threshold is reached), commit, raise the uniform 401."""
     now = vault.clock()
+    if account is not None and reason in ("bad-credentials", "bad-otp"):
+        # The counter is shared by every server process: count on the locked row, not on what this process read.
+        session.refresh(account, with_for_update=True)
     actor = (Identity(account_id=account.id, role=account.role) if account
              else Identity(account_id="unknown:" + (name or "-"), role="anonymous"))
     audit_append.append(session, vault, identity=actor, ctx=ctx, action="login_failed", outcome="deny",
@@ -102,7 +108,7 @@ def _fail(session: Session, vault, account: Account | None, name: str | None, ct
     raise InvalidCredentials()
 
 
-def authenticate(session: Session, vault, *, username: str, password: str, ctx: RequestContext) -> Account:
+def authenticate(session: Session, vault: Vault, *, username: str, password: str, ctx: RequestContext) -> Account:
     """The account behind a username and password, honouring lockout; the same 401 for every failure."""
     try:
         name = normalize_username(username)
@@ -120,7 +126,7 @@ def authenticate(session: Session, vault, *, username: str, password: str, ctx: 
     return account
 
 
-def login(session: Session, vault, *, username: str, password: str, ctx: RequestContext,
+def login(session: Session, vault: Vault, *, username: str, password: str, ctx: RequestContext,
           otp: str | None = None) -> tuple[str, int]:
     """Verify the password (and the TOTP code for staff roles, or for anyone who enrolled) and issue a token."""
     ratelimit.check(vault, ctx=ctx, scope="login", target=username.strip().casefold())
@@ -150,14 +156,14 @@ def login(session: Session, vault, *, username: str, password: str, ctx: Request
     return token, vault.settings.token_ttl_seconds
 
 
-def _refuse_sign_in(session: Session, vault, account: Account, ctx: RequestContext, reason: str) -> None:
+def _refuse_sign_in(session: Session, vault: Vault, account: Account, ctx: RequestContext, reason: str) -> None:
     audit_append.append(session, vault, identity=Identity(account_id=account.id, role=account.role), ctx=ctx,
                      action="login_failed", outcome="deny", resource_type="account", resource_id=account.id,
                      reason=reason)
     session.commit()
 
 
-def _password_expired(vault, account: Account) -> bool:
+def _password_expired(vault: Vault, account: Account) -> bool:
     """Staff passwords expire after `staff_password_max_age_days` (AUTH-2); patients' do not."""
     if account.role == "patient":
         return False
@@ -165,7 +171,7 @@ def _password_expired(vault, account: Account) -> bool:
     return vault.clock() - changed > dt.timedelta(days=vault.settings.staff_password_max_age_days)
 
 
-def change_password(session: Session, vault, *, username: str, password: str, new_password: str,
+def change_password(session: Session, vault: Vault, *, username: str, password: str, new_password: str,
                     otp: str | None, ctx: RequestContext) -> None:
     """Replace the password, proved by the old one and by a TOTP code whenever the account enrolled one.
 
@@ -190,7 +196,8 @@ def change_password(session: Session, vault, *, username: str, password: str, ne
     session.commit()
 
 
-def totp_enroll(session: Session, vault, *, username: str, password: str, ctx: RequestContext) -> tuple[str, str]:
+def totp_enroll(session: Session, vault: Vault,
+                *, username: str, password: str, ctx: RequestContext) -> tuple[str, str]:
     """Start (or restart, while not yet active) TOTP enrolment with the password as proof.
 
     The first enrolment belongs to the account's holder: while the account still has the initial password an
@@ -211,7 +218,8 @@ def totp_enroll(session: Session, vault, *, username: str, password: str, ctx: R
     return secret, uri
 
 
-def totp_activate(session: Session, vault, *, username: str, password: str, otp: str, ctx: RequestContext) -> None:
+def totp_activate(session: Session, vault: Vault,
+                  *, username: str, password: str, otp: str, ctx: RequestContext) -> None:
     """Turn TOTP on once the user proves their authenticator produces valid codes."""
     ratelimit.check(vault, ctx=ctx, scope="totp", target=username.strip().casefold())
     account = authenticate(session, vault, username=username, password=password, ctx=ctx)
@@ -226,7 +234,7 @@ def totp_activate(session: Session, vault, *, username: str, password: str, otp:
     session.commit()
 
 
-def disable_idle_staff(session: Session, vault, *, ctx: RequestContext) -> list[str]:
+def disable_idle_staff(session: Session, vault: Vault, *, ctx: RequestContext) -> list[str]:
     """AC-2: staff accounts unused for `staff_idle_disable_days` are disabled (their live tokens die with them)."""
     cutoff = vault.clock() - dt.timedelta(days=vault.settings.staff_idle_disable_days)
     idle = session.scalars(select(Account).where(Account.role != "patient", Account.is_active.is_(True))).all()
@@ -242,7 +250,7 @@ def disable_idle_staff(session: Session, vault, *, ctx: RequestContext) -> list[
     return disabled
 
 
-def logout(session: Session, vault, *, token: str, identity: Identity, ctx: RequestContext) -> None:
+def logout(session: Session, vault: Vault, *, token: str, identity: Identity, ctx: RequestContext) -> None:
     tokens.revoke(session, token=token, now=vault.clock())
     audit_append.append(session, vault, identity=identity, ctx=ctx, action="logout", outcome="allow",
                         resource_type="account", resource_id=identity.account_id)

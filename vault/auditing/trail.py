@@ -84,15 +84,19 @@ class Checkpointer(threading.Thread):
     """Background thread of the server process that signs checkpoints on schedule."""
 
     def __init__(self, vault, *, poll_seconds: float = 1.0) -> None:
+        from vault.db.leader import CHECKPOINTER, LeaderLock
+
         super().__init__(name="audit-checkpointer", daemon=True)
         self.vault = vault
         self.poll_seconds = poll_seconds
         self.stopped = threading.Event()
+        # Several server processes (issue 17): only the holder of this lock signs; another takes over if it dies.
+        self.leader = LeaderLock(vault.engine, CHECKPOINTER, duty="audit checkpointer")
 
     def run(self) -> None:
         while not self.stopped.wait(self.poll_seconds):
             try:
-                if checkpoint_due(self.vault):
+                if self.leader.held() and checkpoint_due(self.vault):
                     checkpoint_now(self.vault)
             except Exception:
                 import logging
@@ -101,6 +105,7 @@ class Checkpointer(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
+        self.leader.release()
 
 
 @dataclasses.dataclass(frozen=True)

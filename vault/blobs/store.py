@@ -2,7 +2,10 @@
 
 Owns placing ciphertext bytes on storage and removing them. A BlobStore only ever receives ciphertext (kms encrypts
 before a byte reaches it); it never sees keys or plaintext. Writes go to a temporary name and become visible only by
-`commit`, so a crash mid-upload leaves at most a temp file that `sweep_temp` removes at the next start.
+`commit`, so a crash mid-upload leaves at most a temp file that `sweep_temp` removes at the next start (a crash between
+a blob's commit and its row's leaves an orphan: vault.records.service.sweep_orphan_blobs).
+`open_store` picks the store a deployment names: this local directory (the embedded default) or S3-compatible object
+storage (`vault.blobs.s3`, for `blob_url = s3://bucket/prefix`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 
+class BlobExists(FileExistsError):
+    """A blob with this id is already stored: blobs are created once and never overwritten."""
+
+
 class TempBlob(Protocol):
     def write(self, data: bytes) -> None: ...
     def commit(self, blob_id: str) -> None: ...
@@ -20,11 +27,13 @@ class TempBlob(Protocol):
 
 
 class BlobStore(Protocol):
-    def create_temp(self) -> TempBlob: ...
+    def create_temp(self, blob_id: str | None = None) -> TempBlob: ...
     def open(self, blob_id: str) -> BinaryIO: ...
     def delete(self, blob_id: str) -> None: ...
     def exists(self, blob_id: str) -> bool: ...
     def sweep_temp(self) -> int: ...
+    def check(self) -> None: ...
+    def committed_before(self, cutoff: float) -> list[str]: ...
 
 
 def _check_id(blob_id: str) -> str:
@@ -73,7 +82,10 @@ class LocalBlobStore:
         blob_id = _check_id(blob_id)
         return self.root / blob_id[:2] / f"{blob_id}.hvb"
 
-    def create_temp(self) -> _LocalTempBlob:
+    def create_temp(self, blob_id: str | None = None) -> _LocalTempBlob:
+        """A temp file for a new blob (`blob_id`, when known up front, is checked here; the name is given at commit)."""
+        if blob_id is not None:
+            _check_id(blob_id)
         return _LocalTempBlob(self)
 
     def open(self, blob_id: str) -> BinaryIO:
@@ -85,6 +97,21 @@ class LocalBlobStore:
     def exists(self, blob_id: str) -> bool:
         return self.path_of(blob_id).exists()
 
+    def check(self) -> None:
+        """Raise OSError unless the directory is there and writable (readiness)."""
+        if not (self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)):
+            raise OSError("the blob directory is missing or not writable")
+    def committed_before(self, cutoff: float) -> list[str]:
+        """Ids of the committed blobs last written before `cutoff` (a time.time() value)."""
+        found = []
+        for path in self.root.glob("??/*.hvb"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    found.append(path.stem)
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+        return found
+
     def sweep_temp(self) -> int:
         """Remove temp files left by a crashed upload (RIP-1)."""
         count = 0
@@ -92,3 +119,12 @@ class LocalBlobStore:
             leftover.unlink(missing_ok=True)
             count += 1
         return count
+
+
+def open_store(*, url: str | None, local_dir: Path) -> BlobStore:
+    """The configured store: `local_dir` when no URL is set, else the object store the URL names."""
+    if not url:
+        return LocalBlobStore(local_dir)
+    from vault.blobs.s3 import S3BlobStore
+
+    return S3BlobStore.from_url(url)

@@ -5,9 +5,12 @@ Commands, one module per group (`--help` on each says more):
   healthvault serve                                       vault/cli/serve.py (the composition root: imports `api`)
   healthvault doctor                                      vault/cli/doctor.py
   healthvault users add | disable-idle                    vault/cli/users.py
-  healthvault audit export | verify | public-key | archive | checkpoint  vault/cli/audit.py
+  healthvault audit export | verify | public-key | archive | checkpoint | trace  vault/cli/audit.py (trace: vault/cli/trace.py)
   healthvault keys status | rotate | rewrap | retire      vault/cli/keys.py
   healthvault patients erase                              vault/cli/patients.py
+  healthvault worker [--concurrency N]                    vault/cli/worker.py (the PostgreSQL job queue)
+  healthvault backup                                      vault/cli/backup.py (docs/backup.md)
+  healthvault restore                                     vault/cli/backup.py
   healthvault ocr FILE...                                 ocr/cli.py (owned by ocr/)
 
 Adding a group: a new module defining one click command or group, and one line in `COMMANDS` below. A command module
@@ -51,6 +54,9 @@ COMMANDS: dict[str, str] = {
     "audit": "vault.cli.audit:audit_group",
     "keys": "vault.cli.keys:keys_group",
     "patients": "vault.cli.patients:patients_group",
+    "worker": "vault.cli.worker:worker",
+    "backup": "vault.cli.backup:backup",
+    "restore": "vault.cli.backup:restore",
     "ocr": "ocr.cli:ocr_command",
 }
 

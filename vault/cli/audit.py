@@ -3,12 +3,15 @@
 Each command that reads the trail records its own event first (`audit.export`, `audit.read` for the key); `verify`
 needs no database and no secret (it runs the offline verifier, audit/verify.py) but does need the pinned key
 (`--key`): an export's own public_key.txt proves nothing about who signed it.
+An export is written under a hidden `.NAME.partial-*` directory and renamed into place when complete and verified, so
+an export killed midway leaves no half-written NAME; the next export to NAME removes such leftovers.
 Never: writes or deletes an event except through `vault.auditing.trail` (archive prunes only what it sealed).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import click
@@ -50,6 +53,9 @@ def audit_export(data_dir: str | None, passphrase_file: str | None, since: str |
 
     start, end = _when(since, "--since"), _when(until, "--until")
     vault = open_or_fail(data_dir, passphrase_file)
+    out = Path(out_dir)
+    for leftover in out.parent.glob(f".{out.name}.partial-*"):  # an export killed before its atomic rename
+        shutil.rmtree(leftover, ignore_errors=True)
     bar = tqdm(total=0, unit="event", desc="export")
 
     def progress(done: int, total: int) -> None:
@@ -141,3 +147,12 @@ def audit_checkpoint(data_dir: str | None, passphrase_file: str | None) -> None:
     finally:
         vault.close()
     click.echo(made.note if made is not None else "nothing new to checkpoint")
+
+
+def _register_trace() -> None:
+    from vault.cli.trace import trace  # issue 16: `audit trace FILE`, a module of its own
+
+    audit_group.add_command(trace)
+
+
+_register_trace()

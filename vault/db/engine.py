@@ -56,6 +56,12 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the data database to the newest schema."""
-    command.upgrade(alembic_config(engine), "head")
+def migrate(engine: Engine, *, keys: object | None = None, suite: int | None = None,
+            keystore: object | None = None) -> list[str]:
+    """Bring the data database to the newest schema. A revision that seals existing rows (0009) uses `keys` (the
+    vault's KeyManager), `suite` and `keystore`; returns the service-key purposes such a revision created (for the
+    caller to audit)."""
+    cfg = alembic_config(engine)
+    cfg.attributes.update(keys=keys, suite=suite, keystore=keystore)
+    command.upgrade(cfg, "head")  # one head: a forked history fails here, loudly
+    return list(cfg.attributes.get("service_keys_created", []))

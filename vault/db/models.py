@@ -89,6 +89,8 @@ class Record(Base):
     # Sensitivity label; label_enc seals the same value under the record DEK so an edit in the database is detected.
     label: Mapped[str] = mapped_column(String(16), default="normal")
     label_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The category, sealed the same way (a category grant reads it: INT-1).
+    category_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     content_type: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
@@ -148,3 +150,36 @@ class Consent(Base):
     notice_version: Mapped[str] = mapped_column(String(32))
     notice_hash: Mapped[str] = mapped_column(String(64))
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class PatientExport(Base):
+    """A patient's PIPL-45 export package (vault/exports/): its progress, and the sealed ZIP until it is downloaded
+    once or 24 hours pass. The passphrase that encrypts the ZIP is never stored."""
+
+    __tablename__ = "patient_exports"
+    __table_args__ = (Index("ix_patient_exports_patient", "patient_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    status: Mapped[str] = mapped_column(String(16))  # queued | running | done | failed | downloaded | expired
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    downloaded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The DEK that seals the package blob (on top of the ZIP's own AES), wrapped by the patient KEK.
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+class KeyInvalidation(Base):
+    """Cluster-wide notice that cached keys must go (issue 17): an erased patient's (patient_id), or every cached key
+    (patient_id NULL: key versions retired). Each process evicts what a new row names (vault.db.keystate)."""
+
+    __tablename__ = "key_invalidations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    patient_id: Mapped[str | None] = mapped_column(String(36))
+    reason: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

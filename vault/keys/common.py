@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vault.access import audit_append
-from vault.db.models import Patient, Record
+from vault.db.models import Patient, PatientExport, Record
 from vault.identity import Identity, RequestContext
 
 if TYPE_CHECKING:
@@ -27,10 +27,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("healthvault.keys")
 
 # (name, table, id column, patient-id column, wrapped DEK column): every DEK wrapped by a patient KEK.
-_P, _R = Patient.__table__, Record.__table__
+_P, _R, _E = Patient.__table__, Record.__table__, PatientExport.__table__
 DEK_COLUMNS = (
     ("patients", _P, _P.c.id, _P.c.id, _P.c.wrapped_dek),
     ("records", _R, _R.c.id, _R.c.patient_id, _R.c.wrapped_dek),
+    ("patient_exports", _E, _E.c.id, _E.c.patient_id, _E.c.wrapped_dek),  # issue 16: export packages
 )
 DEFAULT_BATCH = 1000
 SYSTEM = Identity(account_id="system:kms", role="system")

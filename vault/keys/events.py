@@ -15,10 +15,14 @@ import queue
 import threading
 import time
 import weakref
+from typing import TYPE_CHECKING
 
 from kms.manager import KeyEvent
 from vault.identity import RequestContext
 from vault.keys.common import SYSTEM, audit_now
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 log = logging.getLogger("healthvault.keys")
 
@@ -37,7 +41,7 @@ class KeyEventAuditor:
 
     IDLE_SECONDS = 5.0
 
-    def __init__(self, vault, *, max_queue: int = 10_000) -> None:
+    def __init__(self, vault: Vault, *, max_queue: int = 10_000) -> None:
         self._vault = weakref.ref(vault)
         self._queue: queue.Queue[KeyEvent] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
@@ -96,7 +100,7 @@ class KeyEventAuditor:
 _AUDITORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def attach_auditor(vault) -> KeyEventAuditor:
+def attach_auditor(vault: Vault) -> KeyEventAuditor:
     """Audit key events of this vault's KeyManager (idempotent; open_vault attaches it in every process)."""
     auditor = _AUDITORS.get(vault.keys)
     if auditor is None:
@@ -105,18 +109,18 @@ def attach_auditor(vault) -> KeyEventAuditor:
     return auditor
 
 
-def flush_auditor(vault, timeout: float = 5.0) -> None:
+def flush_auditor(vault: Vault, timeout: float = 5.0) -> None:
     """Write any queued key events now (Vault.close calls it, so no writer thread outlives the engine's use)."""
     auditor = _AUDITORS.get(vault.keys)
     if auditor is not None:
         auditor.flush(timeout)
 
 
-def _service_purposes(vault) -> list[str]:
+def _service_purposes(vault: Vault) -> list[str]:
     """Every service key this vault's current suite uses (the names each module asks kms for)."""
     from audit import log
     from audit.pseudonyms import PURPOSE as PSEUDONYM
-    from consent import receipts
+    from consent import integrity, receipts
     from kms import suites
     from vault import fields
     from vault.accounts import totp
@@ -125,16 +129,21 @@ def _service_purposes(vault) -> list[str]:
     suite = fields.suite_of(vault)
     return [*(suites.purpose(base, suite) for base in (PSEUDONYM, patients.ID_INDEX_PURPOSE,
                                                        patients.PHONE_INDEX_PURPOSE, log.SIGNING_PURPOSE)),
-            receipts.PURPOSE, totp.PURPOSE]
+            receipts.PURPOSE, totp.PURPOSE, suites.purpose(integrity.PURPOSE, suite)]
 
 
-def ensure_service_keys(vault) -> list[str]:
+def ensure_service_keys(vault: Vault, *, created_by_migration: list[str] | None = None) -> list[str]:
     """Create the service keys the vault will use that do not exist yet, each audited (`key.create`) in its own
-    transaction, so that no key is born unrecorded on first use in the middle of another flow. Returns the purposes
-    created (none on every start after the first)."""
+    transaction, so that no key is born unrecorded on first use in the middle of another flow; and audit the keys a
+    migration created to seal existing rows (`created_by_migration`, reason "migration"). Returns the purposes
+    created here (none on every start after the first)."""
+    ctx = RequestContext(request_id="kms")
+    for purpose in created_by_migration or ():
+        audit_now(vault, identity=SYSTEM, ctx=ctx, action="key.create", outcome="allow",
+                  resource_type="service-key", resource_id=purpose, reason="migration")
     created = [p for p in _service_purposes(vault) if vault.keystore.newest_service_key(p) is None]
     for purpose in created:
         vault.keys.service_key(purpose)
-        audit_now(vault, identity=SYSTEM, ctx=RequestContext(request_id="kms"), action="key.create", outcome="allow",
+        audit_now(vault, identity=SYSTEM, ctx=ctx, action="key.create", outcome="allow",
                   resource_type="service-key", resource_id=purpose, reason="startup")
     return created

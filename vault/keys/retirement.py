@@ -14,6 +14,7 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from kms import KeyStoreError
+from vault.db import keystate
 from vault.identity import Identity, RequestContext
 from vault.keys.common import DEFAULT_BATCH, audit_now, scan_dek_heads, utc
 
@@ -96,4 +97,8 @@ def retire(vault: Vault, *, identity: Identity, ctx: RequestContext, grace_secon
         result.root_versions.append(version)
         audit_now(vault, identity=identity, ctx=ctx, action="key.retire", resource_type="root-key",
                   resource_id=str(version), reason="unreferenced")
+    if result.kek_versions or result.root_versions:  # other processes drop whatever they cached
+        with vault.session() as session:
+            keystate.publish(session, patient_id=None, reason="retire", now=vault.clock())
+            session.commit()
     return result

@@ -1,9 +1,13 @@
 """Lab sheets become data: extraction jobs, encrypted results, patient corrections, trends.
 
 Owns the `lab.extract` job (`run_extraction`, queued by the records service through `vault.jobs` and run off the
-request path; the job is just a record id): running `ocr.extract`, storing the
-LabReport sealed under the record's DEK, and the record's status pending → done / needs_review / failed (with the
-OCR package's stable error code). A failing page never takes the worker down. `ocr/` stays pure: it gets bytes and
+request path; the job is just a record id; `resume_pending` queues again at server start what a killed one left):
+having `ocr.extract` run in the OCR worker process (vault/labs/ocr_worker.py: CPU, memory and wall-clock limits,
+never in the server process), storing the LabReport sealed under the record's DEK, and the record's status pending →
+done / needs_review / failed (with the OCR package's or the worker's stable error code). A failing page never takes
+the worker down. Running the job twice does no harm
+(a queue may: retries, a killed worker's jobs): it acts only on a record still `pending`, and stores its result only
+if the record is still `pending`, so each result is stored once. `ocr/` stays pure: it gets bytes and
 returns a report; identities, keys and the database stay here.
 OCR is optional processing (PIPL-1): without the patient's `ocr` consent on the current notice an upload is stored
 with status `declined` and nothing is read; the worker checks the consent again when it runs, so a withdrawal stops
@@ -17,8 +21,9 @@ import io
 import json
 import logging
 import uuid
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from kms.stream import iter_decrypt
 from vault import fields
@@ -26,10 +31,14 @@ from vault.access import gate
 from vault.db.models import LabCorrection, Record
 from vault.errors import Conflict, InvalidInput, OcrDeclined, VaultError
 from vault.identity import Identity, RequestContext
+from vault.labs import ocr_worker
 from vault.patients import privacy
 from vault.records import service as records
 from vault.records.service import DECLINED, EXTRACT_JOB, results_of, wants_extraction
 from vault.records.uploads import blob_aad
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 log = logging.getLogger("healthvault.labs")
 SYSTEM = Identity(account_id="system:ocr", role="system")
@@ -61,8 +70,9 @@ def _where(record) -> dict:
     return dict(table="records", row_id=record.id, patient_id=record.patient_id)
 
 
-def run_extraction(vault, record_id: str) -> str:
-    """Extract one record's lab sheet; returns the final status. Never raises (a failure is a status)."""
+def run_extraction(vault: Vault, record_id: str, *, worker: ocr_worker.OcrWorker | None = None) -> str:
+    """Extract one record's lab sheet in the OCR worker process (this process's shared one unless given); returns the
+    final status. Never raises (a failure is a status)."""
     try:
         with vault.session() as session:
             record = session.get(Record, record_id)
@@ -74,6 +84,8 @@ def run_extraction(vault, record_id: str) -> str:
                                 .values(ocr_status=DECLINED, ocr_error=None))
                 session.commit()
                 return DECLINED
+            if record.ocr_status != "pending":
+                return record.ocr_status or "failed"  # a job run twice (retry, stalled worker): done already
             target = gate.Target("record", record.id, record.patient_id, category=record.category,
                                  label=record.label)
             # The extraction is the vault processing PHI on the patient's behalf: on the record, not silent.
@@ -89,34 +101,42 @@ def run_extraction(vault, record_id: str) -> str:
                 with vault.blobs.open(record.id) as source:
                     for chunk in iter_decrypt(dek, source, blob_aad(record_id=record.id, patient_id=record.patient_id)):
                         buffer.write(chunk)
-                status, error, payload = _extract(buffer.getvalue())
+                outcome = (worker or ocr_worker.shared()).extract(buffer.getvalue())
+                del buffer
+                status, error, payload = outcome.status, outcome.error, outcome.payload
             values: dict[str, object] = dict(ocr_status=status, ocr_error=error)
             if payload is not None:
                 values["lab_results_enc"] = fields.seal(dek, payload, column="lab_results", **_where(record))
-            session.execute(update(Record).where(Record.id == record_id).values(**values))
+            stored = cast(CursorResult[Any], session.execute(
+                update(Record).where(Record.id == record_id, Record.ocr_status == "pending").values(**values))).rowcount
             session.commit()
-            return status
+            return status if stored else _status_of(vault, record_id)  # another run stored it first: keep that
     except Exception as exc:  # noqa: BLE001 - the worker survives anything one page does
         log.error("lab extraction failed: %s", type(exc).__name__)
         with vault.session() as session:
-            session.execute(update(Record).where(Record.id == record_id)
+            session.execute(update(Record).where(Record.id == record_id, Record.ocr_status == "pending")
                             .values(ocr_status="failed", ocr_error="internal"))
             session.commit()
         return "failed"
 
 
-def _extract(data: bytes) -> tuple[str, str | None, str | None]:
-    import ocr
-    from ocr.errors import OCRError
-
-    try:
-        report = ocr.extract(data)
-    except OCRError as exc:
-        return "failed", exc.code[:32], None
-    return ("needs_review" if report.needs_review else "done"), None, report.to_json()
+def _status_of(vault: Vault, record_id: str) -> str:
+    with vault.session() as session:
+        return session.scalar(select(Record.ocr_status).where(Record.id == record_id)) or "failed"
 
 
-def correct(session, vault, *, identity: Identity, ctx: RequestContext, record_id: str, row: int, field: str,
+def resume_pending(vault: Vault) -> int:
+    """Queue again every extraction left `pending` (a server killed mid-job, or before its queue ran); returns how
+    many. Called once by `serve` at start. A job is idempotent: it re-reads the blob and writes the final status, so
+    one run twice (several servers starting at once on PostgreSQL) only costs time."""
+    with vault.session() as session:
+        pending = list(session.scalars(select(Record.id).where(Record.ocr_status == "pending")))
+    for record_id in pending:
+        vault.jobs.submit(EXTRACT_JOB, record_id)
+    return len(pending)
+
+
+def correct(session, vault: Vault, *, identity: Identity, ctx: RequestContext, record_id: str, row: int, field: str,
             value) -> dict:
     """The patient corrects one extracted field; old and new are kept (sealed) in the correction history."""
     if field not in CORRECTABLE:
@@ -163,7 +183,7 @@ class TrendPoint:
     flag: str | None
 
 
-def trends(session, vault, *, identity: Identity, ctx: RequestContext, code: str) -> list[TrendPoint]:
+def trends(session, vault: Vault, *, identity: Identity, ctx: RequestContext, code: str) -> list[TrendPoint]:
     """One analyte across the caller's own lab reports, oldest first."""
     code = code.strip().upper()
     if not code or len(code) > 32:
@@ -176,8 +196,10 @@ def trends(session, vault, *, identity: Identity, ctx: RequestContext, code: str
     if not privacy.ocr_allowed(session, vault, patient_id=patient_id):
         raise declined_error()
     points = []
-    for record in session.scalars(select(Record).where(Record.patient_id == patient_id,
-                                                       Record.lab_results_enc.is_not(None))
+    # Only the columns a trend reads (plain rows, no ORM entities): this runs on every console record page.
+    columns = (Record.id, Record.patient_id, Record.wrapped_dek, Record.lab_results_enc, Record.created_at)
+    for record in session.execute(select(*columns).where(Record.patient_id == patient_id,
+                                                         Record.lab_results_enc.is_not(None))
                                   .order_by(Record.created_at, Record.id)):
         report = results_of(vault, record)
         assert report is not None  # only records with results were selected
@@ -190,7 +212,7 @@ def trends(session, vault, *, identity: Identity, ctx: RequestContext, code: str
     return sorted(points, key=lambda p: p.at)  # stable: same-day sheets keep their upload order
 
 
-def request_extraction(session, vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> str:
+def request_extraction(session, vault: Vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> str:
     """Queue (again) the extraction of one lab sheet: after OCR consent was given late, or after a failure.
 
     The gate decides as for any change to the record (`record.update`: the owner only; grants never carry it)."""
@@ -203,6 +225,6 @@ def request_extraction(session, vault, *, identity: Identity, ctx: RequestContex
     if not privacy.ocr_allowed(session, vault, patient_id=record.patient_id):
         raise declined_error()
     mark_pending(session, record.id)
+    vault.jobs.enqueue(session, EXTRACT_JOB, record.id)
     session.commit()
-    vault.jobs.submit(EXTRACT_JOB, record.id)
     return "pending"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -37,10 +38,14 @@ from kms.blind_index import INDEX_SIZE
 from vault.access import audit_append, gate
 from vault.accounts import service as accounts
 from vault.accounts import totp
+from vault.db import keystate
 from vault.db.models import Account, AuthToken, LabCorrection, Patient, Record
 from vault.errors import InvalidCredentials, NotFound, OtpRequired
 from vault.identity import Identity, RequestContext
 from vault.patients import privacy
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 UNUSABLE_PASSWORD_HASH = "!erased"  # noqa: S105 - not a password: a hash no password can ever match
 
@@ -59,7 +64,7 @@ def _target(patient_id: str) -> gate.Target:
     return gate.Target("patient", None, patient_id)
 
 
-def erase_self(session: Session, vault, *, identity: Identity, ctx: RequestContext, password: str,
+def erase_self(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, password: str,
                otp: str | None) -> ErasureReport:
     """The patient erases themself; the password (and TOTP code, if enrolled) is checked again first."""
     if identity.role != "patient" or identity.patient_id is None:
@@ -82,7 +87,7 @@ def erase_self(session: Session, vault, *, identity: Identity, ctx: RequestConte
     return _erase(session, vault, patient_id=identity.patient_id, actor=identity, ctx=ctx, reason="self")
 
 
-def erase_by_operator(session: Session, vault, *, patient_id: str, actor: Identity,
+def erase_by_operator(session: Session, vault: Vault, *, patient_id: str, actor: Identity,
                       ctx: RequestContext) -> ErasureReport:
     """An operator on the host erases a patient (`healthvault patients erase`); also finishes an interrupted one."""
     if session.get(Patient, patient_id) is None:
@@ -90,7 +95,7 @@ def erase_by_operator(session: Session, vault, *, patient_id: str, actor: Identi
     return _erase(session, vault, patient_id=patient_id, actor=actor, ctx=ctx, reason="operator")
 
 
-def _erase(session: Session, vault, *, patient_id: str, actor: Identity, ctx: RequestContext,
+def _erase(session: Session, vault: Vault, *, patient_id: str, actor: Identity, ctx: RequestContext,
            reason: str) -> ErasureReport:
     pseudonym = audit_append.patient_pseudonym(vault, patient_id)
     patient = session.get(Patient, patient_id)
@@ -146,5 +151,6 @@ def _erase(session: Session, vault, *, patient_id: str, actor: Identity, ctx: Re
             totp_enabled=False, totp_last_step=None, previous_password_hashes=None, is_active=False))
     gate.audit(vault, session, identity=actor, ctx=ctx, action="key.shred", target=_target(patient_id),
                outcome="allow", reason=f"kek-versions:{destroyed}")
+    keystate.publish(session, patient_id=patient_id, reason="erasure", now=now)  # other processes drop their cache
     session.commit()
     return ErasureReport(pseudonym, destroyed, len(record_ids), len(grant_ids))

@@ -24,6 +24,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -33,6 +34,9 @@ from vault.db.fastpath import HotStatement
 from vault.db.models import CONSENT_ITEMS, Consent
 from vault.errors import ConsentRequired, NotFound, RegistrationConsentRequired, VaultError
 from vault.identity import Identity, RequestContext
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 BUNDLED_NOTICE = Path(__file__).parent / "notices" / "privacy-notice.json"
 NOTICE_ENDPOINT = "/v1/privacy-notice"
@@ -121,7 +125,7 @@ def load_notice(path: str | Path | None = None) -> Notice:
     return notice
 
 
-def current_notice(vault) -> Notice:
+def current_notice(vault: Vault) -> Notice:
     return load_notice(vault.settings.privacy_notice_path)
 
 
@@ -192,7 +196,7 @@ def _latest(session: Session, patient_id: str) -> dict[str, tuple[bool, str]]:
     return seen
 
 
-def processing_allowed(session: Session, vault, *, patient_id: str) -> tuple[bool, list[str]]:
+def processing_allowed(session: Session, vault: Vault, *, patient_id: str) -> tuple[bool, list[str]]:
     """(allowed, missing required items) against the current notice; one indexed query."""
     notice = current_notice(vault)
     latest = _latest(session, patient_id)
@@ -200,14 +204,14 @@ def processing_allowed(session: Session, vault, *, patient_id: str) -> tuple[boo
     return not missing, missing
 
 
-def ocr_allowed(session: Session, vault, *, patient_id: str) -> bool:
+def ocr_allowed(session: Session, vault: Vault, *, patient_id: str) -> bool:
     """True only if the required items and the optional OCR item are all given on the current notice."""
     notice = current_notice(vault)
     latest = _latest(session, patient_id)
     return all(latest.get(i) == (True, notice.hash) for i in (*REQUIRED_ITEMS, "ocr"))
 
 
-def state(session: Session, vault, *, patient_id: str) -> ConsentState:
+def state(session: Session, vault: Vault, *, patient_id: str) -> ConsentState:
     notice = current_notice(vault)
     rows = session.scalars(select(Consent).where(Consent.patient_id == patient_id).order_by(Consent.id)).all()
     history = [ItemState(r.item, r.given, r.notice_version, r.notice_hash, r.recorded_at, r.notice_hash == notice.hash)
@@ -223,7 +227,7 @@ def _refuse_registration(notice: Notice, detail: str, missing: list[str]) -> Vau
                                                       "missing": missing})
 
 
-def check_registration(vault, choices: Choices | None) -> Notice:
+def check_registration(vault: Vault, choices: Choices | None) -> Notice:
     """Refuse (422, before anything is stored) unless both required items are given on the current notice."""
     notice = current_notice(vault)
     fetch = f"Fetch the privacy notice (GET {NOTICE_ENDPOINT}) and give separate consent to "
@@ -238,7 +242,7 @@ def check_registration(vault, choices: Choices | None) -> Notice:
     return notice
 
 
-def _append(session: Session, vault, *, identity: Identity, ctx: RequestContext, patient_id: str, item: str,
+def _append(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, patient_id: str, item: str,
             given: bool, notice: Notice) -> Consent:
     row = Consent(patient_id=patient_id, item=item, given=given, notice_version=notice.version,
                   notice_hash=notice.hash, recorded_at=vault.clock())
@@ -249,7 +253,7 @@ def _append(session: Session, vault, *, identity: Identity, ctx: RequestContext,
     return row
 
 
-def record_registration(session: Session, vault, *, identity: Identity, ctx: RequestContext, patient_id: str,
+def record_registration(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, patient_id: str,
                         choices: Choices, notice: Notice) -> None:
     """One row per item (OCR not mentioned = not given), in the registration's transaction; the caller commits."""
     for item in CONSENT_ITEMS:
@@ -263,7 +267,7 @@ def _own_patient(identity: Identity) -> str:
     return identity.patient_id
 
 
-def view(session: Session, vault, *, identity: Identity, ctx: RequestContext) -> ConsentState:
+def view(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext) -> ConsentState:
     """The caller's consent state and history (a read of their own profile, through the gate)."""
     patient_id = _own_patient(identity)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="patient.read",
@@ -272,7 +276,8 @@ def view(session: Session, vault, *, identity: Identity, ctx: RequestContext) ->
     return state(session, vault, patient_id=patient_id)
 
 
-def change(session: Session, vault, *, identity: Identity, ctx: RequestContext, choices: Choices) -> ConsentState:
+def change(session: Session, vault: Vault,
+           *, identity: Identity, ctx: RequestContext, choices: Choices) -> ConsentState:
     """Give, re-give (on a new notice) or withdraw items. Giving needs the current notice version; withdrawing is
     always possible in one step (PIPL art. 15). Unchanged items write nothing."""
     patient_id = _own_patient(identity)
@@ -297,7 +302,7 @@ def change(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
     return state(session, vault, patient_id=patient_id)
 
 
-def withdraw_all(session: Session, vault, *, identity: Identity, ctx: RequestContext, patient_id: str) -> None:
+def withdraw_all(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, patient_id: str) -> None:
     """Close the history of an erased patient: every item still given gets a withdrawal row (caller commits)."""
     notice = current_notice(vault)
     for item, (given, _hash) in _latest(session, patient_id).items():
@@ -306,7 +311,7 @@ def withdraw_all(session: Session, vault, *, identity: Identity, ctx: RequestCon
                     notice=notice)
 
 
-def require_processing_consent(session: Session, vault, *, identity: Identity, ctx: RequestContext,
+def require_processing_consent(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext,
                                action: str) -> None:
     """For a patient caller: refuse (403 consent-required, audited as a denial of `action`) unless both required
     consents are given on the current notice. Other roles pass: grantees act under a grant, itself a consent."""

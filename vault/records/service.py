@@ -4,7 +4,8 @@ Owns the record rows and their blobs. Each record has its own DEK (wrapped by th
 every free-text column. Every call passes the gate; reads commit their audit event before any field is decrypted (on
 SQLite's read fast path that commit hands the event to the batch, which writes it, and nothing decrypted leaves
 before the batch's COMMIT: see vault/db/fastpath/lane.py). A record row exists only if its blob was committed; a
-failed create removes the blob it wrote.
+failed create removes the blob it wrote, and a blob orphaned by a crash between the two commits is swept at the next
+start.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import hmac
 import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session
 from kms import CryptoError, DataKey
 from kms.stream import iter_decrypt
 from vault import fields, text
-from vault.access import gate
+from vault.access import gate, integrity
 from vault.db.fastpath import HotStatement
 from vault.db.models import CATEGORIES, LABELS, Record
 from vault.errors import IntegrityFailure, InvalidInput, NotFound
@@ -89,6 +91,7 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
            title: str | None, filename: str | None, label: str = "normal") -> RecordView:
     """Commit the blob and its row together; on any failure neither remains."""
     check_metadata(category=category, title=title, filename=filename, label=label)
+    sink.seal()  # the sanitized copy is the record (vault/records/hygiene.py); a refused file stores nothing
     target = gate.Target("record", sink.record_id, sink.patient_id, category=category, label=label)
     gate.enter(vault, session, identity=identity, ctx=ctx, action="record.create", target=target)
     where = dict(table="records", row_id=sink.record_id, patient_id=sink.patient_id)
@@ -98,6 +101,7 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
         category=category,
         label=label,
         label_enc=fields.seal(sink.dek, label, column="label", **where),
+        category_enc=fields.seal(sink.dek, category, column="category", **where),
         content_type=sink.content_type,
         size_bytes=sink.size,
         created_at=vault.clock(),
@@ -112,14 +116,38 @@ def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, 
     session.flush()
     sink.commit()
     try:
+        if record.ocr_status == "pending":  # out of the request path; queued only if this transaction commits
+            vault.jobs.enqueue(session, EXTRACT_JOB, record.id)
         session.commit()
     except BaseException:
         session.rollback()
-        vault.blobs.delete(sink.record_id)
+        sink.discard_committed()
         raise
-    if record.ocr_status == "pending":
-        vault.jobs.submit(EXTRACT_JOB, record.id)  # out of the request path
     return _view(record, sink.dek)
+
+
+ORPHAN_MIN_AGE_SECONDS = 3600.0
+
+
+def sweep_orphan_blobs(vault: Vault, *, min_age_seconds: float = ORPHAN_MIN_AGE_SECONDS) -> int:
+    """Delete committed blobs that no record row names, once older than `min_age_seconds`; returns how many.
+
+    `create` commits the blob, then the row: a process killed between the two leaves a blob no row will ever name
+    (ciphertext whose DEK was wrapped only in the lost row, so unreadable, but still a file). The age keeps an upload
+    of another process that is between its two commits out of reach. Called by `serve` at start."""
+    import time
+
+    candidates = vault.blobs.committed_before(time.time() - min_age_seconds)
+    removed = 0
+    for start in range(0, len(candidates), 500):
+        batch = candidates[start:start + 500]
+        with vault.session() as session:
+            named = set(session.scalars(select(Record.id).where(Record.id.in_(batch))))
+        for blob_id in batch:
+            if blob_id not in named:
+                vault.blobs.delete(blob_id)
+                removed += 1
+    return removed
 
 
 def wants_extraction(category: str) -> bool:
@@ -180,31 +208,47 @@ def get(session: Session, *, record_id: str):
     return _BY_ID.first(session, {"id": record_id})
 
 
-def get_or_raise(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,
-                 action: str) -> tuple[Record, DataKey]:
-    """The record and its DEK, if the gate lets this caller reach it; NotFound otherwise (existence never leaks).
+def target_of(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,
+              action: str) -> tuple[Record | None, DataKey | None, gate.Target]:
+    """The record row (or None), its DEK and the gate target the decision reads, for a caller about to decide.
 
-    The DEK is unwrapped once, before the decision, because the sealed label it checks is what the decision reads;
-    callers decrypt with the same key instead of unwrapping it again."""
+    The DEK is unwrapped before the decision because the sealed label and category it checks are what the decision
+    reads (a mismatch: audited as denied, the alarm raised, IntegrityFailure); callers decrypt with the same key
+    instead of unwrapping it again."""
     record = get(session, record_id=record_id)
     dek = None
     if record is not None:
         dek = _open_dek(vault, record)
-        _check_label(record, dek)
+        if not _sealed_scope_holds(record, dek):
+            integrity.refuse(vault, session, identity=identity, ctx=ctx, action=action,
+                             target=gate.Target("record", record_id, record.patient_id))
     target = gate.Target("record", record_id, record.patient_id if record else None, exists=record is not None,
                          category=record.category if record else None, label=record.label if record else None)
+    return record, dek, target
+
+
+def get_or_raise(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,
+                 action: str) -> tuple[Record, DataKey]:
+    """The record and its DEK, if the gate lets this caller reach it; NotFound otherwise (existence never leaks)."""
+    record, dek, target = target_of(session, vault, identity=identity, ctx=ctx, record_id=record_id, action=action)
     gate.enter(vault, session, identity=identity, ctx=ctx, action=action, target=target, deny_as=NotFound)
     session.commit()
     return record, dek  # type: ignore[return-value]
 
 
-def _check_label(record: Record, dek: DataKey) -> None:
-    """The label decides who may see a record: a label edited in the database must not widen access (AC-6)."""
+def _sealed_scope_holds(record: Record, dek: DataKey) -> bool:
+    """The label and the category decide who may see a record: either edited in the database must not widen access
+    (AC-6, INT-1). Each is sealed under the record DEK; a missing or mismatching seal fails."""
     where = dict(table="records", row_id=record.id, patient_id=record.patient_id)
-    sealed = fields.open_text(dek, record.label_enc, column="label", **where) \
-        if record.label_enc is not None else None
-    if sealed != record.label:
-        raise IntegrityFailure()
+    if record.label_enc is None or record.category_enc is None:
+        return False
+    try:
+        label = fields.open_text(dek, record.label_enc, column="label", **where)
+        category = fields.open_text(dek, record.category_enc, column="category", **where)
+    except IntegrityFailure:
+        return False
+    return hmac.compare_digest(label.encode(), record.label.encode()) \
+        and hmac.compare_digest(category.encode(), record.category.encode())
 
 
 def read(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> RecordView:

@@ -4,7 +4,9 @@ Owns the rules a grant must satisfy before it becomes a Casbin policy source: a 
 purpose, a bounded window, a scope inside the patient's own records. A category grant without `include_future`
 is frozen at creation to the records that exist then (never `special` ones); with it, the category policy also
 reaches records created later in the window (still never `special`). Every create, list, revoke and break-glass
-claim is audited with the grant id. Purposes and reasons are sealed under the patient's profile DEK.
+claim is audited with the grant id. Purposes and reasons are sealed under the patient's profile DEK. Every grant and
+claim row carries an integrity tag over what authorisation reads (vault.access.integrity, INT-1), re-sealed when a
+grant is withdrawn; a grant whose tag fails is left out of the grantee's listing and raises the alarm.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session
 from consent import receipts
 from consent.models import BreakGlass, Grant
 from vault import fields, text
-from vault.access import alerts, audit_append, gate
+from vault.access import alerts, audit_append, gate, integrity
 from vault.accounts import totp
 from vault.accounts.usernames import normalize_username
 from vault.db.models import CATEGORIES, Account, Patient, Record
@@ -89,7 +91,7 @@ _G = cast(Table, Grant.__table__)
 # grant, its grantee and the DEK), and the grant row is written without the ORM unit of work.
 _INSERT_GRANT = _G.insert()
 _REVOKE = (update(_G).where(_G.c.id == bindparam("grant_id"), _G.c.revoked_at.is_(None))
-           .values(revoked_at=bindparam("now", type_=_G.c.revoked_at.type)))
+           .values(revoked_at=bindparam("now", type_=_G.c.revoked_at.type), integrity_mac=bindparam("mac")))
 
 
 _RECIPIENT_AND_DEK = select(
@@ -171,6 +173,7 @@ def create_grant(session: Session, vault, *, identity: Identity, ctx: RequestCon
         consult_ref=consult_ref, not_before=not_before, expires_at=expires_at, created_at=now, revoked_at=None,
         receipt=receipts.sign(key, statement),
     )
+    grant.integrity_mac = integrity.seal_grant(vault, grant, revoked_at=None)
     session.connection().execute(_INSERT_GRANT, vars(grant))
     gate.audit(vault, session, identity=identity, ctx=ctx, action="grant.create", target=target, outcome="allow",
                reason=f"to-{recipient.role}", grant_id=grant_id)
@@ -224,8 +227,15 @@ def revoke_grant(session: Session, vault, *, identity: Identity, ctx: RequestCon
     grant = SimpleNamespace(**{c.name: getattr(row, c.name) for c in _G.columns})
     if grant.revoked_at is None:
         now = vault.clock()
+        # The withdrawn state is sealed, so a revoked_at set back to NULL breaks the tag; a row whose tag already
+        # fails keeps it (withdrawal never launders an edit) and raises the alarm.
+        if integrity.grant_intact(vault, grant, revoked_at=None, tag=grant.integrity_mac):
+            mac = integrity.seal_grant(vault, grant, revoked_at=now)
+        else:
+            mac = grant.integrity_mac
+            integrity.alarm(vault, session, identity=identity, ctx=ctx, target=target, sources=(f"grant:{grant_id}",))
         # Only a live grant is stamped: a repeated withdrawal keeps the first time (and is audited again).
-        if session.connection().execute(_REVOKE, {"grant_id": grant_id, "now": now}).rowcount == 1:
+        if session.connection().execute(_REVOKE, {"grant_id": grant_id, "now": now, "mac": mac}).rowcount == 1:
             grant.revoked_at = now
         else:
             grant.revoked_at = session.scalar(select(_G.c.revoked_at).where(_G.c.id == grant_id))
@@ -258,7 +268,11 @@ def shared_with_me(session: Session, vault, *, identity: Identity, ctx: RequestC
     grants = session.scalars(select(Grant).where(Grant.grantee_id == identity.account_id,
                                                  Grant.revoked_at.is_(None), Grant.not_before <= now,
                                                  Grant.expires_at > now))
+    tampered = []
     for grant in grants:
+        if not integrity.grant_intact(vault, grant, revoked_at=grant.revoked_at, tag=grant.integrity_mac):
+            tampered.append(f"grant:{grant.id}")  # treated as absent
+            continue
         ids = set(json.loads(grant.record_ids))
         query = select(Record).where(Record.patient_id == grant.patient_id)
         for record in session.scalars(query.order_by(Record.created_at)):
@@ -267,6 +281,10 @@ def shared_with_me(session: Session, vault, *, identity: Identity, ctx: RequestC
             if record.id in ids or future:
                 out.append(SharedRecord(record.id, record.patient_id, record.category, record.content_type,
                                         record.created_at, grant.id, grant.expires_at))
+    if tampered:
+        integrity.alarm(vault, session, identity=identity, ctx=ctx, target=gate.Target("grant", None, None),
+                        sources=tuple(tampered))
+        session.commit()
     return out
 
 
@@ -303,6 +321,9 @@ def breakglass(session: Session, vault, *, identity: Identity, ctx: RequestConte
     now = vault.clock()
     claim = BreakGlass(id=str(uuid.uuid4()), doctor_id=identity.account_id, patient_id=patient_id,
                        reason_enc=b"", created_at=now, expires_at=now + dt.timedelta(minutes=BREAKGLASS_MINUTES))
+    claim.integrity_mac = integrity.seal_breakglass(vault, claim_id=claim.id, doctor_id=claim.doctor_id,
+                                                    patient_id=patient_id, created_at=now,
+                                                    expires_at=claim.expires_at)
     claim.reason_enc = fields.seal(_profile_dek(vault, session, patient_id), reason, table="breakglass",
                                    column="reason", row_id=claim.id, patient_id=patient_id)
     session.add(claim)

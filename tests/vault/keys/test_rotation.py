@@ -207,7 +207,7 @@ def test_rewrap_killed_halfway_resumes_in_a_new_process(client, vault):
         progress = []
         done = rewrap.rewrap(resumed_in, identity=OPERATOR, ctx=CTX, batch_size=2, progress=progress.append)
         assert done.job_id == job.id and done.status == "done" and done.failed == 0
-        assert {v.phase for v in progress} == {"records", "done"}  # it did not start over
+        assert {v.phase for v in progress} == {"records", "patient_exports", "done"}  # it did not start over
         assert progress[-1].status == "done" and progress[-1].scanned == progress[-1].total
         assert keystatus.compute_status(resumed_in).deks_under_old_kek == 0
         again = rewrap.rewrap(resumed_in, identity=OPERATOR, ctx=CTX)
@@ -255,6 +255,9 @@ def test_rewrap_cli_killed_with_sigkill_then_resumed(client, vault, backend):
     assert "rewrap" in finished.stderr and "key/s" in finished.stderr  # the progress bar (tqdm, with its rate/ETA)
     assert keystatus.compute_status(vault).deks_under_old_kek == 0
     _read_everything(client, people)
+    from tests.helpers.drills import export_verifies  # the crash drill's last check: the chain verifies offline
+
+    assert export_verifies(vault, vault.settings.data_dir / "exports" / "after-sigkill") > 0
 
 
 def test_reads_keep_working_while_rewrap_runs(client, vault):

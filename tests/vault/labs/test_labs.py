@@ -55,14 +55,29 @@ def test_upload_extract_encrypted_results_corrections_and_trends(client, vault, 
     assert [p["value"] for p in trend] == ["5.16", "5.15"]
 
 
+def _png_with_idat(idat: bytes) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
 def test_bad_pages_fail_cleanly_and_the_worker_keeps_going(client, vault):
     register(client, username="lab-bad")
     headers = login(client, "lab-bad")
-    bad = upload(client, headers, sheetgen.encrypted_pdf(), category="lab_report",
-                 content_type="application/pdf").json()
-    assert _wait(client, headers, bad["record_id"])["ocr_error"] == "encrypted_pdf"
-    huge = upload(client, headers, sheetgen.png_header_only(10_000, 10_000), category="lab_report").json()
-    body = _wait(client, headers, huge["record_id"])
+    # Encrypted and truncated files no longer reach OCR: the upload hygiene pass refuses them (issue 16).
+    bad = upload(client, headers, sheetgen.encrypted_pdf(), category="lab_report", content_type="application/pdf")
+    assert bad.status_code == 422 and bad.json()["type"] == "urn:healthvault:problem:encrypted-file"
+    huge = upload(client, headers, sheetgen.png_header_only(10_000, 10_000), category="lab_report")  # 100 MP
+    assert huge.status_code == 422 and huge.json()["type"] == "urn:healthvault:problem:file-too-complex"
+    # Well-formed chunks the hygiene pass keeps, pixel data no decoder can read: the OCR job fails, cleanly.
+    broken = _png_with_idat(b"\x78\x9c" + bytes(range(256)) * 8)
+    garbled = upload(client, headers, broken, category="lab_report").json()
+    body = _wait(client, headers, garbled["record_id"])
     assert body["ocr_status"] == "failed" and body["ocr_error"]
     good = upload(client, headers, sheetgen.digital_pdf().data, category="lab_report",
                   content_type="application/pdf").json()

@@ -22,6 +22,7 @@ from kms import CryptoError, KeyDestroyed, KeyStoreError
 from tests.conftest import PASSPHRASE
 from tests.helpers import (
     PASSWORD,
+    blobs,
     login,
     make_id_number,
     make_phone,
@@ -34,6 +35,7 @@ from tests.helpers import (
 )
 from vault import fields
 from vault.access import audit_append
+from vault.blobs.store import open_store
 from vault.db.models import Account, Consent, Patient, Record
 from vault.identity import Identity, RequestContext
 from vault.patients import erasure
@@ -57,7 +59,7 @@ def _sqlite_files(vault) -> list[Path]:
 def _backup(vault, backend: str, dest: Path) -> Path:
     """A full copy of the data database (with its WAL) and of the blob directory, as a nightly backup would take."""
     dest.mkdir()
-    shutil.copytree(vault.settings.blob_dir, dest / "blobs")
+    blobs.backup(vault.blobs, dest / "blobs")
     if backend == "sqlite":
         for path in _sqlite_files(vault):
             if path.exists():
@@ -72,8 +74,7 @@ def _backup(vault, backend: str, dest: Path) -> Path:
 
 def _restore(settings, backend: str, backup: Path) -> None:
     """Put the backup back in place of the live data store (the vault must be closed)."""
-    shutil.rmtree(settings.blob_dir)
-    shutil.copytree(backup / "blobs", settings.blob_dir)
+    blobs.restore(open_store(url=settings.blob_url, local_dir=settings.blob_dir), backup / "blobs")
     if backend == "sqlite":
         db = Path(settings.database_url.split("///", 1)[1])
         for suffix in ("", "-wal", "-shm"):
@@ -280,6 +281,8 @@ def test_operator_erasure_from_the_command_line(client, vault, backend, monkeypa
         # Same server as the data, own schema (HEALTHVAULT_KEYSTORE_URL unset: the schema is taken from the env).
         env |= {"HEALTHVAULT_DATABASE_URL": vault.settings.database_url,
                 "HEALTHVAULT_KEYSTORE_SCHEMA": vault.settings.keystore_schema}
+    if vault.settings.blob_url:
+        env["HEALTHVAULT_BLOB_URL"] = vault.settings.blob_url  # the operator's configuration names the same store
     monkeypatch.delenv("HEALTHVAULT_ROOT_KEY", raising=False)
     runner = CliRunner()
     base = ["patients", "erase", "--data-dir", str(vault.settings.data_dir)]

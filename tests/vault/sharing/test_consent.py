@@ -15,6 +15,10 @@ from tests.helpers import PASSWORD, login, png_bytes, register, staff, totp_code
 from vault.db.models import Account, Record
 
 
+def _NO_KEY(suite: int) -> bytes | None:  # decisions that read no grant never ask for the integrity key
+    raise AssertionError("asked for an integrity key")
+
+
 def _hours(clock, n: float) -> str:
     return (clock() + dt.timedelta(hours=n)).isoformat()
 
@@ -53,7 +57,8 @@ def test_grant_lifecycle_window_scope_and_revocation(client, vault, clock, peopl
     assert read(people["lab"]) == 404  # before not-before
     clock.advance(hours=2)
     assert read(people["lab"]) == 200  # inside window and scope
-    assert client.get(f"/v1/records/{people['lab']}/content", headers=d).content == png_bytes(b"lab")
+    downloaded = client.get(f"/v1/records/{people['lab']}/content", headers=d)  # a grantee's copy is marked
+    assert downloaded.status_code == 200 and downloaded.content.startswith(b"%PDF-")  # (vault/records/watermark.py)
     assert read(people["exam"]) == 404  # other category
     assert read(people["special"]) == 404  # category grant never opens a special record
     assert read(people["lab"], people["other"]) == 404  # other doctor
@@ -186,7 +191,8 @@ def test_breakglass_steps_up_with_a_fresh_code(client, vault, clock, people):
     assert replayed.status_code == 401
     with vault.session() as session:
         reasons = [e.reason for e in session.scalars(select(AuditEvent).where(AuditEvent.action == "breakglass",
-                                                                              AuditEvent.outcome == "deny"))]
+                                                                              AuditEvent.outcome == "deny")
+                                                     .order_by(AuditEvent.id))]
     assert reasons == ["otp-missing", "bad-otp", "bad-otp"]
 
 
@@ -244,7 +250,7 @@ def test_thread_enforcers_never_carry_a_previous_callers_role():
     def decide(account: str, role: str) -> bool:
         request = engine.Request(account_id=account, role=role, own_patient_id=None, patient_id=None, obj="audit",
                                  cls="-", action="audit.read")
-        return engine.decide(None, request, now=dt.datetime.now(dt.UTC)).allowed
+        return engine.decide(None, request, now=dt.datetime.now(dt.UTC), key_for=_NO_KEY).allowed
 
     assert decide("a1", "auditor")
     assert not decide("a1", "doctor") and not decide("a2", "doctor")
@@ -286,7 +292,7 @@ def test_kept_static_decisions_equal_a_fresh_enforcer_for_every_role_action_and_
                                              obj=f"record:r{round_}", cls="category:lab_report/normal", action=action)
                     if target and role in ("doctor", "escort"):
                         continue  # reads grants: never kept (covered by the test below)
-                    decision = engine.decide(None, request, now=now + dt.timedelta(days=400 * round_))
+                    decision = engine.decide(None, request, now=now + dt.timedelta(days=400 * round_), key_for=_NO_KEY)
                     model = Model()
                     model.load_model_from_text(engine.MODEL_TEXT)
                     fresh = casbin.Enforcer(model)
@@ -310,7 +316,7 @@ def test_nothing_is_kept_when_the_role_file_has_another_shape(monkeypatch):
     monkeypatch.setattr(engine, "_STATIC_DECISIONS", {})
     request = engine.Request(account_id="a", role="auditor", own_patient_id=None, patient_id=None, obj="audit",
                              cls="-", action="audit.read")
-    assert engine.decide(None, request, now=dt.datetime.now(dt.UTC)).allowed
+    assert engine.decide(None, request, now=dt.datetime.now(dt.UTC), key_for=_NO_KEY).allowed
     assert engine._STATIC_DECISIONS == {}
 
 
@@ -325,7 +331,7 @@ def test_prefiltered_decisions_equal_the_full_policy_set(vault, clock):
     import casbin
     from casbin.model import Model
 
-    from consent import engine
+    from consent import engine, integrity
     from consent.models import BreakGlass, Grant
 
     now = clock()
@@ -356,6 +362,13 @@ def test_prefiltered_decisions_equal_the_full_policy_set(vault, clock):
                          created_at=now - hour / 2, expires_at=now + hour / 2),
               BreakGlass(id=str(uuid.uuid4()), doctor_id=doc_a, patient_id=pat_q, reason_enc=b"x",
                          created_at=now - 2 * hour, expires_at=now - hour)]
+    key = bytes(range(32))
+    for g in grants:
+        g.integrity_mac = integrity.seal(key, integrity.grant_message(g, revoked_at=g.revoked_at), suite=1)
+    for c in claims:
+        c.integrity_mac = integrity.seal(key, integrity.breakglass_message(
+            claim_id=c.id, doctor_id=c.doctor_id, patient_id=c.patient_id, created_at=c.created_at,
+            expires_at=c.expires_at), suite=1)
     with vault.session() as session:
         session.add_all(grants + claims)
         session.commit()
@@ -383,7 +396,7 @@ def test_prefiltered_decisions_equal_the_full_policy_set(vault, clock):
                 ("record.read", "record.list", "record.download", "patient.read", "record.update")):
             request = engine.Request(account_id=account, role=roles[account], own_patient_id=None, patient_id=patient,
                                      obj=f"record:{rid}", cls=cls, action=action)
-            decision = engine.decide(session, request, now=now)
+            decision = engine.decide(session, request, now=now, key_for={1: key}.get)
             assert len(engine._local.enforcer.get_policy()) <= 3  # never the 250-record grant's whole scope
             expected = everything.enforce(f"user:{account}", f"patient:{patient}", request.obj, cls, action,
                                           engine.stamp(now))

@@ -1,10 +1,12 @@
 """Background jobs of one process: work that services queue by kind and that runs off the request path.
 
-Owns the seam between a service that queues work (`vault.jobs.submit(kind, *ids)`) and where that work runs, and the
-in-process table of long jobs whose progress callers poll (`track` / `tracked`). The embedded default runs each kind
-on an in-process thread pool of its own size; handlers are registered once per process by the composition root
+Owns the seam between a service that queues work (`vault.jobs.enqueue(session, kind, *ids)` inside the caller's
+transaction, or `submit(kind, *ids)`) and where that work runs, and the in-process table of long jobs whose
+progress callers poll (`track` / `tracked`). The embedded default runs each kind on an in-process thread pool of its
+own size; handlers are registered once per process by the composition root
 (`vault.runtime.open_vault`), so no service imports another domain to queue its work. Arguments are ids only, never
-PHI, so that a queue backend can carry them as they are. This module imports no domain.
+PHI, so that a queue backend can carry them as they are. On PostgreSQL deployments with `job_queue = procrastinate`
+the same interface is served by a real queue (`vault.jobs.queue`). This module imports no domain.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 Handler = Callable[..., Any]
 
@@ -46,6 +51,24 @@ class Jobs:
                 pool = self._pools[kind] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=kind)
         return pool.submit(handler, *args)
 
+    def enqueue(self, session: Session, kind: str, *args: Any) -> None:
+        """Queue a job as part of `session`'s transaction: it runs only if that transaction commits (in this process:
+        handed to the pool right after the COMMIT, dropped on rollback; a queue backend inserts it in the same
+        transaction)."""
+        with self._lock:
+            if kind not in self._handlers:
+                raise UnknownJob(kind)
+        pending = session.info.setdefault(_PENDING, [])
+        pending.append((kind, args))
+        if not session.info.get(_HOOKED):
+            session.info[_HOOKED] = True
+            event.listen(session, "after_commit", self._after_commit)
+            event.listen(session, "after_rollback", _forget_pending)
+
+    def _after_commit(self, session: Session) -> None:
+        for kind, args in session.info.pop(_PENDING, []):
+            self.submit(kind, *args)
+
     def track(self, kind: str, job_id: str, job: Any) -> None:
         """Remember a long job's progress object so later requests of this process can read it."""
         with self._lock:
@@ -60,3 +83,11 @@ class Jobs:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.shutdown(wait=True)
+
+
+_PENDING = "vault.jobs.pending"
+_HOOKED = "vault.jobs.hooked"
+
+
+def _forget_pending(session: Session) -> None:
+    session.info.pop(_PENDING, None)

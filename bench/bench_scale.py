@@ -1,0 +1,486 @@
+#!/usr/bin/env python3
+"""Capacity at scale (issue 17): authenticated record reads on a full PostgreSQL vs an empty one, 1 vs 2 server
+processes, and the database size per patient and per audit event.
+
+    python bench/bench_scale.py [--patients 1000] [--records 10000] [--grants 10000] [--events 50000]
+                                [--full] [--seconds 4] [--rounds 3] [--connections 32] [--s3] [--json FILE]
+
+`--full` is the issue's size: 100,000 patients, 1,000,000 records, 1,000,000 grants, 5,000,000 audit events (hours
+of loading on a 2-core machine; the default is 1 % of it). Steps, all in one run:
+
+1. Two vaults in fresh schemas of the PostgreSQL at $HEALTHVAULT_BENCH_PG_URL: "empty" and "full". In each, one
+   patient registered through the API with one uploaded record: the record that is read.
+2. The bulk loader fills "full" in the real formats (no shortcut a reader would notice): each patient has a KEK in
+   the key store, a profile sealed under its own DEK with blind indexes and an account with an argon2id hash; each
+   record a DEK wrapped by its patient's KEK, sealed label/title/SHA-256 and a small blob sealed with the streaming
+   AEAD in the blob store (SeaweedFS with --s3, else the data directory); each grant a sealed purpose and a signed
+   receipt; each audit event is hash-chained into the K chains and is a leaf of the Merkle log, in batches.
+3. For each round (order alternating): the closed-loop loader (bench/loadgen.py, own process) reads the record
+   (`GET /v1/records/{id}`, bearer token) against a server on "empty" and one on "full" (1 process each), then a
+   `serve --workers 2` on "full". Prints req/s, p50/p99 and server CPU per request (all server processes).
+4. Sizes: pg_total_relation_size of the patient tables / patients and of audit_events + audit_leaves / events.
+
+Targets: full/empty ≥ 0.80; 2 processes ≥ 1.6 × 1 process, or, where this 2-core machine caps it (the loader and
+PostgreSQL share the same cores), the CPU per request that shows why. Schemas are dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import loadgen  # noqa: E402
+
+PG_URL = os.environ.get("HEALTHVAULT_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PASSPHRASE = b"bench passphrase for scale"
+PASSWORD = "Str0ng-Passw0rd!"
+BATCH = 1000
+
+
+def _loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# --------------------------------------------------------------------------------------------------- vaults
+class Deployment:
+    """One vault in its own schema (data) and key schema, plus its data directory."""
+
+    def __init__(self, name: str, tmp: Path, blob_url: str | None) -> None:
+        from sqlalchemy import create_engine, text
+
+        from vault.runtime import init_data_dir, open_vault
+        from vault.settings import Settings
+
+        self.name = name
+        self.schema = f"hvscale_{name}_{secrets.token_hex(3)}"
+        with create_engine(PG_URL, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(text(f"CREATE SCHEMA {self.schema}"))
+        self.url = f"{PG_URL}?options=-csearch_path%3D{self.schema}"
+        self.data_dir = tmp / name
+        self.blob_url = blob_url
+        self.settings = Settings.load(self.data_dir, database_url=self.url, keystore_url=PG_URL,
+                                      keystore_schema=f"{self.schema}_keys", blob_url=blob_url,
+                                      password_time_cost=1, password_memory_kib=1024, password_parallelism=1)
+        init_data_dir(self.settings, PASSPHRASE, kdf_params={"t": 1, "m": 1024, "p": 1})
+        self.vault = open_vault(self.settings, PASSPHRASE)
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHVAULT_")}
+        env.update(PYTHONPATH=str(REPO), HEALTHVAULT_PASSPHRASE=PASSPHRASE.decode(),
+                   HEALTHVAULT_DATA_DIR=str(self.data_dir), HEALTHVAULT_DATABASE_URL=self.url,
+                   HEALTHVAULT_KEYSTORE_URL=PG_URL, HEALTHVAULT_KEYSTORE_SCHEMA=f"{self.schema}_keys")
+        if self.blob_url:
+            env["HEALTHVAULT_BLOB_URL"] = self.blob_url
+        env["HEALTHVAULT_AUDIT_CHECKPOINT_EVERY_SECONDS"] = "2"  # checkpoints through every run, full or empty alike
+        return env
+
+    def drop(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        self.vault.close()
+        with create_engine(PG_URL, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {self.schema}_keys CASCADE"))
+
+
+def reader(dep: Deployment) -> tuple[str, dict[str, str]]:
+    """A patient registered through the API with one record: (record path, bearer header)."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.helpers import login, pdf_bytes, register, upload
+
+    with TestClient(create_app(dep.vault)) as client:
+        register(client, username="reader-" + dep.name)
+        headers = login(client, "reader-" + dep.name)
+        created = upload(client, headers, pdf_bytes("scale"), category="exam_report", content_type="application/pdf")
+        assert created.status_code == 201, created.text
+    return f"/v1/records/{created.json()['record_id']}", headers
+
+
+# --------------------------------------------------------------------------------------------------- bulk loader
+def _id_number(i: int) -> str:
+    from vault.patients.identifiers import check_digit
+
+    day = dt.date(1950, 1, 1) + dt.timedelta(days=i // 1000)
+    body = "110105" + day.strftime("%Y%m%d") + f"{i % 1000:03d}"
+    return body + check_digit(body)
+
+
+def fill(dep: Deployment, *, patients: int, records: int, grants: int, events: int, seed: int = 1) -> dict:
+    from sqlalchemy import insert, select, update
+
+    from audit import trail, verify
+    from audit.models import AuditEvent, ChainHead, Leaf
+    from consent import receipts
+    from consent.models import Grant
+    from kms.stream import StreamEncryptor
+    from vault import fields
+    from vault.access import audit_append
+    from vault.accounts import service as accounts
+    from vault.db.models import Patient, Record
+    from vault.patients import service as patient_service
+    from vault.records.uploads import blob_aad
+
+    vault = dep.vault
+    rng = random.Random(seed)
+    now = vault.clock()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    # A few doctors (the grantees), then the patients with their accounts.
+    doctors = []
+    with vault.session() as session:
+        for d in range(min(200, max(1, grants // 1000 or 1))):
+            doctor = accounts.build(vault, username=f"bulk-dr-{d}", password=PASSWORD, role="doctor")
+            session.add(doctor)
+            doctors.append(doctor.id)
+        session.commit()
+    patient_rows: list[tuple[str, str, bytes]] = []  # (patient id, account id, wrapped profile DEK)
+    for start in range(0, patients, BATCH):
+        rows, account_rows = [], []
+        for i in range(start, min(patients, start + BATCH)):
+            pid = str(uuid.uuid4())
+            vault.keys.create_patient_key(pid)
+            dek, wrapped = vault.keys.new_data_key(pid)
+            id_number, phone = _id_number(i), f"139{i:08d}"
+            where = dict(table="patients", row_id=pid, patient_id=pid)
+            rows.append(dict(
+                id=pid, created_at=now, wrapped_dek=wrapped,
+                real_name_enc=fields.seal(dek, f"批量{i}", column="real_name", **where),
+                id_number_enc=fields.seal(dek, id_number, column="id_number", **where),
+                phone_enc=fields.seal(dek, phone, column="phone", **where),
+                birth_date_enc=fields.seal(dek, f"{id_number[6:10]}-{id_number[10:12]}-{id_number[12:14]}",
+                                           column="birth_date", **where),
+                id_number_bidx=patient_service.id_number_index(vault, id_number),
+                phone_bidx=patient_service.phone_index(vault, phone)))
+            account = accounts.build(vault, username=f"bulk-{i}", password=PASSWORD, role="patient", patient_id=pid)
+            account_rows.append(account)
+            patient_rows.append((pid, account.id, wrapped))
+        with vault.session() as session:
+            session.execute(insert(Patient), rows)
+            session.add_all(account_rows)
+            session.commit()
+        print(f"  patients {min(patients, start + BATCH)}/{patients}", flush=True)
+    timings["patients_s"] = time.perf_counter() - started
+
+    # Records: a DEK each, sealed fields, a small sealed blob (written by 8 threads: I/O bound on S3).
+    started = time.perf_counter()
+    pool = concurrent.futures.ThreadPoolExecutor(8)
+
+    def put_blob(rid: str, data: bytes) -> None:
+        temp = vault.blobs.create_temp(rid)
+        temp.write(data)
+        temp.commit(rid)
+
+    for start in range(0, records, BATCH):
+        rows, writes = [], []
+        for n in range(start, min(records, start + BATCH)):
+            pid, account_id, _wrapped = patient_rows[n % len(patient_rows)]
+            rid = str(uuid.uuid4())
+            dek, wrapped = vault.keys.new_data_key(pid)
+            plain = b"%PDF-1.4\n" + rng.randbytes(900) + b"\n%%EOF\n"
+            encryptor = StreamEncryptor(dek, blob_aad(record_id=rid, patient_id=pid))
+            writes.append(pool.submit(put_blob, rid, encryptor.update(plain) + encryptor.finalize()))
+            where = dict(table="records", row_id=rid, patient_id=pid)
+            rows.append(dict(
+                id=rid, patient_id=pid, category="exam_report", label="normal",
+                label_enc=fields.seal(dek, "normal", column="label", **where), content_type="application/pdf",
+                size_bytes=len(plain), created_at=now - dt.timedelta(seconds=n), created_by=account_id,
+                wrapped_dek=wrapped, title_enc=fields.seal(dek, f"检查报告 {n}", column="title", **where),
+                sha256_enc=fields.seal(dek, hashlib.sha256(plain).digest(), column="sha256", **where)))
+        for future in writes:
+            future.result()
+        with vault.session() as session:
+            session.execute(insert(Record), rows)
+            session.commit()
+        if (start // BATCH) % 10 == 0:
+            print(f"  records {min(records, start + BATCH)}/{records}", flush=True)
+    pool.shutdown()
+    timings["records_s"] = time.perf_counter() - started
+
+    # Grants: sealed purpose (under the patient's profile DEK) and a signed receipt, as the service writes them.
+    started = time.perf_counter()
+    key = vault.keys.service_key(receipts.PURPOSE)
+    grant_table = Grant.__table__
+    for start in range(0, grants, BATCH):
+        rows = []
+        for n in range(start, min(grants, start + BATCH)):
+            pid, _account, wrapped = patient_rows[n % len(patient_rows)]
+            dek = vault.keys.open_data_key(pid, wrapped)
+            gid, grantee = str(uuid.uuid4()), doctors[n % len(doctors)]
+            purpose = f"复诊咨询 consult {n}"
+            not_before, expires = now - dt.timedelta(days=1), now + dt.timedelta(days=20)
+            statement = {
+                "grant_id": gid, "patient": audit_append.patient_pseudonym(vault, pid),
+                "grantee": audit_append.actor_pseudonym(vault, grantee), "grantee_role": "doctor", "record_ids": [],
+                "categories": ["exam_report", "lab_report"], "include_future": True, "actions": ["view"],
+                "purpose_sha256": hashlib.sha256(purpose.encode()).hexdigest(), "consult_ref": None,
+                "not_before": not_before.isoformat(), "expires_at": expires.isoformat(), "issued_at": now.isoformat()}
+            rows.append(dict(
+                id=gid, patient_id=pid, grantee_id=grantee, record_ids="[]",
+                categories='["exam_report", "lab_report"]', include_future=True, actions='["view"]',
+                purpose_enc=fields.seal(dek, purpose, table="grants", column="purpose", row_id=gid, patient_id=pid),
+                consult_ref=None, not_before=not_before, expires_at=expires, created_at=now, revoked_at=None,
+                receipt=receipts.sign(key, statement)))
+        with vault.session() as session:
+            session.execute(insert(grant_table), rows)
+            session.commit()
+    timings["grants_s"] = time.perf_counter() - started
+
+    # Audit events: chained per chain (hash of the canonical event and the previous hash), each a Merkle leaf.
+    started = time.perf_counter()
+    with vault.session() as session:
+        heads = {h.chain_id: [h.seq, h.hash] for h in session.scalars(select(ChainHead))}
+        leaf_index = session.scalar(select(Leaf.leaf_index).order_by(Leaf.leaf_index.desc()).limit(1))
+    leaf_index = -1 if leaf_index is None else leaf_index
+    chains = sorted(heads)
+    actions = ("record.read", "record.download", "record.list", "patient.read", "record.create")
+    for start in range(0, events, BATCH * 5):
+        rows, leaves = [], []
+        for n in range(start, min(events, start + BATCH * 5)):
+            pid, account_id, _wrapped = patient_rows[n % len(patient_rows)]
+            chain = trail.chain_for(audit_append.patient_pseudonym(vault, pid), len(chains))
+            chain = chain if chain in heads else chains[n % len(chains)]
+            seq, prev = heads[chain][0] + 1, heads[chain][1]
+            values = dict(chain_id=chain, seq=seq, occurred_at=now - dt.timedelta(milliseconds=events - n),
+                          actor=audit_append.actor_pseudonym(vault, account_id), actor_role="patient",
+                          action=actions[n % len(actions)], resource_type="record", resource_id=str(uuid.uuid4()),
+                          patient_pseudonym=audit_append.patient_pseudonym(vault, pid), outcome="allow",
+                          reason="own", grant_id=None, request_id=secrets.token_hex(12), client_addr="10.0.0.1",
+                          user_agent="Mozilla/5.0 (bulk)", prev_hash=prev)
+            values["hash"] = verify.event_hash(verify.canonical_bytes(trail._canonical(values))).hex()
+            heads[chain] = [seq, values["hash"]]
+            rows.append(values)
+            leaf_index += 1
+            leaves.append(dict(leaf_index=leaf_index, chain_id=chain, seq=seq,
+                               event_hash=bytes.fromhex(values["hash"])))
+        with vault.session() as session:
+            session.execute(insert(AuditEvent), rows)
+            session.execute(insert(Leaf), leaves)
+            for chain_id, (seq, head_hash) in heads.items():
+                session.execute(update(ChainHead).where(ChainHead.chain_id == chain_id)
+                                .values(seq=seq, hash=head_hash, integrated_seq=seq))
+            session.commit()
+        print(f"  audit events {min(events, start + BATCH * 5)}/{events}", flush=True)
+    timings["events_s"] = time.perf_counter() - started
+    return timings
+
+
+def sizes(dep: Deployment) -> dict:
+    from sqlalchemy import text
+
+    with dep.vault.engine.connect() as conn:
+        def size(*tables: str) -> int:
+            return sum(conn.execute(text("SELECT pg_total_relation_size(:t)"), {"t": t}).scalar() for t in tables)
+
+        def count(table: str) -> int:
+            return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+
+        out = {"patients": count("patients"), "records": count("records"), "grants": count("grants"),
+               "audit_events": count("audit_events"),
+               "bytes_patient_tables": size("patients", "accounts", "consents"),
+               "bytes_records": size("records"), "bytes_grants": size("grants"),
+               "bytes_audit": size("audit_events", "audit_leaves"),
+               "bytes_database_schema": conn.execute(text(
+                   "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n "
+                   "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'")).scalar()}
+    out["bytes_per_patient"] = out["bytes_patient_tables"] / max(1, out["patients"])
+    out["bytes_per_record"] = out["bytes_records"] / max(1, out["records"])
+    out["bytes_per_audit_event"] = out["bytes_audit"] / max(1, out["audit_events"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- servers
+class Server:
+    def __init__(self, dep: Deployment, workers: int, log: Path) -> None:
+        self.port = loadgen_free_port()
+        self._log = open(log, "wb")
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "vault.cli", "serve", "--port", str(self.port),
+                                      "--workers", str(workers)], env=dep.env(), cwd=REPO, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        import http.client
+
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.2)
+        time.sleep(1.0 if workers > 1 else 0.2)  # every worker process up
+        # The checkpointer's first run loads the whole Merkle log (a start-up cost that grows with the trail): wait
+        # until it has caught up, read from /metrics, so the measure is the steady state.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            conn.request("GET", "/metrics")
+            body = conn.getresponse().read().decode()
+            lag = next((line.split()[-1] for line in body.splitlines()
+                        if line.startswith("healthvault_audit_checkpoint_lag_events ")), "1")
+            if float(lag) == 0:
+                break
+            time.sleep(0.5)
+
+    def cpu_seconds(self) -> float:
+        import psutil
+
+        total = 0.0
+        root = psutil.Process(self.proc.pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def loadgen_free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def measure(server: Server, path: str, headers: dict, *, connections: int, seconds: float, warmup: float) -> dict:
+    before = server.cpu_seconds()
+    result = loadgen.run_subprocess(server.port, path, headers=[f"{k}: {v}" for k, v in headers.items()],
+                                    connections=connections, seconds=seconds, warmup=warmup)
+    cpu = server.cpu_seconds() - before  # every server process, over warm-up and window alike
+    total = result["rps"] * (seconds + warmup)  # requests in both, at the measured rate
+    result["server_cpu_us_per_request"] = (cpu / total * 1e6) if total else None
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patients", type=int, default=1000)
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--grants", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--full", action="store_true", help="100k patients, 1M records, 1M grants, 5M events")
+    parser.add_argument("--quick", action="store_true", help="CI smoke: 50/200/200/1000, 1 round of 1 s")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--s3", action="store_true", help="blobs in a SeaweedFS started for the run")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.full:
+        args.patients, args.records, args.grants, args.events = 100_000, 1_000_000, 1_000_000, 5_000_000
+    if args.quick:
+        args.patients, args.records, args.grants, args.events = 50, 200, 200, 1000
+        args.seconds, args.rounds, args.warmup, args.connections = 1.0, 1, 0.3, 8
+    os.environ.pop("HEALTHVAULT_ROOT_KEY", None)
+    tmp = Path(tempfile.mkdtemp(prefix="hv-bench-scale-"))
+    blob_url = None
+    weed = None
+    if args.s3:
+        from tests.helpers import seaweed
+
+        weed = seaweed.process_seaweed()
+        blob_url = weed.blob_url()
+    print(f"bench_scale: {args.patients} patients, {args.records} records, {args.grants} grants, {args.events} audit "
+          f"events; {args.rounds} round(s) x {args.seconds:g} s, {args.connections} connections; blobs in "
+          f"{'SeaweedFS' if blob_url else 'the data directory'}; {os.cpu_count()} CPUs, load {_loadavg()}", flush=True)
+    empty = Deployment("empty", tmp, blob_url and weed.blob_url())
+    full = Deployment("full", tmp, blob_url)
+    report: dict = {"bench": "scale", "sizes_requested": vars(args) | {"json": None}}
+    try:
+        empty_path, empty_auth = reader(empty)
+        full_path, full_auth = reader(full)
+        print("loading ...", flush=True)
+        report["load_seconds"] = fill(full, patients=args.patients, records=args.records, grants=args.grants,
+                                      events=args.events)
+        print(f"loaded in {sum(report['load_seconds'].values()):.0f} s: {report['load_seconds']}", flush=True)
+        with full.vault.engine.begin() as conn:
+            from sqlalchemy import text
+
+            conn.execute(text("ANALYZE"))
+        report["sizes"] = sizes(full)
+        report["sizes_empty"] = sizes(empty)
+        cases = {"empty-1": (empty, 1, empty_path, empty_auth), "full-1": (full, 1, full_path, full_auth),
+                 "full-2": (full, 2, full_path, full_auth)}
+        runs: dict[str, list[dict]] = {name: [] for name in cases}
+        for index in range(args.rounds):
+            order = list(cases) if index % 2 == 0 else list(reversed(cases))
+            for name in order:
+                dep, workers, path, auth = cases[name]
+                server = Server(dep, workers, tmp / f"server-{name}.log")
+                try:
+                    result = measure(server, path, auth, connections=args.connections, seconds=args.seconds,
+                                     warmup=args.warmup)
+                finally:
+                    server.stop()
+                runs[name].append(result)
+                print(f"round {index + 1} {name:8s} {result['rps']:8.1f} req/s  p50 {result.get('p50_ms')} ms  "
+                      f"p99 {result.get('p99_ms')} ms  server CPU/request "
+                      f"{(result['server_cpu_us_per_request'] or 0):.0f} µs  errors {result.get('errors')}  "
+                      f"(load {_loadavg()})", flush=True)
+    finally:
+        full.drop()
+        empty.drop()
+    med = {name: {key: statistics.median([r[key] for r in rs if r.get(key) is not None] or [0])
+                  for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")} for name, rs in runs.items()}
+    full_ratio = med["full-1"]["rps"] / med["empty-1"]["rps"] if med["empty-1"]["rps"] else 0
+    proc_ratio = med["full-2"]["rps"] / med["full-1"]["rps"] if med["full-1"]["rps"] else 0
+    print("\nsummary (medians)")
+    for name, m in med.items():
+        print(f"  {name:8s} {m['rps']:8.1f} req/s  p50 {m['p50_ms']:.2f} ms  p99 {m['p99_ms']:.2f} ms  "
+              f"server CPU {m['server_cpu_us_per_request']:.0f} µs/request")
+    print(f"  full/empty (1 process) {full_ratio:.2f}  target >= 0.80: {'PASS' if full_ratio >= 0.8 else 'FAIL'}")
+    print(f"  2 processes / 1 (full) {proc_ratio:.2f}  target >= 1.6: {'PASS' if proc_ratio >= 1.6 else 'below'}"
+          f" (2 CPUs shared by the loader, PostgreSQL and the servers: see CPU/request)")
+    s = report["sizes"]
+    print(f"  database: {s['bytes_per_patient']:.0f} B per patient (patients+accounts+consents), "
+          f"{s['bytes_per_record']:.0f} B per record row, {s['bytes_per_audit_event']:.0f} B per audit event "
+          f"(event + leaf, with indexes)")
+    report.update(medians=med, full_over_empty=full_ratio, two_over_one=proc_ratio, runs=runs,
+                  loadavg=list(os.getloadavg()))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    print("RESULT_JSON: " + json.dumps({"full_over_empty": full_ratio, "two_over_one": proc_ratio,
+                                        "medians": med, "sizes": s}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
