@@ -5,7 +5,8 @@ Commands, one module per group (`--help` on each says more):
   healthvault serve                                       vault/cli/serve.py (the composition root: imports `api`)
   healthvault doctor                                      vault/cli/doctor.py
   healthvault users add | disable-idle                    vault/cli/users.py
-  healthvault audit export | verify | public-key | archive | checkpoint | trace  vault/cli/audit.py (trace: vault/cli/trace.py)
+  healthvault audit export | verify | public-key | archive | checkpoint | trace
+                                                          vault/cli/audit.py (trace: vault/cli/trace.py)
   healthvault keys status | rotate | rewrap | retire      vault/cli/keys.py
   healthvault patients erase                              vault/cli/patients.py
   healthvault worker [--concurrency N]                    vault/cli/worker.py (the PostgreSQL job queue)
