@@ -7,6 +7,7 @@ The sink is the real UploadSink (a fresh DEK under a registered patient's KEK, a
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -49,7 +50,7 @@ def run(vault, patient_id: str, body: bytes, *, chunk: int = 4096, content_type:
     sinks: list[UploadSink] = []
 
     def open_sink(declared: str | None) -> UploadSink:
-        sinks.append(UploadSink(vault, record_id="r" * 36, patient_id=patient_id, declared_type=declared,
+        sinks.append(UploadSink(vault, record_id=str(uuid.uuid4()), patient_id=patient_id, declared_type=declared,
                                 max_bytes=max_body))
         return sinks[-1]
 
