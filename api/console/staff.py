@@ -185,7 +185,7 @@ async def export_archive(request: Request, export_id: str) -> Response:
 
     job = await console.run(work, roles=AUDITORS)
     if job.status != "done":
-        raise Conflict("The export is not finished", extra={"status": job.status})
+        raise Conflict("The export is not finished", extra={"export_status": job.status})
 
     def pack() -> bytes:
         buffer = io.BytesIO()

@@ -111,7 +111,7 @@ def start(session: Session, vault: Vault, *, identity: Identity, ctx: RequestCon
         PatientExport.updated_at > now - STALE_AFTER))
     if busy:
         session.commit()  # the request stays on record
-        raise Conflict("An export is already being built", extra={"status": "running"})
+        raise Conflict("An export is already being built", extra={"export_status": "running"})
     sweep(session, vault)
     dek, wrapped = vault.keys.new_data_key(patient_id)
     row = PatientExport(id=export_id, patient_id=patient_id, account_id=identity.account_id, status="queued", done=0,
@@ -173,7 +173,7 @@ def open_download(session: Session, vault: Vault, *, identity: Identity, ctx: Re
         raise Gone()
     if row.status != "done":
         session.commit()
-        raise Conflict("The export is not ready", extra={"status": row.status})
+        raise Conflict("The export is not ready", extra={"export_status": row.status})
     claim = (update(PatientExport).where(PatientExport.id == row.id, PatientExport.status == "done")
              .values(status="downloaded", downloaded_at=vault.clock(), updated_at=vault.clock()))
     claimed: Any = session.execute(claim)

@@ -236,12 +236,12 @@ def read_bundle(session: Session, vault: Vault, *, identity: Identity, ctx: Requ
 def bundle_of(session: Session, vault: Vault, *, record: Any, dek: Any, for_patient: bool) -> dict:
     """The Bundle of a record the caller was already allowed to read (the export reuses it)."""
     if record.category not in records.EXTRACTABLE:
-        raise Conflict("Only lab reports have lab values", extra={"status": record.ocr_status})
+        raise Conflict("Only lab reports have lab values", extra={"ocr_status": record.ocr_status})
     if record.ocr_status == records.DECLINED:
         raise labs.declined_error()
     report = records.results_of(vault, record, dek)
     if report is None:
-        raise Conflict("This record has no extracted lab results (yet)", extra={"status": record.ocr_status})
+        raise Conflict("This record has no extracted lab results (yet)", extra={"ocr_status": record.ocr_status})
     name = _own_name(session, vault, patient_id=record.patient_id) if for_patient else None
     return bundle(report, record_id=record.id, patient_id=record.patient_id, patient_name=name, now=vault.clock())
 
