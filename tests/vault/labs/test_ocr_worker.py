@@ -68,8 +68,12 @@ def test_pages_over_the_limits_fail_their_jobs_and_the_server_never_notices(clie
     slow = OcrWorker(Limits(wall_seconds=0.3))
     try:
         baseline = _rss()
-        bomb = _run(client, patient, monkeypatch, tight, _bomb_pdf(), content_type="application/pdf")
-        assert (bomb["ocr_status"], bomb["ocr_error"]) == ("failed", "too_large")
+        # Two layers: the upload's hygiene pass refuses the bomb before anything is stored (issue 16), and the
+        # worker refuses it on its own too, should one ever reach it.
+        refused = upload(client, patient, _bomb_pdf(), category="lab_report", content_type="application/pdf")
+        assert refused.status_code == 422 and refused.json()["type"].endswith(":file-too-complex")
+        bomb = tight.extract(_bomb_pdf())
+        assert (bomb.status, bomb.error) == ("failed", "too_large")
         assert tight.spawned == 1 and tight.pid() is not None  # a refused page does not cost the child
         big = _run(client, patient, monkeypatch, tight, _big_png(), content_type="image/png")
         assert (big["ocr_status"], big["ocr_error"]) == ("failed", "too_large")  # an allocation over RLIMIT_AS
