@@ -16,12 +16,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import CHEAP_KDF, PASSPHRASE, unique
-from tests.helpers import PASSWORD, make_id_number, make_phone, pdf_bytes
+from tests.helpers import PASSWORD, make_id_number, make_phone, pdf_bytes, stored
 from tests.helpers.drills import audit_actions, blob_files, export_verifies, record_rows
 from tests.helpers.server import ROOT, Server, cli_env
 from vault.runtime import init_data_dir, open_vault
@@ -77,6 +78,18 @@ def _wait(condition, what: str, timeout: float = 60, server: Server | None = Non
         time.sleep(0.01)
 
 
+def _largest_open_file(pid: int, directory: Path) -> int:
+    """The size of the largest file process `pid` holds open under `directory` (an unlinked spool included)."""
+    largest = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith(str(directory)):
+                largest = max(largest, fd.stat().st_size)
+        except OSError:
+            continue  # closed meanwhile
+    return largest
+
+
 def test_sigkill_during_a_streaming_upload_leaves_nothing_visible(data, tmp_path):
     settings, env = data
     server = Server(env, tmp_path / "serve.log").wait_ready()
@@ -97,8 +110,10 @@ def test_sigkill_during_a_streaming_upload_leaves_nothing_visible(data, tmp_path
 
             sender = threading.Thread(target=send)
             sender.start()
-            _wait(lambda: any(p.stat().st_size > 2 * CHUNK for p in temp_dir.glob("*.part")),
-                  "the upload's temp blob to grow", server=server)
+            # The upload is spooled (encrypted) into an unlinked temp file before the hygiene pass writes the temp
+            # blob: watch the server's open files in the blob temp directory, deleted or not.
+            _wait(lambda: _largest_open_file(server.proc.pid, temp_dir) > 2 * CHUNK,
+                  "the upload's spool to grow", server=server)
             server.kill()  # mid-stream: the server never sees the end of the body
             stop.set()
             sender.join(timeout=30)
@@ -125,7 +140,8 @@ def test_sigkill_during_a_streaming_upload_leaves_nothing_visible(data, tmp_path
             made = http.post("/v1/records", headers=headers, data={"category": "exam_report"},
                              files={"file": ("whole.pdf", body, "application/pdf")})
             assert made.status_code == 201, made.text
-            assert http.get(f"/v1/records/{made.json()['record_id']}/content", headers=headers).content == body
+            assert http.get(f"/v1/records/{made.json()['record_id']}/content",
+                            headers=headers).content == stored(body)  # the sanitized copy is the record
     finally:
         restarted.stop()
     assert blob_files(settings.blob_dir) == set(record_rows(settings.data_dir / "vault.db"))
