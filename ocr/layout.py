@@ -91,6 +91,7 @@ class Atom:
     y1: float
     conf: float
     col: str | None = None
+    colour: str | None = None   # "red" | "blue" glyphs (screenshots), see colour.py
 
     @property
     def cx(self):
@@ -140,7 +141,7 @@ class Table:
 
 
 def token_atom(t: Token) -> Atom:
-    return Atom(t.text, t.x0, t.y0, t.x1, t.y1, t.conf)
+    return Atom(t.text, t.x0, t.y0, t.x1, t.y1, t.conf, colour=t.colour)
 
 
 def group_lines(tokens: list[Token], H: float) -> list[list[Token]]:
@@ -160,7 +161,7 @@ def _sub_atom(t: Token | Atom, s: int, e: int, text: str | None = None) -> Atom:
     n = max(1, len(t.text))
     w = (t.x1 - t.x0) / n
     return Atom(text if text is not None else t.text[s:e], t.x0 + s * w, t.y0, t.x0 + e * w, t.y1,
-                getattr(t, "conf", 1.0))
+                getattr(t, "conf", 1.0), colour=getattr(t, "colour", None))
 
 
 def _merge_spaced(line: list[Token]) -> list[Token]:
@@ -395,6 +396,7 @@ def _is_anchor(a: Atom) -> bool:
 
 # ----------------------------------------------------------------------------- name / code cell
 NAME_CODE_RE = re.compile(r"^(?P<name>.*?)\s*[(（]\s*(?P<code>[A-Za-z0-9#%/+\-.βγ ]+)\s*[)）]$")
+NAME_TRAIL_CODE_RE = re.compile(r"^(?P<name>.*[\u4e00-\u9fff)）])\s*(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*)$")
 CODE_NAME_RE = re.compile(r"^(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*)\s*(?P<name>[\u4e00-\u9fffγ].*)$")
 
 
@@ -408,6 +410,11 @@ def split_name_code(text: str) -> tuple[str, str | None]:
         return m.group("name").strip(), m.group("code").strip()
     m = CODE_NAME_RE.match(t)
     if m and lookup_abbr(m.group("code")):
+        return m.group("name").strip(), m.group("code").strip()
+    m = NAME_TRAIL_CODE_RE.match(t)
+    if m and (lookup_abbr(m.group("code")) or lookup_name(m.group("name"))[0] is not None) \
+            and lookup_name(t)[0] is None:
+        # 'name code' printed in one line without brackets: '丙氨酸氨基转移酶 ALT', '尿酸UA'
         return m.group("name").strip(), m.group("code").strip()
     return t, None
 

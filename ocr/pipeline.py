@@ -7,17 +7,23 @@ import time
 
 from . import __version__
 from .analytes import fold, lookup_abbr, lookup_name
+from .engine import TextBox
 from .inputs import Token, load_pages
 from .layout import (RawRow, deskew_quads, find_tables, headerless_rows, rotate_quads, split_name_code)
 from .parse import (canon_unit, derive_flag, norm_age, norm_bed, norm_date, norm_sex, norm_text,
                     parse_flag, parse_number, parse_range, qual_level, repair_number, split_value_flag)
 from .report import LabReport, ResultRow
+from .screen_header import screen_header
+from .screenshot import is_screenshot, recognize_tiled
+from .cards import card_rows
+from .chrome import drop_chrome
+from .colour import mark_colours
 
 HEADER_FIELDS = ["hospital", "title", "name", "sex", "age", "department", "bed", "specimen", "sample_id", "doctor",
                  "collected_at", "received_at", "reported_at", "patient_id", "diagnosis"]
 
 LABELS = {
-    "name": ["患者姓名", "病人姓名", "姓名"],
+    "name": ["患者姓名", "病人姓名", "姓名", "就诊人", "患者"],
     "sex": ["性别"],
     "age": ["年龄"],
     "department": ["申请科室", "送检科室", "就诊科室", "科室", "科别"],
@@ -37,10 +43,14 @@ _LABEL_FIELD = {w: f for w, f in _LABEL_LIST}
 _LABEL_RE = re.compile("|".join(re.escape(w) for w, _ in _LABEL_LIST))
 
 
-def _ocr_tokens(img, engine) -> tuple[list[Token], float, list[float]]:
+def _ocr_tokens(img, engine, *, deskew: bool = True) -> tuple[list[Token], float, list[float]]:
     boxes = engine.recognize(img)
+    return _boxes_tokens(boxes, deskew=deskew)
+
+
+def _boxes_tokens(boxes: list[TextBox], *, deskew: bool = True) -> tuple[list[Token], float, list[float]]:
     quads = [b.quad for b in boxes]
-    ang = deskew_quads(quads)
+    ang = deskew_quads(quads) if deskew else 0.0
     if abs(ang) > 0.002:
         quads = rotate_quads(quads, ang)
     toks = []
@@ -289,17 +299,27 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
     provenance = {"package": f"ocr {__version__}"}
     for p in pages:
         info = {"page": p.number, "kind": p.kind}
+        screen = False
         if p.image is not None:
             eng = engine or get_engine()
             provenance.update(eng.info.as_dict())
             ta = time.perf_counter()
-            img, steps = prepare(p.image)
-            tb = time.perf_counter()
-            tokens, ang, _ = _ocr_tokens(img, eng)
+            screen = is_screenshot(p.image)
+            if screen:
+                # a phone screenshot: flat, upright, no page edges; read in full-resolution tiles, never shrunk
+                img, steps = p.image, ["screenshot"]
+                tb = time.perf_counter()
+                tokens, ang, _ = _boxes_tokens(recognize_tiled(img, eng.recognize), deskew=False)
+                tokens = drop_chrome(tokens, img.shape[1], img.shape[0])
+                mark_colours(img, tokens)
+            else:
+                img, steps = prepare(p.image)
+                tb = time.perf_counter()
+                tokens, ang, _ = _ocr_tokens(img, eng)
             info["seconds_preprocess"] = round(tb - ta, 3)
             info["seconds_ocr"] = round(time.perf_counter() - tb, 3)
             turned = 0
-            if not find_tables(tokens)[0]:
+            if not screen and not find_tables(tokens)[0]:
                 # no table header: maybe a sideways or upside-down page without EXIF orientation
                 for k in _turn_candidates(tokens):
                     t2, a2, _ = _ocr_tokens(_rot90(img, k), eng)
@@ -317,13 +337,23 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
         tables, H, lines = find_tables(tokens)
         info["tables"] = len(tables)
         fallback: list[RawRow] = []
-        if not tables:
+        if not tables and screen:
+            fallback = card_rows(lines)
+        elif not tables:
             fallback = headerless_rows(lines, H)
             warnings.append(f"page {p.number}: no result table header found"
                             + (f"; {len(fallback)} rows read by analyte name (review)" if fallback else ""))
         top = tables[0].header_y if tables else None
         spans = [(t.header_y - 0.5 * H, t.body_bottom + 0.5 * H) for t in tables]
         h, c = extract_header(lines, top, spans)
+        if screen:
+            # the report name, hospital and patient line of a result screen carry no labels
+            body_top = top if top is not None else min((r.bbox()[1] for r in fallback), default=None)
+            sh = screen_header(lines, body_top)
+            h["title"], h["hospital"] = sh["title"], sh["hospital"]
+            for k in ("name", "sex", "age"):
+                if h.get(k) is None:
+                    h[k] = sh[k]
         for k, v in h.items():
             if header.get(k) is None and v is not None:
                 header[k] = v
@@ -339,8 +369,9 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
         for raw in fallback:
             row = finalize_row(raw, len(results) + 1, p.number)
             if row is not None:
-                row.needs_review = True
-                row.review_reasons.append("no table header: columns inferred from content")
+                if not screen:
+                    row.needs_review = True
+                    row.review_reasons.append("no table header: columns inferred from content")
                 results.append(row)
         info["seconds_layout"] = round(time.perf_counter() - tl, 3)
         page_info.append(info)
