@@ -119,8 +119,14 @@ class RawRow:
         self.cells.setdefault(a.col, []).append(a)
 
     def text(self, role: str) -> str:
-        atoms = sorted(self.cells.get(role, []), key=lambda a: a.x0)
-        return " ".join(a.text for a in atoms).strip()
+        """The cell's text in reading order: line by line (a wrapped name, a code under the name), left to right."""
+        lines: list[list[Atom]] = []
+        for a in sorted(self.cells.get(role, []), key=lambda a: a.cy):
+            if lines and abs(a.cy - lines[-1][0].cy) < 0.5 * min(a.y1 - a.y0, lines[-1][0].y1 - lines[-1][0].y0):
+                lines[-1].append(a)
+            else:
+                lines.append([a])
+        return " ".join(a.text for ln in lines for a in sorted(ln, key=lambda a: a.x0)).strip()
 
     def bbox(self) -> list[float]:
         al = [a for v in self.cells.values() for a in v]
@@ -319,7 +325,8 @@ def find_tables(tokens: list[Token]) -> tuple[list[Table], float, list[list[Toke
             if body and pitch and gap > 3.5 * pitch:
                 break
             if body:
-                pitch = gap if pitch is None else min(pitch, gap) if gap > 0.5 * H else pitch
+                # a gap under one line height is a wrapped cell (a name, a range), not the row pitch
+                pitch = (gap if pitch is None else min(pitch, gap)) if gap > 1.0 * H else pitch
             body.append(ln)
             last_y = cy
             j += 1
@@ -381,8 +388,44 @@ def build_rows(groups: list[list[Column]], body: list[list[Token]], H: float) ->
             best = min(grows, key=lambda r: abs(r.cy - a.cy))
             if abs(best.cy - a.cy) < 0.75 * H:
                 best.add(a)
-        rows.extend(grows)
+        rows.extend(merge_wrapped(grows, H))
     return rows
+
+
+_CODE_LINE = re.compile(r"^[(（]?[A-Za-z][A-Za-z0-9#%\-/+.()]{0,11}[)）]?$")
+
+
+def _anchor_text(r: RawRow) -> str:
+    return "".join(a.text.strip() for role in ("name", "code") for a in r.cells.get(role, []))
+
+
+def _wrap_pair(a: RawRow, b: RawRow) -> bool:
+    """Two anchor rows that are one row whose name cell wraps: a name and its code under (or over) it, or a long
+    name broken over two lines; at most one of them holds a result."""
+    if a.cells.get("result") and b.cells.get("result"):
+        return False
+    ta, tb = _anchor_text(a), _anchor_text(b)
+    if not ta or not tb:
+        return False
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    if _CODE_LINE.match(tb) and cjk.search(ta) or _CODE_LINE.match(ta) and cjk.search(tb):
+        return True
+    if cjk.search(ta) and cjk.search(tb) and lookup_name(split_name_code(ta)[0])[0] is None:
+        return lookup_name(split_name_code(ta + tb)[0])[0] is not None
+    return False
+
+
+def merge_wrapped(rows: list[RawRow], H: float) -> list[RawRow]:
+    """Merge anchor rows closer than a row pitch that are one wrapped row (see _wrap_pair)."""
+    out: list[RawRow] = []
+    for r in sorted(rows, key=lambda r: r.cy):
+        if out and r.cy - out[-1].cy < 1.3 * H and _wrap_pair(out[-1], r):
+            for al in r.cells.values():
+                for a in al:
+                    out[-1].add(a)
+            continue
+        out.append(r)
+    return out
 
 
 def _is_anchor(a: Atom) -> bool:
@@ -395,13 +438,18 @@ def _is_anchor(a: Atom) -> bool:
 
 
 # ----------------------------------------------------------------------------- name / code cell
-NAME_CODE_RE = re.compile(r"^(?P<name>.*?)\s*[(（]\s*(?P<code>[A-Za-z0-9#%/+\-.βγ ]+)\s*[)）]$")
+NAME_CODE_RE = re.compile(
+    r"^(?P<name>.*?)\s*[(（]\s*(?P<code>[A-Za-z0-9#%/+\-.βγ ]+(?:\([A-Za-z0-9]{1,3}\))?)\s*[)）]?$")
+NAME_SPACE_CODE_RE = re.compile(r"^(?P<name>.+?)\s+[(（]?(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*(?:\([A-Za-z0-9]{1,3}\))?)[)）]?$")
 NAME_TRAIL_CODE_RE = re.compile(r"^(?P<name>.*[\u4e00-\u9fff)）])\s*(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*)$")
 CODE_NAME_RE = re.compile(r"^(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*)\s*(?P<name>[\u4e00-\u9fffγ].*)$")
 
 
 def split_name_code(text: str) -> tuple[str, str | None]:
     t = text.strip()
+    m = NAME_SPACE_CODE_RE.match(t)
+    if m and lookup_name(m.group("name"))[0] is not None and lookup_name(t)[0] is None:
+        return m.group("name").strip(), m.group("code").strip()   # '脂蛋白a Lp(a)': a known name, then its code
     m = NAME_CODE_RE.match(t)
     if m and m.group("name"):
         # 'Lp(a)' style names end in '(a)': keep them whole when the whole thing is a known name
@@ -415,6 +463,11 @@ def split_name_code(text: str) -> tuple[str, str | None]:
     if m and (lookup_abbr(m.group("code")) or lookup_name(m.group("name"))[0] is not None) \
             and lookup_name(t)[0] is None:
         # 'name code' printed in one line without brackets: '丙氨酸氨基转移酶 ALT', '尿酸UA'
+        return m.group("name").strip(), m.group("code").strip()
+    m = NAME_SPACE_CODE_RE.match(t)
+    if m and lookup_name(t)[0] is None and (lookup_name(m.group("name"))[0] is not None
+                                            or lookup_abbr(m.group("code"))):
+        # a name ending in Latin letters with its code after it: '载脂蛋白AI APOA1'
         return m.group("name").strip(), m.group("code").strip()
     return t, None
 

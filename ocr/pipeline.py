@@ -181,6 +181,8 @@ def _value_from(text: str) -> tuple[str | None, str | None]:
 def finalize_row(raw: RawRow, seq: int, page: int) -> ResultRow | None:
     name_txt = raw.text("name")
     code_txt = raw.text("code")
+    if name_txt:  # a name wrapped over two lines comes back as two pieces
+        name_txt = re.sub(r"(?<=[\u4e00-\u9fff])\s+(?=[\u4e00-\u9fff(（])", "", name_txt)
     name, code_in_name = split_name_code(name_txt) if name_txt else (None, None)
     if name and not code_txt and code_in_name is None:
         # 'WBC 白细胞计数' in one box
