@@ -225,6 +225,17 @@ class RapidOCREngine:
         return [TextBox([(float(x), float(y)) for x, y in b], str(t), float(s))
                 for b, t, s in zip(boxes, out.txts, out.scores)]
 
+    def read_lines(self, images: list[np.ndarray]) -> list[tuple[str, float]]:
+        """Recognition only (no detection) of crops that each hold one line: re-reading a table cell where
+        detection found nothing (lone '-', '+', '↑' glyphs are often missed by detection)."""
+        if not images:
+            return []
+        from rapidocr.ch_ppocr_rec.typings import TextRecInput
+
+        with self._lock:
+            out = self._ocr.text_rec(TextRecInput(img=list(images)))
+        return [(str(t), float(s)) for t, s in zip(out.txts or (), out.scores or ())]
+
     def raw(self, image: np.ndarray):
         """The plain rapidocr call (used by the benchmark to show pipeline overhead)."""
         with self._lock:

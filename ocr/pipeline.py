@@ -16,6 +16,7 @@ from .report import LabReport, ResultRow
 from .screen_header import screen_header
 from .screenshot import is_screenshot, recognize_tiled
 from .cards import card_rows
+from .cells import reread_empty_cells
 from .chrome import drop_chrome
 from .colour import mark_colours
 
@@ -338,6 +339,9 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
         tl = time.perf_counter()
         tables, H, lines = find_tables(tokens)
         info["tables"] = len(tables)
+        read_lines = getattr(eng, "read_lines", None) if p.image is not None else None
+        if tables and read_lines is not None:
+            info["cells_reread"] = reread_empty_cells(tables, H, img, ang, read_lines)
         fallback: list[RawRow] = []
         if not tables and screen:
             fallback = card_rows(lines)

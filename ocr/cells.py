@@ -1,0 +1,109 @@
+"""Second look at empty table cells: recognition only, on the cell's crop, where detection found no text.
+
+Owns: for a table row that has a name but no result (or no reference or flag where the table has such a column),
+the cell's box (row band x column interval, mapped back through the deskew rotation), a check that the crop holds
+print at all, one batched recognition call on the crops, and accepting only readings of the kind the column holds
+(a number or a qualitative level in the result column, a range or a qualitative reference, a flag glyph).
+Lone one-character glyphs (`-`, `+`, `±`, `↑`) are what detection misses most. Never invents a value: an empty
+crop stays empty, and a reading of the wrong kind is dropped.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from .layout import Atom, Column, RawRow, Table
+from .parse import classify_value, parse_flag, parse_range
+
+ReadLines = Callable[[list[np.ndarray]], list[tuple[str, float]]]
+
+# recognition of a lone glyph without context: CJK look-alikes of the signs
+_GLYPHS = str.maketrans({"一": "-", "—": "-", "－": "-", "_": "-", "十": "+", "土": "±", "干": "±"})
+ROLES = ("result", "ref", "flag")
+MIN_SCORE = 0.5
+
+
+def _interval(group: list[Column], role: str, all_cols: list[Column]) -> tuple[float, float] | None:
+    col = next((c for c in group if c.role == role), None)
+    if col is None:
+        return None
+    cols = sorted(all_cols, key=lambda c: c.x0)
+    k = cols.index(col)
+    left = (cols[k - 1].x1 + col.x0) / 2 if k > 0 else col.x0 - (col.x1 - col.x0)
+    right = (col.x1 + cols[k + 1].x0) / 2 if k + 1 < len(cols) else col.x1 + (col.x1 - col.x0)
+    return left, right
+
+
+def _crop(img: np.ndarray, box: tuple[float, float, float, float], angle: float) -> np.ndarray | None:
+    """The box (deskewed coordinates) cut from the OCR input image, tight around its print, or None if blank."""
+    import cv2
+
+    x0, y0, x1, y1 = box
+    c, s = math.cos(angle), math.sin(angle)
+    pts = [(x * c - y * s, x * s + y * c) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+    h, w = img.shape[:2]
+    a = max(0, int(min(p[0] for p in pts)))
+    b = min(w, int(max(p[0] for p in pts)) + 1)
+    t = max(0, int(min(p[1] for p in pts)))
+    u = min(h, int(max(p[1] for p in pts)) + 1)
+    if b - a < 4 or u - t < 4:
+        return None
+    crop = img[t:u, a:b]
+    g = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    ink = (cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, np.ones((9, 9), np.uint8)) > 50).astype(np.uint8)
+    # table rules are not print: drop runs across most of the crop (row rules) or down all of it (grid lines)
+    rules = cv2.morphologyEx(ink, cv2.MORPH_OPEN, np.ones((1, max(3, int(0.6 * ink.shape[1]))), np.uint8))
+    rules |= cv2.morphologyEx(ink, cv2.MORPH_OPEN, np.ones((max(3, int(0.8 * ink.shape[0])), 1), np.uint8))
+    ink = ink.astype(bool) & (cv2.dilate(rules, np.ones((3, 3), np.uint8)) == 0)
+    ys, xs = np.nonzero(ink)
+    if len(xs) < 6:
+        return None
+    pad = max(3, (u - t) // 4)
+    ya, yb = max(0, ys.min() - pad), min(g.shape[0], ys.max() + pad + 1)
+    xa, xb = max(0, xs.min() - pad), min(g.shape[1], xs.max() + pad + 1)
+    return np.ascontiguousarray(crop[ya:yb, xa:xb])
+
+
+def _accept(role: str, text: str) -> str | None:
+    t = text.strip().translate(_GLYPHS).replace(" ", "")
+    if not t:
+        return None
+    if role == "result":
+        return t if classify_value(t) else None
+    if role == "ref":
+        return t if parse_range(t) is not None else None
+    return t if parse_flag(t) else None
+
+
+def reread_empty_cells(tables: list[Table], H: float, img: np.ndarray, angle: float,
+                       read_lines: ReadLines) -> int:
+    """Fill empty result/reference/flag cells of named rows from a recognition-only pass; returns cells filled."""
+    jobs: list[tuple[RawRow, str, tuple[float, float, float, float]]] = []
+    crops: list[np.ndarray] = []
+    for tb in tables:
+        all_cols = [c for g in tb.groups for c in g]
+        for row in tb.rows:
+            if not (row.cells.get("name") or row.cells.get("code")):
+                continue
+            group = tb.groups[row.group]
+            for role in ROLES:
+                if row.cells.get(role):
+                    continue
+                iv = _interval(group, role, all_cols)
+                if iv is None:
+                    continue
+                box = (iv[0], row.cy - 0.6 * H, iv[1], row.cy + 0.6 * H)
+                crop = _crop(img, box, angle)
+                if crop is not None:
+                    jobs.append((row, role, box))
+                    crops.append(crop)
+    filled = 0
+    for (row, role, box), (text, score) in zip(jobs, read_lines(crops) if crops else []):
+        t = _accept(role, text)
+        if t is None or score < MIN_SCORE:
+            continue
+        row.add(Atom(t, box[0], box[1], box[2], box[3], score, col=role))
+        filled += 1
+    return filled
