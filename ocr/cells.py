@@ -19,8 +19,9 @@ from .parse import classify_value, parse_flag, parse_range
 
 ReadLines = Callable[[list[np.ndarray]], list[tuple[str, float]]]
 
-# recognition of a lone glyph without context: CJK look-alikes of the signs
-_GLYPHS = str.maketrans({"一": "-", "—": "-", "－": "-", "_": "-", "十": "+", "土": "±", "干": "±"})
+# recognition of a lone glyph without context: CJK look-alikes of the signs; a short dash shrunk on a photo reads
+# as a dot (a dot alone in a result or reference cell is never a number)
+_GLYPHS = str.maketrans({"一": "-", "—": "-", "－": "-", "_": "-", "·": "-", "。": "-", "十": "+", "土": "±", "干": "±"})
 ROLES = ("result", "ref", "flag")
 MIN_SCORE = 0.5
 
@@ -60,10 +61,20 @@ def _crop(img: np.ndarray, box: tuple[float, float, float, float], angle: float)
     ys, xs = np.nonzero(ink)
     if len(xs) < 6:
         return None
-    pad = max(3, (u - t) // 4)
-    ya, yb = max(0, ys.min() - pad), min(g.shape[0], ys.max() + pad + 1)
-    xa, xb = max(0, xs.min() - pad), min(g.shape[1], xs.max() + pad + 1)
-    return np.ascontiguousarray(crop[ya:yb, xa:xb])
+    # the print centred on a white field a band high and a few bands wide: recognition reads a lone glyph
+    # as a line of text (cut tight around a '-', it reads '。')
+    band = u - t
+    cy = (ys.min() + ys.max()) / 2
+    ink_w = xs.max() - xs.min() + 1
+    field_w = int(max(ink_w + band, 2.5 * band))
+    out = np.full((band, field_w, 3), 255, np.uint8)
+    out[:] = np.median(crop.reshape(-1, 3), axis=0).astype(np.uint8)
+    ya, yb = max(0, int(cy - band / 2)), min(g.shape[0], int(cy + band / 2))
+    xa, xb = max(0, xs.min() - band // 4), min(g.shape[1], xs.max() + band // 4 + 1)
+    piece = crop[ya:yb, xa:xb]
+    oy, ox = (band - piece.shape[0]) // 2, (field_w - piece.shape[1]) // 2
+    out[oy:oy + piece.shape[0], ox:ox + piece.shape[1]] = piece
+    return out
 
 
 def _accept(role: str, text: str) -> str | None:

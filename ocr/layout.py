@@ -54,31 +54,34 @@ _WORDS = sorted(((fold(w), r) for r, ws in ROLE_WORDS.items() for w in ws), key=
 def split_keywords(text: str) -> list[tuple[str, int, int]] | None:
     """Split a header box into (role, start, end) char spans; None if it is not made only of keywords.
 
-    Allows one OCR slip per keyword of 3+ chars (edit distance 1)."""
+    Allows one OCR slip per keyword of 3+ chars (one substituted character, first or last kept); exact keywords
+    are tried first, a slipped longer one when the exact reading leaves the rest unparsable ('参考范图')."""
     t = fold(text).lower()
-    out, i = [], 0
-    while i < len(t):
-        if t[i] in " :：|":
-            i += 1
-            continue
-        hit = None
-        for w, r in _WORDS:
-            if t.startswith(w, i):
-                hit = (r, i, i + len(w))
-                break
-        if hit is None:  # fuzzy: one substituted char in a 3-4 char keyword
-            for w, r in _WORDS:
-                if len(w) >= 3 and i + len(w) <= len(t):
-                    seg = t[i:i + len(w)]
-                    if sum(a != b for a, b in zip(seg, w)) == 1 and seg[0] == w[0] or (
-                            sum(a != b for a, b in zip(seg, w)) == 1 and seg[-1] == w[-1]):
-                        hit = (r, i, i + len(w))
-                        break
-        if hit is None:
-            return None
-        out.append(hit)
-        i = hit[2]
+    out = _split_from(t, 0)
     return out or None
+
+
+def _split_from(t: str, i: int) -> list[tuple[str, int, int]] | None:
+    while i < len(t) and t[i] in " :：|":
+        i += 1
+    if i >= len(t):
+        return []
+    cands: list[tuple[str, int, int]] = []
+    for w, r in _WORDS:
+        if t.startswith(w, i):
+            cands.append((r, i, i + len(w)))
+            break
+    for w, r in _WORDS:
+        if len(w) >= 3 and i + len(w) <= len(t):
+            seg = t[i:i + len(w)]
+            diff = sum(a != b for a, b in zip(seg, w))
+            if diff == 1 and (seg[0] == w[0] or seg[-1] == w[-1]):
+                cands.append((r, i, i + len(w)))
+    for hit in cands:
+        rest = _split_from(t, hit[2])
+        if rest is not None:
+            return [hit, *rest]
+    return None
 
 
 # ----------------------------------------------------------------------------- structures
