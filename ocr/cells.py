@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .layout import Atom, Column, RawRow, Table
+from .analytes import lookup_abbr, lookup_name
+from .layout import Atom, Column, RawRow, Table, split_name_code
 from .parse import classify_value, parse_flag, parse_range
 
 ReadLines = Callable[[list[np.ndarray]], list[tuple[str, float]]]
@@ -23,7 +24,17 @@ ReadLines = Callable[[list[np.ndarray]], list[tuple[str, float]]]
 # as a dot (a dot alone in a result or reference cell is never a number)
 _GLYPHS = str.maketrans({"一": "-", "—": "-", "－": "-", "_": "-", "·": "-", "。": "-", "十": "+", "土": "±", "干": "±"})
 ROLES = ("result", "ref", "flag")
-MIN_SCORE = 0.5
+MIN_SCORE = 0.3   # a lone sign on a photo reads with low scores (0.35-0.8); its kind is checked as well
+
+
+def _known_analyte(row: RawRow) -> bool:
+    name = row.text("name")
+    code = row.text("code")
+    if name:
+        n, c = split_name_code(name)
+        if lookup_name(n)[0] is not None or (c and lookup_abbr(c)):
+            return True
+    return bool(code) and lookup_abbr(code) is not None
 
 
 def _interval(group: list[Column], role: str, all_cols: list[Column]) -> tuple[float, float] | None:
@@ -55,9 +66,13 @@ def _crop(img: np.ndarray, box: tuple[float, float, float, float], angle: float)
     g = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
     ink = (cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, np.ones((9, 9), np.uint8)) > 50).astype(np.uint8)
     # table rules are not print: drop runs across most of the crop (row rules) or down all of it (grid lines)
-    rules = cv2.morphologyEx(ink, cv2.MORPH_OPEN, np.ones((1, max(3, int(0.6 * ink.shape[1]))), np.uint8))
-    rules |= cv2.morphologyEx(ink, cv2.MORPH_OPEN, np.ones((max(3, int(0.8 * ink.shape[0])), 1), np.uint8))
-    ink = ink.astype(bool) & (cv2.dilate(rules, np.ones((3, 3), np.uint8)) == 0)
+    # (thickened first, so that a rule tilted by a degree or two is still one run)
+    rules = cv2.morphologyEx(cv2.dilate(ink, np.ones((5, 1), np.uint8)), cv2.MORPH_OPEN,
+                             np.ones((1, max(3, int(0.6 * ink.shape[1]))), np.uint8))
+    rules |= cv2.morphologyEx(cv2.dilate(ink, np.ones((1, 5), np.uint8)), cv2.MORPH_OPEN,
+                              np.ones((max(3, int(0.8 * ink.shape[0])), 1), np.uint8))
+    rule_px = cv2.dilate(rules, np.ones((3, 3), np.uint8)) > 0
+    ink = ink.astype(bool) & ~rule_px
     ys, xs = np.nonzero(ink)
     if len(xs) < 6:
         return None
@@ -67,8 +82,11 @@ def _crop(img: np.ndarray, box: tuple[float, float, float, float], angle: float)
     cy = (ys.min() + ys.max()) / 2
     ink_w = xs.max() - xs.min() + 1
     field_w = int(max(ink_w + band, 2.5 * band))
-    out = np.full((band, field_w, 3), 255, np.uint8)
-    out[:] = np.median(crop.reshape(-1, 3), axis=0).astype(np.uint8)
+    paper = np.median(crop.reshape(-1, 3), axis=0).astype(np.uint8)
+    out = np.empty((band, field_w, 3), np.uint8)
+    out[:] = paper
+    crop = crop.copy()
+    crop[rule_px] = paper   # rules painted out: they read as '二' or '一' next to the print
     ya, yb = max(0, int(cy - band / 2)), min(g.shape[0], int(cy + band / 2))
     xa, xb = max(0, xs.min() - band // 4), min(g.shape[1], xs.max() + band // 4 + 1)
     piece = crop[ya:yb, xa:xb]
@@ -96,8 +114,8 @@ def reread_empty_cells(tables: list[Table], H: float, img: np.ndarray, angle: fl
     for tb in tables:
         all_cols = [c for g in tb.groups for c in g]
         for row in tb.rows:
-            if not (row.cells.get("name") or row.cells.get("code")):
-                continue
+            if not _known_analyte(row):
+                continue  # footnotes ('提示：H 偏高 L 偏低') and stray lines are not rows to complete
             group = tb.groups[row.group]
             for role in ROLES:
                 if row.cells.get(role):
@@ -105,7 +123,16 @@ def reread_empty_cells(tables: list[Table], H: float, img: np.ndarray, angle: fl
                 iv = _interval(group, role, all_cols)
                 if iv is None:
                     continue
-                box = (iv[0], row.cy - 0.6 * H, iv[1], row.cy + 0.6 * H)
+                left, right = iv
+                for al in row.cells.values():   # a long name running into the column: start after it
+                    for a in al:
+                        if a.x0 < left < a.x1:
+                            left = a.x1 + 0.2 * H
+                        if a.x0 < right < a.x1:
+                            right = a.x0 - 0.2 * H
+                if right - left < 0.5 * H:
+                    continue
+                box = (left, row.cy - 0.6 * H, right, row.cy + 0.6 * H)
                 crop = _crop(img, box, angle)
                 if crop is not None:
                     jobs.append((row, role, box))
