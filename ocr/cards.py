@@ -48,6 +48,8 @@ def _pieces(t: Token) -> list[Atom]:
 def _name_of(t: Token) -> tuple[str | None, bool]:
     """(name text, known) when the token starts a result row by its name."""
     text = t.text.strip()
+    if not _CJK.search(text) and _CODE.match(text) and lookup_abbr(text):
+        return text, False   # an abbreviation alone ('WBC'): a start only with a value on its line
     if not _CJK.search(text) or _HEADER_LABEL.search(text) or _LABEL.search(text) or "：" in text or ":" in text:
         return None, False
     name, code = split_name_code(text)
@@ -94,7 +96,7 @@ def _block_row(lines: list[list[Token]], i: int, end: int, known: bool) -> RawRo
     first = ln[0]
     nh = first.h
     name_atom = token_atom(first)
-    name_atom.col = "name"
+    name_atom.col = "name" if _CJK.search(first.text) else "code"
     row = RawRow(0, first.cy)
     row.add(name_atom)
     have: set[str] = set()
@@ -118,7 +120,8 @@ def _block_row(lines: list[list[Token]], i: int, end: int, known: bool) -> RawRo
             a.col = "unit"
         elif kind == "range" and "ref" not in have:
             a.col = "ref"
-        elif kind is None and "code" not in have and _CODE.match(a.text) and a.x0 < first.x1 + 2 * nh:
+        elif kind is None and "code" not in have and name_atom.col == "name" and _CODE.match(a.text) \
+                and a.x0 < first.x1 + 2 * nh:
             a.col = "code"
         else:
             continue

@@ -85,6 +85,17 @@ def image_sheet(rows=ROWS, *, fmt: str = "PNG", rotate: float = 0.0, width: int 
     ncol = len(halves)
     colw = (width - 120) / ncol
     xs_rel = [0.0, 0.30, 0.47, 0.58, 0.77]
+    # each column starts a space after the widest cell of the one before: printed cells never overlap (a real
+    # sheet's do not); with CJK names two tables side by side get a smaller font so that they fit
+    if two_tables and cjk:
+        f = _font(max(14, width // 70), cjk)
+    glyphs = {"H": "↑", "L": "↓", None: ""}
+    cells = [[r[1] + f"({r[0]})" if cjk else r[0] for r in rows],
+             [r[2] + (glyphs[r[7]] if flags_glued else "") for r in rows], [glyphs[r[7]] for r in rows],
+             [r[3] for r in rows], [r[4] for r in rows]]
+    for k in range(1, len(xs_rel)):
+        widest = max([d.textlength(c, font=f) for c in cells[k - 1]] + [d.textlength(heads[k - 1], font=f)])
+        xs_rel[k] = max(xs_rel[k], xs_rel[k - 1] + (widest + 1.0 * f.size) / colw)
     y0 = 240
     lh = int(f.size * 2.0)
     for gi, part in enumerate(halves):
