@@ -64,15 +64,15 @@ def _crop(img: np.ndarray, box: tuple[float, float, float, float], angle: float)
         return None
     crop = img[t:u, a:b]
     g = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-    ink = (cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, np.ones((9, 9), np.uint8)) > 50).astype(np.uint8)
+    marks = (cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, np.ones((9, 9), np.uint8)) > 50).astype(np.uint8)
     # table rules are not print: drop runs across most of the crop (row rules) or down all of it (grid lines)
     # (thickened first, so that a rule tilted by a degree or two is still one run)
-    rules = cv2.morphologyEx(cv2.dilate(ink, np.ones((5, 1), np.uint8)), cv2.MORPH_OPEN,
-                             np.ones((1, max(3, int(0.6 * ink.shape[1]))), np.uint8))
-    rules |= cv2.morphologyEx(cv2.dilate(ink, np.ones((1, 5), np.uint8)), cv2.MORPH_OPEN,
-                              np.ones((max(3, int(0.8 * ink.shape[0])), 1), np.uint8))
-    rule_px = cv2.dilate(rules, np.ones((3, 3), np.uint8)) > 0
-    ink = ink.astype(bool) & ~rule_px
+    across = cv2.morphologyEx(cv2.dilate(marks, np.ones((5, 1), np.uint8)), cv2.MORPH_OPEN,
+                              np.ones((1, max(3, int(0.6 * marks.shape[1]))), np.uint8))
+    down = cv2.morphologyEx(cv2.dilate(marks, np.ones((1, 5), np.uint8)), cv2.MORPH_OPEN,
+                            np.ones((max(3, int(0.8 * marks.shape[0])), 1), np.uint8))
+    rule_px = cv2.dilate(np.maximum(across, down), np.ones((3, 3), np.uint8)) > 0
+    ink = (marks > 0) & ~rule_px
     ys, xs = np.nonzero(ink)
     if len(xs) < 6:
         return None

@@ -14,7 +14,7 @@ TOP_BAND = 0.22      # status bar + title bar: top of the first screen, in scree
 BOTTOM_BAND = 0.20   # tab bar / button bar / home indicator / navigation bar, in screen widths
 CENTRED = 0.12       # a title-bar title is centred on the screen to within this many widths
 
-_CHROME_WORDS = re.compile(r"(详情|首页|我的|消息|服务|返回|下载|分享|PDF|打印|咨询|预约|更多|关闭|…|···|\.\.\.)", re.I)
+_CHROME_WORDS = re.compile(r"(详情|首页|我的|消息|服务|返回|下载|分享|PDF|打印|咨询|预约|更多|关闭|…|···|\.\.\.)", re.IGNORECASE)
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -29,8 +29,7 @@ def drop_chrome(tokens: list[Token], width: int, height: int) -> list[Token]:
             centred = abs(t.cx - width / 2) < CENTRED * width
             if centred or not _CJK.search(text) or _CHROME_WORDS.search(text) or len(text) <= 1:
                 continue
-        elif t.cy > bottom:
-            if _CHROME_WORDS.search(text) or (not re.search(r"\d", text) and len(text) <= 6):
-                continue
+        elif t.cy > bottom and (_CHROME_WORDS.search(text) or (not re.search(r"\d", text) and len(text) <= 6)):
+            continue
         out.append(t)
     return out

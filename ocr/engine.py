@@ -234,7 +234,9 @@ class RapidOCREngine:
 
         with self._lock:
             out = self._ocr.text_rec(TextRecInput(img=list(images)))
-        return [(str(t), float(s)) for t, s in zip(out.txts or (), out.scores or ())]
+        txts = getattr(out, "txts", None) or ()
+        scores = getattr(out, "scores", None) or ()
+        return [(str(t), float(s)) for t, s in zip(txts, scores)]
 
     def raw(self, image: np.ndarray):
         """The plain rapidocr call (used by the benchmark to show pipeline overhead)."""

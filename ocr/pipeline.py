@@ -357,16 +357,16 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
             body_top = top if top is not None else min((r.bbox()[1] for r in fallback), default=None)
             sh = screen_header(lines, body_top)
             h["title"], h["hospital"] = sh["title"], sh["hospital"]
-            for k in ("name", "sex", "age"):
-                if h.get(k) is None:
-                    h[k] = sh[k]
+            for field_name in ("name", "sex", "age"):
+                if h.get(field_name) is None:
+                    h[field_name] = sh[field_name]
         for k, v in h.items():
             if header.get(k) is None and v is not None:
                 header[k] = v
                 if k in c:
                     hconf[k] = round(c[k], 4)
-        for tb in tables:
-            ordered = sorted(tb.rows, key=lambda r: (r.group, r.cy))
+        for table in tables:
+            ordered = sorted(table.rows, key=lambda r: (r.group, r.cy))
             for raw in ordered:
                 row = finalize_row(raw, len(results) + 1, p.number)
                 if row is not None:
