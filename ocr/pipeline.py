@@ -226,6 +226,11 @@ def finalize_row(raw: RawRow, seq: int, page: int) -> ResultRow | None:
                 value, glued_flag = v, fl
     if rng is None and ref_txt and a_qual_ref(ref_txt):
         rng = (None, None, "qual")
+    if value is not None and pflag is None and glued_flag is None:
+        repaired = arrow_read_as_digit(value, rng, ref_txt, analyte.plausible if analyte else None)
+        if repaired is not None:
+            value, glued_flag = repaired, "H"
+            reasons.append("a trailing 1 read as the ↑ glued to the value")
     printed = pflag or glued_flag
     if value is None and not name:
         return None
@@ -280,6 +285,29 @@ def finalize_row(raw: RawRow, seq: int, page: int) -> ResultRow | None:
         flag=flag, flag_printed=printed, flag_derived=derived, page=page,
         bbox=[round(v, 1) for v in raw.bbox()], confidence=confs, conf=rconf,
         needs_review=bool(reasons) or (rconf is not None and rconf < 0.6), review_reasons=reasons)
+
+
+def _decimals(t: str) -> int:
+    return len(t.split(".")[1]) if "." in t else 0
+
+
+def arrow_read_as_digit(value: str, rng: tuple[float | None, float | None, str | None] | None, ref_text: str | None,
+                        plausible: tuple[float, float] | None) -> str | None:
+    """'46.91' for a printed '46.9↑': OCR reads a glued up-arrow as a trailing 1. The value without its last digit,
+    when that one is above the reference range (an up-arrow's meaning) and either the printed value is impossible
+    for the analyte or it carries one more decimal than the range does; else None."""
+    high = rng[1] if rng is not None and rng[2] in ("range", "lt") else None
+    if high is None or not re.fullmatch(r"\d+(?:\.\d+)?1", value):
+        return None
+    cut = value[:-1].rstrip(".")
+    cut_num = parse_number(cut) if cut else None
+    if cut_num is None or cut_num <= high:
+        return None
+    num = parse_number(value)
+    impossible = plausible is not None and num is not None and not (plausible[0] <= num <= plausible[1])
+    range_dec = max((_decimals(x) for x in re.findall(r"\d+(?:\.\d+)?", ref_text or "")), default=0)
+    extra_decimal = "." in value and _decimals(value) == range_dec + 1 and range_dec > 0
+    return cut if impossible or extra_decimal else None
 
 
 def a_qual_ref(t: str) -> bool:
