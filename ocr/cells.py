@@ -1,40 +1,43 @@
 """Second look at empty table cells: recognition only, on the cell's crop, where detection found no text.
 
-Owns: for a table row that has a name but no result (or no reference or flag where the table has such a column),
-the cell's box (row band x column interval, mapped back through the deskew rotation), a check that the crop holds
-print at all, one batched recognition call on the crops, and accepting only readings of the kind the column holds
-(a number or a qualitative level in the result column, a range or a qualitative reference, a flag glyph).
+Owns: for a table row of a known analyte that has no result (or no reference, flag or unit where the table has
+such a column and the analyte has a unit), the cell's box (row band x column interval, mapped back through the
+deskew rotation), a check that the crop holds print at all, one batched recognition call on the crops, and
+accepting only readings of the kind the column holds (a number or a qualitative level in the result column, a
+range or a qualitative reference, a flag glyph, a unit).
 Lone one-character glyphs (`-`, `+`, `±`, `↑`) are what detection misses most. Never invents a value: an empty
 crop stays empty, and a reading of the wrong kind is dropped.
 """
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import numpy as np
 
-from .analytes import lookup_abbr, lookup_name
+from .analytes import Analyte, lookup_abbr, lookup_name
 from .layout import Atom, Column, RawRow, Table, split_name_code
-from .parse import classify_value, parse_flag, parse_range
+from .parse import canon_unit, classify_value, parse_flag, parse_range
 
 ReadLines = Callable[[list[np.ndarray]], list[tuple[str, float]]]
 
 # recognition of a lone glyph without context: CJK look-alikes of the signs; a short dash shrunk on a photo reads
 # as a dot (a dot alone in a result or reference cell is never a number)
 _GLYPHS = str.maketrans({"一": "-", "—": "-", "－": "-", "_": "-", "·": "-", "。": "-", "十": "+", "土": "±", "干": "±"})
-ROLES = ("result", "ref", "flag")
+ROLES = ("result", "ref", "flag", "unit")
 MIN_SCORE = 0.3   # a lone sign on a photo reads with low scores (0.35-0.8); its kind is checked as well
 
 
-def _known_analyte(row: RawRow) -> bool:
+def _known_analyte(row: RawRow) -> Analyte | None:
     name = row.text("name")
     code = row.text("code")
     if name:
         n, c = split_name_code(name)
-        if lookup_name(n)[0] is not None or (c and lookup_abbr(c)):
-            return True
-    return bool(code) and lookup_abbr(code) is not None
+        found = lookup_name(n)[0] or (lookup_abbr(c) if c else None)
+        if found is not None:
+            return found
+    return lookup_abbr(code) if code else None
 
 
 def _interval(group: list[Column], role: str, all_cols: list[Column]) -> tuple[float, float] | None:
@@ -67,8 +70,14 @@ def _crop(img: np.ndarray, box: tuple[float, float, float, float], angle: float)
     marks = (cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, np.ones((9, 9), np.uint8)) > 50).astype(np.uint8)
     # table rules are not print: drop runs across most of the crop (row rules) or down all of it (grid lines)
     # (thickened first, so that a rule tilted by a degree or two is still one run)
-    across = cv2.morphologyEx(cv2.dilate(marks, np.ones((5, 1), np.uint8)), cv2.MORPH_OPEN,
-                              np.ones((1, max(3, int(0.6 * marks.shape[1]))), np.uint8))
+    # a dashed rule's gaps are closed first; only thin runs count as rules, never a line of text
+    gap = max(3, marks.shape[0] // 4)
+    across = cv2.morphologyEx(cv2.dilate(marks, np.ones((5, 1), np.uint8)), cv2.MORPH_CLOSE, np.ones((1, gap), np.uint8))
+    across = cv2.morphologyEx(across, cv2.MORPH_OPEN, np.ones((1, max(3, int(0.6 * marks.shape[1]))), np.uint8))
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(across)
+    for k in range(1, n):
+        if stats[k, cv2.CC_STAT_HEIGHT] > max(8, 0.3 * marks.shape[0]):
+            across[lab == k] = 0
     down = cv2.morphologyEx(cv2.dilate(marks, np.ones((1, 5), np.uint8)), cv2.MORPH_OPEN,
                             np.ones((max(3, int(0.8 * marks.shape[0])), 1), np.uint8))
     rule_px = cv2.dilate(np.maximum(across, down), np.ones((3, 3), np.uint8)) > 0
@@ -103,6 +112,8 @@ def _accept(role: str, text: str) -> str | None:
         return t if classify_value(t) else None
     if role == "ref":
         return t if parse_range(t) is not None else None
+    if role == "unit":   # a unit read with bits of a dashed rule: '1___%__.-'
+        return next((p for p in [t, *(q.strip(".") for q in re.split(r"[-_\s]+", t))] if canon_unit(p)), None)
     return t if parse_flag(t) else None
 
 
@@ -114,11 +125,12 @@ def reread_empty_cells(tables: list[Table], H: float, img: np.ndarray, angle: fl
     for tb in tables:
         all_cols = [c for g in tb.groups for c in g]
         for row in tb.rows:
-            if not _known_analyte(row):
+            analyte = _known_analyte(row)
+            if analyte is None:
                 continue  # footnotes ('提示：H 偏高 L 偏低') and stray lines are not rows to complete
             group = tb.groups[row.group]
             for role in ROLES:
-                if row.cells.get(role):
+                if row.cells.get(role) or (role == "unit" and (None in analyte.units or not analyte.units)):
                     continue
                 iv = _interval(group, role, all_cols)
                 if iv is None:
