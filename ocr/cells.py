@@ -51,8 +51,9 @@ def _interval(group: list[Column], role: str, all_cols: list[Column]) -> tuple[f
     return left, right
 
 
-def _crop(img: np.ndarray, box: tuple[float, float, float, float], angle: float) -> np.ndarray | None:
-    """The box (deskewed coordinates) cut from the OCR input image, tight around its print, or None if blank."""
+def _crop(img: np.ndarray, box: tuple[float, float, float, float], angle: float) -> tuple[np.ndarray, bool] | None:
+    """The box (deskewed coordinates) cut from the OCR input image with its print centred on a plain field, and
+    whether that print is one short horizontal bar (a dash by its shape); None if the cell is blank."""
     import cv2
 
     x0, y0, x1, y1 = box
@@ -82,9 +83,20 @@ def _crop(img: np.ndarray, box: tuple[float, float, float, float], angle: float)
                             np.ones((max(3, int(0.8 * marks.shape[0])), 1), np.uint8))
     rule_px = cv2.dilate(np.maximum(across, down), np.ones((3, 3), np.uint8)) > 0
     ink = (marks > 0) & ~rule_px
+    # only print centred on the row: the edge of the next row's text or a curved rule at the band's edge is not it
+    n, lab, _, centres = cv2.connectedComponentsWithStats(ink.astype(np.uint8))
+    off_row = np.zeros(ink.shape, bool)
+    for k in range(1, n):
+        if abs(centres[k][1] - ink.shape[0] / 2) > 0.3 * ink.shape[0]:
+            off_row |= lab == k
+    ink &= ~off_row
+    rule_px |= cv2.dilate(off_row.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     ys, xs = np.nonzero(ink)
     if len(xs) < 6:
         return None
+    kept = [k for k in range(1, n) if (lab == k).any() and not off_row[lab == k].any()]
+    bar_h, bar_w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    dash = len(kept) == 1 and bar_h <= 0.3 * ink.shape[0] and bar_w >= 1.3 * bar_h
     # the print centred on a white field a band high and a few bands wide: recognition reads a lone glyph
     # as a line of text (cut tight around a '-', it reads '。')
     band = u - t
@@ -95,13 +107,13 @@ def _crop(img: np.ndarray, box: tuple[float, float, float, float], angle: float)
     out = np.empty((band, field_w, 3), np.uint8)
     out[:] = paper
     crop = crop.copy()
-    crop[rule_px] = paper   # rules painted out: they read as '二' or '一' next to the print
+    crop[rule_px] = paper   # rules and off-row marks painted out: they read as '二', '一' or '日' with the print
     ya, yb = max(0, int(cy - band / 2)), min(g.shape[0], int(cy + band / 2))
     xa, xb = max(0, xs.min() - band // 4), min(g.shape[1], xs.max() + band // 4 + 1)
     piece = crop[ya:yb, xa:xb]
     oy, ox = (band - piece.shape[0]) // 2, (field_w - piece.shape[1]) // 2
     out[oy:oy + piece.shape[0], ox:ox + piece.shape[1]] = piece
-    return out
+    return out, dash
 
 
 def _accept(role: str, text: str) -> str | None:
@@ -120,7 +132,7 @@ def _accept(role: str, text: str) -> str | None:
 def reread_empty_cells(tables: list[Table], H: float, img: np.ndarray, angle: float,
                        read_lines: ReadLines) -> int:
     """Fill empty result/reference/flag cells of named rows from a recognition-only pass; returns cells filled."""
-    jobs: list[tuple[RawRow, str, tuple[float, float, float, float]]] = []
+    jobs: list[tuple[RawRow, str, tuple[float, float, float, float], bool]] = []
     crops: list[np.ndarray] = []
     for tb in tables:
         all_cols = [c for g in tb.groups for c in g]
@@ -145,14 +157,17 @@ def reread_empty_cells(tables: list[Table], H: float, img: np.ndarray, angle: fl
                 if right - left < 0.5 * H:
                     continue
                 box = (left, row.cy - 0.6 * H, right, row.cy + 0.6 * H)
-                crop = _crop(img, box, angle)
-                if crop is not None:
-                    jobs.append((row, role, box))
-                    crops.append(crop)
+                cut = _crop(img, box, angle)
+                if cut is not None:
+                    jobs.append((row, role, box, cut[1]))
+                    crops.append(cut[0])
     filled = 0
-    for (row, role, box), (text, score) in zip(jobs, read_lines(crops) if crops else []):
-        t = _accept(role, text)
-        if t is None or score < MIN_SCORE:
+    for (row, role, box, dash), (text, score) in zip(jobs, read_lines(crops) if crops else []):
+        t = _accept(role, text) if score >= MIN_SCORE else None
+        if t is None and dash and role in ("result", "ref"):
+            # one short bar alone in a result or reference cell: a '-' too small for recognition ('日', 'β')
+            t, score = "-", max(score, MIN_SCORE)
+        if t is None:
             continue
         row.add(Atom(t, box[0], box[1], box[2], box[3], score, col=role))
         filled += 1
