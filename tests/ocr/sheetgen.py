@@ -316,11 +316,13 @@ SCREEN_HEADER = {"title": "血常规全套", "hospital": "测试市人民医院"
 
 
 def screenshot(rows=ROWS, *, width: int = 1080, dark: bool = False, screens: float | None = None,
-               fmt: str = "PNG") -> Sheet:
+               fmt: str = "PNG", table: bool = False) -> Sheet:
     """A hospital app's result page saved as a phone screenshot: status bar, title bar, a patient card, one card
     per analyte (name left, value right in red/blue with ↑/↓ when abnormal, a grey '参考区间 … 单位 …' line under it),
     a footer and a tab bar. `screens` > 1 makes a long (stitched) screenshot of that many screen heights; by default
-    the page is as tall as its content needs, at least one screen (2.17 x width)."""
+    the page is as tall as its content needs, at least one screen (2.17 x width). With `table`, the results are a
+    narrow four-column table instead (项目 / 结果 / 参考值 / 单位, the abbreviation in grey under the name, the value
+    centred between the two lines)."""
     from PIL import Image, ImageDraw
 
     cjk = cjk_font_path()
@@ -362,7 +364,9 @@ def screenshot(rows=ROWS, *, width: int = 1080, dark: bool = False, screens: flo
     y = top + int(230 * px)
     d.text((x0, y), lbl("检验结果", "Results"), font=f_big, fill=ink)
     y += int(40 * px)
-    for code, cname, val, unit, ref, _lo, _hi, flag in rows:
+    if table and cjk:
+        y = _screen_table(d, rows, x0, x1, y, px, (f_small, f_body), (card, ink, grey, red, blue))
+    for code, cname, val, unit, ref, _lo, _hi, flag in ([] if table and cjk else rows):
         d.rounded_rectangle([x0, y, x1, y + card_h], radius=int(8 * px), fill=card)
         d.text((x0 + int(14 * px), y + int(10 * px)), cname if cjk else code, font=f_body, fill=ink)
         colour = {"H": red, "L": blue, None: ink}[flag]
@@ -385,6 +389,28 @@ def screenshot(rows=ROWS, *, width: int = 1080, dark: bool = False, screens: flo
     img.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     header = dict(SCREEN_HEADER) if cjk else {}
     return Sheet(buf.getvalue(), list(rows), header)
+
+
+def _screen_table(d, rows, x0: int, x1: int, y: int, px: float, fonts, colours) -> int:
+    """The results as a narrow four-column table; returns the y under it."""
+    f_small, f_body = fonts
+    card, ink, grey, red, blue = colours
+    xs = [x0 + int(12 * px), x0 + int(150 * px), x0 + int(230 * px), x0 + int(300 * px)]
+    row_h = int(52 * px)
+    d.rectangle([x0, y, x1, y + int(34 * px)], fill=card)
+    for x, head in zip(xs, ("项目", "结果", "参考值", "单位")):
+        d.text((x, y + int(8 * px)), head, font=f_small, fill=grey)
+    y += int(40 * px)
+    for code, cname, val, unit, ref, _lo, _hi, flag in rows:
+        d.rectangle([x0, y, x1, y + row_h], fill=card)
+        d.text((xs[0], y + int(6 * px)), cname, font=f_small, fill=ink)
+        d.text((xs[0], y + int(26 * px)), code, font=f_small, fill=grey)
+        colour = {"H": red, "L": blue, None: ink}[flag]
+        d.text((xs[1], y + int(16 * px)), val + {"H": "↑", "L": "↓", None: ""}[flag], font=f_body, fill=colour)
+        d.text((xs[2], y + int(17 * px)), ref, font=f_small, fill=ink)
+        d.text((xs[3], y + int(17 * px)), unit, font=f_small, fill=grey)
+        y += row_h + int(2 * px)
+    return y
 
 
 def long_screenshot(rows=LONG_ROWS, *, width: int = 1080, dark: bool = False) -> Sheet:

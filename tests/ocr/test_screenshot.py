@@ -16,7 +16,7 @@ from ocr.inputs import Token
 from ocr.pipeline import finalize_row
 from ocr.screenshot import is_screenshot, recognize_tiled, tile_spans
 
-from .sheetgen import LONG_ROWS, ROWS, image_sheet, long_screenshot, photo_of, screenshot
+from .sheetgen import LONG_ROWS, ROWS, cjk_font_path, image_sheet, long_screenshot, photo_of, screenshot
 
 
 def _bgr(data: bytes) -> np.ndarray:
@@ -164,3 +164,11 @@ def test_long_screenshot_read_in_tiles_without_duplicates():
     rep = extract(s.data)
     _check(rep, s)
     assert len(s.rows) == len(LONG_ROWS)
+
+
+@pytest.mark.slow
+def test_table_screenshot_with_codes_under_names_extracted():
+    if cjk_font_path() is None:
+        pytest.skip("the table screenshot prints Chinese names: no CJK font installed")
+    s = screenshot(ROWS[:8], table=True)
+    _check(extract(s.data), s)
