@@ -1,8 +1,10 @@
-"""Text colour of OCR boxes on screenshots: red or blue glyphs as evidence for a high or low flag.
+"""Text colour of OCR boxes on screenshots: red or blue glyphs as evidence for a high or low flag, and faint
+glyphs as the mark of a watermark.
 
-Owns: measuring the colour of the glyph pixels inside a box (pixels that differ from the box's background, the
-background being the commonest colour at the box border). Never decides a flag on its own: the row builder weighs
-colour against the printed glyph and the value vs reference range.
+Owns: measuring the glyph pixels inside a box (pixels that differ from the box's background, the background being
+the median colour at the box border): their colour, and how far the strongest of them stand out. Never decides a
+flag on its own (the row builder weighs colour against the printed glyph and the value vs reference range), and
+never drops a box itself.
 """
 from __future__ import annotations
 
@@ -33,6 +35,22 @@ def glyph_colour(img: np.ndarray, x0: float, y0: float, x1: float, y1: float) ->
     if bl - r > 50 and bl - g > 15:
         return "blue"
     return None
+
+
+MIN_CONTRAST = 110   # summed |dB|+|dG|+|dR| of the strongest glyph pixels: grey print on a card >= ~250,
+                     # a watermark (text at 5-15 % opacity) <= ~80
+
+
+def glyph_contrast(img: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> float:
+    """How far the strongest glyph pixels in the box differ from its background (95th percentile)."""
+    h, w = img.shape[:2]
+    a, b = max(0, int(x0)), min(w, int(x1) + 1)
+    c, d = max(0, int(y0)), min(h, int(y1) + 1)
+    if b - a < 3 or d - c < 3:
+        return 0.0
+    box = img[c:d, a:b].reshape(-1, 3).astype(np.int16)
+    border = np.concatenate([img[c, a:b], img[d - 1, a:b], img[c:d, a], img[c:d, b - 1]]).astype(np.int16)
+    return float(np.percentile(np.abs(box - np.median(border, axis=0)).sum(axis=1), 95))
 
 
 def mark_colours(img: np.ndarray, tokens: Sequence[Token]) -> None:

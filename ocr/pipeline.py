@@ -18,7 +18,7 @@ from .screenshot import is_screenshot, recognize_tiled
 from .cards import card_rows
 from .cells import reread_empty_cells
 from .chrome import drop_chrome
-from .colour import mark_colours
+from .colour import MIN_CONTRAST, glyph_contrast, mark_colours
 
 HEADER_FIELDS = ["hospital", "title", "name", "sex", "age", "department", "bed", "specimen", "sample_id", "doctor",
                  "collected_at", "received_at", "reported_at", "patient_id", "diagnosis"]
@@ -342,6 +342,8 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
                 tb = time.perf_counter()
                 tokens, ang, _ = _boxes_tokens(recognize_tiled(img, eng.recognize), deskew=False)
                 tokens = drop_chrome(tokens, img.shape[1], img.shape[0])
+                # faint text over the page is a watermark (slanted ones are gone already)
+                tokens = [t for t in tokens if glyph_contrast(img, t.x0, t.y0, t.x1, t.y1) >= MIN_CONTRAST]
                 mark_colours(img, tokens)
             else:
                 img, steps = prepare(p.image)

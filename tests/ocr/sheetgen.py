@@ -316,13 +316,13 @@ SCREEN_HEADER = {"title": "血常规全套", "hospital": "测试市人民医院"
 
 
 def screenshot(rows=ROWS, *, width: int = 1080, dark: bool = False, screens: float | None = None,
-               fmt: str = "PNG", table: bool = False) -> Sheet:
+               fmt: str = "PNG", table: bool = False, watermark: bool = False) -> Sheet:
     """A hospital app's result page saved as a phone screenshot: status bar, title bar, a patient card, one card
     per analyte (name left, value right in red/blue with ↑/↓ when abnormal, a grey '参考区间 … 单位 …' line under it),
     a footer and a tab bar. `screens` > 1 makes a long (stitched) screenshot of that many screen heights; by default
     the page is as tall as its content needs, at least one screen (2.17 x width). With `table`, the results are a
     narrow four-column table instead (项目 / 结果 / 参考值 / 单位, the abbreviation in grey under the name, the value
-    centred between the two lines)."""
+    centred between the two lines). With `watermark`, faint slanted text is laid over the whole page."""
     from PIL import Image, ImageDraw
 
     cjk = cjk_font_path()
@@ -380,6 +380,9 @@ def screenshot(rows=ROWS, *, width: int = 1080, dark: bool = False, screens: flo
     d.text((x0, y), lbl("检验者：李四  审核者：王五", "Checked by: Li"), font=f_small, fill=grey)
     d.text((x0, y + int(24 * px)), lbl("温馨提示：本报告仅供参考。", "Note: for reference only."), font=f_small,
            fill=grey)
+    if watermark:
+        img = _watermarked(img, lbl("张*三 仅供参考", "FOR REFERENCE"), _font(int(18 * px), cjk))
+        d = ImageDraw.Draw(img)
     # tab bar
     tb = height - int(70 * px)
     d.rectangle([0, tb, width, height], fill=card)
@@ -389,6 +392,21 @@ def screenshot(rows=ROWS, *, width: int = 1080, dark: bool = False, screens: flo
     img.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     header = dict(SCREEN_HEADER) if cjk else {}
     return Sheet(buf.getvalue(), list(rows), header)
+
+
+def _watermarked(img, text: str, font):
+    """The page with `text` repeated over it at ~8 % opacity, slanted by 25 degrees."""
+    from PIL import Image, ImageDraw
+
+    w, h = img.size
+    layer = Image.new("RGBA", (w * 2, h * 2), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    step_x, step_y = int(font.size * 9), int(font.size * 6)
+    for y in range(0, h * 2, step_y):
+        for x in range(0, w * 2, step_x):
+            d.text((x, y), text, font=font, fill=(128, 128, 128, 22))
+    layer = layer.rotate(25, resample=Image.BICUBIC).crop((w // 2, h // 2, w // 2 + w, h // 2 + h))
+    return Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
 
 
 def _screen_table(d, rows, x0: int, x1: int, y: int, px: float, fonts, colours) -> int:

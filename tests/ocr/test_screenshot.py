@@ -157,6 +157,14 @@ def test_wechat_recompressed_screenshot_extracted():
 
 
 @pytest.mark.slow
+def test_watermark_never_becomes_a_row_or_header_field():
+    s = screenshot(ROWS[:6], watermark=True)
+    rep = extract(s.data)
+    _check(rep, s)
+    assert not any("参考" in (r.name or "") or "REFERENCE" in (r.name or "") for r in rep.results)
+
+
+@pytest.mark.slow
 def test_long_screenshot_read_in_tiles_without_duplicates():
     s = long_screenshot()
     img = _bgr(s.data)
