@@ -7,18 +7,31 @@ import time
 
 from . import __version__
 from .analytes import fold, lookup_abbr, lookup_name
-from .engine import TextBox
-from .inputs import Token, load_pages
-from .layout import (RawRow, deskew_quads, find_tables, headerless_rows, rotate_quads, split_name_code)
-from .parse import (canon_unit, derive_flag, norm_age, norm_bed, norm_date, norm_sex, norm_text,
-                    parse_flag, parse_number, parse_range, qual_level, repair_number, split_value_flag)
-from .report import LabReport, ResultRow
-from .screen_header import screen_header
-from .screenshot import is_screenshot, recognize_tiled
 from .cards import card_rows
 from .cells import reread_empty_cells
 from .chrome import drop_chrome
 from .colour import MIN_CONTRAST, glyph_contrast, mark_colours
+from .engine import TextBox
+from .inputs import Token, load_pages
+from .layout import RawRow, deskew_quads, find_tables, headerless_rows, rotate_quads, split_name_code
+from .parse import (
+    canon_unit,
+    derive_flag,
+    norm_age,
+    norm_bed,
+    norm_date,
+    norm_sex,
+    norm_text,
+    parse_flag,
+    parse_number,
+    parse_range,
+    qual_level,
+    repair_number,
+    split_value_flag,
+)
+from .report import LabReport, ResultRow
+from .screen_header import screen_header
+from .screenshot import is_screenshot, recognize_tiled
 
 HEADER_FIELDS = ["hospital", "title", "name", "sex", "age", "department", "bed", "specimen", "sample_id", "doctor",
                  "collected_at", "received_at", "reported_at", "patient_id", "diagnosis"]

@@ -40,16 +40,17 @@ def screen_header(lines: list[list[Token]], body_top: float | None) -> dict[str,
             continue
         joined = "".join(t.text for t in toks).replace(" ", "")
         if out["name"] is None:
-            m = _PATIENT_ONE.match(joined)
+            # the name in a box of its own (a sex icon read as a character may sit before 男/女), else one box
             first = toks[0].text.strip()
-            if m:
-                out.update(name=m.group("name"), sex=m.group("sex"), age=norm_age(m.group("age")))
-                continue
             rest = "".join(t.text for t in toks[1:])
             sm = re.search(r"(男|女)", rest)
             am = re.search(r"(\d{1,3})\s*岁?", rest)
             if _NAME_TOKEN.fullmatch(first) and sm and am and not _LABELISH.search(first):
                 out.update(name=first, sex=sm.group(1), age=norm_age(am.group(1)))
+                continue
+            m = _PATIENT_ONE.match(joined)
+            if m:
+                out.update(name=m.group("name"), sex=m.group("sex"), age=norm_age(m.group("age")))
                 continue
         if out["title"] is None:
             t0 = max(toks, key=lambda t: t.h)
