@@ -5,6 +5,7 @@ tokens (deskewed, axis-aligned) -> lines -> table header line(s) -> column group
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
@@ -385,14 +386,45 @@ def build_rows(groups: list[list[Column]], body: list[list[Token]], H: float) ->
             grows.append(r)
         if not grows:
             continue
-        for a in gatoms:
-            if a.col == anchor_roles[0] and any(a in r.cells.get(a.col, []) for r in grows):
-                continue
-            best = min(grows, key=lambda r: abs(r.cy - a.cy))
-            if abs(best.cy - a.cy) < 0.75 * H:
+        rest = [a for a in gatoms if not (a.col == anchor_roles[0] and any(a in r.cells.get(a.col, []) for r in grows))]
+        shifts = column_shifts(grows, rest, H)
+        for a in rest:
+            y = a.cy - shifts.get(a.col or "", 0.0)
+            best = min(grows, key=lambda r: abs(r.cy - y))
+            if abs(best.cy - y) < 0.75 * H:
                 best.add(a)
         rows.extend(merge_wrapped(grows, H))
     return rows
+
+
+def column_shifts(rows: list[RawRow], atoms: list[Atom], H: float) -> dict[str, float]:
+    """Vertical offset of each column's cells from their rows' anchors, followed column by column outwards from the
+    anchor column: on a curled or folded page the baselines bow, so a cell far from the name sits up to a row
+    away from the name's height; each column's offset is the previous column's plus the median remaining
+    misfit of its cells (when it has three or more), so a gradual bow is followed without ever jumping a row."""
+    if not rows:
+        return {}
+    anchor_x = statistics.median((a.x0 + a.x1) / 2 for r in rows for al in r.cells.values() for a in al)
+    by_col: dict[str, list[Atom]] = {}
+    for a in atoms:
+        by_col.setdefault(a.col or "", []).append(a)
+    xs = {c: statistics.median(a.cx for a in al) for c, al in by_col.items()}
+    ys = sorted(r.cy for r in rows)
+    shifts: dict[str, float] = {}
+    for side in (1, -1):
+        prev = 0.0
+        for c in sorted((c for c in xs if (xs[c] - anchor_x) * side >= 0), key=lambda c: abs(xs[c] - anchor_x)):
+            misfit = []
+            for a in by_col[c]:
+                y = a.cy - prev
+                k = bisect.bisect_left(ys, y)
+                near = min((ys[j] for j in (k - 1, k) if 0 <= j < len(ys)), key=lambda v: abs(v - y))
+                if abs(y - near) < 0.75 * H:
+                    misfit.append(y - near)
+            if len(misfit) >= 3:
+                prev += statistics.median(misfit)
+            shifts.setdefault(c, prev)
+    return shifts
 
 
 _CODE_LINE = re.compile(r"^[(（]?[A-Za-z][A-Za-z0-9#%\-/+.()]{0,11}[)）]?$")
