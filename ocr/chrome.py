@@ -16,6 +16,7 @@ CENTRED = 0.12       # a title-bar title is centred on the screen to within this
 
 _CHROME_WORDS = re.compile(r"(详情|首页|我的|消息|服务|返回|下载|分享|PDF|打印|咨询|预约|更多|关闭|…|···|\.\.\.)", re.IGNORECASE)
 _CJK = re.compile(r"[\u4e00-\u9fff]")
+_STATUS = re.compile(r"\d{1,2}:\d{2}|\d%|[45]G|LTE|HD", re.IGNORECASE)   # clock, battery, network (icons read as CJK)
 
 
 def drop_chrome(tokens: list[Token], width: int, height: int) -> list[Token]:
@@ -27,7 +28,8 @@ def drop_chrome(tokens: list[Token], width: int, height: int) -> list[Token]:
         text = t.text.strip()
         if t.cy < top:
             centred = abs(t.cx - width / 2) < CENTRED * width
-            if centred or not _CJK.search(text) or _CHROME_WORDS.search(text) or len(text) <= 1:
+            if centred or not _CJK.search(text) or _CHROME_WORDS.search(text) or len(text) <= 1 \
+                    or _STATUS.search(text):
                 continue
         elif t.cy > bottom and (_CHROME_WORDS.search(text) or (not re.search(r"\d", text) and len(text) <= 6)):
             continue

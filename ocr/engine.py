@@ -216,9 +216,18 @@ class RapidOCREngine:
             settings=dict(self.settings))
         self._lock = threading.Lock()
 
-    def recognize(self, image: np.ndarray) -> list[TextBox]:
+    def recognize(self, image: np.ndarray, det_side: int | None = None) -> list[TextBox]:
+        """Text lines of the image; `det_side` overrides the long side of the detection copy for this call (a
+        screenshot tile, whose text is large, is detected on a smaller copy; recognition still reads the tile)."""
         with self._lock:  # onnxruntime sessions are thread-safe, but one page at a time keeps threads bounded
-            out = self._ocr(image, use_det=True, use_cls=False, use_rec=True)
+            det = self._ocr.text_det
+            before = det.limit_side_len
+            if det_side:
+                det.limit_side_len = int(det_side)
+            try:
+                out = self._ocr(image, use_det=True, use_cls=False, use_rec=True)
+            finally:
+                det.limit_side_len = before
         boxes = getattr(out, "boxes", None)
         if boxes is None:
             return []

@@ -1,9 +1,12 @@
 """extract(bytes) -> LabReport."""
 from __future__ import annotations
 
+import inspect
 import re
 import statistics
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .analytes import fold, lookup_abbr, lookup_name
@@ -32,6 +35,9 @@ from .parse import (
 from .report import LabReport, ResultRow
 from .screen_header import screen_header
 from .screenshot import is_screenshot, recognize_tiled
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HEADER_FIELDS = ["hospital", "title", "name", "sex", "age", "department", "bed", "specimen", "sample_id", "doctor",
                  "collected_at", "received_at", "reported_at", "patient_id", "diagnosis"]
@@ -72,6 +78,13 @@ def _boxes_tokens(boxes: list[TextBox], *, deskew: bool = True) -> tuple[list[To
         xs, ys = [p[0] for p in q], [p[1] for p in q]
         toks.append(Token(b.text, min(xs), min(ys), max(xs), max(ys), b.score, ang))
     return split_vertical(toks), ang, [b.score for b in boxes]
+
+
+def _recognize_at(engine) -> Callable[[np.ndarray, int], list[TextBox]] | None:
+    """The engine's recognize with a per-call detection size, when it has one."""
+    if "det_side" not in inspect.signature(engine.recognize).parameters:
+        return None
+    return lambda image, side: engine.recognize(image, det_side=side)
 
 
 def split_vertical(toks: list[Token]) -> list[Token]:
@@ -353,7 +366,7 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
                 # a phone screenshot: flat, upright, no page edges; read in full-resolution tiles, never shrunk
                 img, steps = p.image, ["screenshot"]
                 tb = time.perf_counter()
-                tokens, ang, _ = _boxes_tokens(recognize_tiled(img, eng.recognize), deskew=False)
+                tokens, ang, _ = _boxes_tokens(recognize_tiled(img, eng.recognize, _recognize_at(eng)), deskew=False)
                 tokens = drop_chrome(tokens, img.shape[1], img.shape[0])
                 # faint text over the page is a watermark (slanted ones are gone already)
                 tokens = [t for t in tokens if glyph_contrast(img, t.x0, t.y0, t.x1, t.y1) >= MIN_CONTRAST]

@@ -19,6 +19,7 @@ MAX_WIDTH = 1800        # phone screens are 720-1440 px wide
 MIN_FLAT = 0.85         # share of horizontally adjacent pixel pairs that differ by <= 2 grey levels
 TILE_MAX_SIDE = 2000    # tiles are at most this tall (the engine's own input limit)
 WATERMARK_SLOPE = 0.2  # |dy/dx| of a box's top edge above which it is a slanted watermark (~11 degrees)
+DET_WIDTH = 720         # screen width (px) of the copy text detection runs on
 TILE_ASPECT = 1.5       # tile height as a multiple of the width (below the engine limit)
 
 
@@ -63,12 +64,24 @@ def tile_spans(height: int, width: int) -> list[tuple[int, int, int, int]]:
     return spans
 
 
-def recognize_tiled(img: np.ndarray, recognize: Callable[[np.ndarray], list[TextBox]]) -> list[TextBox]:
-    """OCR a tall image tile by tile at full resolution; boxes come back in image coordinates, each line once."""
+def det_side_for(width: int, tile_height: int) -> int:
+    """Long side of the detection copy of a tile: the screen scaled to DET_WIDTH px wide (never enlarged). Screen
+    text is large (small grey print is ~3 % of the width: >= 20 px at 720 px), so detection on a screen-wide copy
+    of 720 px finds every line; recognition still crops the full-resolution tile."""
+    scale = min(1.0, DET_WIDTH / max(1, width))
+    return max(32, round(max(width, tile_height) * scale))
+
+
+def recognize_tiled(img: np.ndarray, recognize: Callable[[np.ndarray], list[TextBox]],
+                    recognize_at: Callable[[np.ndarray, int], list[TextBox]] | None = None) -> list[TextBox]:
+    """OCR a tall image tile by tile at full resolution; boxes come back in image coordinates, each line once.
+    `recognize_at(tile, det_side)`, when the engine has it, detects on a screen-wide copy (det_side_for)."""
     h, w = img.shape[:2]
     out: list[TextBox] = []
     for y0, y1, own0, own1 in tile_spans(h, w):
-        for b in recognize(np.ascontiguousarray(img[y0:y1])):
+        tile = np.ascontiguousarray(img[y0:y1])
+        boxes = recognize_at(tile, det_side_for(w, y1 - y0)) if recognize_at else recognize(tile)
+        for b in boxes:
             quad = [(x, y + y0) for x, y in b.quad]
             cy = sum(y for _, y in quad) / len(quad)
             (ax, ay), (bx, by) = quad[0], quad[1]

@@ -14,7 +14,7 @@ from ocr.colour import glyph_colour
 from ocr.engine import TextBox
 from ocr.inputs import Token
 from ocr.pipeline import finalize_row
-from ocr.screenshot import is_screenshot, recognize_tiled, tile_spans
+from ocr.screenshot import det_side_for, is_screenshot, recognize_tiled, tile_spans
 
 from .sheetgen import LONG_ROWS, ROWS, cjk_font_path, image_sheet, long_screenshot, photo_of, screenshot
 
@@ -46,6 +46,12 @@ def test_tiles_cover_the_image_and_own_disjoint_bands(h, w):
         assert y1 - y0 <= 2000                                          # never above the engine's own limit
         assert o0 - y0 >= 100 or y0 == 0                                # a line whose centre is owned is whole
         assert y1 - o1 >= 100 or y1 == h
+
+
+def test_detection_copy_is_screen_wide_never_enlarged():
+    assert det_side_for(1200, 1800) == 1080          # a 1200 px screen detected 720 px wide
+    assert det_side_for(720, 1080) == 1080           # a 720 px screen as it is
+    assert det_side_for(600, 900) == 900             # never enlarged
 
 
 def test_tiled_recognition_keeps_every_line_once():
