@@ -31,7 +31,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -220,7 +220,7 @@ class RapidOCREngine:
         """Text lines of the image; `det_side` overrides the long side of the detection copy for this call (a
         screenshot tile, whose text is large, is detected on a smaller copy; recognition still reads the tile)."""
         with self._lock:  # onnxruntime sessions are thread-safe, but one page at a time keeps threads bounded
-            det = self._ocr.text_det
+            det: Any = self._ocr.text_det   # created with the engine (_load_det_model)
             before = det.limit_side_len
             if det_side:
                 det.limit_side_len = int(det_side)
@@ -241,8 +241,9 @@ class RapidOCREngine:
             return []
         from rapidocr.ch_ppocr_rec.typings import TextRecInput
 
+        rec: Any = self._ocr.text_rec   # created with the engine (_load_rec_model)
         with self._lock:
-            out = self._ocr.text_rec(TextRecInput(img=list(images)))
+            out = rec(TextRecInput(img=list(images)))
         txts = getattr(out, "txts", None) or ()
         scores = getattr(out, "scores", None) or ()
         return [(str(t), float(s)) for t, s in zip(txts, scores)]

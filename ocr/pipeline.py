@@ -14,7 +14,7 @@ from .cards import card_rows
 from .cells import reread_empty_cells
 from .chrome import drop_chrome
 from .colour import MIN_CONTRAST, glyph_contrast, mark_colours
-from .engine import TextBox
+from .engine import Engine, TextBox
 from .inputs import Token, load_pages
 from .layout import RawRow, deskew_quads, find_tables, headerless_rows, rotate_quads, split_name_code
 from .parse import (
@@ -80,11 +80,11 @@ def _boxes_tokens(boxes: list[TextBox], *, deskew: bool = True) -> tuple[list[To
     return split_vertical(toks), ang, [b.score for b in boxes]
 
 
-def _recognize_at(engine) -> Callable[[np.ndarray, int], list[TextBox]] | None:
+def _recognize_at(engine: Engine) -> Callable[[np.ndarray, int], list[TextBox]] | None:
     """The engine's recognize with a per-call detection size, when it has one."""
     if "det_side" not in inspect.signature(engine.recognize).parameters:
         return None
-    return lambda image, side: engine.recognize(image, det_side=side)
+    return lambda image, side: engine.recognize(image, det_side=side)  # type: ignore[call-arg]
 
 
 def split_vertical(toks: list[Token]) -> list[Token]:
