@@ -13,6 +13,7 @@ Configuration (environment, read when the engine is first needed):
   HEALTHVAULT_OCR_DET_SIDE    long side (px) of the copy that text detection runs on (default DET_SIDE)
   HEALTHVAULT_OCR_REC_MIN_WIDTH / _REC_BATCH   recognition padding width and batch size (defaults below)
   HEALTHVAULT_OCR_DET_RUNTIME openvino (default when installed) | onnxruntime: what runs the detection model file
+  HEALTHVAULT_OCR_OV_SHAPE_CACHE  OpenVINO's per-shape kernel cache entries (default 0: pages and tiles vary in shape)
 
 Latency (rapidocr, 2 cores, A4 page of ~120 text lines; bench/bench_ocr.py and docs/ocr.md have the figures):
 detection costs what its input has in pixels, so it runs on a copy whose LONG side is DET_SIDE (rapidocr's default
