@@ -9,11 +9,15 @@ keys or the database.
 
 Pipeline: sniff (magic bytes) -> limits before decoding (inputs.py: 40 MP, 20 pages, 50 MB, PDF image sizes)
 -> PDF: pikepdf checks (encrypted/malformed/absurd rejected, active content stripped), pypdfium2 text layer with
-positions when born digital, else the page rendered and OCR'd -> image: EXIF orientation, page-quadrilateral
-perspective correction for photos (preprocess.py) -> PP-OCR via rapidocr/onnxruntime (engine.py, weights from the
-wheel, never downloaded; model names + SHA-256 in every result) -> deskew by box angles -> rows and columns from
-geometry (layout.py: fuzzy header keywords, side-by-side tables, merged boxes split by pattern, headerless fallback)
--> parsing and normalisation (parse.py, analytes.py) -> LabReport (report.py) with consistency-based needs_review.
+positions when born digital, else the page rendered and OCR'd -> image: EXIF orientation; a phone screenshot
+(screenshot.py) is read in full-resolution tiles with its phone chrome and watermarks removed (chrome.py, colour.py),
+any other image gets page-quadrilateral perspective correction when the quad is trustworthy (preprocess.py) ->
+PP-OCR via rapidocr/onnxruntime (engine.py, weights from the wheel, never downloaded; model names + SHA-256 in every
+result) -> deskew by box angles -> rows and columns from geometry (layout.py: fuzzy header keywords, side-by-side
+tables, merged boxes split by pattern, wrapped cells, bowed baselines; cells.py: empty cells re-read; cards.py:
+result cards and list rows without a header; headerless fallback) -> parsing and normalisation (parse.py,
+analytes.py; screen_header.py for unlabelled screen headers) -> LabReport (report.py) with consistency-based
+needs_review.
 
 CLI: ``healthvault ocr FILE... --json`` / ``python -m ocr FILE... --json`` (one JSON object per line).
 Engine selection: HEALTHVAULT_OCR_ENGINE=rapidocr|paddleocr (see engine.py).

@@ -13,6 +13,7 @@ Configuration (environment, read when the engine is first needed):
   HEALTHVAULT_OCR_DET_SIDE    long side (px) of the copy that text detection runs on (default DET_SIDE)
   HEALTHVAULT_OCR_REC_MIN_WIDTH / _REC_BATCH   recognition padding width and batch size (defaults below)
   HEALTHVAULT_OCR_DET_RUNTIME openvino (default when installed) | onnxruntime: what runs the detection model file
+  HEALTHVAULT_OCR_OV_SHAPE_CACHE  OpenVINO's per-shape kernel cache entries (default 0: pages and tiles vary in shape)
 
 Latency (rapidocr, 2 cores, A4 page of ~120 text lines; bench/bench_ocr.py and docs/ocr.md have the figures):
 detection costs what its input has in pixels, so it runs on a copy whose LONG side is DET_SIDE (rapidocr's default
@@ -32,7 +33,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -127,10 +128,13 @@ class OpenVINOSession:
     def __init__(self, path: str | Path, threads: int):
         ov = import_openvino()
         core = ov.Core()
-        # no thread pinning: the worker shares its cores with the service and other workers
+        # no thread pinning: the worker shares its cores with the service and other workers; no cache of
+        # per-shape kernels (CPU_RUNTIME_CACHE_CAPACITY 0): every page and screenshot tile has a shape of its own,
+        # and the cache held ~300 MB more at the peak over the two dev sets for no measurable speed
+        # (HEALTHVAULT_OCR_OV_SHAPE_CACHE sets it)
         self._compiled = core.compile_model(core.read_model(str(path)), "CPU", {
             "INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-            "ENABLE_CPU_PINNING": False})
+            "ENABLE_CPU_PINNING": False, "CPU_RUNTIME_CACHE_CAPACITY": _env_int("HEALTHVAULT_OCR_OV_SHAPE_CACHE", 0, 0)})
         self._request = self._compiled.create_infer_request()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -151,9 +155,9 @@ def _det_runtime(requested: str | None) -> str:
     return "openvino"
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
     v = os.environ.get(name, "")
-    return int(v) if v.isdigit() and int(v) > 0 else default
+    return int(v) if v.isdigit() and int(v) >= minimum else default
 
 
 class RapidOCREngine:
@@ -234,14 +238,37 @@ class RapidOCREngine:
             settings=dict(self.settings))
         self._lock = threading.Lock()
 
-    def recognize(self, image: np.ndarray) -> list[TextBox]:
+    def recognize(self, image: np.ndarray, det_side: int | None = None) -> list[TextBox]:
+        """Text lines of the image; `det_side` overrides the long side of the detection copy for this call (a
+        screenshot tile, whose text is large, is detected on a smaller copy; recognition still reads the tile)."""
         with self._lock:  # onnxruntime sessions are thread-safe, but one page at a time keeps threads bounded
-            out = self._ocr(image, use_det=True, use_cls=False, use_rec=True)
+            det: Any = self._ocr.text_det   # created with the engine (_load_det_model)
+            before = det.limit_side_len
+            if det_side:
+                det.limit_side_len = int(det_side)
+            try:
+                out = self._ocr(image, use_det=True, use_cls=False, use_rec=True)
+            finally:
+                det.limit_side_len = before
         boxes = getattr(out, "boxes", None)
         if boxes is None:
             return []
         return [TextBox([(float(x), float(y)) for x, y in b], str(t), float(s))
                 for b, t, s in zip(boxes, out.txts, out.scores)]
+
+    def read_lines(self, images: list[np.ndarray]) -> list[tuple[str, float]]:
+        """Recognition only (no detection) of crops that each hold one line: re-reading a table cell where
+        detection found nothing (lone '-', '+', '↑' glyphs are often missed by detection)."""
+        if not images:
+            return []
+        from rapidocr.ch_ppocr_rec.typings import TextRecInput
+
+        rec: Any = self._ocr.text_rec   # created with the engine (_load_rec_model)
+        with self._lock:
+            out = rec(TextRecInput(img=list(images)))
+        txts = getattr(out, "txts", None) or ()
+        scores = getattr(out, "scores", None) or ()
+        return [(str(t), float(s)) for t, s in zip(txts, scores)]
 
     def raw(self, image: np.ndarray):
         """The plain rapidocr call (used by the benchmark to show pipeline overhead)."""

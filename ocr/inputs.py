@@ -36,6 +36,7 @@ class Token:
     y1: float
     conf: float = 1.0
     angle: float = 0.0   # radians, of the text baseline (OCR boxes)
+    colour: str | None = None   # "red" | "blue" when the glyphs are clearly coloured (screenshots), else None
 
     @property
     def cx(self) -> float:

@@ -5,6 +5,7 @@ tokens (deskewed, axis-aligned) -> lines -> table header line(s) -> column group
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
@@ -54,31 +55,34 @@ _WORDS = sorted(((fold(w), r) for r, ws in ROLE_WORDS.items() for w in ws), key=
 def split_keywords(text: str) -> list[tuple[str, int, int]] | None:
     """Split a header box into (role, start, end) char spans; None if it is not made only of keywords.
 
-    Allows one OCR slip per keyword of 3+ chars (edit distance 1)."""
+    Allows one OCR slip per keyword of 3+ chars (one substituted character, first or last kept); exact keywords
+    are tried first, a slipped longer one when the exact reading leaves the rest unparsable ('参考范图')."""
     t = fold(text).lower()
-    out, i = [], 0
-    while i < len(t):
-        if t[i] in " :：|":
-            i += 1
-            continue
-        hit = None
-        for w, r in _WORDS:
-            if t.startswith(w, i):
-                hit = (r, i, i + len(w))
-                break
-        if hit is None:  # fuzzy: one substituted char in a 3-4 char keyword
-            for w, r in _WORDS:
-                if len(w) >= 3 and i + len(w) <= len(t):
-                    seg = t[i:i + len(w)]
-                    if sum(a != b for a, b in zip(seg, w)) == 1 and seg[0] == w[0] or (
-                            sum(a != b for a, b in zip(seg, w)) == 1 and seg[-1] == w[-1]):
-                        hit = (r, i, i + len(w))
-                        break
-        if hit is None:
-            return None
-        out.append(hit)
-        i = hit[2]
+    out = _split_from(t, 0)
     return out or None
+
+
+def _split_from(t: str, i: int) -> list[tuple[str, int, int]] | None:
+    while i < len(t) and t[i] in " :：|":
+        i += 1
+    if i >= len(t):
+        return []
+    cands: list[tuple[str, int, int]] = []
+    for w, r in _WORDS:
+        if t.startswith(w, i):
+            cands.append((r, i, i + len(w)))
+            break
+    for w, r in _WORDS:
+        if len(w) >= 3 and i + len(w) <= len(t):
+            seg = t[i:i + len(w)]
+            diff = sum(a != b for a, b in zip(seg, w))
+            if diff == 1 and (seg[0] == w[0] or seg[-1] == w[-1]):
+                cands.append((r, i, i + len(w)))
+    for hit in cands:
+        rest = _split_from(t, hit[2])
+        if rest is not None:
+            return [hit, *rest]
+    return None
 
 
 # ----------------------------------------------------------------------------- structures
@@ -91,6 +95,7 @@ class Atom:
     y1: float
     conf: float
     col: str | None = None
+    colour: str | None = None   # "red" | "blue" glyphs (screenshots), see colour.py
 
     @property
     def cx(self):
@@ -118,8 +123,14 @@ class RawRow:
         self.cells.setdefault(a.col, []).append(a)
 
     def text(self, role: str) -> str:
-        atoms = sorted(self.cells.get(role, []), key=lambda a: a.x0)
-        return " ".join(a.text for a in atoms).strip()
+        """The cell's text in reading order: line by line (a wrapped name, a code under the name), left to right."""
+        lines: list[list[Atom]] = []
+        for a in sorted(self.cells.get(role, []), key=lambda a: a.cy):
+            if lines and abs(a.cy - lines[-1][0].cy) < 0.5 * min(a.y1 - a.y0, lines[-1][0].y1 - lines[-1][0].y0):
+                lines[-1].append(a)
+            else:
+                lines.append([a])
+        return " ".join(a.text for ln in lines for a in sorted(ln, key=lambda a: a.x0)).strip()
 
     def bbox(self) -> list[float]:
         al = [a for v in self.cells.values() for a in v]
@@ -140,7 +151,7 @@ class Table:
 
 
 def token_atom(t: Token) -> Atom:
-    return Atom(t.text, t.x0, t.y0, t.x1, t.y1, t.conf)
+    return Atom(t.text, t.x0, t.y0, t.x1, t.y1, t.conf, colour=t.colour)
 
 
 def group_lines(tokens: list[Token], H: float) -> list[list[Token]]:
@@ -160,7 +171,7 @@ def _sub_atom(t: Token | Atom, s: int, e: int, text: str | None = None) -> Atom:
     n = max(1, len(t.text))
     w = (t.x1 - t.x0) / n
     return Atom(text if text is not None else t.text[s:e], t.x0 + s * w, t.y0, t.x0 + e * w, t.y1,
-                getattr(t, "conf", 1.0))
+                getattr(t, "conf", 1.0), colour=getattr(t, "colour", None))
 
 
 def _merge_spaced(line: list[Token]) -> list[Token]:
@@ -318,7 +329,8 @@ def find_tables(tokens: list[Token]) -> tuple[list[Table], float, list[list[Toke
             if body and pitch and gap > 3.5 * pitch:
                 break
             if body:
-                pitch = gap if pitch is None else min(pitch, gap) if gap > 0.5 * H else pitch
+                # a gap under one line height is a wrapped cell (a name, a range), not the row pitch
+                pitch = (gap if pitch is None else min(pitch, gap)) if gap > 1.0 * H else pitch
             body.append(ln)
             last_y = cy
             j += 1
@@ -374,14 +386,81 @@ def build_rows(groups: list[list[Column]], body: list[list[Token]], H: float) ->
             grows.append(r)
         if not grows:
             continue
-        for a in gatoms:
-            if a.col == anchor_roles[0] and any(a in r.cells.get(a.col, []) for r in grows):
-                continue
-            best = min(grows, key=lambda r: abs(r.cy - a.cy))
-            if abs(best.cy - a.cy) < 0.75 * H:
+        rest = [a for a in gatoms if not (a.col == anchor_roles[0] and any(a in r.cells.get(a.col, []) for r in grows))]
+        shifts = column_shifts(grows, rest, H)
+        for a in rest:
+            y = a.cy - shifts.get(a.col or "", 0.0)
+            best = min(grows, key=lambda r: abs(r.cy - y))
+            if abs(best.cy - y) < 0.75 * H:
                 best.add(a)
-        rows.extend(grows)
+        rows.extend(merge_wrapped(grows, H))
     return rows
+
+
+def column_shifts(rows: list[RawRow], atoms: list[Atom], H: float) -> dict[str, float]:
+    """Vertical offset of each column's cells from their rows' anchors, followed column by column outwards from the
+    anchor column: on a curled or folded page the baselines bow, so a cell far from the name sits up to a row
+    away from the name's height; each column's offset is the previous column's plus the median remaining
+    misfit of its cells (when it has three or more), so a gradual bow is followed without ever jumping a row."""
+    if not rows:
+        return {}
+    anchor_x = statistics.median((a.x0 + a.x1) / 2 for r in rows for al in r.cells.values() for a in al)
+    by_col: dict[str, list[Atom]] = {}
+    for a in atoms:
+        by_col.setdefault(a.col or "", []).append(a)
+    xs = {c: statistics.median(a.cx for a in al) for c, al in by_col.items()}
+    ys = sorted(r.cy for r in rows)
+    shifts: dict[str, float] = {}
+    for side in (1, -1):
+        prev = 0.0
+        for c in sorted((c for c in xs if (xs[c] - anchor_x) * side >= 0), key=lambda c: abs(xs[c] - anchor_x)):
+            misfit = []
+            for a in by_col[c]:
+                y = a.cy - prev
+                k = bisect.bisect_left(ys, y)
+                near = min((ys[j] for j in (k - 1, k) if 0 <= j < len(ys)), key=lambda v: abs(v - y))
+                if abs(y - near) < 0.75 * H:
+                    misfit.append(y - near)
+            if len(misfit) >= 3:
+                prev += statistics.median(misfit)
+            shifts.setdefault(c, prev)
+    return shifts
+
+
+_CODE_LINE = re.compile(r"^[(（]?[A-Za-z][A-Za-z0-9#%\-/+.()]{0,11}[)）]?$")
+
+
+def _anchor_text(r: RawRow) -> str:
+    return "".join(a.text.strip() for role in ("name", "code") for a in r.cells.get(role, []))
+
+
+def _wrap_pair(a: RawRow, b: RawRow) -> bool:
+    """Two anchor rows that are one row whose name cell wraps: a name and its code under (or over) it, or a long
+    name broken over two lines; at most one of them holds a result."""
+    if a.cells.get("result") and b.cells.get("result"):
+        return False
+    ta, tb = _anchor_text(a), _anchor_text(b)
+    if not ta or not tb:
+        return False
+    cjk = re.compile(r"[\u4e00-\u9fff]")
+    if _CODE_LINE.match(tb) and cjk.search(ta) or _CODE_LINE.match(ta) and cjk.search(tb):
+        return True
+    if cjk.search(ta) and cjk.search(tb) and lookup_name(split_name_code(ta)[0])[0] is None:
+        return lookup_name(split_name_code(ta + tb)[0])[0] is not None
+    return False
+
+
+def merge_wrapped(rows: list[RawRow], H: float) -> list[RawRow]:
+    """Merge anchor rows closer than a row pitch that are one wrapped row (see _wrap_pair)."""
+    out: list[RawRow] = []
+    for r in sorted(rows, key=lambda r: r.cy):
+        if out and r.cy - out[-1].cy < 1.3 * H and _wrap_pair(out[-1], r):
+            for al in r.cells.values():
+                for a in al:
+                    out[-1].add(a)
+            continue
+        out.append(r)
+    return out
 
 
 def _is_anchor(a: Atom) -> bool:
@@ -394,12 +473,18 @@ def _is_anchor(a: Atom) -> bool:
 
 
 # ----------------------------------------------------------------------------- name / code cell
-NAME_CODE_RE = re.compile(r"^(?P<name>.*?)\s*[(（]\s*(?P<code>[A-Za-z0-9#%/+\-.βγ ]+)\s*[)）]$")
+NAME_CODE_RE = re.compile(
+    r"^(?P<name>.*?)\s*[(（]\s*(?P<code>[A-Za-z0-9#%/+\-.βγ ]+(?:\([A-Za-z0-9]{1,3}\))?)\s*[)）]?$")
+NAME_SPACE_CODE_RE = re.compile(r"^(?P<name>.+?)\s+[(（]?(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*(?:\([A-Za-z0-9]{1,3}\))?)[)）]?$")
+NAME_TRAIL_CODE_RE = re.compile(r"^(?P<name>.*[\u4e00-\u9fff)）])\s*(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*)$")
 CODE_NAME_RE = re.compile(r"^(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*)\s*(?P<name>[\u4e00-\u9fffγ].*)$")
 
 
 def split_name_code(text: str) -> tuple[str, str | None]:
     t = text.strip()
+    m = NAME_SPACE_CODE_RE.match(t)
+    if m and lookup_name(m.group("name"))[0] is not None and lookup_name(t)[0] is None:
+        return m.group("name").strip(), m.group("code").strip()   # '脂蛋白a Lp(a)': a known name, then its code
     m = NAME_CODE_RE.match(t)
     if m and m.group("name"):
         # 'Lp(a)' style names end in '(a)': keep them whole when the whole thing is a known name
@@ -408,6 +493,16 @@ def split_name_code(text: str) -> tuple[str, str | None]:
         return m.group("name").strip(), m.group("code").strip()
     m = CODE_NAME_RE.match(t)
     if m and lookup_abbr(m.group("code")):
+        return m.group("name").strip(), m.group("code").strip()
+    m = NAME_TRAIL_CODE_RE.match(t)
+    if m and (lookup_abbr(m.group("code")) or lookup_name(m.group("name"))[0] is not None) \
+            and lookup_name(t)[0] is None:
+        # 'name code' printed in one line without brackets: '丙氨酸氨基转移酶 ALT', '尿酸UA'
+        return m.group("name").strip(), m.group("code").strip()
+    m = NAME_SPACE_CODE_RE.match(t)
+    if m and lookup_name(t)[0] is None and (lookup_name(m.group("name"))[0] is not None
+                                            or lookup_abbr(m.group("code"))):
+        # a name ending in Latin letters with its code after it: '载脂蛋白AI APOA1'
         return m.group("name").strip(), m.group("code").strip()
     return t, None
 

@@ -1,23 +1,49 @@
 """extract(bytes) -> LabReport."""
 from __future__ import annotations
 
+import inspect
 import re
 import statistics
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .analytes import fold, lookup_abbr, lookup_name
+from .cards import card_rows
+from .cells import reread_empty_cells
+from .chrome import drop_chrome
+from .colour import MIN_CONTRAST, glyph_contrast, mark_colours
+from .engine import Engine, TextBox
 from .inputs import Token, load_pages
-from .layout import (RawRow, deskew_quads, find_tables, headerless_rows, rotate_quads, split_name_code)
-from .parse import (canon_unit, derive_flag, norm_age, norm_bed, norm_date, norm_sex, norm_text,
-                    parse_flag, parse_number, parse_range, qual_level, repair_number, split_value_flag)
+from .layout import RawRow, deskew_quads, find_tables, headerless_rows, rotate_quads, split_name_code
+from .parse import (
+    canon_unit,
+    derive_flag,
+    norm_age,
+    norm_bed,
+    norm_date,
+    norm_sex,
+    norm_text,
+    parse_flag,
+    parse_number,
+    parse_range,
+    qual_level,
+    repair_number,
+    split_value_flag,
+)
 from .report import LabReport, ResultRow
+from .screen_header import screen_header
+from .screenshot import is_screenshot, recognize_tiled
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HEADER_FIELDS = ["hospital", "title", "name", "sex", "age", "department", "bed", "specimen", "sample_id", "doctor",
                  "collected_at", "received_at", "reported_at", "patient_id", "diagnosis"]
 
 LABELS = {
-    "name": ["患者姓名", "病人姓名", "姓名"],
+    "name": ["患者姓名", "病人姓名", "姓名", "就诊人", "患者"],
     "sex": ["性别"],
     "age": ["年龄"],
     "department": ["申请科室", "送检科室", "就诊科室", "科室", "科别"],
@@ -37,10 +63,14 @@ _LABEL_FIELD = {w: f for w, f in _LABEL_LIST}
 _LABEL_RE = re.compile("|".join(re.escape(w) for w, _ in _LABEL_LIST))
 
 
-def _ocr_tokens(img, engine) -> tuple[list[Token], float, list[float]]:
+def _ocr_tokens(img, engine, *, deskew: bool = True) -> tuple[list[Token], float, list[float]]:
     boxes = engine.recognize(img)
+    return _boxes_tokens(boxes, deskew=deskew)
+
+
+def _boxes_tokens(boxes: list[TextBox], *, deskew: bool = True) -> tuple[list[Token], float, list[float]]:
     quads = [b.quad for b in boxes]
-    ang = deskew_quads(quads)
+    ang = deskew_quads(quads) if deskew else 0.0
     if abs(ang) > 0.002:
         quads = rotate_quads(quads, ang)
     toks = []
@@ -48,6 +78,13 @@ def _ocr_tokens(img, engine) -> tuple[list[Token], float, list[float]]:
         xs, ys = [p[0] for p in q], [p[1] for p in q]
         toks.append(Token(b.text, min(xs), min(ys), max(xs), max(ys), b.score, ang))
     return split_vertical(toks), ang, [b.score for b in boxes]
+
+
+def _recognize_at(engine: Engine) -> Callable[[np.ndarray, int], list[TextBox]] | None:
+    """The engine's recognize with a per-call detection size, when it has one."""
+    if "det_side" not in inspect.signature(engine.recognize).parameters:
+        return None
+    return lambda image, side: engine.recognize(image, det_side=side)  # type: ignore[call-arg]
 
 
 def split_vertical(toks: list[Token]) -> list[Token]:
@@ -171,6 +208,8 @@ def _value_from(text: str) -> tuple[str | None, str | None]:
 def finalize_row(raw: RawRow, seq: int, page: int) -> ResultRow | None:
     name_txt = raw.text("name")
     code_txt = raw.text("code")
+    if name_txt:  # a name wrapped over two lines comes back as two pieces
+        name_txt = re.sub(r"(?<=[\u4e00-\u9fff])\s+(?=[\u4e00-\u9fff(（])", "", name_txt)
     name, code_in_name = split_name_code(name_txt) if name_txt else (None, None)
     if name and not code_txt and code_in_name is None:
         # 'WBC 白细胞计数' in one box
@@ -213,6 +252,11 @@ def finalize_row(raw: RawRow, seq: int, page: int) -> ResultRow | None:
                 value, glued_flag = v, fl
     if rng is None and ref_txt and a_qual_ref(ref_txt):
         rng = (None, None, "qual")
+    if value is not None and pflag is None and glued_flag is None:
+        repaired = arrow_read_as_digit(value, rng, ref_txt, analyte.plausible if analyte else None)
+        if repaired is not None:
+            value, glued_flag = repaired, "H"
+            reasons.append("a trailing 1 read as the ↑ glued to the value")
     printed = pflag or glued_flag
     if value is None and not name:
         return None
@@ -269,6 +313,29 @@ def finalize_row(raw: RawRow, seq: int, page: int) -> ResultRow | None:
         needs_review=bool(reasons) or (rconf is not None and rconf < 0.6), review_reasons=reasons)
 
 
+def _decimals(t: str) -> int:
+    return len(t.split(".")[1]) if "." in t else 0
+
+
+def arrow_read_as_digit(value: str, rng: tuple[float | None, float | None, str | None] | None, ref_text: str | None,
+                        plausible: tuple[float, float] | None) -> str | None:
+    """'46.91' for a printed '46.9↑': OCR reads a glued up-arrow as a trailing 1. The value without its last digit,
+    when that one is above the reference range (an up-arrow's meaning) and either the printed value is impossible
+    for the analyte or it carries one more decimal than the range does; else None."""
+    high = rng[1] if rng is not None and rng[2] in ("range", "lt") else None
+    if high is None or not re.fullmatch(r"\d+(?:\.\d+)?1", value):
+        return None
+    cut = value[:-1].rstrip(".")
+    cut_num = parse_number(cut) if cut else None
+    if cut_num is None or cut_num <= high:
+        return None
+    num = parse_number(value)
+    impossible = plausible is not None and num is not None and not (plausible[0] <= num <= plausible[1])
+    range_dec = max((_decimals(x) for x in re.findall(r"\d+(?:\.\d+)?", ref_text or "")), default=0)
+    extra_decimal = "." in value and _decimals(value) == range_dec + 1 and range_dec > 0
+    return cut if impossible or extra_decimal else None
+
+
 def a_qual_ref(t: str) -> bool:
     return qual_level(t) in ("neg",)
 
@@ -289,17 +356,29 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
     provenance = {"package": f"ocr {__version__}"}
     for p in pages:
         info = {"page": p.number, "kind": p.kind}
+        screen = False
         if p.image is not None:
             eng = engine or get_engine()
             provenance.update(eng.info.as_dict())
             ta = time.perf_counter()
-            img, steps = prepare(p.image)
-            tb = time.perf_counter()
-            tokens, ang, _ = _ocr_tokens(img, eng)
+            screen = is_screenshot(p.image)
+            if screen:
+                # a phone screenshot: flat, upright, no page edges; read in full-resolution tiles, never shrunk
+                img, steps = p.image, ["screenshot"]
+                tb = time.perf_counter()
+                tokens, ang, _ = _boxes_tokens(recognize_tiled(img, eng.recognize, _recognize_at(eng)), deskew=False)
+                tokens = drop_chrome(tokens, img.shape[1], img.shape[0])
+                # faint text over the page is a watermark (slanted ones are gone already)
+                tokens = [t for t in tokens if glyph_contrast(img, t.x0, t.y0, t.x1, t.y1) >= MIN_CONTRAST]
+                mark_colours(img, tokens)
+            else:
+                img, steps = prepare(p.image)
+                tb = time.perf_counter()
+                tokens, ang, _ = _ocr_tokens(img, eng)
             info["seconds_preprocess"] = round(tb - ta, 3)
             info["seconds_ocr"] = round(time.perf_counter() - tb, 3)
             turned = 0
-            if not find_tables(tokens)[0]:
+            if not screen and not find_tables(tokens)[0]:
                 # no table header: maybe a sideways or upside-down page without EXIF orientation
                 for k in _turn_candidates(tokens):
                     t2, a2, _ = _ocr_tokens(_rot90(img, k), eng)
@@ -316,21 +395,34 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
         tl = time.perf_counter()
         tables, H, lines = find_tables(tokens)
         info["tables"] = len(tables)
+        read_lines = getattr(eng, "read_lines", None) if p.image is not None else None
+        if tables and read_lines is not None:
+            info["cells_reread"] = reread_empty_cells(tables, H, img, ang, read_lines)
         fallback: list[RawRow] = []
-        if not tables:
+        if not tables and screen:
+            fallback = card_rows(lines)
+        elif not tables:
             fallback = headerless_rows(lines, H)
             warnings.append(f"page {p.number}: no result table header found"
                             + (f"; {len(fallback)} rows read by analyte name (review)" if fallback else ""))
         top = tables[0].header_y if tables else None
         spans = [(t.header_y - 0.5 * H, t.body_bottom + 0.5 * H) for t in tables]
         h, c = extract_header(lines, top, spans)
+        if screen:
+            # the report name, hospital and patient line of a result screen carry no labels
+            body_top = top if top is not None else min((r.bbox()[1] for r in fallback), default=None)
+            sh = screen_header(lines, body_top)
+            h["title"], h["hospital"] = sh["title"], sh["hospital"]
+            for field_name in ("name", "sex", "age"):
+                if h.get(field_name) is None:
+                    h[field_name] = sh[field_name]
         for k, v in h.items():
             if header.get(k) is None and v is not None:
                 header[k] = v
                 if k in c:
                     hconf[k] = round(c[k], 4)
-        for tb in tables:
-            ordered = sorted(tb.rows, key=lambda r: (r.group, r.cy))
+        for table in tables:
+            ordered = sorted(table.rows, key=lambda r: (r.group, r.cy))
             for raw in ordered:
                 row = finalize_row(raw, len(results) + 1, p.number)
                 if row is not None:
@@ -339,8 +431,9 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
         for raw in fallback:
             row = finalize_row(raw, len(results) + 1, p.number)
             if row is not None:
-                row.needs_review = True
-                row.review_reasons.append("no table header: columns inferred from content")
+                if not screen:
+                    row.needs_review = True
+                    row.review_reasons.append("no table header: columns inferred from content")
                 results.append(row)
         info["seconds_layout"] = round(time.perf_counter() - tl, 3)
         page_info.append(info)

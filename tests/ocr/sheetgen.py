@@ -85,6 +85,17 @@ def image_sheet(rows=ROWS, *, fmt: str = "PNG", rotate: float = 0.0, width: int 
     ncol = len(halves)
     colw = (width - 120) / ncol
     xs_rel = [0.0, 0.30, 0.47, 0.58, 0.77]
+    # each column starts a space after the widest cell of the one before: printed cells never overlap (a real
+    # sheet's do not); with CJK names two tables side by side get a smaller font so that they fit
+    if two_tables and cjk:
+        f = _font(max(14, width // 70), cjk)
+    glyphs = {"H": "↑", "L": "↓", None: ""}
+    cells = [[r[1] + f"({r[0]})" if cjk else r[0] for r in rows],
+             [r[2] + (glyphs[r[7]] if flags_glued else "") for r in rows], [glyphs[r[7]] for r in rows],
+             [r[3] for r in rows], [r[4] for r in rows]]
+    for k in range(1, len(xs_rel)):
+        widest = max([d.textlength(c, font=f) for c in cells[k - 1]] + [d.textlength(heads[k - 1], font=f)])
+        xs_rel[k] = max(xs_rel[k], xs_rel[k - 1] + (widest + 1.0 * f.size) / colw)
     y0 = 240
     lh = int(f.size * 2.0)
     for gi, part in enumerate(halves):
@@ -282,3 +293,144 @@ def photo_of(sheet: Sheet, *, long_side: int = 2800, keystone: float = 0.06, qua
     ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return buf.tobytes()
+
+
+# ----------------------------------------------------------------------------- phone screenshots
+LONG_ROWS = ROWS + [
+    ("NEUT%", "中性粒细胞百分比", "76.4", "%", "40.0-75.0", 40.0, 75.0, "H"),
+    ("LYMPH%", "淋巴细胞百分比", "18.2", "%", "20.0-50.0", 20.0, 50.0, "L"),
+    ("MONO%", "单核细胞百分比", "5.1", "%", "3.0-10.0", 3.0, 10.0, None),
+    ("HCT", "红细胞压积", "41.2", "%", "35.0-45.0", 35.0, 45.0, None),
+    ("MCV", "平均红细胞体积", "91.3", "fL", "82.0-100.0", 82.0, 100.0, None),
+    ("MCH", "平均红细胞血红蛋白量", "30.1", "pg", "27.0-34.0", 27.0, 34.0, None),
+    ("MCHC", "平均红细胞血红蛋白浓度", "330", "g/L", "316-354", 316, 354, None),
+    ("MPV", "平均血小板体积", "13.6", "fL", "7.4-12.5", 7.4, 12.5, "H"),
+    ("UREA", "尿素", "6.21", "mmol/L", "3.1-8.0", 3.1, 8.0, None),
+    ("UA", "尿酸", "462", "μmol/L", "208-428", 208, 428, "H"),
+    ("TG", "甘油三酯", "1.35", "mmol/L", "0.56-1.70", 0.56, 1.70, None),
+    ("Na", "钠", "139.2", "mmol/L", "137.0-147.0", 137.0, 147.0, None),
+]
+
+SCREEN_HEADER = {"title": "血常规全套", "hospital": "测试市人民医院", "name": "张*三", "sex": "男", "age": "45岁",
+                 "department": "内分泌科", "sample_id": "20240315123", "reported_at": "2024-03-15 11:47"}
+
+
+def screenshot(rows=ROWS, *, width: int = 1080, dark: bool = False, screens: float | None = None,
+               fmt: str = "PNG", table: bool = False, watermark: bool = False) -> Sheet:
+    """A hospital app's result page saved as a phone screenshot: status bar, title bar, a patient card, one card
+    per analyte (name left, value right in red/blue with ↑/↓ when abnormal, a grey '参考区间 … 单位 …' line under it),
+    a footer and a tab bar. `screens` > 1 makes a long (stitched) screenshot of that many screen heights; by default
+    the page is as tall as its content needs, at least one screen (2.17 x width). With `table`, the results are a
+    narrow four-column table instead (项目 / 结果 / 参考值 / 单位, the abbreviation in grey under the name, the value
+    centred between the two lines). With `watermark`, faint slanted text is laid over the whole page."""
+    from PIL import Image, ImageDraw
+
+    cjk = cjk_font_path()
+    px = width / 390.0                                  # device pixels per point (iPhone-like: 390 pt wide)
+    f_small, f_body, f_big = (_font(int(s * px), cjk) for s in (12, 16, 20))
+    bg, card, ink, grey = ((0, 0, 0), (28, 28, 30), (235, 235, 240), (150, 150, 155)) if dark else \
+        ((242, 244, 247), (255, 255, 255), (25, 25, 25), (140, 140, 145))
+    red, blue, brand = (225, 50, 45), (40, 90, 220), (40, 140, 90)
+    card_h = int(64 * px)
+    top = int(110 * px)
+    content = top + int(230 * px) + len(rows) * (card_h + int(10 * px)) + int(170 * px)
+    height = max(int(2.17 * width), content, int((screens or 0) * 2.17 * width))
+    img = Image.new("RGB", (width, height), bg)
+    d = ImageDraw.Draw(img)
+    lbl = (lambda zh, en: zh) if cjk else (lambda zh, en: en)
+    # status bar and title bar (phone chrome: never part of the report)
+    d.text((int(24 * px), int(16 * px)), "9:41", font=f_body, fill=ink)
+    d.text((width - int(90 * px), int(16 * px)), "5G 87%", font=f_small, fill=ink)
+    d.text((int(14 * px), int(58 * px)), "<", font=f_big, fill=ink)
+    title_bar = lbl("报告详情", "Report")
+    d.text(((width - d.textlength(title_bar, font=f_big)) / 2, int(58 * px)), title_bar, font=f_big, fill=ink)
+    d.text((width - int(48 * px), int(58 * px)), "···", font=f_big, fill=ink)
+    # patient card
+    x0, x1 = int(16 * px), width - int(16 * px)
+    d.rounded_rectangle([x0, top, x1, top + int(210 * px)], radius=int(10 * px), fill=card)
+    y = top + int(14 * px)
+    d.text((x0 + int(14 * px), y), lbl(SCREEN_HEADER["title"], "CBC"), font=f_big, fill=ink)
+    d.text((x1 - int(70 * px), y + int(3 * px)), lbl("已审核", "Done"), font=f_small, fill=brand)
+    y += int(32 * px)
+    d.text((x0 + int(14 * px), y), lbl(SCREEN_HEADER["hospital"], "Test Hospital"), font=f_small, fill=grey)
+    y += int(28 * px)
+    d.text((x0 + int(14 * px), y), lbl("张*三  男  45岁", "Zhang M 45"), font=f_big, fill=ink)
+    y += int(36 * px)
+    for zh, en in (("科室：内分泌科", "Dept: 2"), ("样本号：20240315123", "Sample: 20240315123"),
+                   ("报告时间：2024-03-15 11:47", "Reported: 2024-03-15 11:47")):
+        d.text((x0 + int(14 * px), y), lbl(zh, en), font=f_body, fill=grey)
+        y += int(27 * px)
+    # results
+    y = top + int(230 * px)
+    d.text((x0, y), lbl("检验结果", "Results"), font=f_big, fill=ink)
+    y += int(40 * px)
+    if table and cjk:
+        y = _screen_table(d, rows, x0, x1, y, px, (f_small, f_body), (card, ink, grey, red, blue))
+    for code, cname, val, unit, ref, _lo, _hi, flag in ([] if table and cjk else rows):
+        d.rounded_rectangle([x0, y, x1, y + card_h], radius=int(8 * px), fill=card)
+        d.text((x0 + int(14 * px), y + int(10 * px)), cname if cjk else code, font=f_body, fill=ink)
+        colour = {"H": red, "L": blue, None: ink}[flag]
+        shown = val + {"H": " ↑", "L": " ↓", None: ""}[flag]
+        d.text((x1 - int(14 * px) - d.textlength(shown, font=f_body), y + int(10 * px)), shown, font=f_body,
+               fill=colour)
+        grey_line = (f"{code}  参考区间：{ref}  单位：{unit}" if cjk else f"Ref {ref}  {unit}")
+        d.text((x0 + int(14 * px), y + int(38 * px)), grey_line, font=f_small, fill=grey)
+        y += card_h + int(10 * px)
+    y += int(10 * px)
+    d.text((x0, y), lbl("检验者：李四  审核者：王五", "Checked by: Li"), font=f_small, fill=grey)
+    d.text((x0, y + int(24 * px)), lbl("温馨提示：本报告仅供参考。", "Note: for reference only."), font=f_small,
+           fill=grey)
+    if watermark:
+        img = _watermarked(img, lbl("张*三 仅供参考", "FOR REFERENCE"), _font(int(18 * px), cjk))
+        d = ImageDraw.Draw(img)
+    # tab bar
+    tb = height - int(70 * px)
+    d.rectangle([0, tb, width, height], fill=card)
+    for k, tab in enumerate(lbl("首页 报告 我的", "Home Reports Me").split()):
+        d.text((int((k + 0.4) * width / 3), tb + int(16 * px)), tab, font=f_small, fill=grey)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    header = dict(SCREEN_HEADER) if cjk else {}
+    return Sheet(buf.getvalue(), list(rows), header)
+
+
+def _watermarked(img, text: str, font):
+    """The page with `text` repeated over it at ~8 % opacity, slanted by 25 degrees."""
+    from PIL import Image, ImageDraw
+
+    w, h = img.size
+    layer = Image.new("RGBA", (w * 2, h * 2), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    step_x, step_y = int(font.size * 9), int(font.size * 6)
+    for y in range(0, h * 2, step_y):
+        for x in range(0, w * 2, step_x):
+            d.text((x, y), text, font=font, fill=(128, 128, 128, 22))
+    layer = layer.rotate(25, resample=Image.BICUBIC).crop((w // 2, h // 2, w // 2 + w, h // 2 + h))
+    return Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
+
+
+def _screen_table(d, rows, x0: int, x1: int, y: int, px: float, fonts, colours) -> int:
+    """The results as a narrow four-column table; returns the y under it."""
+    f_small, f_body = fonts
+    card, ink, grey, red, blue = colours
+    xs = [x0 + int(12 * px), x0 + int(150 * px), x0 + int(230 * px), x0 + int(300 * px)]
+    row_h = int(52 * px)
+    d.rectangle([x0, y, x1, y + int(34 * px)], fill=card)
+    for x, head in zip(xs, ("项目", "结果", "参考值", "单位")):
+        d.text((x, y + int(8 * px)), head, font=f_small, fill=grey)
+    y += int(40 * px)
+    for code, cname, val, unit, ref, _lo, _hi, flag in rows:
+        d.rectangle([x0, y, x1, y + row_h], fill=card)
+        d.text((xs[0], y + int(6 * px)), cname, font=f_small, fill=ink)
+        d.text((xs[0], y + int(26 * px)), code, font=f_small, fill=grey)
+        colour = {"H": red, "L": blue, None: ink}[flag]
+        d.text((xs[1], y + int(16 * px)), val + {"H": "↑", "L": "↓", None: ""}[flag], font=f_body, fill=colour)
+        d.text((xs[2], y + int(17 * px)), ref, font=f_small, fill=ink)
+        d.text((xs[3], y + int(17 * px)), unit, font=f_small, fill=grey)
+        y += row_h + int(2 * px)
+    return y
+
+
+def long_screenshot(rows=LONG_ROWS, *, width: int = 1080, dark: bool = False) -> Sheet:
+    """A long (stitched) screenshot about three screens tall: more result cards than one screen holds."""
+    return screenshot(rows, width=width, dark=dark, screens=2.6)
