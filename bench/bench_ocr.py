@@ -79,7 +79,7 @@ def _default_rapidocr(eng):
         return RapidOCR(params={"Global.log_level": "error", "Det.model_path": str(m / files["det"]),
                                 "Rec.model_path": str(m / files["rec"]), "Cls.model_path": str(m / files["cls"]),
                                 "EngineConfig.onnxruntime.intra_op_num_threads": n})
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         print(f"  (default rapidocr not available: {e})")
         return None
 
@@ -91,7 +91,8 @@ def _load() -> str:
 def _baselines(eng) -> dict:
     """Plain rapidocr instances on the same model files, for the same-run comparison:
     'previous' = this project's settings before the latency work (detection in onnxruntime on a 1280 px copy,
-    recognition padded to 48x320 in batches of 6); 'default' = rapidocr's own config (only model paths and thread count pinned)."""
+    recognition padded to 48x320 in batches of 6); 'default' = rapidocr's own config (only model paths and thread
+    count pinned)."""
     out = {}
     default = _default_rapidocr(eng)
     if default is not None:
@@ -101,7 +102,7 @@ def _baselines(eng) -> dict:
 
         prev = RapidOCREngine(det_side=1280, rec_min_width=320, rec_batch=6, det_runtime="onnxruntime")
         out["rapidocr, previous settings"] = prev.raw
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         print(f"  (previous-settings engine not available: {e})")
     return out
 

@@ -24,9 +24,8 @@ Engine selection: HEALTHVAULT_OCR_ENGINE=rapidocr|paddleocr (see engine.py).
 """
 __version__ = "0.1.0"
 
-from .errors import (CorruptInput, EncryptedPDF, EngineError, InputError, OCRError, TooLarge,  # noqa: E402
-                     UnsupportedFormat)
-from .report import LabReport, ResultRow  # noqa: E402
+from .errors import CorruptInput, EncryptedPDF, EngineError, InputError, OCRError, TooLarge, UnsupportedFormat
+from .report import LabReport, ResultRow
 
 
 def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> "LabReport":
@@ -44,9 +43,20 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> "L
         raise
     except MemoryError as e:
         raise TooLarge("out of memory while extracting") from e
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise OCRError(f"extraction failed: {type(e).__name__}: {e}", code="extraction_failed") from e
 
 
-__all__ = ["extract", "LabReport", "ResultRow", "OCRError", "InputError", "UnsupportedFormat", "CorruptInput",
-           "EncryptedPDF", "TooLarge", "EngineError", "__version__"]
+__all__ = [
+    "CorruptInput",
+    "EncryptedPDF",
+    "EngineError",
+    "InputError",
+    "LabReport",
+    "OCRError",
+    "ResultRow",
+    "TooLarge",
+    "UnsupportedFormat",
+    "__version__",
+    "extract",
+]

@@ -17,7 +17,7 @@ from .layout import STOP_WORDS, Atom, RawRow, atom_kind, split_atom, split_name_
 
 # labels printed inside a card ('参考值：3.5-9.5', '单位：10^9/L', '结果 4.28'): removed before sorting the pieces
 _LABEL = re.compile(r"(参考值|参考区间|参考范围|正常值|正常范围|参考|单位|结果|范围)\s*[:：]?")
-_HEADER_LABEL = re.compile(r"(姓名|性别|年龄|科室|床号|样本|标本|条码|医生|医师|诊断|时间|日期|卡号|住院号|门诊号|病历号|"
+_HEADER_LABEL = re.compile(r"(姓名|性别|年龄|科室|床号|样本|标本|条码|医生|医师|诊断|时间|日期|卡号|住院号|门诊号|病历号|"  # noqa: E501 - a word list (CJK counts two columns)
                            r"共\d+项|异常\d*项|检验者|审核者)")
 _CODE = re.compile(r"^[A-Za-z][A-Za-z0-9#%\-/+.()]{0,9}$")
 _CJK = re.compile(r"[\u4e00-\u9fff]")

@@ -24,7 +24,7 @@ ReadLines = Callable[[list[np.ndarray]], list[tuple[str, float]]]
 
 # recognition of a lone glyph without context: CJK look-alikes of the signs; a short dash shrunk on a photo reads
 # as a dot (a dot alone in a result or reference cell is never a number)
-_GLYPHS = str.maketrans({"一": "-", "—": "-", "－": "-", "_": "-", "·": "-", "。": "-", "十": "+", "土": "±", "干": "±"})
+_GLYPHS = str.maketrans({"一": "-", "—": "-", "－": "-", "_": "-", "·": "-", "。": "-", "十": "+", "土": "±", "干": "±"})  # noqa: E501 - a word list (CJK counts two columns)
 ROLES = ("result", "ref", "flag", "unit")
 MIN_SCORE = 0.3   # a lone sign on a photo reads with low scores (0.35-0.8); its kind is checked as well
 
@@ -73,7 +73,8 @@ def _crop(img: np.ndarray, box: tuple[float, float, float, float], angle: float)
     # (thickened first, so that a rule tilted by a degree or two is still one run)
     # a dashed rule's gaps are closed first; only thin runs count as rules, never a line of text
     gap = max(3, marks.shape[0] // 4)
-    across = cv2.morphologyEx(cv2.dilate(marks, np.ones((5, 1), np.uint8)), cv2.MORPH_CLOSE, np.ones((1, gap), np.uint8))
+    across = cv2.morphologyEx(cv2.dilate(marks, np.ones((5, 1), np.uint8)), cv2.MORPH_CLOSE,
+                              np.ones((1, gap), np.uint8))
     across = cv2.morphologyEx(across, cv2.MORPH_OPEN, np.ones((1, max(3, int(0.6 * marks.shape[1]))), np.uint8))
     n, lab, stats, _ = cv2.connectedComponentsWithStats(across)
     for k in range(1, n):
@@ -162,7 +163,7 @@ def reread_empty_cells(tables: list[Table], H: float, img: np.ndarray, angle: fl
                     jobs.append((row, role, box, cut[1]))
                     crops.append(cut[0])
     filled = 0
-    for (row, role, box, dash), (text, score) in zip(jobs, read_lines(crops) if crops else []):
+    for (row, role, box, dash), (text, score) in zip(jobs, read_lines(crops) if crops else [], strict=False):
         t = _accept(role, text) if score >= MIN_SCORE else None
         if t is None and dash and role in ("result", "ref"):
             # one short bar alone in a result or reference cell: a '-' too small for recognition ('日', 'β')

@@ -14,7 +14,7 @@ TOP_BAND = 0.22      # status bar + title bar: top of the first screen, in scree
 BOTTOM_BAND = 0.20   # tab bar / button bar / home indicator / navigation bar, in screen widths
 CENTRED = 0.12       # a title-bar title is centred on the screen to within this many widths
 
-_CHROME_WORDS = re.compile(r"(详情|首页|我的|消息|服务|返回|下载|分享|PDF|打印|咨询|预约|更多|关闭|…|···|\.\.\.)", re.IGNORECASE)
+_CHROME_WORDS = re.compile(r"(详情|首页|我的|消息|服务|返回|下载|分享|PDF|打印|咨询|预约|更多|关闭|…|···|\.\.\.)", re.IGNORECASE)  # noqa: E501 - a word list (CJK counts two columns)
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _STATUS = re.compile(r"\d{1,2}:\d{2}|\d%|[45]G|LTE|HD", re.IGNORECASE)   # clock, battery, network (icons read as CJK)
 

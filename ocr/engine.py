@@ -134,7 +134,8 @@ class OpenVINOSession:
         # (HEALTHVAULT_OCR_OV_SHAPE_CACHE sets it)
         self._compiled = core.compile_model(core.read_model(str(path)), "CPU", {
             "INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-            "ENABLE_CPU_PINNING": False, "CPU_RUNTIME_CACHE_CAPACITY": _env_int("HEALTHVAULT_OCR_OV_SHAPE_CACHE", 0, 0)})
+            "ENABLE_CPU_PINNING": False,
+            "CPU_RUNTIME_CACHE_CAPACITY": _env_int("HEALTHVAULT_OCR_OV_SHAPE_CACHE", 0, 0)})
         self._request = self._compiled.create_infer_request()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -217,12 +218,12 @@ class RapidOCREngine:
             # when it starts, not on its first page (and a broken model fails here, not mid-job)
             self._ocr._load_det_model()
             self._ocr._load_rec_model()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise EngineError(f"rapidocr failed to load: {e}") from e
         if self.settings["det_runtime"] == "openvino":
             try:
                 self._ocr.text_det.session = OpenVINOSession(files["det"], n)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 if det_runtime or os.environ.get("HEALTHVAULT_OCR_DET_RUNTIME"):
                     raise EngineError(f"openvino could not load the detection model: {e}") from e
                 self.settings["det_runtime"] = "onnxruntime"  # not asked for explicitly: keep onnxruntime
@@ -254,7 +255,7 @@ class RapidOCREngine:
         if boxes is None:
             return []
         return [TextBox([(float(x), float(y)) for x, y in b], str(t), float(s))
-                for b, t, s in zip(boxes, out.txts, out.scores)]
+                for b, t, s in zip(boxes, out.txts, out.scores, strict=False)]
 
     def read_lines(self, images: list[np.ndarray]) -> list[tuple[str, float]]:
         """Recognition only (no detection) of crops that each hold one line: re-reading a table cell where
@@ -268,7 +269,7 @@ class RapidOCREngine:
             out = rec(TextRecInput(img=list(images)))
         txts = getattr(out, "txts", None) or ()
         scores = getattr(out, "scores", None) or ()
-        return [(str(t), float(s)) for t, s in zip(txts, scores)]
+        return [(str(t), float(s)) for t, s in zip(txts, scores, strict=False)]
 
     def raw(self, image: np.ndarray):
         """The plain rapidocr call (used by the benchmark to show pipeline overhead)."""
@@ -308,7 +309,7 @@ class PaddleOCREngine:  # pragma: no cover - optional, needs a local paddleocr i
             res = self._ocr.predict(image)
         out = []
         for page in res:
-            for poly, t, s in zip(page["rec_polys"], page["rec_texts"], page["rec_scores"]):
+            for poly, t, s in zip(page["rec_polys"], page["rec_texts"], page["rec_scores"], strict=False):
                 out.append(TextBox([(float(x), float(y)) for x, y in poly], str(t), float(s)))
         return out
 

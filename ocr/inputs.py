@@ -96,7 +96,7 @@ def load_image(data: bytes) -> np.ndarray:
             warnings.simplefilter("ignore")
             im = Image.open(io.BytesIO(data))
             w, h = im.size
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise CorruptInput(f"cannot read image header: {e}") from e
     if w <= 0 or h <= 0:
         raise CorruptInput("image has no pixels")
@@ -114,7 +114,7 @@ def load_image(data: bytes) -> np.ndarray:
             im = im.convert("RGB")
     except TooLarge:
         raise
-    except Exception as e:  # noqa: BLE001  (truncated/corrupt data, bad EXIF ...)
+    except Exception as e:
         raise CorruptInput(f"cannot decode image: {e}") from e
     import cv2
 
@@ -133,14 +133,14 @@ def _check_pdf_structure(data: bytes) -> tuple[bytes, list[bool]]:
         pdf = pikepdf.open(io.BytesIO(data))
     except pikepdf.PasswordError as e:
         raise EncryptedPDF("PDF is password protected") from e
-    except Exception as e:  # noqa: BLE001  (PdfError, ValueError ...)
+    except Exception as e:
         raise CorruptInput(f"malformed PDF: {e}") from e
     with pdf:
         if pdf.is_encrypted:
             raise EncryptedPDF("PDF is encrypted")
         try:
             npages = len(pdf.pages)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise CorruptInput(f"malformed PDF page tree: {e}") from e
         if npages == 0:
             raise CorruptInput("PDF has no pages")
@@ -182,7 +182,7 @@ def _check_pdf_structure(data: bytes) -> tuple[bytes, list[bool]]:
             pdf.save(out)
         except (TooLarge, EncryptedPDF):
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise CorruptInput(f"malformed PDF: {e}") from e
     return out.getvalue(), has_image
 
@@ -206,10 +206,10 @@ def _page_images(page):
 def load_pdf(data: bytes) -> list[Page]:
     import pypdfium2 as pdfium
 
-    clean, has_image = _check_pdf_structure(data)
+    clean, _has_image = _check_pdf_structure(data)
     try:
         doc = pdfium.PdfDocument(clean)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise CorruptInput(f"PDF cannot be opened for rendering: {e}") from e
     pages: list[Page] = []
     try:
@@ -261,18 +261,18 @@ def pdf_text_tokens(page) -> list[Token]:
                 chars.append(None)
                 continue
             try:
-                l, b, r, t = tp.get_charbox(i, loose=False)
-            except Exception:  # noqa: BLE001
+                left, b, r, t = tp.get_charbox(i, loose=False)
+            except Exception:  # noqa: BLE001, S112 - a glyph pdfium cannot place is skipped, the rest of the line kept
                 continue
-            if c.isspace() or r <= l:
-                chars.append(("SP", l, ph - t, r, ph - b))
+            if c.isspace() or r <= left:
+                chars.append(("SP", left, ph - t, r, ph - b))
                 continue
             try:
-                ll, lb, lr, lt = tp.get_charbox(i, loose=True)
+                _ll, lb, _lr, lt = tp.get_charbox(i, loose=True)
                 y0, y1 = ph - lt, ph - lb
             except Exception:  # noqa: BLE001
                 y0, y1 = ph - t, ph - b
-            chars.append((c, l, y0, r, y1))
+            chars.append((c, left, y0, r, y1))
     finally:
         tp.close()
     tokens: list[Token] = []

@@ -16,12 +16,13 @@ from .analytes import fold, lookup_abbr, lookup_name
 from .inputs import Token
 from .parse import canon_unit, classify_value, parse_flag, parse_range
 
+
 # ----------------------------------------------------------------------------- deskew
 def deskew_quads(quads: list[list[tuple[float, float]]]) -> float:
     """Median baseline angle (radians) of the long boxes."""
     angles = []
     for q in quads:
-        (x0, y0), (x1, y1), (x2, y2), (x3, y3) = q
+        (x0, y0), (x1, y1), (_x2, _y2), (x3, y3) = q
         w = math.hypot(x1 - x0, y1 - y0)
         h = math.hypot(x3 - x0, y3 - y0)
         if h > 0 and w > 2.5 * h:
@@ -75,7 +76,7 @@ def _split_from(t: str, i: int) -> list[tuple[str, int, int]] | None:
     for w, r in _WORDS:
         if len(w) >= 3 and i + len(w) <= len(t):
             seg = t[i:i + len(w)]
-            diff = sum(a != b for a, b in zip(seg, w))
+            diff = sum(a != b for a, b in zip(seg, w, strict=False))
             if diff == 1 and (seg[0] == w[0] or seg[-1] == w[-1]):
                 cands.append((r, i, i + len(w)))
     for hit in cands:
@@ -223,8 +224,8 @@ def split_groups(cols: list[Column]) -> list[list[Column]]:
     return [g for g in groups if any(c.role != "other" for c in g)]
 
 
-STOP_WORDS = ["检验者", "审核者", "检验医师", "审核医师", "审核人", "检验人", "报告时间", "报告日期", "采集时间", "采样时间",
-              "接收时间", "签收时间", "备注", "声明", "温馨提示", "本结果", "本报告", "仅供", "第1页", "送检者", "检验员",
+STOP_WORDS = ["检验者", "审核者", "检验医师", "审核医师", "审核人", "检验人", "报告时间", "报告日期", "采集时间", "采样时间",  # noqa: E501 - a word list (CJK counts two columns)
+              "接收时间", "签收时间", "备注", "声明", "温馨提示", "本结果", "本报告", "仅供", "第1页", "送检者", "检验员",  # noqa: E501 - a word list (CJK counts two columns)
               "核对者", "操作者"]
 
 
@@ -443,7 +444,7 @@ def _wrap_pair(a: RawRow, b: RawRow) -> bool:
     if not ta or not tb:
         return False
     cjk = re.compile(r"[\u4e00-\u9fff]")
-    if _CODE_LINE.match(tb) and cjk.search(ta) or _CODE_LINE.match(ta) and cjk.search(tb):
+    if (_CODE_LINE.match(tb) and cjk.search(ta)) or (_CODE_LINE.match(ta) and cjk.search(tb)):
         return True
     if cjk.search(ta) and cjk.search(tb) and lookup_name(split_name_code(ta)[0])[0] is None:
         return lookup_name(split_name_code(ta + tb)[0])[0] is not None
@@ -475,7 +476,7 @@ def _is_anchor(a: Atom) -> bool:
 # ----------------------------------------------------------------------------- name / code cell
 NAME_CODE_RE = re.compile(
     r"^(?P<name>.*?)\s*[(（]\s*(?P<code>[A-Za-z0-9#%/+\-.βγ ]+(?:\([A-Za-z0-9]{1,3}\))?)\s*[)）]?$")
-NAME_SPACE_CODE_RE = re.compile(r"^(?P<name>.+?)\s+[(（]?(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*(?:\([A-Za-z0-9]{1,3}\))?)[)）]?$")
+NAME_SPACE_CODE_RE = re.compile(r"^(?P<name>.+?)\s+[(（]?(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*(?:\([A-Za-z0-9]{1,3}\))?)[)）]?$")  # noqa: E501 - a word list (CJK counts two columns)
 NAME_TRAIL_CODE_RE = re.compile(r"^(?P<name>.*[\u4e00-\u9fff)）])\s*(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*)$")
 CODE_NAME_RE = re.compile(r"^(?P<code>[A-Za-z][A-Za-z0-9#%\-/+.]*)\s*(?P<name>[\u4e00-\u9fffγ].*)$")
 

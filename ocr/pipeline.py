@@ -56,10 +56,10 @@ LABELS = {
     "collected_at": ["采集时间", "采样时间", "采集日期", "采样日期"],
     "received_at": ["接收时间", "签收时间", "收样时间", "接收日期"],
     "reported_at": ["报告时间", "报告日期", "审核时间"],
-    "_stop": ["检验者", "审核者", "检验医师", "审核医师", "检验员", "审核人", "备注", "温馨提示", "提示", "电话", "地址"],
+    "_stop": ["检验者", "审核者", "检验医师", "审核医师", "检验员", "审核人", "备注", "温馨提示", "提示", "电话", "地址"],  # noqa: E501 - a word list (CJK counts two columns)
 }
 _LABEL_LIST = sorted(((w, f) for f, ws in LABELS.items() for w in ws), key=lambda x: -len(x[0]))
-_LABEL_FIELD = {w: f for w, f in _LABEL_LIST}
+_LABEL_FIELD = dict(_LABEL_LIST)
 _LABEL_RE = re.compile("|".join(re.escape(w) for w, _ in _LABEL_LIST))
 
 
@@ -74,7 +74,7 @@ def _boxes_tokens(boxes: list[TextBox], *, deskew: bool = True) -> tuple[list[To
     if abs(ang) > 0.002:
         quads = rotate_quads(quads, ang)
     toks = []
-    for b, q in zip(boxes, quads):
+    for b, q in zip(boxes, quads, strict=False):
         xs, ys = [p[0] for p in q], [p[1] for p in q]
         toks.append(Token(b.text, min(xs), min(ys), max(xs), max(ys), b.score, ang))
     return split_vertical(toks), ang, [b.score for b in boxes]
@@ -124,9 +124,9 @@ def _turn_candidates(tokens: list[Token]) -> list[int]:
 
 # ----------------------------------------------------------------------------- header
 def extract_header(lines: list[list[Token]], table_top: float | None, table_bottoms: list[tuple[float, float]]):
-    header = {f: None for f in HEADER_FIELDS}
+    header = dict.fromkeys(HEADER_FIELDS)
     conf = {}
-    in_table = lambda y: any(a < y <= b + 1 for a, b in table_bottoms)  # noqa: E731
+    in_table = lambda y: any(a < y <= b + 1 for a, b in table_bottoms)
     text_lines = []
     for ln in lines:
         y = statistics.median(t.cy for t in ln)
@@ -135,13 +135,13 @@ def extract_header(lines: list[list[Token]], table_top: float | None, table_bott
         text_lines.append((y, ln))
     # hospital / title: the first lines above the first table
     top_lines = [(y, ln) for y, ln in text_lines if table_top is None or y < table_top]
-    for y, ln in top_lines[:4]:
+    for _y, ln in top_lines[:4]:
         s = fold("".join(t.text for t in ln))
         if header["title"] is None and re.search(r"(报告|检验单|化验单|检查单)", s) and "：" not in s and ":" not in s \
                 and len(s) <= 30:
             header["title"] = re.sub(r"\s+", "", s)
             conf["title"] = min(t.conf for t in ln)
-    for y, ln in top_lines[:4]:
+    for _y, ln in top_lines[:4]:
         cand = [t for t in ln if re.search(r"(医院|卫生|中心|诊所|医学院|保健院|研究所|门诊部|检验所)", fold(t.text))
                 and "报告" not in t.text]
         if cand:
@@ -153,7 +153,7 @@ def extract_header(lines: list[list[Token]], table_top: float | None, table_bott
         if first and "报告" not in first[0].text:
             header["hospital"] = norm_text(max(first, key=lambda t: t.h).text)
     # label: value pairs
-    for y, ln in text_lines:
+    for _y, ln in text_lines:
         s = " | ".join(fold(t.text).replace(":", "：") for t in ln)
         tconf = min(t.conf for t in ln)
         hits = []
@@ -165,7 +165,7 @@ def extract_header(lines: list[list[Token]], table_top: float | None, table_bott
             at_start = i == 0 or s[i - 1] in " |："
             if nxt in ("：", " ", "|") or f in ("sex", "age") or (at_start and f != "_stop"):
                 hits.append((i, i + len(w), f))
-        for k, (s0, e0, f) in enumerate(hits):
+        for k, (_s0, e0, f) in enumerate(hits):
             end = hits[k + 1][0] if k + 1 < len(hits) else len(s)
             val = s[e0:end].strip(" ：|")
             val = val.split(" | ")[0].strip() if f not in ("collected_at", "received_at", "reported_at") else val
@@ -348,7 +348,7 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
 
     t0 = time.perf_counter()
     fmt, pages = load_pages(data, filename_hint)
-    header = {f: None for f in HEADER_FIELDS}
+    header = dict.fromkeys(HEADER_FIELDS)
     hconf: dict = {}
     results: list[ResultRow] = []
     warnings: list[str] = []

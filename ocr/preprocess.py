@@ -115,7 +115,7 @@ def downscale(img: np.ndarray, max_side: int = MAX_OCR_SIDE) -> tuple[np.ndarray
     if s <= max_side:
         return img, 1.0
     f = max_side / s
-    return cv2.resize(img, (int(round(w * f)), int(round(h * f))), interpolation=cv2.INTER_AREA), f
+    return cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA), f
 
 
 def prepare(img: np.ndarray, *, perspective: bool = True, contrast: bool = False) -> tuple[np.ndarray, list[str]]:

@@ -103,7 +103,7 @@ def image_sheet(rows=ROWS, *, fmt: str = "PNG", rotate: float = 0.0, width: int 
         for k, hd in enumerate(heads):
             d.text((gx + xs_rel[k] * colw, y0), hd, font=f, fill="black")
         d.line([(gx, y0 + lh * 0.8), (gx + colw - 20, y0 + lh * 0.8)], fill="black", width=2)
-        for i, (code, cname, val, unit, ref, lo, hi, flag) in enumerate(part):
+        for i, (code, cname, val, unit, ref, _lo, _hi, flag) in enumerate(part):
             y = y0 + lh * (i + 1)
             name = cname + f"({code})" if cjk else code
             glyph = {"H": "↑", "L": "↓", None: ""}[flag]
@@ -183,7 +183,7 @@ def digital_pdf(rows=ROWS, header: dict | None = None, *, columns=DEFAULT_COLUMN
             hd = HEAD_WORDS[c]
             text(xs[c], 655, " ".join(hd) if spaced_header else hd)
         y = 638
-        for i, (code, cname, val, unit, ref, lo, hi, flag) in enumerate(part, 1):
+        for i, (code, cname, val, unit, ref, _lo, _hi, flag) in enumerate(part, 1):
             glyph = {"H": "↑", "L": "↓", None: ""}[flag]
             cells = {"seq": str(i), "name": f"{cname}({code})" if name_with_code and "code" not in cols else cname,
                      "code": code, "result": val + (glyph if glued_flags else ""), "flag": glyph, "ref": ref,
@@ -416,7 +416,7 @@ def _screen_table(d, rows, x0: int, x1: int, y: int, px: float, fonts, colours) 
     xs = [x0 + int(12 * px), x0 + int(150 * px), x0 + int(230 * px), x0 + int(300 * px)]
     row_h = int(52 * px)
     d.rectangle([x0, y, x1, y + int(34 * px)], fill=card)
-    for x, head in zip(xs, ("项目", "结果", "参考值", "单位")):
+    for x, head in zip(xs, ("项目", "结果", "参考值", "单位"), strict=False):
         d.text((x, y + int(8 * px)), head, font=f_small, fill=grey)
     y += int(40 * px)
     for code, cname, val, unit, ref, _lo, _hi, flag in rows:

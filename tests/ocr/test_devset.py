@@ -32,7 +32,7 @@ def test_devset_through_cli(tmp_path):
                        cwd=ROOT, timeout=600, check=False)
     lines = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
     assert len(lines) == len(files), r.stderr[-2000:]
-    for p, d in zip(files, lines):
+    for p, d in zip(files, lines, strict=False):
         assert "error" not in d, d
         (tmp_path / f"{p.stem}.json").write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
     # score only the files we ran: a truth dir with just those
@@ -73,7 +73,7 @@ def test_devset2_screenshots_and_hard_paper_through_cli(tmp_path):
     assert len(lines) == len(files), r.stderr[-2000:]
     truth = tmp_path / "truth"
     truth.mkdir()
-    for p, d in zip(files, lines):
+    for p, d in zip(files, lines, strict=False):
         assert "error" not in d, d
         (tmp_path / f"{p.stem}.json").write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
         (truth / f"{p.stem}.json").write_text(p.with_suffix(".json").read_text(encoding="utf-8"), encoding="utf-8")

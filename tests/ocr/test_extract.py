@@ -150,8 +150,8 @@ def test_importing_ocr_loads_no_project_package():
     import sys
 
     code = ("import sys, ocr, ocr.pipeline, ocr.cli; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in %r]; print(bad); sys.exit(1 if bad else 0)"
-            % (PROJECT_PACKAGES,))
+            f"bad = [m for m in sys.modules if m.split('.')[0] in {PROJECT_PACKAGES!r}]; "
+            "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=OCR_DIR.parent)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -182,7 +182,7 @@ def test_qualitative_rows():
     got = _by_code(rep)
     from ocr.parse import qual_level
 
-    for code, _n, val, unit, ref, lo, hi, flag in QUAL_ROWS:
+    for code, _n, val, _unit, ref, lo, hi, flag in QUAL_ROWS:
         r = got[code]
         assert r.value == val and r.unit is None, (code, r.value, r.unit)
         assert r.flag == flag, (code, r.flag)

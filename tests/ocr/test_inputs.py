@@ -85,8 +85,9 @@ def test_pdf_with_absurd_page_size():
 
 
 def test_pdf_with_huge_image_is_refused_before_decoding():
-    import pikepdf
     import zlib
+
+    import pikepdf
 
     pdf = pikepdf.new()
     pdf.add_blank_page(page_size=(595, 842))
