@@ -19,9 +19,9 @@ import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import and_, delete, func, select, tuple_
+from sqlalchemy import CursorResult, and_, delete, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from audit import bundle, log, retention, trail
@@ -43,7 +43,7 @@ PATIENT_VISIBLE_ACTIONS = ("patient.read", "record.create", "record.read", "reco
                            "record.delete", "grant.create", "grant.revoke", "breakglass")
 
 
-def signer(vault):
+def signer(vault: Vault):
     """The checkpoint and export signer of the configured suite: Ed25519 from the `audit-signing` key, or SM2 from
     the `sm:audit-signing` key."""
     suite = fields.suite_of(vault)
@@ -51,7 +51,7 @@ def signer(vault):
     return log.signer_from_key(vault.settings.audit_origin, seed, sm2=suite == suites.SM4_GCM)
 
 
-def checkpoint_now(vault, *, force: bool = False, by=None) -> Checkpoint | None:
+def checkpoint_now(vault: Vault, *, force: bool = False, by=None) -> Checkpoint | None:
     """Integrate pending events and sign a checkpoint (None when nothing was new)."""
     with vault.session() as session:
         try:
@@ -65,7 +65,7 @@ def checkpoint_now(vault, *, force: bool = False, by=None) -> Checkpoint | None:
         return made
 
 
-def checkpoint_due(vault) -> bool:
+def checkpoint_due(vault: Vault) -> bool:
     """Every N pending events, or T seconds after the last checkpoint when anything is pending."""
     with vault.session() as session:
         pending = log.pending_events(session)
@@ -83,7 +83,7 @@ def checkpoint_due(vault) -> bool:
 class Checkpointer(threading.Thread):
     """Background thread of the server process that signs checkpoints on schedule."""
 
-    def __init__(self, vault, *, poll_seconds: float = 1.0) -> None:
+    def __init__(self, vault: Vault, *, poll_seconds: float = 1.0) -> None:
         from vault.db.leader import CHECKPOINTER, LeaderLock
 
         super().__init__(name="audit-checkpointer", daemon=True)
@@ -117,7 +117,7 @@ class PublicKey:
     origin: str
 
 
-def public_key(session: Session, vault, *, identity: Identity, ctx: RequestContext) -> PublicKey:
+def public_key(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext) -> PublicKey:
     """The current signer's verifier key, to auditors (audit.read through the gate, audited like any read)."""
     gate.enter(vault, session, identity=identity, ctx=ctx, action="audit.read",
                target=gate.Target("audit-public-key", None, None))
@@ -125,7 +125,7 @@ def public_key(session: Session, vault, *, identity: Identity, ctx: RequestConte
     return public_key_of(vault)
 
 
-def public_key_of(vault) -> PublicKey:
+def public_key_of(vault: Vault) -> PublicKey:
     """The verifier key without the gate: for the operator's CLI on the host (it audits its own use)."""
     key = signer(vault).verifier_key()
     return PublicKey(vkey=str(key), signature=key.algorithms["signature"], origin=vault.settings.audit_origin)
@@ -154,7 +154,8 @@ def _page(session: Session, query, *, limit: int, cursor: str | None) -> tuple[l
     return page, (str(page[-1].id) if len(rows) > limit else None)
 
 
-def search(session: Session, vault, *, identity: Identity, ctx: RequestContext, filters: Filters, limit: int = 100,
+def search(session: Session, vault: Vault,
+           *, identity: Identity, ctx: RequestContext, filters: Filters, limit: int = 100,
            cursor: str | None = None) -> tuple[list[AuditEvent], str | None]:
     """Compliance search, newest first; the search itself is audited as audit.read."""
     filters = dataclasses.replace(filters, since=text.checked_instant(filters.since, field="since"),
@@ -188,7 +189,7 @@ class AccessEntry:
     reason: str | None
 
 
-def access_log(session: Session, vault, *, identity: Identity, ctx: RequestContext, limit: int = 100,
+def access_log(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, limit: int = 100,
                cursor: str | None = None) -> tuple[list[AccessEntry], str | None]:
     """Every access to the caller's own data, who made it (role and name) and under what."""
     patient_id = identity.patient_id
@@ -226,13 +227,13 @@ class ExportJob:
     path: Path | None = None
 
 
-def export_dir(vault, export_id: str) -> Path:
+def export_dir(vault: Vault, export_id: str) -> Path:
     if not export_id.isalnum():
         raise NotFound()
     return vault.settings.data_dir / "exports" / export_id
 
 
-def write_export(vault, *, since: dt.datetime | None, until: dt.datetime | None, out: Path,
+def write_export(vault: Vault, *, since: dt.datetime | None, until: dt.datetime | None, out: Path,
                  progress: Callable[[int, int], None] | None = None,
                  leaf_range: tuple[int, int] | None = None) -> dict:
     """Checkpoint, then write the verifiable bundle of the events in [since, until) to `out`.
@@ -307,7 +308,7 @@ def _run_export(vault: Vault, job: ExportJob) -> None:
         job.status, job.error = "failed", type(exc).__name__
 
 
-def start_export(session: Session, vault, *, identity: Identity, ctx: RequestContext, since, until) -> ExportJob:
+def start_export(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, since, until) -> ExportJob:
     """Audited (audit.export) before the job starts."""
     since, until = text.checked_instant(since, field="since"), text.checked_instant(until, field="until")
     if since is not None and until is not None and since >= until:
@@ -322,7 +323,7 @@ def start_export(session: Session, vault, *, identity: Identity, ctx: RequestCon
     return job
 
 
-def get_export(session: Session, vault, *, identity: Identity, ctx: RequestContext, export_id: str) -> ExportJob:
+def get_export(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, export_id: str) -> ExportJob:
     gate.enter(vault, session, identity=identity, ctx=ctx, action="audit.read",
                target=gate.Target("audit-export", export_id, None))
     session.commit()
@@ -339,7 +340,7 @@ def pruned_below(session: Session) -> int:
     return int(session.scalar(select(func.max(ArchivePermit.below_leaf))) or 0)
 
 
-def archive(vault, *, out: Path, now: dt.datetime | None = None) -> dict:
+def archive(vault: Vault, *, out: Path, now: dt.datetime | None = None) -> dict:
     """Seal the oldest removable events into a verified export at `out`, then prune exactly those.
 
     Only a prefix of the log is pruned: the first event still inside its retention period (six months at least, one
@@ -375,9 +376,9 @@ def archive(vault, *, out: Path, now: dt.datetime | None = None) -> dict:
             session.add(ArchivePermit(below_leaf=end, archive_sha256=archive_sha, created_at=now))
             session.flush()
             doomed = select(Leaf.chain_id, Leaf.seq).where(Leaf.leaf_index >= start, Leaf.leaf_index < end)
-            removed = session.execute(
+            removed = cast(CursorResult[Any], session.execute(
                 delete(AuditEvent).where(tuple_(AuditEvent.chain_id, AuditEvent.seq).in_(doomed))
-                .execution_options(synchronize_session=False)).rowcount
+                .execution_options(synchronize_session=False))).rowcount
             audit_append.append(session, vault, identity=Identity(account_id="cli:archive", role="operator"),
                              ctx=RequestContext(request_id="archive"), action="audit.archive", outcome="allow",
                              resource_type="audit", resource_id=archive_sha[:32], reason=f"below-{end}")

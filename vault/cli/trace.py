@@ -11,10 +11,14 @@ Registered on the `audit` group by vault/cli/audit.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from vault.cli import cli_identity, common_options, open_or_fail
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 
 @click.command("trace")
@@ -45,7 +49,7 @@ def trace(data_dir, passphrase_file, file) -> None:
         click.echo(f"{key:<12} {value}")
 
 
-def find_download(session, vault, download_id: str) -> dict | None:
+def find_download(session, vault: Vault, download_id: str) -> dict | None:
     """The download event carrying `download_id`, with the actor resolved to an account (or None)."""
     from sqlalchemy import select
 

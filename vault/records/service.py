@@ -78,7 +78,7 @@ def check_metadata(*, category: str, title: str | None, filename: str | None, la
                            "characters", extra={"reason": "filename"})
 
 
-def authorize_upload(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,
+def authorize_upload(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, record_id: str,
                      patient_id: str | None) -> str:
     """Pre-check before any byte is read; a denial is audited now, an allowed upload when its row is written."""
     target = gate.Target("record", record_id, patient_id, exists=patient_id is not None)
@@ -87,7 +87,7 @@ def authorize_upload(session: Session, vault, *, identity: Identity, ctx: Reques
     return patient_id  # type: ignore[return-value]
 
 
-def create(session: Session, vault, *, identity: Identity, ctx: RequestContext, sink: UploadSink, category: str,
+def create(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, sink: UploadSink, category: str,
            title: str | None, filename: str | None, label: str = "normal") -> RecordView:
     """Commit the blob and its row together; on any failure neither remains."""
     check_metadata(category=category, title=title, filename=filename, label=label)
@@ -189,7 +189,7 @@ def _view(record: Record, dek) -> RecordView:
     )
 
 
-def _open_dek(vault, record: Record):
+def _open_dek(vault: Vault, record: Record):
     try:
         return vault.keys.open_data_key(record.patient_id, record.wrapped_dek)
     except CryptoError as exc:
@@ -208,7 +208,7 @@ def get(session: Session, *, record_id: str):
     return _BY_ID.first(session, {"id": record_id})
 
 
-def target_of(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,
+def target_of(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, record_id: str,
               action: str) -> tuple[Record | None, DataKey | None, gate.Target]:
     """The record row (or None), its DEK and the gate target the decision reads, for a caller about to decide.
 
@@ -227,7 +227,7 @@ def target_of(session: Session, vault, *, identity: Identity, ctx: RequestContex
     return record, dek, target
 
 
-def get_or_raise(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str,
+def get_or_raise(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, record_id: str,
                  action: str) -> tuple[Record, DataKey]:
     """The record and its DEK, if the gate lets this caller reach it; NotFound otherwise (existence never leaks)."""
     record, dek, target = target_of(session, vault, identity=identity, ctx=ctx, record_id=record_id, action=action)
@@ -251,7 +251,7 @@ def _sealed_scope_holds(record: Record, dek: DataKey) -> bool:
         and hmac.compare_digest(category.encode(), record.category.encode())
 
 
-def read(session: Session, vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> RecordView:
+def read(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, record_id: str) -> RecordView:
     """Metadata, and the extracted lab values once the extraction has finished."""
     record, dek = get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id,
                                action="record.read")
@@ -261,7 +261,7 @@ def read(session: Session, vault, *, identity: Identity, ctx: RequestContext, re
     return view
 
 
-def open_content(session: Session, vault, *, identity: Identity, ctx: RequestContext,
+def open_content(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext,
                  record_id: str) -> tuple[RecordView, Iterator[bytes]]:
     """Metadata and a plaintext chunk iterator; each chunk is authenticated before it is yielded."""
     record, dek = get_or_raise(session, vault, identity=identity, ctx=ctx, record_id=record_id,
@@ -295,7 +295,7 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
         raise InvalidInput("Invalid cursor", extra={"reason": "cursor"}) from exc
 
 
-def list_own(session: Session, vault, *, identity: Identity, ctx: RequestContext, limit: int = 50,
+def list_own(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, limit: int = 50,
              cursor: str | None = None) -> tuple[list[RecordView], str | None]:
     """The caller's own records, newest first, with an opaque cursor for the next page."""
     if not 1 <= limit <= MAX_PAGE:

@@ -17,13 +17,14 @@ import hashlib
 import json
 import uuid
 from types import SimpleNamespace
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from consent import receipts
 from consent.models import BreakGlass, Grant
+from kms import DataKey
 from vault import fields, text
 from vault.access import alerts, audit_append, gate, integrity
 from vault.accounts import totp
@@ -31,6 +32,9 @@ from vault.accounts.usernames import normalize_username
 from vault.db.models import CATEGORIES, Account, Patient, Record
 from vault.errors import InvalidInput, NotFound, OtpRequired, RateLimited
 from vault.identity import Identity, RequestContext
+
+if TYPE_CHECKING:
+    from vault.runtime import Vault
 
 GRANTEE_ROLES = ("doctor", "escort")
 VERBS = ("view", "download")
@@ -59,12 +63,14 @@ class GrantView:
     receipt: dict
 
 
-def _profile_dek(vault, session: Session, patient_id: str):
+def _profile_dek(vault: Vault, session: Session, patient_id: str) -> DataKey:
     wrapped = session.scalar(select(Patient.wrapped_dek).where(Patient.id == patient_id))
+    if wrapped is None:  # the gate has let the caller reach this patient: a missing row is a vanished patient
+        raise NotFound()
     return vault.keys.open_data_key(patient_id, wrapped)
 
 
-def _view(vault, grant: Grant | SimpleNamespace, *, grantee_username: str, grantee_role: str,
+def _view(vault: Vault, grant: Grant | SimpleNamespace, *, grantee_username: str, grantee_role: str,
           purpose: str | None) -> GrantView:
     now = vault.clock()
     return GrantView(
@@ -114,7 +120,7 @@ def _recipient_and_dek(session: Session, *, username: str, patient_id: str):
     return session.connection().execute(_RECIPIENT_AND_DEK, {"username": name, "patient": patient_id}).first()
 
 
-def create_grant(session: Session, vault, *, identity: Identity, ctx: RequestContext, grantee: str,
+def create_grant(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, grantee: str,
                  record_ids: list[str], categories: list[str], include_future: bool, actions: list[str],
                  purpose: str, consult_ref: str | None, not_before: dt.datetime | None,
                  expires_at: dt.datetime) -> GrantView:
@@ -187,7 +193,7 @@ def _with_grantee_and_dek(query):
             .outerjoin(Account, Account.id == Grant.grantee_id).outerjoin(Patient, Patient.id == Grant.patient_id))
 
 
-def list_grants(session: Session, vault, *, identity: Identity, ctx: RequestContext) -> list[GrantView]:
+def list_grants(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext) -> list[GrantView]:
     """Patients see the grants they gave; doctors and escorts the grants they received; nobody sees others'."""
     target = gate.Target("grant", None, identity.patient_id)
     if identity.role == "patient":
@@ -208,7 +214,7 @@ def list_grants(session: Session, vault, *, identity: Identity, ctx: RequestCont
             for grant, username, role, wrapped in rows]
 
 
-def get_grant(session: Session, vault, *, identity: Identity, grant_id: str) -> Grant:
+def get_grant(session: Session, vault: Vault, *, identity: Identity, grant_id: str) -> Grant:
     """The grant if the caller gave or received it; NotFound otherwise (no enumeration)."""
     grant = session.get(Grant, grant_id)
     if grant is None or not (grant.patient_id == identity.patient_id or grant.grantee_id == identity.account_id):
@@ -216,7 +222,8 @@ def get_grant(session: Session, vault, *, identity: Identity, grant_id: str) -> 
     return grant
 
 
-def revoke_grant(session: Session, vault, *, identity: Identity, ctx: RequestContext, grant_id: str) -> GrantView:
+def revoke_grant(session: Session, vault: Vault,
+                 *, identity: Identity, ctx: RequestContext, grant_id: str) -> GrantView:
     """Withdrawal in one step: effective on the very next request everywhere (no decision is cached)."""
     row = session.connection().execute(_GRANT_GRANTEE_DEK, {"grant_id": grant_id}).first()
     mine = row is not None and row.patient_id == identity.patient_id
@@ -258,7 +265,7 @@ class SharedRecord:
     expires_at: dt.datetime
 
 
-def shared_with_me(session: Session, vault, *, identity: Identity, ctx: RequestContext) -> list[SharedRecord]:
+def shared_with_me(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext) -> list[SharedRecord]:
     """What a doctor or escort may see right now: records of live grants (and break-glass claims), no PHI."""
     gate.enter(vault, session, identity=identity, ctx=ctx, action="shared.list", target=gate.Target("grant", None,
                                                                                                   None))
@@ -288,7 +295,7 @@ def shared_with_me(session: Session, vault, *, identity: Identity, ctx: RequestC
     return out
 
 
-def breakglass(session: Session, vault, *, identity: Identity, ctx: RequestContext, patient_id: str,
+def breakglass(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, patient_id: str,
                reason: str, otp: str | None = None) -> BreakGlass:
     """Emergency access for a doctor: time-boxed, audited as its own action, shown to the patient and auditors.
 

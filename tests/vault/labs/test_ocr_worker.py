@@ -78,7 +78,10 @@ def test_pages_over_the_limits_fail_their_jobs_and_the_server_never_notices(clie
         big = _run(client, patient, monkeypatch, tight, _big_png(), content_type="image/png")
         assert (big["ocr_status"], big["ocr_error"]) == ("failed", "too_large")  # an allocation over RLIMIT_AS
         photo = sheetgen.image_sheet().data
-        cpu = _run(client, patient, monkeypatch, hog, photo, content_type="image/png")
+        # The CPU limit's granularity is a second: a long screenshot (several full-resolution tiles, ~4-6 s of work
+        # here) is a page sure to need more than one second of CPU, however fast the machine.
+        heavy = sheetgen.long_screenshot().data
+        cpu = _run(client, patient, monkeypatch, hog, heavy, content_type="image/png")
         assert (cpu["ocr_status"], cpu["ocr_error"]) == ("failed", "cpu_limit")
         assert hog.pid() is None  # SIGXCPU ended that child
         late = _run(client, patient, monkeypatch, slow, photo, content_type="image/png")
