@@ -33,7 +33,7 @@ _BAD_ACTIONS = {"/JavaScript", "/Launch", "/URI", "/GoToR", "/GoToE", "/SubmitFo
                 "/Movie", "/Sound", "/RichMediaExecute", "/ResetForm", "/Hide", "/SetOCGState", "/Trans", "/GoTo3DView"}
 
 
-class _Sink(io.RawIOBase):
+class EmitWriter(io.RawIOBase):
     """A write-only file object over `emit` (what qpdf writes the rewritten PDF to)."""
 
     def __init__(self, emit: Callable[[bytes], None]) -> None:
@@ -75,7 +75,7 @@ def clean_pdf_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limit
                 raise FileTooComplex(f"The PDF has more than {limits.max_pages} pages", extra={"limit": "pages"})
             _check_streams(pdf, limits)
             _sanitize(pdf)
-            pdf.save(cast(BinaryIO, _Sink(emit)), deterministic_id=True, fix_metadata_version=False,
+            pdf.save(cast(BinaryIO, EmitWriter(emit)), deterministic_id=True, fix_metadata_version=False,
                      compress_streams=False, stream_decode_level=pikepdf.StreamDecodeLevel.none)
         except UnsafeFile:
             raise

@@ -38,6 +38,7 @@ from vault.db.models import Account, Patient
 from vault.errors import IntegrityFailure, NotFound, VaultError
 from vault.identity import Identity, RequestContext
 from vault.records import service as records
+from vault.records.pdf_hygiene import EmitWriter
 from vault.records.uploads import blob_aad
 
 if TYPE_CHECKING:
@@ -148,19 +149,6 @@ def mark_pdf(data: bytes, mark: Mark) -> bytes:
     return b"".join(out)
 
 
-class _Sink(io.RawIOBase):
-    def __init__(self, emit: Callable[[bytes], None]) -> None:
-        super().__init__()
-        self._emit = emit
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self._emit(bytes(data))
-        return len(data)
-
-
 def mark_pdf_stream(src: BinaryIO, emit: Callable[[bytes], None], mark: Mark) -> None:
     """`mark_pdf` from a seekable source (read as qpdf needs it) to `emit`, in pieces."""
     import pikepdf
@@ -180,7 +168,7 @@ def mark_pdf_stream(src: BinaryIO, emit: Callable[[bytes], None], mark: Mark) ->
                     stamps[key] = _stamp(max(width, 36.0), max(height, 36.0), mark)
                 page.add_overlay(stamps[key].pages[0], pikepdf.Rectangle(*[float(v) for v in box]))
             pdf.docinfo[INFO_KEY] = mark.download_id
-            pdf.save(cast(BinaryIO, _Sink(emit)))
+            pdf.save(cast(BinaryIO, EmitWriter(emit)))
     except pikepdf.PdfError as exc:
         raise CannotMark() from exc
     finally:

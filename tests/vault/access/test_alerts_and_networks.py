@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
-import typing
 
 from sqlalchemy import select
 
 from audit.models import AuditEvent
 from tests.helpers import login, register, staff
+from tests.helpers.webhook import WebhookReceiver
 
 
 def _client(app, address: str):
@@ -33,39 +31,22 @@ def test_audit_api_only_from_admin_networks(vault, app):
     assert (event.action, event.outcome, event.client_addr) == ("audit.read", "deny", "192.168.9.9")
 
 
-class _Hook(http.server.BaseHTTPRequestHandler):
-    received: typing.ClassVar[list] = []
-
-    def do_POST(self):
-        _Hook.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def test_a_burst_of_denials_raises_one_alert_and_one_webhook_call(client, vault):
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Hook.received = []
-    object.__setattr__(vault.settings, "alert_webhook", f"http://127.0.0.1:{server.server_port}/hook")
+    receiver = WebhookReceiver()
+    object.__setattr__(vault.settings, "alert_webhook", receiver.url)
     try:
         register(client, username="prober")
         headers = login(client, "prober")
         for n in range(25):
             client.get(f"/v1/records/00000000-0000-4000-8000-{n:012d}", headers=headers)
-        for _ in range(50):
-            if _Hook.received:
-                break
-            time.sleep(0.05)
-        time.sleep(0.2)
+        receiver.wait(1, timeout=2.5)
+        time.sleep(0.2)  # a second call, if the alert were raised twice, would have arrived by now
     finally:
-        server.shutdown()
+        receiver.close()
     with vault.session() as session:
         alerts = session.scalars(select(AuditEvent).where(AuditEvent.action == "alert.raised")).all()
     assert len(alerts) == 1 and alerts[0].reason == "denial-burst"
-    assert len(_Hook.received) == 1
-    payload = _Hook.received[0]
+    assert len(receiver.received) == 1
+    payload = receiver.received[0]
     assert payload["kind"] == "denial-burst" and payload["count"] == vault.settings.alert_denials_per_minute
     assert "prober" not in json.dumps(payload)

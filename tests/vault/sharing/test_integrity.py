@@ -5,11 +5,7 @@ raised (audit `alert.raised` with reason `integrity` and a webhook call); migrat
 from __future__ import annotations
 
 import datetime as dt
-import http.server
 import json
-import threading
-import time
-import typing
 
 import pytest
 from sqlalchemy import select, text, update
@@ -17,38 +13,17 @@ from sqlalchemy import select, text, update
 from audit.models import AuditEvent
 from consent.models import BreakGlass, Grant
 from tests.helpers import login, png_bytes, register, staff, totp_code, upload
+from tests.helpers.webhook import WebhookReceiver
 from vault.access import integrity
 from vault.db.models import Record
 
 
-class _Hook(http.server.BaseHTTPRequestHandler):
-    received: typing.ClassVar[list] = []
-
-    def do_POST(self):
-        _Hook.received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def hook(vault):
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Hook.received = []
-    object.__setattr__(vault.settings, "alert_webhook", f"http://127.0.0.1:{server.server_port}/hook")
-
-    def wait(n: int = 1) -> list:
-        for _ in range(100):
-            if len(_Hook.received) >= n:
-                break
-            time.sleep(0.05)
-        return list(_Hook.received)
-
-    yield wait
-    server.shutdown()
+    receiver = WebhookReceiver()
+    object.__setattr__(vault.settings, "alert_webhook", receiver.url)
+    yield receiver.wait
+    receiver.close()
 
 
 @pytest.fixture
