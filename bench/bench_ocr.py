@@ -107,6 +107,20 @@ def _baselines(eng) -> dict:
     return out
 
 
+def _interleaved(fns: dict, repeat: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each call once to warm up (first-run allocations are not what a running worker pays), then `repeat` rounds
+    with the calls interleaved; returns every time and the median per call."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return times, {k: statistics.median(v) for k, v in times.items()}
+
+
 def _page_latency(label: str, pick, eng, baselines: dict, repeat: int) -> dict:
     """extract() end to end on a page file, next to raw rapidocr calls on the same decoded, prepared page.
     Rounds are interleaved (every variant once per round) so that load from other work hits all of them alike."""
@@ -119,15 +133,7 @@ def _page_latency(label: str, pick, eng, baselines: dict, repeat: int) -> dict:
     img = prepare(load_pages(data)[1][0].image)[0]
     fns = {"extract() end to end": lambda: extract(data), "raw rapidocr, engine settings": lambda: eng.raw(img)}
     fns.update({k: (lambda fn=fn: fn(img)) for k, fn in baselines.items()})
-    for fn in fns.values():  # warm-up: first-run allocations are not what a running worker pays
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    times, med = _interleaved(fns, repeat)
     pipe = med["extract() end to end"]
     print(f"  {label} page {sid} (OCR input {img.shape[1]}x{img.shape[0]}):")
     for k, v in times.items():
@@ -164,15 +170,7 @@ def _screenshot_latency(pick, eng, repeat: int) -> dict:
     fns = {"extract() end to end": lambda: extract(data),
            "raw rapidocr, whole image": lambda: eng.raw(img),
            f"raw rapidocr, {len(tiles)} tiles": lambda: [eng.raw(t) for t in tiles]}
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    times, med = _interleaved(fns, repeat)
     pipe = med["extract() end to end"]
     print(f"  screenshot {sid} ({img.shape[1]}x{img.shape[0]}, {screens} screens tall):")
     for k, v in times.items():
