@@ -328,8 +328,12 @@ def test_three_journeys(server, browser, run):
     doctor.goto(first_url)
     doctor.locator("#lab-table").wait_for()
     assert "11.32" in doctor.locator("#lab-table").inner_text()
-    doctor.locator("img.original").wait_for()
-    assert doctor.locator("img.original").evaluate("img => img.complete && img.naturalWidth > 0")
+    # The original is a lazy image: bring it into view and wait for its bytes rather than racing the decode.
+    doctor.locator("img.original").scroll_into_view_if_needed()
+    doctor.wait_for_function(
+        "() => { const img = document.querySelector('img.original'); return img.complete && img.naturalWidth > 0; }",
+        timeout=15_000,
+    )
     assert doctor.locator("#trend svg.trend circle").count() >= 1
     violations["doctor-record"] = _axe(doctor)
     run.shot(doctor, "doctor-record")
