@@ -379,14 +379,78 @@ def loadgen_free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores), from /proc/stat via psutil."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+
+def _postgres_cpu_seconds() -> dict[int, float]:
+    """CPU seconds of every PostgreSQL process on this machine (the backends the servers use among them)."""
+    import psutil
+
+    out: dict[int, float] = {}
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        times = proc.info.get("cpu_times")
+        if times is not None and (proc.info.get("name") or "").startswith("postgres"):
+            out[proc.pid] = times.user + times.system
+    return out
+
+
 def measure(server: Server, path: str, headers: dict, *, connections: int, seconds: float, warmup: float) -> dict:
-    before = server.cpu_seconds()
+    """The loader's figures plus where the CPU went: per request, the server processes, PostgreSQL, the loader, and
+    everything else on the machine; and how busy the machine's cores were (the cap on 2 processes, issue 17)."""
+    before, pg_before, busy_before, wall_before = (server.cpu_seconds(), _postgres_cpu_seconds(),
+                                                   _machine_busy_seconds(), time.monotonic())
     result = loadgen.run_subprocess(server.port, path, headers=[f"{k}: {v}" for k, v in headers.items()],
                                     connections=connections, seconds=seconds, warmup=warmup)
+    wall = time.monotonic() - wall_before
     cpu = server.cpu_seconds() - before  # every server process, over warm-up and window alike
+    pg_after = _postgres_cpu_seconds()
+    pg = sum(value - pg_before.get(pid, 0.0) for pid, value in pg_after.items())
+    busy = _machine_busy_seconds() - busy_before
     total = result["rps"] * (seconds + warmup)  # requests in both, at the measured rate
-    result["server_cpu_us_per_request"] = (cpu / total * 1e6) if total else None
+    per = (lambda value: value / total * 1e6 if total else None)
+    loader = (result.get("client_cpu_us_per_request") or 0.0) * 1e-6 * total
+    result["server_cpu_us_per_request"] = per(cpu)
+    result["postgres_cpu_us_per_request"] = per(pg)
+    result["loader_cpu_us_per_request"] = result.get("client_cpu_us_per_request")
+    result["other_cpu_us_per_request"] = per(max(0.0, busy - cpu - pg - loader))
+    result["machine_cpu_us_per_request"] = per(busy)
+    result["machine_busy_share"] = busy / ((os.cpu_count() or 1) * wall) if wall else None
+    result["server_cores_used"] = cpu / wall if wall else None
     return result
+
+
+def explain_cap(med: dict, cpus: int) -> list[str]:
+    """Why 2 processes do or do not reach 1.6x one on this machine, from the measured CPU per request: the workload's
+    own CPU (server processes + PostgreSQL + the loader) per request bounds what `cpus` cores can serve."""
+    one, two = med["full-1"], med["full-2"]
+    lines = []
+
+    def workload(m: dict) -> float:
+        return sum(m.get(key) or 0.0 for key in ("server_cpu_us_per_request", "postgres_cpu_us_per_request",
+                                                   "loader_cpu_us_per_request"))
+
+    for name, m in (("1 process", one), ("2 processes", two)):
+        need = workload(m)
+        lines.append(
+            f"  {name:11s}: CPU per request: server {m['server_cpu_us_per_request']:.0f} + PostgreSQL "
+            f"{m['postgres_cpu_us_per_request']:.0f} + loader {m['loader_cpu_us_per_request']:.0f} = {need:.0f} µs "
+            f"(other programs on the machine: {m['other_cpu_us_per_request']:.0f} µs); cores busy "
+            f"{(m['machine_busy_share'] or 0) * 100:.0f} % of {cpus}; the server used {m['server_cores_used']:.2f} "
+            f"cores; ceiling of {cpus} cores for this workload {cpus * 1e6 / need if need else 0:.0f} req/s, "
+            f"measured {m['rps']:.0f}")
+    needed = 1.6 * one["rps"] * workload(two) * 1e-6
+    others = (two.get("other_cpu_us_per_request") or 0.0) * two["rps"] * 1e-6  # cores other programs took
+    free = cpus - others
+    lines.append(f"  1.6x one process = {1.6 * one['rps']:.0f} req/s would need {needed:.2f} cores at the 2-process "
+                 f"CPU per request; the machine has {cpus}, of which other programs took {others:.2f}: "
+                 + ("capped by the machine's cores, not by the server" if needed > free * 0.9
+                    else "not a machine cap — the server is the limit"))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,13 +517,18 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(result)
                 print(f"round {index + 1} {name:8s} {result['rps']:8.1f} req/s  p50 {result.get('p50_ms')} ms  "
                       f"p99 {result.get('p99_ms')} ms  server CPU/request "
-                      f"{(result['server_cpu_us_per_request'] or 0):.0f} µs  errors {result.get('errors')}  "
+                      f"{(result['server_cpu_us_per_request'] or 0):.0f} µs, PostgreSQL "
+                      f"{(result['postgres_cpu_us_per_request'] or 0):.0f} µs, cores busy "
+                      f"{(result['machine_busy_share'] or 0) * 100:.0f} %  errors {result.get('errors')}  "
                       f"(load {_loadavg()})", flush=True)
     finally:
         full.drop()
         empty.drop()
     med = {name: {key: statistics.median([r[key] for r in rs if r.get(key) is not None] or [0])
-                  for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")} for name, rs in runs.items()}
+                  for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_request", "postgres_cpu_us_per_request",
+                            "loader_cpu_us_per_request", "other_cpu_us_per_request", "machine_cpu_us_per_request",
+                            "machine_busy_share", "server_cores_used")}
+           for name, rs in runs.items()}
     full_ratio = med["full-1"]["rps"] / med["empty-1"]["rps"] if med["empty-1"]["rps"] else 0
     proc_ratio = med["full-2"]["rps"] / med["full-1"]["rps"] if med["full-1"]["rps"] else 0
     print("\nsummary (medians)")
@@ -468,17 +537,19 @@ def main(argv: list[str] | None = None) -> int:
               f"server CPU {m['server_cpu_us_per_request']:.0f} µs/request")
     print(f"  full/empty (1 process) {full_ratio:.2f}  target >= 0.80: {'PASS' if full_ratio >= 0.8 else 'FAIL'}")
     print(f"  2 processes / 1 (full) {proc_ratio:.2f}  target >= 1.6: {'PASS' if proc_ratio >= 1.6 else 'below'}"
-          f" (2 CPUs shared by the loader, PostgreSQL and the servers: see CPU/request)")
+          f" (2 CPUs shared by the loader, PostgreSQL and the servers: where the CPU goes below)")
+    cap = explain_cap(med, os.cpu_count() or 1)
+    print("\n".join(cap))
     s = report["sizes"]
     print(f"  database: {s['bytes_per_patient']:.0f} B per patient (patients+accounts+consents), "
           f"{s['bytes_per_record']:.0f} B per record row, {s['bytes_per_audit_event']:.0f} B per audit event "
           f"(event + leaf, with indexes)")
-    report.update(medians=med, full_over_empty=full_ratio, two_over_one=proc_ratio, runs=runs,
+    report.update(medians=med, full_over_empty=full_ratio, two_over_one=proc_ratio, runs=runs, cpu_cap=cap,
                   loadavg=list(os.getloadavg()))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     print("RESULT_JSON: " + json.dumps({"full_over_empty": full_ratio, "two_over_one": proc_ratio,
-                                        "medians": med, "sizes": s}, default=str))
+                                        "medians": med, "sizes": s, "cpu_cap": cap}, default=str))
     return 0
 
 
