@@ -169,9 +169,13 @@ def _percentile(sorted_values: list[int], q: float) -> float | None:
     return sorted_values[index] / 1e6
 
 
-async def run_load(host: str, port: int, request: bytes, *, connections: int = 64, seconds: float = 5.0,
-                   warmup: float = 0.5, expect_status: int = 200, cpu_pid: int | None = None) -> dict:
+async def run_load(host: str, port: int, request: bytes | list[bytes], *, connections: int = 64,
+                   seconds: float = 5.0, warmup: float = 0.5, expect_status: int = 200,
+                   cpu_pid: int | None = None) -> dict:
     """Drive `connections` closed loops for warmup + seconds; statistics cover only the measured window.
+
+    A list of requests spreads the connections over them (connection i sends request i mod len): e.g. the records of
+    several patients, each with its own bearer token.
 
     With `cpu_pid`, that process's CPU time (e.g. the server's) is read at both edges of the window.
     """
@@ -185,8 +189,9 @@ async def run_load(host: str, port: int, request: bytes, *, connections: int = 6
     if cpu_pid:
         samplers = [asyncio.create_task(_sample_cpu_at(cpu_pid, clock[edge], server_cpu))
                     for edge in ("measure_from", "measure_until")]
-    tasks = [asyncio.create_task(_connection(host, port, request, expect_status, stats, clock, stop))
-             for _ in range(connections)]
+    requests = request if isinstance(request, list) else [request]
+    tasks = [asyncio.create_task(_connection(host, port, requests[i % len(requests)], expect_status, stats, clock,
+                                             stop)) for i in range(connections)]
     await asyncio.sleep(warmup + seconds)
     stop.set()
     # Let in-flight requests finish briefly (they are outside the window and not counted), then cancel stragglers.
@@ -243,8 +248,10 @@ def _install_uvloop() -> bool:
 def run_subprocess(port: int, path: str, *, host: str = "127.0.0.1", method: str = "GET",
                    headers: list[str] | None = None, connections: int = 64, seconds: float = 5.0,
                    warmup: float = 0.5, expect_status: int = 200, cpu_pid: int | None = None,
-                   timeout: float | None = None) -> dict:
-    """Run this loader in a child process (never in the server's or the caller's interpreter) and return its JSON."""
+                   timeout: float | None = None, targets: list[tuple[str, list[str]]] | None = None) -> dict:
+    """Run this loader in a child process (never in the server's or the caller's interpreter) and return its JSON.
+
+    `targets` [(path, headers), ...] replaces `path` and `headers`: the connections are spread over them."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--host", host, "--port", str(port), "--path", path,
            "--method", method, "--connections", str(connections), "--seconds", str(seconds),
            "--warmup", str(warmup), "--expect-status", str(expect_status)]
@@ -253,6 +260,8 @@ def run_subprocess(port: int, path: str, *, host: str = "127.0.0.1", method: str
     env = dict(os.environ)
     # Headers (bearer tokens) go through the environment, not argv, so they do not show in `ps`.
     env["LOADGEN_HEADERS"] = json.dumps(headers or [])
+    if targets:
+        env["LOADGEN_TARGETS"] = json.dumps(targets)
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                             timeout=timeout or (warmup + seconds + 30))
     if result.returncode != 0:
@@ -280,13 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     headers = list(args.header)
     if os.environ.get("LOADGEN_HEADERS"):
         headers += json.loads(os.environ["LOADGEN_HEADERS"])
+    # $LOADGEN_TARGETS: a JSON list of [path, [headers]] pairs the connections are spread over (instead of --path).
+    targets = json.loads(os.environ["LOADGEN_TARGETS"]) if os.environ.get("LOADGEN_TARGETS") else [[args.path, []]]
     try:
-        request = build_request(args.method.upper(), args.path, args.host, args.port, headers)
+        requests = [build_request(args.method.upper(), path, args.host, args.port, headers + list(extra))
+                    for path, extra in targets]
     except ValueError as exc:
         parser.error(str(exc))
     if not args.no_uvloop:
         _install_uvloop()
-    result = asyncio.run(run_load(args.host, args.port, request, connections=args.connections,
+    result = asyncio.run(run_load(args.host, args.port, requests, connections=args.connections,
                                   seconds=args.seconds, warmup=args.warmup, expect_status=args.expect_status,
                                   cpu_pid=args.cpu_pid))
     result["path"] = args.path

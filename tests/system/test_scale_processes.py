@@ -288,5 +288,5 @@ def test_bench_scale_quick_loads_measures_and_reports(pg_settings):
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT_JSON: "))
     report = json.loads(line.removeprefix("RESULT_JSON: "))
     assert report["full_over_empty"] > 0 and report["two_over_one"] > 0
-    assert report["sizes"]["patients"] == 51 and report["sizes"]["audit_events"] > 1000
+    assert report["sizes"]["patients"] == 52 and report["sizes"]["audit_events"] > 1000
     assert all(m["rps"] > 0 for m in report["medians"].values())
