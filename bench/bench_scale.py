@@ -21,7 +21,8 @@ of loading on a 2-core machine; the default is 1 % of it). Steps, all in one run
 4. Sizes: pg_total_relation_size of the patient tables / patients and of audit_events + audit_leaves / events.
 
 Targets: full/empty ≥ 0.80; 2 processes ≥ 1.6 × 1 process, or, where this 2-core machine caps it (the loader and
-PostgreSQL share the same cores), the CPU per request that shows why. Schemas are dropped at the end.
+PostgreSQL share the same cores), the CPU per request that shows why. Schemas and data directories are
+removed at the end.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -387,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         full.drop()
         empty.drop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the data directories (and their blobs, without --s3)
     med = {name: {key: statistics.median([r[key] for r in rs if r.get(key) is not None] or [0])
                   for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_request")} for name, rs in runs.items()}
     full_ratio = med["full-1"]["rps"] / med["empty-1"]["rps"] if med["empty-1"]["rps"] else 0
