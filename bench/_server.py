@@ -1,11 +1,16 @@
 """Shared helper for the HTTP benches: a real vault server in its own process on a fresh data directory.
 
 `VaultServer` creates a temporary data directory, runs `python -m vault.cli init` and then
-`python -m vault.cli serve --host 127.0.0.1 --port P` (one uvicorn process) with the passphrase in
-$HEALTHVAULT_PASSPHRASE, waits for `GET /healthz` → {"status": "ok"}, and on exit stops the process (SIGTERM, then
-SIGKILL after a grace period) and deletes the directory. The server's output goes to a log file in that directory (not
-a pipe nobody reads); its tail is shown when the server fails. Small blocking helpers (stdlib http.client) do the setup
-calls: register, login, upload a small record.
+`python -m vault.cli serve --host 127.0.0.1 --port P [--workers N]` with the passphrase in $HEALTHVAULT_PASSPHRASE,
+waits for `GET /healthz` → {"status": "ok"} (and, with N > 1 processes, for every process's "Application startup
+complete" in its log), and on exit stops the server (SIGTERM, then SIGKILL of its process group after a grace
+period) and deletes the directory. The server's output goes to a log file in that directory (not a pipe nobody
+reads); its tail is shown when the server fails. `init=False` serves a data directory the caller initialised (named
+by HEALTHVAULT_DATA_DIR in `env`). Small blocking helpers (stdlib http.client) do the setup calls: register, login,
+upload a small record; `cli()` runs another `healthvault` command against the same vault (e.g. `users add`).
+
+On PostgreSQL: `pg_schema()` creates a fresh schema (its key store in a second one, `<schema>_keys`) and `pg_env()`
+the variables that point a vault at it; `drop_pg_schema()` removes both.
 
 Inherited HEALTHVAULT_* variables are dropped so a bench never touches a real deployment's data or keys.
 """
@@ -25,12 +30,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 PASSWORD = "Str0ng-Passw0rd!"
+PG_URL = os.environ.get("HEALTHVAULT_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def free_port() -> int:
@@ -46,6 +53,17 @@ def make_id_number(birth: str = "19800101") -> str:
     return body + check_digit(body)
 
 
+def nth_id_number(i: int) -> str:
+    """The i-th of a million distinct valid ID numbers (birth dates from 1950, three-digit sequences)."""
+    import datetime as dt
+
+    from vault.patients.identifiers import check_digit
+
+    day = dt.date(1950, 1, 1) + dt.timedelta(days=i // 1000)
+    body = "110105" + day.strftime("%Y%m%d") + f"{i % 1000:03d}"
+    return body + check_digit(body)
+
+
 def loadavg() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min, {os.cpu_count()} CPUs)"
@@ -55,10 +73,45 @@ class ServerError(RuntimeError):
     pass
 
 
+# --------------------------------------------------------------------------------------------------- PostgreSQL
+def pg_schema(prefix: str) -> str:
+    """A fresh, empty schema on the bench's PostgreSQL (its key store goes in `<name>_keys`, created on init)."""
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{secrets.token_hex(3)}"
+    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"CREATE SCHEMA {name}"))
+    finally:
+        engine.dispose()
+    return name
+
+
+def pg_env(schema: str) -> dict[str, str]:
+    """The HEALTHVAULT_* variables of a vault whose data lives in `schema` and whose key store in `<schema>_keys`."""
+    return {"HEALTHVAULT_DATABASE_URL": f"{PG_URL}?options=-csearch_path%3D{schema}",
+            "HEALTHVAULT_KEYSTORE_URL": PG_URL, "HEALTHVAULT_KEYSTORE_SCHEMA": f"{schema}_keys"}
+
+
+def drop_pg_schema(schema: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema}_keys CASCADE"))
+    finally:
+        engine.dispose()
+
+
 class VaultServer:
     def __init__(self, *, env: dict[str, str] | None = None, keep: bool = False, start_timeout: float = 90.0,
-                 root: Path | None = None) -> None:
+                 root: Path | None = None, workers: int = 1, init: bool = True) -> None:
         self.root = root or REPO_ROOT  # the source tree the server runs (another one for an A/B of two versions)
+        self.workers = workers  # server processes (`serve --workers`, PostgreSQL only)
+        self.init = init  # False: the data directory named in `env` is initialised already
         self.extra_env = dict(env or {})
         self.keep = keep
         self.start_timeout = start_timeout
@@ -66,7 +119,9 @@ class VaultServer:
         self.port = 0
         self.tmp: Path | None = None
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self.env: dict[str, str] = {}
+        self.passphrase = "bench passphrase " + secrets.token_hex(16)  # one per vault: a restart opens it again
+        self._log: BinaryIO | None = None
 
     # ----------------------------------------------------------------------------------------------- lifecycle
     def __enter__(self) -> VaultServer:
@@ -91,26 +146,29 @@ class VaultServer:
         return self.proc.pid
 
     def _env(self) -> dict[str, str]:
+        assert self.tmp is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHVAULT_")}
         env.update(HEALTHVAULT_DATA_DIR=str(self.tmp / "var"),
-                   HEALTHVAULT_PASSPHRASE="bench passphrase " + secrets.token_hex(16))
+                   HEALTHVAULT_PASSPHRASE=self.passphrase)
         env.update(self.extra_env)
         existing = env.get("PYTHONPATH")
         env["PYTHONPATH"] = str(self.root) + (os.pathsep + existing if existing else "")
         return env
 
     def start(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="hv-bench-"))
+        if self.tmp is None:
+            self.tmp = Path(tempfile.mkdtemp(prefix="hv-bench-"))
         env = self._env()
         self.env = env
-        init = subprocess.run([sys.executable, "-m", "vault.cli", "init"], cwd=self.root, env=env,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=180)
-        if init.returncode != 0:
-            raise ServerError(f"`vault.cli init` exited {init.returncode}:\n{(init.stderr + init.stdout)[-3000:]}")
-        self.port = free_port()
-        self._log = open(self.log_path, "wb")
+        if self.init:
+            self.cli("init", timeout=180)
+            self.init = False  # a restart serves the same vault
+        self.port = self.port or free_port()
+        self._log = open(self.log_path, "ab")
+        started_before = self._startups()
+        workers = ["--workers", str(self.workers)] if self.workers > 1 else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vault.cli", "serve", "--host", self.host, "--port", str(self.port)],
+            [sys.executable, "-m", "vault.cli", "serve", "--host", self.host, "--port", str(self.port), *workers],
             cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.monotonic() + self.start_timeout
@@ -119,7 +177,9 @@ class VaultServer:
                 raise ServerError(f"server exited {self.proc.returncode} while starting:\n{self.log_tail()}")
             try:
                 status, body = self.request("GET", "/healthz", timeout=1.0)
-                if status == 200 and body == {"status": "ok"}:
+                # One process answering is not all of them: each logs its start-up when it serves.
+                if status == 200 and body == {"status": "ok"} and (
+                        self.workers == 1 or self._startups() - started_before >= self.workers):
                     return
             except (OSError, http.client.HTTPException, ValueError):
                 pass
@@ -127,22 +187,48 @@ class VaultServer:
                 raise ServerError(f"server not healthy after {self.start_timeout:.0f}s:\n{self.log_tail()}")
             time.sleep(0.05)
 
+    def _startups(self) -> int:
+        try:
+            return self.log_path.read_bytes().count(b"Application startup complete")
+        except OSError:
+            return 0
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self) -> None:
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
+        """Run `python -m vault.cli ARGS` against this server's vault; its stdout, or ServerError if it failed."""
+        result = subprocess.run([sys.executable, "-m", "vault.cli", *args], cwd=self.root,
+                                env={**self.env, **(env or {})},
+                                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+        if result.returncode != 0:
+            raise ServerError(f"`vault.cli {args[0]}` exited {result.returncode}:\n"
+                              f"{(result.stderr + result.stdout)[-3000:]}")
+        return result.stdout
+
+    def restart(self, env: dict[str, str] | None = None) -> None:
+        """Stop the server and serve the same vault again (same port), with `env` added to its environment."""
+        self.halt()
+        self.extra_env.update(env or {})
+        self.start()
+
+    def halt(self) -> None:
+        """Stop the server processes (the data directory stays)."""
         if self.proc is not None and self.proc.poll() is None:
             try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=15)
+                self.proc.send_signal(signal.SIGTERM)  # uvicorn's supervisor stops its processes itself
+                self.proc.wait(timeout=15 + 5 * self.workers)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the whole group: every server process
                 self.proc.wait(timeout=10)
             except ProcessLookupError:
                 pass
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def stop(self) -> None:
+        self.halt()
         if self.tmp is not None and not self.keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -154,24 +240,42 @@ class VaultServer:
         return "\n".join(text.splitlines()[-lines:])
 
     # ----------------------------------------------------------------------------------------------- process stats
-    def rss_bytes(self) -> int:
-        """Resident set size of the server process and its children (uvicorn runs in-process; children are rare)."""
+    def _tree(self) -> list:
+        """The server process and its descendants (with --workers: uvicorn's supervisor, its server processes and
+        multiprocessing's resource tracker), as psutil reads them from /proc."""
         import psutil
 
-        proc = psutil.Process(self.pid)
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
+        root = psutil.Process(self.pid)
+        return [root, *root.children(recursive=True)]
+
+    def rss_by_process(self) -> dict[int, int]:
+        """Resident set size (bytes, /proc/PID/statm) of each process of the server, by pid."""
+        import psutil
+
+        sizes = {}
+        for proc in self._tree():
             try:
-                total += child.memory_info().rss
+                sizes[proc.pid] = proc.memory_info().rss
+            except psutil.Error:
+                pass
+        return sizes
+
+    def rss_bytes(self) -> int:
+        """Resident set size of the server process and its children, summed."""
+        return sum(self.rss_by_process().values())
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of every process of the server, summed."""
+        import psutil
+
+        total = 0.0
+        for proc in self._tree():
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
             except psutil.Error:
                 pass
         return total
-
-    def cpu_seconds(self) -> float:
-        import psutil
-
-        times = psutil.Process(self.pid).cpu_times()
-        return times.user + times.system
 
     # ----------------------------------------------------------------------------------------------- HTTP helpers
     def connection(self, timeout: float = 120.0) -> http.client.HTTPConnection:

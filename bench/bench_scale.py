@@ -23,7 +23,8 @@ of loading on a 2-core machine; the default is 1 % of it). Steps, all in one run
 4. Sizes: pg_total_relation_size of the patient tables / patients and of audit_events + audit_leaves / events.
 
 Targets: full/empty ≥ 0.80; 2 processes ≥ 1.6 × 1 process, or, where this 2-core machine caps it (the loader and
-PostgreSQL share the same cores), the CPU per request that shows why. Schemas are dropped at the end.
+PostgreSQL share the same cores), the CPU per request that shows why. Schemas and data directories are
+removed at the end.
 """
 
 from __future__ import annotations
@@ -36,9 +37,8 @@ import json
 import os
 import random
 import secrets
-import signal
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,8 +50,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import loadgen  # noqa: E402
+from _server import PG_URL, VaultServer, drop_pg_schema, nth_id_number, pg_env, pg_schema  # noqa: E402
 
-PG_URL = os.environ.get("HEALTHVAULT_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PASSPHRASE = b"bench passphrase for scale"
 PASSWORD = "Str0ng-Passw0rd!"
 BATCH = 1000
@@ -66,16 +66,12 @@ class Deployment:
     """One vault in its own schema (data) and key schema, plus its data directory."""
 
     def __init__(self, name: str, tmp: Path, blob_url: str | None) -> None:
-        from sqlalchemy import create_engine, text
-
         from vault.runtime import init_data_dir, open_vault
         from vault.settings import Settings
 
         self.name = name
-        self.schema = f"hvscale_{name}_{secrets.token_hex(3)}"
-        with create_engine(PG_URL, isolation_level="AUTOCOMMIT").connect() as conn:
-            conn.execute(text(f"CREATE SCHEMA {self.schema}"))
-        self.url = f"{PG_URL}?options=-csearch_path%3D{self.schema}"
+        self.schema = pg_schema(f"hvscale_{name}")
+        self.url = pg_env(self.schema)["HEALTHVAULT_DATABASE_URL"]
         self.data_dir = tmp / name
         self.blob_url = blob_url
         self.settings = Settings.load(self.data_dir, database_url=self.url, keystore_url=PG_URL,
@@ -85,22 +81,17 @@ class Deployment:
         self.vault = open_vault(self.settings, PASSPHRASE)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHVAULT_")}
-        env.update(PYTHONPATH=str(REPO), HEALTHVAULT_PASSPHRASE=PASSPHRASE.decode(),
-                   HEALTHVAULT_DATA_DIR=str(self.data_dir), HEALTHVAULT_DATABASE_URL=self.url,
-                   HEALTHVAULT_KEYSTORE_URL=PG_URL, HEALTHVAULT_KEYSTORE_SCHEMA=f"{self.schema}_keys")
+        """The HEALTHVAULT_* variables of a server on this vault (VaultServer drops any inherited ones)."""
+        env = {**pg_env(self.schema), "HEALTHVAULT_PASSPHRASE": PASSPHRASE.decode(),
+               "HEALTHVAULT_DATA_DIR": str(self.data_dir)}
         if self.blob_url:
             env["HEALTHVAULT_BLOB_URL"] = self.blob_url
         env["HEALTHVAULT_AUDIT_CHECKPOINT_EVERY_SECONDS"] = "2"  # checkpoints through every run, full or empty alike
         return env
 
     def drop(self) -> None:
-        from sqlalchemy import create_engine, text
-
         self.vault.close()
-        with create_engine(PG_URL, isolation_level="AUTOCOMMIT").connect() as conn:
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {self.schema}_keys CASCADE"))
+        drop_pg_schema(self.schema)
 
 
 def readers(dep: Deployment, count: int) -> list[tuple[str, list[str]]]:
@@ -129,14 +120,6 @@ def readers(dep: Deployment, count: int) -> list[tuple[str, list[str]]]:
 
 
 # --------------------------------------------------------------------------------------------------- bulk loader
-def _id_number(i: int) -> str:
-    from vault.patients.identifiers import check_digit
-
-    day = dt.date(1950, 1, 1) + dt.timedelta(days=i // 1000)
-    body = "110105" + day.strftime("%Y%m%d") + f"{i % 1000:03d}"
-    return body + check_digit(body)
-
-
 def fill(dep: Deployment, *, patients: int, records: int, grants: int, events: int, seed: int = 1) -> dict:
     from sqlalchemy import insert, select, update
 
@@ -175,7 +158,7 @@ def fill(dep: Deployment, *, patients: int, records: int, grants: int, events: i
             pid = str(uuid.uuid4())
             vault.keys.create_patient_key(pid)
             dek, wrapped = vault.keys.new_data_key(pid)
-            id_number, phone = _id_number(i), f"139{i:08d}"
+            id_number, phone = nth_id_number(i), f"139{i:08d}"
             where = dict(table="patients", row_id=pid, patient_id=pid)
             rows.append(dict(
                 id=pid, created_at=now, wrapped_dek=wrapped,
@@ -325,74 +308,22 @@ def sizes(dep: Deployment) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- servers
-class Server:
-    def __init__(self, dep: Deployment, workers: int, log: Path) -> None:
-        self.port = loadgen_free_port()
-        self._log = open(log, "wb")
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "vault.cli", "serve", "--port", str(self.port),
-                                      "--workers", str(workers)], env=dep.env(), cwd=REPO, stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        import http.client
-
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/readyz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.2)
-        time.sleep(1.0 if workers > 1 else 0.2)  # every worker process up
-        # The checkpointer's first run loads the whole Merkle log (a start-up cost that grows with the trail): wait
-        # until it has caught up, read from /metrics, so the measure is the steady state.
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            conn.request("GET", "/metrics")
-            body = conn.getresponse().read().decode()
-            lag = next((line.split()[-1] for line in body.splitlines()
-                        if line.startswith("healthvault_audit_checkpoint_lag_events ")), "1")
-            if float(lag) == 0:
-                break
-            time.sleep(0.5)
-
-    def cpu_seconds(self) -> float:
-        import psutil
-
-        total = 0.0
-        root = psutil.Process(self.proc.pid)
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                pass
-        return total
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._log.close()
-
-
-def loadgen_free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def start_server(dep: Deployment, workers: int) -> VaultServer:
+    """A server (`workers` processes) on the vault of `dep`, once the checkpointer has caught up with the trail."""
+    server = VaultServer(env=dep.env(), workers=workers, init=False, start_timeout=120)
+    server.start()
+    # The checkpointer's first run loads the whole Merkle log (a start-up cost that grows with the trail): wait until
+    # it has caught up, read from /metrics, so the measure is the steady state.
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        _status, body = server.request("GET", "/metrics", timeout=30)
+        text = body.decode() if isinstance(body, bytes) else ""
+        lag = next((line.split()[-1] for line in text.splitlines()
+                    if line.startswith("healthvault_audit_checkpoint_lag_events ")), "1")
+        if float(lag) == 0:
+            break
+        time.sleep(0.5)
+    return server
 
 
 def _machine_busy_seconds() -> float:
@@ -415,7 +346,7 @@ def _postgres_cpu_seconds() -> dict[int, float]:
     return out
 
 
-def measure(server: Server, targets: list[tuple[str, list[str]]], *, connections: int, seconds: float,
+def measure(server: VaultServer, targets: list[tuple[str, list[str]]], *, connections: int, seconds: float,
             warmup: float) -> dict:
     """The loader's figures plus where the CPU went: per request, the server processes, PostgreSQL, the loader, and
     everything else on the machine; and how busy the machine's cores were (the cap on 2 processes, issue 17)."""
@@ -527,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             order = list(cases) if index % 2 == 0 else list(reversed(cases))
             for name in order:
                 dep, workers, targets = cases[name]
-                server = Server(dep, workers, tmp / f"server-{name}.log")
+                server = start_server(dep, workers)
                 try:
                     result = measure(server, targets, connections=args.connections, seconds=args.seconds,
                                      warmup=args.warmup)
@@ -543,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         full.drop()
         empty.drop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the data directories (and their blobs, without --s3)
     med = {name: {key: statistics.median([r[key] for r in rs if r.get(key) is not None] or [0])
                   for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_request", "postgres_cpu_us_per_request",
                             "loader_cpu_us_per_request", "other_cpu_us_per_request", "machine_cpu_us_per_request",

@@ -12,8 +12,9 @@ Run it in its own process, apart from the server (the two must not share an inte
 
 It prints one JSON object on stdout: requests/s, p50/p90/p99/max latency in ms, error counts by kind and status, the
 loader's own CPU time per request, and the load average. `run_subprocess()` does the spawning and parsing for the
-bench scripts. Exit status: 0 if the run completed (even with HTTP errors; read "errors"), 2 on bad arguments,
-3 if no connection could be opened.
+bench scripts; `Connection` is the same wire for scripted clients that read their answers (bench/soak_workload.py).
+Exit status: 0 if the run completed (even with HTTP errors; read "errors"), 2 on bad arguments, 3 if no connection
+could be opened.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ class ProtocolError(Exception):
     pass
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """Read one response; returns (status, server_wants_close). Raises on a malformed or truncated response."""
+async def _read_response(reader: asyncio.StreamReader, keep_body: bool = False) -> tuple[int, bool, bytes]:
+    """Read one response; returns (status, server_wants_close, body if `keep_body` else b"").
+
+    Raises on a malformed or truncated response."""
     head = await reader.readuntil(_HEADER_END)
     # Status line: HTTP/1.1 200 OK
     try:
@@ -72,9 +75,11 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
         chunked = True
     if b"\r\nconnection: close" in lower:
         close = True
+    body = b""
     if length > 0:
-        await reader.readexactly(length)
+        body = await reader.readexactly(length)
     elif chunked:
+        parts = []
         while True:
             size_line = await reader.readuntil(b"\r\n")
             size = int(size_line.split(b";", 1)[0].strip(), 16)
@@ -83,12 +88,15 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
                 while (await reader.readuntil(b"\r\n")) != b"\r\n":
                     pass
                 break
-            await reader.readexactly(size + 2)
+            chunk = await reader.readexactly(size + 2)
+            if keep_body:
+                parts.append(chunk[:-2])
+        body = b"".join(parts)
     elif length < 0 and not (100 <= status < 200 or status in (204, 304)):
         # No framing: body runs to close. A benchmark target should never do this.
-        await reader.read()
+        body = await reader.read()
         close = True
-    return status, close
+    return status, close, body if keep_body else b""
 
 
 @dataclass
@@ -119,7 +127,7 @@ async def _connection(host: str, port: int, request: bytes, expect: int, stats: 
         t0 = perf()
         try:
             writer.write(request)
-            status, close = await _read_response(reader)
+            status, close, _ = await _read_response(reader)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError, ValueError) as exc:
             if stop.is_set():
                 break
@@ -145,6 +153,47 @@ async def _connection(host: str, port: int, request: bytes, expect: int, stats: 
             stats.reconnects += 1
     if writer is not None:
         writer.close()
+
+
+class Connection:
+    """One keep-alive connection of a scripted client: different requests in sequence, whose answers it reads.
+
+    The fixed-request loop above is the tool for one endpoint's throughput; a workload that logs in, uploads and then
+    reads what it uploaded needs each answer's body. `request()` sends a request made by `build_request` (the same
+    bytes on the wire) and returns (status, body). The connection is opened on first use, reopened after the server
+    closed it, and reopened before a request after `max_idle` seconds of silence (uvicorn closes keep-alive
+    connections idle for 5 s; a request written into one it is closing would fail for no fault of the server). I/O
+    and protocol errors reach the caller, which counts them; the connection is closed then.
+    """
+
+    def __init__(self, host: str, port: int, *, max_idle: float = 2.0) -> None:
+        self.host, self.port, self.max_idle = host, port, max_idle
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._last = 0.0
+
+    async def request(self, method: str, path: str, *, headers: list[str] | None = None,
+                      body: bytes = b"") -> tuple[int, bytes]:
+        if self._writer is not None and time.monotonic() - self._last > self.max_idle:
+            self.close()
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        assert self._reader is not None
+        try:
+            self._writer.write(build_request(method, path, self.host, self.port, headers, body))
+            status, close, data = await _read_response(self._reader, keep_body=True)
+        except BaseException:
+            self.close()
+            raise
+        self._last = time.monotonic()
+        if close:
+            self.close()
+        return status, data
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
 
 
 def process_cpu_seconds(pid: int) -> float | None:

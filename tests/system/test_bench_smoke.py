@@ -2,12 +2,15 @@
 
 It guards the benches themselves (they start, talk to the current API, parse, report) and two properties that hold at
 any size: an upload does not grow the server's memory by more than 64 MiB, and the bytes come back with the SHA-256
-the server reported. Throughput targets are not asserted here (CI machines are shared and noisy).
+the server reported. Throughput targets are not asserted here (CI machines are shared and noisy). The soak runs its
+whole mixed workload for 15 seconds on PostgreSQL with two server processes and must see no unexpected answer; its
+latency and memory targets need minutes and are not asserted.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +20,10 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def _run(script: str, timeout: float = 90) -> tuple[str, dict]:
+def _run(script: str, timeout: float = 90, env: dict[str, str] | None = None) -> tuple[str, dict]:
     result = subprocess.run([sys.executable, str(BENCH / script), "--quick"], capture_output=True, text=True,
-                            timeout=timeout, stdin=subprocess.DEVNULL, cwd=BENCH.parent)
+                            timeout=timeout, stdin=subprocess.DEVNULL, cwd=BENCH.parent,
+                            env={**os.environ, **env} if env else None)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT_JSON: ")]
@@ -47,3 +51,18 @@ def test_bench_upload_quick_stays_within_memory_and_round_trips():
     assert result["peak_growth_mib"] <= 64, out
     assert result["download_peak_growth_mib"] <= 64, out
     assert result["upload_mib_s"] > 0 and result["download_mib_s"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_bench_soak_quick_runs_every_operation_of_the_mixed_workload_without_an_error():
+    from tests.conftest import PG_URL, require_pg
+
+    require_pg()
+    out, result = _run("bench_soak.py", timeout=420, env={"HEALTHVAULT_BENCH_PG_URL": PG_URL})
+    assert result["total_errors"] == 0, out[-4000:]
+    assert "errors: 0" in out and "load average after" in out and "server RSS" in out
+    expected = {"notice", "register", "login", "upload", "list", "read", "content", "grant", "shared", "doctor_read",
+                "doctor_download", "revoke", "revoked_read", "audit_search"}
+    assert expected <= {op for op, n in result["operations"].items() if n > 0}, result["operations"]
+    assert result["rss_growth"] is not None and result["verdicts"]["errors"] == "PASS"
