@@ -2,9 +2,9 @@
 
 Owns mounting the console's pages and its static files on the app (`mount`). The pages call the same vault services
 as the JSON API (api/routers); nothing here is a second path to data. See pages.py (public pages, shared helpers),
-patient_records.py and patient_sharing.py (the patient's pages), staff.py (doctors, escorts, compliance staff),
-admin.py (the administrators' pages), session.py (cookie session, CSRF, headers), render.py, i18n.py, charts.py,
-qr.py; templates/ and static/ (no inline script or style).
+patient_records.py, patient_sharing.py and patient_export.py (the patient's pages), staff.py (doctors, escorts,
+compliance staff), admin.py (the administrators' pages), session.py (cookie session, CSRF, headers), render.py,
+i18n.py, charts.py, qr.py; templates/ and static/ (no inline script or style).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from api.console import admin, patient_records, patient_sharing, staff
+from api.console import admin, patient_export, patient_records, patient_sharing, staff
 from api.console.pages import router
 from api.console.render import STATIC
 
@@ -46,8 +46,8 @@ class ConsoleRoutes(BaseRoute):
 
 def routes() -> list[BaseRoute]:
     """Every console page (the role × endpoint matrix test reads this list)."""
-    return [*router.routes, *patient_records.router.routes, *patient_sharing.router.routes, *staff.router.routes,
-            *admin.router.routes]
+    return [*router.routes, *patient_records.router.routes, *patient_sharing.router.routes,
+            *patient_export.router.routes, *staff.router.routes, *admin.router.routes]
 
 
 def mount(app: FastAPI) -> None:

@@ -59,7 +59,8 @@ def _safe_next(value: str | None) -> str:
 
 # Form fields are capped as the JSON API's models cap them (a password is hashed: never an unbounded one).
 LIMITS = {"username": 256, "password": 256, "new_password": 256, "real_name": 64, "id_number": 64, "phone": 32,
-          "otp": 16, "grantee": 256, "purpose": 500, "reason": 500, "value": 64}
+          "otp": 16, "grantee": 256, "purpose": 500, "reason": 500, "value": 64, "passphrase": 256,
+          "passphrase_again": 256}
 MAX_FIELD = 1024
 
 
@@ -69,7 +70,7 @@ def field(console: Console, name: str) -> str:
         return ""
     if len(value) > LIMITS.get(name, MAX_FIELD):
         raise InvalidInput(f"{name} is too long", extra={"reason": name})
-    return value if "password" in name else value.strip()  # a password is exactly what was typed
+    return value if "pass" in name else value.strip()  # a password or passphrase is exactly what was typed
 
 
 def list_field(console: Console, name: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""The patient's record pages: the record list, upload with progress, the record page with its lab values,
-corrections and their history, the trend chart, OCR status and re-reading, and the original file inline.
+"""The record pages: the patient's record list, upload with progress, the record page (also a doctor's or escort's
+consult view) with its lab values, corrections and their history, the trend chart, OCR status and re-reading, the
+original file inline, and the download (the patient's original; a grantee's watermarked copy).
 
 Owns only the browser shape: every page calls the records and labs services with the caller's Identity, so the gate
 decides and audits exactly as for the JSON API. Paths carry ids and row indexes only.
@@ -8,13 +9,14 @@ Never: reads data another way than through a service, or shows a page's data bef
 
 from __future__ import annotations
 
+import mimetypes
 import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import multipart
+from api import disposition, multipart
 from api.console import charts
 from api.console.pages import (
     FORM_OVERHEAD,
@@ -41,6 +43,7 @@ from vault.errors import (
 from vault.identity import Identity
 from vault.labs import service as labs
 from vault.records import service as records
+from vault.records import watermark
 from vault.records.uploads import UploadSink
 from vault.sharing import service as sharing
 
@@ -129,7 +132,8 @@ def _trend_points(console: Console, session, identity: Identity, view: records.R
         return []
     points: list[charts.Point] = []
     if identity.role == "patient":
-        for p in labs.trends(session, console.vault, identity=identity, ctx=console.ctx, code=code):
+        opened = {view.record_id: view.lab_results} if view.lab_results else None  # read above: not decrypted again
+        for p in labs.trends(session, console.vault, identity=identity, ctx=console.ctx, code=code, opened=opened):
             if p.value_num is not None:
                 points.append(charts.Point(p.at[:10], p.value_num, p.flag))
         return points
@@ -174,14 +178,17 @@ async def _record_page(request: Request, record_id: uuid.UUID, row_index: int | 
                 points = _trend_points(console, session, identity, view, rows[index])
             except VaultError:
                 points = []
-        return view, rows, index, points
+        # The owner may always take the file; a doctor or escort only under a grant (or claim) that covers downloads.
+        can_download = identity.role == "patient" or records.allows(
+            session, console.vault, identity=identity, ctx=console.ctx, record_id=rid, action="record.download")
+        return view, rows, index, points, can_download
 
-    view, rows, index, points = await console.run(work, roles=READERS, action="record.read")
+    view, rows, index, points, can_download = await console.run(work, roles=READERS, action="record.read")
     chart = _chart(console, rows[index], points) if index is not None else None
     template = "trend_fragment.html" if request.headers.get("hx-request") == "true" and row_index is not None \
         else "record.html"
     return console.page(template, record=view, rows=rows, row_index=index, chart=chart, points=points,
-                        inline=view.content_type in INLINE_TYPES)
+                        inline=can_download and view.content_type in INLINE_TYPES, can_download=can_download)
 
 
 @router.get("/records/{record_id}")
@@ -283,3 +290,31 @@ async def record_content(request: Request, record_id: uuid.UUID) -> Response:
         "content-length": str(view.size_bytes), "content-disposition": "inline" if inline else "attachment",
         "content-security-policy": CONTENT_CSP + ("" if view.content_type == "application/pdf" else "; sandbox"),
         "cache-control": "no-store", "x-frame-options": "SAMEORIGIN"})
+
+
+@router.get("/records/{record_id}/download")
+@page
+async def record_download(request: Request, record_id: uuid.UUID) -> Response:
+    """Take the file away. The patient gets the original, byte for byte; a doctor or escort a watermarked PDF with a
+    download id of its own: the same services as `GET /v1/records/{id}/content` (vault/records/watermark.py: the
+    gate decides `record.download`, the event carrying the id is committed before anything is decrypted)."""
+    console = await open_console(request)
+    rid = str(record_id)
+
+    def work(session, identity: Identity):
+        if identity.role != "patient":
+            return watermark.authorize(session, console.vault, identity=identity, ctx=console.ctx, record_id=rid)
+        return records.open_content(session, console.vault, identity=identity, ctx=console.ctx, record_id=rid)
+
+    opened = await console.run(work, roles=READERS, action="record.download")
+    if isinstance(opened, watermark.PendingDownload):
+        size, marked = await run_in_threadpool(watermark.render_stream, console.vault, opened)
+        name = f"healthvault-{rid[:8]}-{opened.download_id[:8]}.pdf"  # never the patient's own file name
+        return StreamingResponse(marked, media_type="application/pdf", headers={
+            "content-length": str(size), "content-disposition": disposition.attachment(name, fallback=name),
+            "cache-control": "no-store"})
+    view, chunks = opened
+    return StreamingResponse(chunks, media_type=view.content_type, headers={
+        "content-length": str(view.size_bytes), "cache-control": "no-store",
+        "content-disposition": disposition.attachment(
+            view.filename, fallback=f"record-{rid[:8]}{mimetypes.guess_extension(view.content_type) or ''}")})

@@ -8,34 +8,9 @@ import re
 import pytest
 
 from tests.helpers import PASSWORD, login, make_id_number, make_phone, png_bytes, register, staff, upload
+from tests.helpers.console import assert_console_headers, console_login, csrf_of
 
-CSRF = re.compile(r'name="csrf" value="([0-9a-f]{64})"')
 PAYLOAD = '<script>alert("x")</script>'
-
-
-def csrf_of(html: str) -> str:
-    match = CSRF.search(html)
-    assert match, html[:500]
-    return match.group(1)
-
-
-def console_login(client, username: str, password: str = PASSWORD, otp: str | None = None) -> str:
-    """Sign in through the console form; returns the CSRF token of the signed-in session."""
-    client.cookies.clear()
-    page = client.get("/login")
-    assert page.status_code == 200
-    form = {"csrf": csrf_of(page.text), "username": username, "password": password, "next": "/"}
-    if otp:
-        form["otp"] = otp
-    response = client.post("/login", data=form, follow_redirects=False)
-    assert response.status_code == 303, response.text
-    return csrf_of(client.get("/login").text)
-
-
-def assert_console_headers(response) -> None:
-    csp = response.headers["content-security-policy"]
-    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
-    assert response.headers["cache-control"] == "no-store"
 
 
 def test_register_sign_in_upload_and_read_through_the_console(client, vault):

@@ -143,8 +143,10 @@ def test_console_role_by_page_matrix(client, vault, clock, app):
     sysadmin = {"Authorization": f"Bearer {tokens['sysadmin']}"}
     listed = client.get("/v1/accounts", headers=sysadmin, params={"limit": 500}).json()["items"]
     account_id = next(a["id"] for a in listed if a["username"] == "cm-target")
+    package_id = client.post("/v1/exports", headers=bearer,
+                             json={"passphrase": "console matrix passphrase"}).json()["export_id"]
     params = {"record_id": record_id, "grant_id": grant["grant_id"], "export_id": export_id, "row": 0,
-              "request_id": request_id, "account_id": account_id}
+              "request_id": request_id, "account_id": account_id, "package_id": package_id}
     bodies = {
         ("POST", "/records"): {"data": {"category": "other"}, "files": {"file": ("a.png", png_bytes(b"cn"))}},
         ("POST", "/records/{record_id}/values"): {"data": {"row": "0", "field": "value", "value": "1"}},
@@ -158,6 +160,8 @@ def test_console_role_by_page_matrix(client, vault, clock, app):
         ("POST", "/accounts/{account_id}/active"): {"data": {"active": "yes"}},
         ("POST", "/security/role"): {"data": {"account_id": account_id, "role": "escort"}},
         ("POST", "/account/erase"): {"data": {"password": PASSWORD, "confirm": "yes"}},
+        ("POST", "/export"): {"data": {"password": PASSWORD, "passphrase": "another console passphrase",
+                                       "passphrase_again": "another console passphrase"}},
     }
     mismatches = []
     last = (("POST", "/sharing/{grant_id}/revoke"), ("POST", "/logout"))

@@ -66,6 +66,7 @@ CONSOLE_EXPECTED = {
     ("GET", "/records/{record_id}/trend/{row}"): READERS,
     ("GET", "/records/{record_id}/status"): READERS,
     ("GET", "/records/{record_id}/content"): READERS,
+    ("GET", "/records/{record_id}/download"): READERS,  # the patient's original; the doctor's copy watermarked
     ("GET", "/records/{record_id}/history"): {"patient"},
     ("POST", "/records/{record_id}/values"): {"patient"},
     ("POST", "/records/{record_id}/extraction"): {"patient"},  # 409 for a record that is not a lab sheet: allowed
@@ -77,6 +78,10 @@ CONSOLE_EXPECTED = {
     ("GET", "/consents"): {"patient"},
     ("GET", "/account"): {"patient"},
     ("POST", "/account/erase"): {"patient"},  # run as a second patient (`cm-eraser`)
+    ("GET", "/export"): {"patient"},  # issue 15/16: the patient's own export (PIPL 45), with re-authentication
+    ("POST", "/export"): {"patient"},  # 409 while the matrix's own export is still being built: allowed
+    ("GET", "/export/{package_id}"): {"patient"},
+    ("GET", "/export/{package_id}/download"): {"patient"},  # 409 while building / 410 once taken: allowed
     ("POST", "/consents"): {"patient"},
     ("GET", "/shared"): {"doctor", "escort"},
     ("GET", "/breakglass"): {"doctor"},

@@ -2,8 +2,10 @@
 
 Three journeys, in order, on one server: (1) a patient registers, uploads two generated lab-sheet photos, sees the
 extracted values and a trend across both reports, shares with a doctor, reads the access log after the doctor's
-view, revokes; (2) the doctor's first sign-in (password change, TOTP enrolment from the page's QR secret), the shared
-record with its values, and nothing after the revoke; (3) an auditor's first sign-in, a search of the trail for that
+view, revokes, then exports all of their data (the password again, a passphrase typed twice; the progress; the ZIP,
+once, opened with 7-Zip and that passphrase); (2) the doctor's first sign-in (password change, TOTP enrolment from
+the page's QR secret), the shared record with its values, its watermarked download (the PDF carries a download id),
+and nothing after the revoke; (3) an auditor's first sign-in, a search of the trail for that
 doctor's reads, an export whose bundle verifies offline with `healthvault audit verify DIR --key VKEY`.
 Along the way: every URL is recorded (no PHI in any), every console response carries the CSP and `no-store`, no
 CSP violation is reported by the browser, a `<script>` in a title, file name and purpose renders as text, a state
@@ -13,10 +15,11 @@ A screenshot of each step goes to $HEALTHVAULT_TEST_ARTIFACTS (default ./artifac
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -28,13 +31,23 @@ import httpx
 import pytest
 
 from tests.helpers import PASSWORD, make_id_number, make_phone
+from tests.helpers.browser import (
+    ARGS,
+    CHROMIUM,
+    INITIAL,
+    Run,
+    axe,
+    cli,
+    first_sign_in,
+    fits,
+    free_port,
+    new_context,
+    tab_order,
+)
+from vault.records import watermark
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run"]
-AXE = Path(__file__).resolve().parent.parent / "helpers" / "vendor" / "axe.min.js"
 PASS = "a passphrase for the console browser test"
-INITIAL = "Initial-Passw0rd!"
+EXPORT_PASS = "导出 passphrase of the browser journey"
 PAYLOAD = '<script>alert("hv")</script>'
 FILE_PAYLOAD = "<script>alert(1)</script>"  # Chromium percent-encodes a quote in a multipart file name
 REAL_NAME, ID_NUMBER, PHONE = "王芳芳", make_id_number(), make_phone()
@@ -54,53 +67,15 @@ playwright_api = pytest.importorskip("playwright.sync_api") if os.environ.get("C
     __import__("playwright.sync_api", fromlist=["sync_playwright"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cli(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "vault.cli", *args], env=env, capture_output=True, text=True,
-                            timeout=120, stdin=subprocess.DEVNULL)
-    if check:
-        assert result.returncode == 0, result.stderr + result.stdout
-    return result
-
-
-class Run:
-    """What the journeys saw: every URL, every console response's headers, CSP reports, screenshots."""
-
-    def __init__(self, base: str, artifacts: Path) -> None:
-        self.base = base
-        self.artifacts = artifacts
-        self.urls: list[str] = []
-        self.responses: list = []
-        self.console_errors: list[str] = []
-        self.shots = 0
-        self.progress: list[int] = []  # the upload bar's values, as console.js set them
-
-    def watch(self, page) -> None:
-        page.on("request", lambda request: self.urls.append(request.url))
-        page.on("response", lambda response: self.responses.append(response))
-        page.on("console", lambda message: self.console_errors.append(f"{page.url} {message.location}: {message.text}")
-                if message.type == "error" else None)
-        page.on("dialog", lambda dialog: (_ for _ in ()).throw(AssertionError(f"a dialog opened: {dialog.message}")))
-
-    def shot(self, page, name: str) -> None:
-        self.shots += 1
-        page.screenshot(path=str(self.artifacts / f"{self.shots:02d}-{name}.png"), full_page=True)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("console")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHVAULT_")}
     env.update(HEALTHVAULT_DATA_DIR=str(root / "var"), HEALTHVAULT_PASSPHRASE=PASS, HEALTHVAULT_NEW_PASSWORD=INITIAL)
-    _cli(env, "init")
-    _cli(env, "users", "add", "--role", "doctor", "--username", "dr.li")
-    _cli(env, "users", "add", "--role", "auditor", "--username", "aud.zhao")
-    port = _free_port()
+    cli(env, "init")
+    cli(env, "users", "add", "--role", "doctor", "--username", "dr.li")
+    cli(env, "users", "add", "--role", "auditor", "--username", "aud.zhao")
+    port = free_port()
     log = open(root / "serve.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "vault.cli", "serve", "--host", "127.0.0.1", "--port",
                                 str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -140,78 +115,6 @@ def run(server):
     return Run(server[0], artifacts)
 
 
-def _context(browser, run: Run, *, mobile: bool):
-    viewport = {"width": 375, "height": 812} if mobile else {"width": 1280, "height": 900}
-    context = browser.new_context(viewport=viewport, locale="zh-CN", accept_downloads=True)
-    context.add_init_script(path=str(AXE))  # through the DevTools protocol: the page's CSP stays as served
-    context.expose_function("hvProgress", lambda value: run.progress.append(int(value)))
-    context.add_init_script(script="document.addEventListener('htmx:xhr:progress', () => setTimeout(() => { "
-                            "const bar = document.getElementById('upload-progress'); "
-                            "if (bar) window.hvProgress(bar.value); }, 0));")
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    run.watch(page)
-    return context, page
-
-
-def _axe(page) -> list[dict]:
-    """Serious and critical violations axe-core finds on the page once it has loaded."""
-    page.wait_for_load_state("load")
-    page.wait_for_function("document.documentElement !== null && window.axe !== undefined")
-    result = page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
-                           ".filter(v => v.impact === 'serious' || v.impact === 'critical')"
-                           ".map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target)}))")
-    return result
-
-
-def _fits(page) -> bool:
-    """Nothing wider than the screen (wide tables scroll inside their own box): usable at 375 px."""
-    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-
-
-def _tab_order(page, count: int) -> list[str]:
-    """The ids (or tag names) the keyboard focus visits, pressing Tab `count` times from the top of the page."""
-    page.locator("body").focus()
-    seen = []
-    for _ in range(count):
-        page.keyboard.press("Tab")
-        seen.append(page.evaluate("document.activeElement.id || document.activeElement.tagName.toLowerCase()"))
-    return seen
-
-
-def _first_sign_in(page, run: Run, username: str, name: str) -> str:
-    """Initial password → new password → TOTP enrolment (secret from the page) → activation → sign-in."""
-    import pyotp
-
-    page.goto(run.base + "/login")
-    page.get_by_label("用户名", exact=True).fill(username)
-    page.get_by_label("密码", exact=True).fill(INITIAL)
-    page.get_by_role("button", name="登录").click()
-    page.wait_for_url("**/first-sign-in")
-    page.locator("#username").fill(username)
-    page.locator("#password").fill(INITIAL)
-    page.locator("#new_password").fill(PASSWORD)
-    run.shot(page, f"{name}-first-sign-in")
-    page.get_by_role("button", name="修改密码").click()
-    page.get_by_text("密码已修改").wait_for()
-    page.locator("#t-password").fill(PASSWORD)
-    page.get_by_role("button", name="生成二维码").click()
-    qr = page.locator(".qr svg")
-    qr.wait_for()
-    run.shot(page, f"{name}-totp-qr")
-    secret = page.locator("#totp-secret").inner_text().strip()
-    totp = pyotp.TOTP(secret)
-    page.locator("#a-password").fill(PASSWORD)
-    page.locator("#a-otp").fill(totp.now())
-    page.get_by_role("button", name="启用两步验证").click()
-    page.wait_for_url("**/login?done=first")
-    page.get_by_label("用户名", exact=True).fill(username)
-    page.get_by_label("密码", exact=True).fill(PASSWORD)
-    page.locator("#otp").fill(totp.at(time.time() + 30))  # the next step: the activation code cannot be replayed
-    page.get_by_role("button", name="登录").click()
-    return secret
-
-
 def _wait_for_values(page) -> None:
     """OCR runs off the request path; the record page polls its status and reloads itself once the sheet is read."""
     page.wait_for_selector("#lab-table, #ocr-status.failed, #ocr-status.declined", timeout=180_000)
@@ -233,6 +136,80 @@ def _upload(page, run: Run, *, data: bytes, name: str, title: str, shot: str) ->
     return record_url
 
 
+def _export_my_data(page, run: Run, violations: dict) -> None:
+    """Journey 1's export: from the navigation, a mismatched passphrase refused (and not echoed), then the build's
+    progress, the package downloaded once, and 7-Zip opening it with the passphrase (and not without)."""
+    page.goto(run.base + "/records")
+    page.locator("header nav a[href='/export']").click()
+    page.wait_for_url("**/export")
+    violations["export-form"] = axe(page)
+    assert fits(page), "the export form is wider than a 375 px screen"
+
+    def fill(again: str) -> None:
+        page.get_by_label("密码", exact=True).fill(PASSWORD)
+        page.locator("#x-passphrase").fill(EXPORT_PASS)
+        page.locator("#x-passphrase-again").fill(again)
+
+    fill(EXPORT_PASS + "!")
+    run.shot(page, "patient-export-form")
+    page.get_by_role("button", name="开始导出").click()
+    assert "不一致" in page.locator("#pexport-error").inner_text()
+    assert page.locator("#x-passphrase").input_value() == "" and EXPORT_PASS not in page.content()
+    run.shot(page, "patient-export-mismatch")
+    fill(EXPORT_PASS)
+    page.get_by_role("button", name="开始导出").click()
+    page.wait_for_url(re.compile(r".*/export/[0-9a-f-]{36}$"))
+    page.locator("#pexport-download").wait_for(timeout=120_000)  # htmx polled the progress fragment until ready
+    violations["export"] = axe(page)
+    assert fits(page), "the export page is wider than a 375 px screen"
+    run.shot(page, "patient-export-ready")
+    with page.expect_download() as download_info:
+        page.locator("#pexport-download").click()
+    assert download_info.value.suggested_filename == "healthvault-export.zip"
+    run.urls.append(download_info.value.url)  # a download fires no page request event: recorded by hand
+    package = run.artifacts / "my-export.zip"
+    download_info.value.save_as(package)
+    page.reload()
+    assert "已下载" in page.locator("#pexport-status").inner_text()  # once only
+    run.shot(page, "patient-export-downloaded")
+    if shutil.which("7z") is None:
+        assert os.environ.get("CI") != "true", "7z (Debian p7zip-full) is missing: .ci/run installs it"
+        return
+    wrong = subprocess.run(["7z", "t", "-pnot-the-passphrase", str(package)], capture_output=True, text=True)
+    assert wrong.returncode != 0
+    out = run.artifacts / "my-export"
+    opened = subprocess.run(["7z", "x", "-y", f"-p{EXPORT_PASS}", f"-o{out}", str(package)], capture_output=True,
+                            text=True)
+    assert opened.returncode == 0, opened.stdout + opened.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["records"]) == 2
+    for entry in manifest["records"]:
+        assert hashlib.sha256((out / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
+
+
+def _doctor_downloads(page, run: Run) -> None:
+    """Journey 2's download: the consult view offers the watermarked copy; the PDF names the doctor and carries a
+    download id of its own (in the visible mark and the document information), never the patient's name."""
+    import pypdfium2
+
+    link = page.locator("#record-download")
+    assert link.inner_text().strip() == "下载（带水印）"
+    with page.expect_download() as download_info:
+        link.click()
+    run.urls.append(download_info.value.url)
+    data = Path(download_info.value.path()).read_bytes()
+    (run.artifacts / "doctor-download.pdf").write_bytes(data)
+    download_id = watermark.read_download_id(data)
+    assert download_id is not None and watermark.DOWNLOAD_ID.match(download_id)
+    document = pypdfium2.PdfDocument(data)
+    try:
+        text = "".join(p.get_textpage().get_text_range() for p in document)
+    finally:
+        document.close()
+    assert download_id in text and "dr.li" in text and "仅供诊疗使用" in text and REAL_NAME not in text
+    run.shot(page, "doctor-download")
+
+
 def test_three_journeys(server, browser, run):
     from tests.ocr import sheetgen
 
@@ -242,16 +219,16 @@ def test_three_journeys(server, browser, run):
     violations: dict[str, list] = {}
 
     # ---- journey 1: the patient, on a phone-sized screen -------------------------------------------------------
-    patient_ctx, patient = _context(browser, run, mobile=True)
+    patient_ctx, patient = new_context(browser, run, mobile=True)
     patient.goto(base + "/")
     patient.wait_for_url("**/login*")
-    violations["login"] = _axe(patient)
-    order = _tab_order(patient, 12)  # skip link, header links, then the form: every field and the button by keyboard
+    violations["login"] = axe(patient)
+    order = tab_order(patient, 12)  # skip link, header links, then the form: every field and the button by keyboard
     assert {"username", "password", "otp"} <= set(order) and "button" in order, order
     run.shot(patient, "patient-login")
     patient.get_by_role("link", name="还没有账号？注册").click()
-    violations["register"] = _axe(patient)
-    assert _fits(patient), "register is wider than a 375 px screen"
+    violations["register"] = axe(patient)
+    assert fits(patient), "register is wider than a 375 px screen"
     patient.get_by_label("用户名", exact=True).fill("wang.fangfang")
     patient.get_by_label("密码", exact=True).fill(PASSWORD)
     patient.get_by_label("真实姓名", exact=True).fill(REAL_NAME)
@@ -270,8 +247,8 @@ def test_three_journeys(server, browser, run):
     cookies = {c["name"]: c for c in patient_ctx.cookies()}
     session = cookies["hv_session"]
     assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/"
-    violations["records"] = _axe(patient)
-    assert _fits(patient), "records is wider than a 375 px screen"
+    violations["records"] = axe(patient)
+    assert fits(patient), "records is wider than a 375 px screen"
     run.shot(patient, "patient-records-empty")
 
     # A state change without the CSRF token: refused, nothing stored.
@@ -288,8 +265,8 @@ def test_three_journeys(server, browser, run):
     assert "11.32" in table.inner_text() and "↑" in table.inner_text()
     assert PAYLOAD in patient.locator("h1").inner_text()  # shown as text: no script ran (a dialog would fail)
     assert FILE_PAYLOAD + ".jpg" in patient.locator("dl.facts").inner_text()
-    violations["record"] = _axe(patient)
-    assert _fits(patient), "record is wider than a 375 px screen"
+    violations["record"] = axe(patient)
+    assert fits(patient), "record is wider than a 375 px screen"
     second_url = _upload(patient, run, data=second_photo, name="report-2.jpg", title="复查", shot="patient-record-2")
     wbc = patient.locator("#lab-table tr[data-code='WBC'] a.trend-link")
     wbc.click()
@@ -304,14 +281,14 @@ def test_three_journeys(server, browser, run):
     patient.locator("input[name=record_ids]").nth(1).check()
     patient.get_by_label("查看原件/下载", exact=True).check()
     patient.get_by_label("用途", exact=True).fill("门诊复诊 " + PAYLOAD)
-    violations["sharing"] = _axe(patient)
-    assert _fits(patient), "sharing is wider than a 375 px screen"
+    violations["sharing"] = axe(patient)
+    assert fits(patient), "sharing is wider than a 375 px screen"
     run.shot(patient, "patient-share-form")
 
     # ---- journey 2, first part: the doctor signs in (TOTP) and reads the shared record ------------------------
     # The grant goes to a doctor that exists: set the doctor up first, then share.
-    doctor_ctx, doctor = _context(browser, run, mobile=False)
-    _first_sign_in(doctor, run, "dr.li", "doctor")
+    doctor_ctx, doctor = new_context(browser, run, mobile=False)
+    first_sign_in(doctor, run, "dr.li", "doctor")
     doctor.wait_for_url("**/shared")
     assert doctor.locator("#shared-none").count() == 1
     patient.get_by_role("button", name="确认共享").click()
@@ -323,7 +300,7 @@ def test_three_journeys(server, browser, run):
 
     doctor.goto(base + "/shared")
     assert doctor.locator("#shared-list a.record-link").count() == 2
-    violations["shared"] = _axe(doctor)
+    violations["shared"] = axe(doctor)
     run.shot(doctor, "doctor-shared")
     doctor.goto(first_url)
     doctor.locator("#lab-table").wait_for()
@@ -335,28 +312,30 @@ def test_three_journeys(server, browser, run):
         timeout=15_000,
     )
     assert doctor.locator("#trend svg.trend circle").count() >= 1
-    violations["doctor-record"] = _axe(doctor)
+    violations["doctor-record"] = axe(doctor)
     run.shot(doctor, "doctor-record")
     doctor.locator("#lab-table tr[data-code='WBC'] a.trend-link").click()
     doctor.wait_for_function("document.querySelectorAll('#trend svg.trend circle').length === 2")
     run.shot(doctor, "doctor-trend")
+    _doctor_downloads(doctor, run)
 
     # ---- journey 1, end: the access log shows the doctor's read; revoke in one click -----------------------------
     patient.goto(base + "/access-log")
     log_text = patient.locator("#access-table").inner_text()  # the others' accesses, apart from the patient's own
     assert "dr.li" in log_text and "查看报告" in log_text and "you" not in log_text
-    violations["access-log"] = _axe(patient)
-    assert _fits(patient), "access-log is wider than a 375 px screen"
+    violations["access-log"] = axe(patient)
+    assert fits(patient), "access-log is wider than a 375 px screen"
     run.shot(patient, "patient-access-log")
     patient.goto(base + "/consents")
-    violations["consents"] = _axe(patient)
-    assert _fits(patient), "consents is wider than a 375 px screen"
+    violations["consents"] = axe(patient)
+    assert fits(patient), "consents is wider than a 375 px screen"
     run.shot(patient, "patient-consents")
     patient.goto(grant_url)
     patient.get_by_role("button", name="撤回").click()
     patient.wait_for_url(grant_url)
     assert "已撤回" in patient.locator("dd.state").inner_text()
     run.shot(patient, "patient-revoked")
+    _export_my_data(patient, run, violations)
 
     # ---- journey 2, end: after the revoke the doctor sees nothing -------------------------------------------------
     doctor.goto(base + "/shared")
@@ -367,8 +346,8 @@ def test_three_journeys(server, browser, run):
     run.shot(doctor, "doctor-record-refused")
 
     # ---- journey 3: the auditor searches the doctor's reads, exports, verifies offline --------------------------
-    auditor_ctx, auditor = _context(browser, run, mobile=False)
-    _first_sign_in(auditor, run, "aud.zhao", "auditor")
+    auditor_ctx, auditor = new_context(browser, run, mobile=False)
+    first_sign_in(auditor, run, "aud.zhao", "auditor")
     auditor.wait_for_url("**/audit")
     auditor.get_by_label("操作", exact=True).fill("record.read")
     auditor.get_by_role("button", name="检索").click()
@@ -380,13 +359,13 @@ def test_three_journeys(server, browser, run):
     assert rows.count() >= 2
     assert set(auditor.locator("#audit-table td.role").all_inner_texts()) == {"doctor"}
     assert set(auditor.locator("#audit-table td.action").all_inner_texts()) == {"record.read"}
-    violations["audit"] = _axe(auditor)
+    violations["audit"] = axe(auditor)
     run.shot(auditor, "auditor-search")
     auditor.goto(base + "/audit/exports")
     auditor.get_by_role("button", name="开始导出").click()
     auditor.wait_for_url(re.compile(r".*/audit/exports/[0-9a-f]{16}$"))
     auditor.locator("#export-download").wait_for(timeout=120_000)
-    violations["export"] = _axe(auditor)
+    violations["export"] = axe(auditor)
     run.shot(auditor, "auditor-export")
     vkey = auditor.locator("#vkey").inner_text().strip()
     with auditor.expect_download() as download_info:
@@ -398,7 +377,7 @@ def test_three_journeys(server, browser, run):
         tar.extractall(unpacked, filter="data")
     (bundle,) = list(unpacked.iterdir())
     clean = {k: v for k, v in env.items() if not k.startswith("HEALTHVAULT_")}
-    verified = _cli(clean, "audit", "verify", str(bundle), "--key", vkey, check=False)
+    verified = cli(clean, "audit", "verify", str(bundle), "--key", vkey, check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     auditor.goto(base + "/keys")
     run.shot(auditor, "auditor-keys")
@@ -415,7 +394,8 @@ def test_three_journeys(server, browser, run):
         ctx.close()
     assert {page: found for page, found in violations.items() if found} == {}
     assert [e for e in run.console_errors if "Content Security Policy" in e] == []
-    secrets_in_urls = [REAL_NAME, ID_NUMBER, PHONE, PASSWORD, "11.32", "血常规", "门诊", "script", vkey]
+    secrets_in_urls = [REAL_NAME, ID_NUMBER, PHONE, PASSWORD, EXPORT_PASS, "passphrase", "11.32", "血常规", "门诊",
+                       "script", vkey]
     for url in run.urls:
         decoded = urllib.parse.unquote(url)
         assert not any(s in decoded for s in secrets_in_urls), decoded

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from vault.access import audit_append, ratelimit
+from vault.access import audit_append, gate, ratelimit
 from vault.accounts import tokens, totp
 from vault.accounts.usernames import normalize_username
 from vault.db.models import ROLES, Account, AuthToken
@@ -154,6 +154,30 @@ def login(session: Session, vault: Vault, *, username: str, password: str, ctx: 
                      patient_id=account.patient_id)
     session.commit()
     return token, vault.settings.token_ttl_seconds
+
+
+def reauthenticate(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, password: str,
+                   otp: str | None, action: str, target: gate.Target) -> None:
+    """The signed-in person proves again that they hold the account, before a step that cannot be taken back or that
+    hands everything over (erasing the account, exporting all of its data): the password, and the TOTP code when the
+    account enrolled one. A failure is audited as a denial of `action` on `target` (reason `reauth-failed`),
+    committed, and raised: InvalidCredentials (a wrong password also counts toward the lockout, as a failed sign-in
+    does) or OtpRequired."""
+    account = session.get(Account, identity.account_id)
+    try:
+        if account is None:
+            raise InvalidCredentials()
+        authenticate(session, vault, username=account.username, password=password, ctx=ctx)
+        if account.totp_enabled:
+            if not otp:
+                raise OtpRequired()
+            if not totp.check(vault, account, otp):
+                raise InvalidCredentials()
+    except (InvalidCredentials, OtpRequired):
+        gate.audit(vault, session, identity=identity, ctx=ctx, action=action, target=target, outcome="deny",
+                   reason="reauth-failed")
+        session.commit()
+        raise
 
 
 def _refuse_sign_in(session: Session, vault: Vault, account: Account, ctx: RequestContext, reason: str) -> None:

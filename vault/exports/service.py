@@ -1,11 +1,11 @@
 """The patient's copy of their own data (PIPL 45: access, copy, portability; COMPLIANCE PIPL-6).
 
 Owns the export requests and their bookkeeping: `start` (audited `export.create`; the build runs on a thread of this
-process, because the passphrase must never be stored or queued), the build job (`_build`: status, progress, sealing
-the ZIP at rest, the `export.build` audit event; the ZIP's contents are written by vault/exports/package.py,
-streamed, one record at a time, so memory stays bounded whatever the number or size of records), `get` (status and
-progress, `export.read`) and `open_download` (`export.download`: served once, within 24 hours of being built, then
-deleted).
+process, because the passphrase must never be stored or queued; `start_reauthenticated`, the console's, asks for the
+password again first), the build job (`_build`: status, progress, sealing the ZIP at rest, the `export.build` audit
+event; the ZIP's contents are written by vault/exports/package.py, streamed, one record at a time, so memory stays
+bounded whatever the number or size of records), `get` (status and progress, `export.read`) and `open_download`
+(`export.download`: served once, within 24 hours of being built, then deleted).
 
 The package is an AES-256 encrypted ZIP (WinZip AES, "WZ_AES", via pyzipper). Why a ZIP and not an AES-256 PDF
 portfolio: 7-Zip, WinRAR, Bandizip, PeaZip and the file managers of most Android phones (and iOS through common
@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from kms import CryptoError, envelope
 from kms.stream import StreamEncryptor, iter_decrypt
 from vault.access import gate
+from vault.accounts import service as accounts
 from vault.db.models import PatientExport, Record
 from vault.errors import Conflict, IntegrityFailure, InvalidInput, NotFound, VaultError
 from vault.exports import package
@@ -122,6 +123,17 @@ def start(session: Session, vault: Vault, *, identity: Identity, ctx: RequestCon
     threading.Thread(target=_build, args=(vault, export_id, patient_id, secret, dek), name=f"export-{export_id[:8]}",
                      daemon=True).start()
     return view
+
+
+def start_reauthenticated(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, passphrase: str,
+                          password: str, otp: str | None) -> ExportView:
+    """`start`, after the password (and the TOTP code, if enrolled) again, as erasure asks: the console's way, since
+    the package holds everything the vault knows about the patient. The passphrase is judged first (a weak one costs
+    no sign-in attempt); a failed re-authentication is audited as a denied `export.create` and nothing is built."""
+    check_passphrase(passphrase)
+    accounts.reauthenticate(session, vault, identity=identity, ctx=ctx, password=password, otp=otp,
+                            action="export.create", target=gate.Target("export", None, identity.patient_id or ""))
+    return start(session, vault, identity=identity, ctx=ctx, passphrase=passphrase)
 
 
 def _own(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, export_id: str,

@@ -21,13 +21,15 @@ import io
 import json
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, bindparam, select, update
 
 from kms.stream import iter_decrypt
 from vault import fields
 from vault.access import gate
+from vault.db.fastpath import HotStatement
 from vault.db.models import LabCorrection, Record
 from vault.errors import Conflict, InvalidInput, OcrDeclined, VaultError
 from vault.identity import Identity, RequestContext
@@ -183,8 +185,20 @@ class TrendPoint:
     flag: str | None
 
 
-def trends(session, vault: Vault, *, identity: Identity, ctx: RequestContext, code: str) -> list[TrendPoint]:
-    """One analyte across the caller's own lab reports, oldest first."""
+# Only the columns a trend reads, on the driver's cursor (vault/db/fastpath): this runs on every console record page.
+_TREND_ROWS = HotStatement(select(Record.id, Record.patient_id, Record.wrapped_dek, Record.lab_results_enc,
+                                  Record.created_at)
+                           .where(Record.patient_id == bindparam("patient_id"), Record.lab_results_enc.is_not(None))
+                           .order_by(Record.created_at, Record.id))
+
+
+def trends(session, vault: Vault, *, identity: Identity, ctx: RequestContext, code: str,
+           opened: Mapping[str, dict] | None = None) -> list[TrendPoint]:
+    """One analyte across the caller's own lab reports, oldest first.
+
+    `opened`: reports of the caller's own records this request has already read through the gate and decrypted (by
+    record id; the record page passes the one it shows), used as they are instead of being decrypted again. Only
+    the caller's own records are visited whatever it holds."""
     code = code.strip().upper()
     if not code or len(code) > 32:
         raise InvalidInput("code is required", extra={"reason": "code"})
@@ -196,15 +210,11 @@ def trends(session, vault: Vault, *, identity: Identity, ctx: RequestContext, co
     if not privacy.ocr_allowed(session, vault, patient_id=patient_id):
         raise declined_error()
     points = []
-    # Only the columns a trend reads (plain rows, no ORM entities): this runs on every console record page.
-    columns = (Record.id, Record.patient_id, Record.wrapped_dek, Record.lab_results_enc, Record.created_at)
-    for record in session.execute(select(*columns).where(Record.patient_id == patient_id,
-                                                         Record.lab_results_enc.is_not(None))
-                                  .order_by(Record.created_at, Record.id)):
-        report = results_of(vault, record)
+    for record in _TREND_ROWS.rows(session, {"patient_id": patient_id}):
+        report = (opened or {}).get(record.id) or results_of(vault, record)
         assert report is not None  # only records with results were selected
-        at = (report.get("header") or {}).get("collected_at") or (report.get("header") or {}).get("reported_at") \
-            or record.created_at.isoformat()
+        header = report.get("header") or {}
+        at = header.get("collected_at") or header.get("reported_at") or record.created_at.isoformat()
         for row in report["results"]:
             if code in {str(row.get("std_code") or "").upper(), str(row.get("code") or "").upper()}:
                 points.append(TrendPoint(record.id, at, row.get("value"), row.get("value_num"), row.get("unit"),

@@ -37,10 +37,9 @@ from kms import KeyStoreError
 from kms.blind_index import INDEX_SIZE
 from vault.access import audit_append, gate
 from vault.accounts import service as accounts
-from vault.accounts import totp
 from vault.db import keystate
 from vault.db.models import Account, AuthToken, LabCorrection, Patient, Record
-from vault.errors import InvalidCredentials, NotFound, OtpRequired
+from vault.errors import NotFound
 from vault.identity import Identity, RequestContext
 from vault.patients import privacy
 
@@ -72,18 +71,8 @@ def erase_self(session: Session, vault: Vault, *, identity: Identity, ctx: Reque
     account = session.get(Account, identity.account_id)
     if account is None or account.patient_id != identity.patient_id:
         raise NotFound("This account is not a patient")
-    try:
-        accounts.authenticate(session, vault, username=account.username, password=password, ctx=ctx)
-        if account.totp_enabled:
-            if not otp:
-                raise OtpRequired()
-            if not totp.check(vault, account, otp):
-                raise InvalidCredentials()
-    except (InvalidCredentials, OtpRequired):
-        gate.audit(vault, session, identity=identity, ctx=ctx, action="patient.erase",
-                   target=_target(identity.patient_id), outcome="deny", reason="reauth-failed")
-        session.commit()
-        raise
+    accounts.reauthenticate(session, vault, identity=identity, ctx=ctx, password=password, otp=otp,
+                            action="patient.erase", target=_target(identity.patient_id))
     return _erase(session, vault, patient_id=identity.patient_id, actor=identity, ctx=ctx, reason="self")
 
 

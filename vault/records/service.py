@@ -5,7 +5,7 @@ every free-text column. Every call passes the gate; reads commit their audit eve
 SQLite's read fast path that commit hands the event to the batch, which writes it, and nothing decrypted leaves
 before the batch's COMMIT: see vault/db/fastpath/lane.py). A record row exists only if its blob was committed; a
 failed create removes the blob it wrote, and a blob orphaned by a crash between the two commits is swept at the next
-start.
+start. `allows` only asks the gate (a page offering a link); it reads and audits nothing.
 """
 
 from __future__ import annotations
@@ -234,6 +234,18 @@ def get_or_raise(session: Session, vault: Vault, *, identity: Identity, ctx: Req
     gate.enter(vault, session, identity=identity, ctx=ctx, action=action, target=target, deny_as=NotFound)
     session.commit()
     return record, dek  # type: ignore[return-value]
+
+
+def allows(session: Session, vault: Vault, *, identity: Identity, ctx: RequestContext, record_id: str,
+           action: str) -> bool:
+    """Would the gate let this caller take `action` on this record now? A question for a page deciding whether to
+    offer a link (the console's download button), not an access: nothing is decrypted and nothing is audited. Taking
+    the action goes through `get_or_raise` (or the watermark's `authorize`), which decides again and audits."""
+    record = get(session, record_id=record_id)
+    if record is None:
+        return False
+    target = gate.Target("record", record_id, record.patient_id, category=record.category, label=record.label)
+    return gate.decide(session, vault, identity, action, target, ctx).allowed
 
 
 def _sealed_scope_holds(record: Record, dek: DataKey) -> bool:
