@@ -8,10 +8,11 @@ no memory growth.
    (bench/_server.py), the vault's own settings otherwise (argon2id at its default cost, rate limits on).
 2. Staff as an operator makes them: two doctors and an auditor by `healthvault users add`; each signs in the first
    time over the API (initial password changed, TOTP enrolled and activated, signed in with a code).
-3. Whether the server takes the client address from X-Forwarded-For (uvicorn does from loopback unless told not
-   to) is tested, not assumed: a doctor signs in with one, and the auditor looks for it in the trail. If it does,
-   every patient comes from an address of its own and the rate limits stay as configured; if not, the per-client
-   limit is raised for the bench (HEALTHVAULT_RATE_LIMIT_PER_CLIENT) and the output says so.
+3. The loaders stand where a load balancer would: the server is told to believe X-Forwarded-For from loopback
+   (HEALTHVAULT_TRUSTED_PROXIES=127.0.0.1; the vault believes no proxy unless told). That it does is tested, not
+   assumed: a doctor signs in with one, and the auditor looks for it in the trail. If it does, every patient comes
+   from an address of its own and the rate limits stay as configured; if not, the per-client limit is raised for
+   the bench (HEALTHVAULT_RATE_LIMIT_PER_CLIENT) and the output says so.
 4. `--loaders` processes of bench/soak_workload.py (not the server's, not this one's) run `--clients` virtual
    patients between them for `--minutes`: register, upload, list, read, download, grant to a doctor, the doctor's
    list, read and watermarked download, revoke, the doctor refused; an auditor searches the trail (the workload's
@@ -217,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"bench": "soak", "minutes": args.minutes, "clients": args.clients, "window_s": args.window,
                     "loadavg_before": list(os.getloadavg())}
     try:
-        with VaultServer(env=pg_env(schema), workers=2, keep=args.keep, start_timeout=180) as server:
+        with VaultServer(env={**pg_env(schema), "HEALTHVAULT_TRUSTED_PROXIES": "127.0.0.1"}, workers=2,
+                         keep=args.keep, start_timeout=180) as server:
             print(f"server: pids {sorted(server.rss_by_process())} (supervisor {server.pid}) on port {server.port}, "
                   f"schema {schema}", flush=True)
             auditor = first_sign_in(server, "auditor", "soak.auditor")
@@ -225,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                           PROBE_ADDRESS)} for i in range(2)]
             xff = trusts_forwarded_for(server, auditor)
             if xff:
-                rate_note = ("the server takes the client address from X-Forwarded-For (from loopback): each patient "
-                             "has its own address, rate limits as configured")
+                rate_note = ("the server takes the client address from X-Forwarded-For (trusted proxy 127.0.0.1): "
+                             "each patient has its own address, rate limits as configured")
             else:
                 server.restart({"HEALTHVAULT_RATE_LIMIT_PER_CLIENT": RAISED_CLIENT_LIMIT})
                 rate_note = (f"the server ignores X-Forwarded-For: every patient comes from 127.0.0.1, so for this "

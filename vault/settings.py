@@ -64,6 +64,10 @@ class Settings:
     staff_idle_disable_days: int = 90
     # IP-3: comma-separated CIDRs allowed to reach administrative and audit operations (None: no restriction).
     admin_networks: str | None = None
+    # Comma-separated addresses or CIDRs of the reverse proxies (load balancers) whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed. None: none; the client address (rate limits, audit, admin networks) is always
+    # the TCP peer, so no local process can choose it by sending a header.
+    trusted_proxies: str | None = None
     # IP-4: denials by one actor within a minute that raise an alert, and where alerts are POSTed (PHI-free JSON).
     alert_denials_per_minute: int = 20
     # Rate limits (vault/access/ratelimit.py): attempts at registration, sign-in, TOTP steps and password change per
@@ -168,7 +172,7 @@ class Settings:
                            ("audit_retention_days", int), ("grant_max_days", int), ("lockout_threshold", int),
                            ("lockout_minutes", int), ("idle_timeout_seconds", int), ("admin_networks", str),
                            ("staff_password_max_age_days", int), ("password_history", int),
-                           ("staff_idle_disable_days", int),
+                           ("staff_idle_disable_days", int), ("trusted_proxies", str),
                            ("alert_denials_per_minute", int), ("alert_webhook", str), ("breakglass_daily_cap", int),
                            ("rate_limit_window_seconds", int), ("rate_limit_per_client", int),
                            ("rate_limit_per_target", int),

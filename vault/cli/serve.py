@@ -94,7 +94,7 @@ def serve(data_dir: str | None, passphrase_file: str | None, host: str, port: in
     click.echo(f"serving on {'https' if tls_cert else 'http'}://{host}:{port}")
     try:
         uvicorn.run(app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key, access_log=False,
-                    log_config=None, log_level="info", server_header=False)
+                    log_config=None, log_level="info", server_header=False, **proxy_options(settings))
     finally:
         checkpointer.stop()
         watcher.stop()
@@ -139,7 +139,18 @@ def serve_workers(*, settings: Settings, passphrase: bytes | None, host: str, po
         os.environ[PASSPHRASE_ENV] = passphrase.decode()
     click.echo(f"serving on {'https' if tls_cert else 'http'}://{host}:{port} with {workers} processes")
     uvicorn.run(FACTORY, factory=True, workers=workers, host=host, port=port, ssl_certfile=tls_cert,
-                ssl_keyfile=tls_key, access_log=False, log_config=None, log_level="info", server_header=False)
+                ssl_keyfile=tls_key, access_log=False, log_config=None, log_level="info", server_header=False,
+                **proxy_options(settings))
+
+
+def proxy_options(settings: Settings) -> dict[str, object]:
+    """uvicorn's forwarded-header handling from `trusted_proxies`: off unless proxies are named (uvicorn's own default
+    believes X-Forwarded-For from 127.0.0.1, which would let any local process pick the address that the rate limits,
+    the audit trail and the admin-network check see)."""
+    trusted = (settings.trusted_proxies or "").strip()
+    if not trusted:
+        return {"proxy_headers": False, "forwarded_allow_ips": ""}
+    return {"proxy_headers": True, "forwarded_allow_ips": trusted}
 
 
 def app_factory() -> FastAPI:
