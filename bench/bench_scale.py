@@ -94,8 +94,8 @@ class Deployment:
         drop_pg_schema(self.schema)
 
 
-def readers(dep: Deployment, count: int) -> list[tuple[str, list[str]]]:
-    """`count` patients registered through the API, each with one record: [(record path, [bearer header])].
+def readers(dep: Deployment, count: int) -> list[tuple[str, str]]:
+    """`count` patients registered through the API, each with one record: [(username, record path)].
 
     The load is spread over them as a clinic's reads are spread over patients: each patient's reads are audited into
     the chain its pseudonym picks, and a chain's head is locked until the reading transaction commits, so reads of
@@ -114,9 +114,21 @@ def readers(dep: Deployment, count: int) -> list[tuple[str, list[str]]]:
             created = upload(client, headers, pdf_bytes(f"scale {n}"), category="exam_report",
                              content_type="application/pdf")
             assert created.status_code == 201, created.text
-            out.append((f"/v1/records/{created.json()['record_id']}",
-                        [f"{name}: {value}" for name, value in headers.items()]))
+            out.append((username, f"/v1/records/{created.json()['record_id']}"))
     return out
+
+
+def signed_in(dep: Deployment, people: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """[(record path, [bearer header])] for `readers`, signed in now: a token idle for `idle_timeout_seconds` (15
+    minutes) is dead, and loading the full database takes longer than that."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from tests.helpers import login
+
+    with TestClient(create_app(dep.vault)) as client:
+        return [(path, [f"{name}: {value}" for name, value in login(client, username).items()])
+                for username, path in people]
 
 
 # --------------------------------------------------------------------------------------------------- bulk loader
@@ -440,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     full = Deployment("full", tmp, blob_url)
     report: dict = {"bench": "scale", "sizes_requested": vars(args) | {"json": None}}
     try:
-        empty_targets, full_targets = readers(empty, args.readers), readers(full, args.readers)
+        empty_people, full_people = readers(empty, args.readers), readers(full, args.readers)
         print("loading ...", flush=True)
         report["load_seconds"] = fill(full, patients=args.patients, records=args.records, grants=args.grants,
                                       events=args.events)
@@ -451,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute(text("ANALYZE"))
         report["sizes"] = sizes(full)
         report["sizes_empty"] = sizes(empty)
+        empty_targets, full_targets = signed_in(empty, empty_people), signed_in(full, full_people)
         cases = {"empty-1": (empty, 1, empty_targets), "full-1": (full, 1, full_targets),
                  "full-2": (full, 2, full_targets)}
         runs: dict[str, list[dict]] = {name: [] for name in cases}
@@ -501,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     print("RESULT_JSON: " + json.dumps({"full_over_empty": full_ratio, "two_over_one": proc_ratio,
                                         "medians": med, "sizes": s, "cpu_cap": cap}, default=str))
+    failed = {f"{name} round {i + 1}": r["error_kinds"] for name, rs in runs.items() for i, r in enumerate(rs)
+              if r.get("errors")}
+    if failed:  # a read that did not answer 200 makes every figure above meaningless
+        print(f"ERRORS: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
