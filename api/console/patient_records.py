@@ -181,14 +181,18 @@ async def _record_page(request: Request, record_id: uuid.UUID, row_index: int | 
         # The owner may always take the file; a doctor or escort only under a grant (or claim) that covers downloads.
         can_download = identity.role == "patient" or records.allows(
             session, console.vault, identity=identity, ctx=console.ctx, record_id=rid, action="record.download")
-        return view, rows, index, points, can_download
+        # A grantee's inline copy is the watermarked PDF (in a frame), whatever the original's type.
+        inline_pdf = view.content_type == "application/pdf" or identity.role != "patient"
+        return view, rows, index, points, can_download, inline_pdf
 
-    view, rows, index, points, can_download = await console.run(work, roles=READERS, action="record.read")
+    view, rows, index, points, can_download, inline_pdf = await console.run(work, roles=READERS,
+                                                                            action="record.read")
     chart = _chart(console, rows[index], points) if index is not None else None
     template = "trend_fragment.html" if request.headers.get("hx-request") == "true" and row_index is not None \
         else "record.html"
     return console.page(template, record=view, rows=rows, row_index=index, chart=chart, points=points,
-                        inline=can_download and view.content_type in INLINE_TYPES, can_download=can_download)
+                        inline=can_download and view.content_type in INLINE_TYPES, inline_pdf=inline_pdf,
+                        can_download=can_download)
 
 
 @router.get("/records/{record_id}")
@@ -277,19 +281,9 @@ async def request_extraction(request: Request, record_id: uuid.UUID) -> Response
 @router.get("/records/{record_id}/content")
 @page
 async def record_content(request: Request, record_id: uuid.UUID) -> Response:
-    """The original, for showing inline in the record page (an image, or a PDF in a same-origin frame)."""
-    console = await open_console(request)
-    rid = str(record_id)
-
-    def work(session, identity: Identity):
-        return records.open_content(session, console.vault, identity=identity, ctx=console.ctx, record_id=rid)
-
-    view, chunks = await console.run(work, roles=READERS, action="record.download")
-    inline = view.content_type in INLINE_TYPES
-    return StreamingResponse(chunks, media_type=view.content_type, headers={
-        "content-length": str(view.size_bytes), "content-disposition": "inline" if inline else "attachment",
-        "content-security-policy": CONTENT_CSP + ("" if view.content_type == "application/pdf" else "; sandbox"),
-        "cache-control": "no-store", "x-frame-options": "SAMEORIGIN"})
+    """The file shown inline in the record page (an image, or a PDF in a same-origin frame). What a grantee sees is
+    the watermarked PDF with a download id of its own, as from the download link: an inline view is a copy too."""
+    return await _send_file(request, str(record_id), inline=True)
 
 
 @router.get("/records/{record_id}/download")
@@ -298,8 +292,11 @@ async def record_download(request: Request, record_id: uuid.UUID) -> Response:
     """Take the file away. The patient gets the original, byte for byte; a doctor or escort a watermarked PDF with a
     download id of its own: the same services as `GET /v1/records/{id}/content` (vault/records/watermark.py: the
     gate decides `record.download`, the event carrying the id is committed before anything is decrypted)."""
+    return await _send_file(request, str(record_id), inline=False)
+
+
+async def _send_file(request: Request, rid: str, *, inline: bool) -> Response:
     console = await open_console(request)
-    rid = str(record_id)
 
     def work(session, identity: Identity):
         if identity.role != "patient":
@@ -311,10 +308,23 @@ async def record_download(request: Request, record_id: uuid.UUID) -> Response:
         size, marked = await run_in_threadpool(watermark.render_stream, console.vault, opened)
         name = f"healthvault-{rid[:8]}-{opened.download_id[:8]}.pdf"  # never the patient's own file name
         return StreamingResponse(marked, media_type="application/pdf", headers={
-            "content-length": str(size), "content-disposition": disposition.attachment(name, fallback=name),
-            "cache-control": "no-store"})
+            "content-length": str(size), "cache-control": "no-store",
+            **(_INLINE_HEADERS["application/pdf"] if inline else
+               {"content-disposition": disposition.attachment(name, fallback=name)})})
     view, chunks = opened
+    if inline and view.content_type in INLINE_TYPES:
+        headers = _INLINE_HEADERS["application/pdf" if view.content_type == "application/pdf" else "image"]
+    else:
+        headers = {"content-disposition": disposition.attachment(
+            view.filename, fallback=f"record-{rid[:8]}{mimetypes.guess_extension(view.content_type) or ''}")}
     return StreamingResponse(chunks, media_type=view.content_type, headers={
-        "content-length": str(view.size_bytes), "cache-control": "no-store",
-        "content-disposition": disposition.attachment(
-            view.filename, fallback=f"record-{rid[:8]}{mimetypes.guess_extension(view.content_type) or ''}")})
+        "content-length": str(view.size_bytes), "cache-control": "no-store", **headers})
+
+
+# Inline files: a PDF may run the browser's viewer in a same-origin frame; an image is sandboxed outright.
+_INLINE_HEADERS = {
+    "application/pdf": {"content-disposition": "inline", "content-security-policy": CONTENT_CSP,
+                        "x-frame-options": "SAMEORIGIN"},
+    "image": {"content-disposition": "inline", "content-security-policy": CONTENT_CSP + "; sandbox",
+              "x-frame-options": "SAMEORIGIN"},
+}

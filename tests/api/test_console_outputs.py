@@ -190,3 +190,37 @@ def test_content_disposition_keeps_a_hostile_name_inside_its_parameter():
     assert attachment(None, fallback="record-1.png") == (
         "attachment; filename=\"record-1.png\"; filename*=UTF-8''record-1.png")
     assert attachment("..\\..\\boot.ini", fallback="x").startswith('attachment; filename="boot.ini"')
+
+
+def test_the_inline_view_of_a_grantee_is_the_watermarked_copy(client, vault, clock):
+    """The record page's inline original is a copy like any other: a grantee's is watermarked with a download id of
+    its own (an image becomes a marked PDF in a frame); the patient's is the file as uploaded."""
+    register(client, username="c.inline.patient", real_name="钱晓红")
+    bearer = login(client, "c.inline.patient")
+    sent = png_bytes(b"inline-view")
+    record_id = upload(client, bearer, sent, category="exam_report", filename="化验单.png",
+                       content_type="image/png").json()["record_id"]
+    secret = staff(client, vault, "doctor", "c.inline.doc").pop("_secret")
+    assert client.post("/v1/grants", headers=bearer, json={
+        "grantee": "c.inline.doc", "record_ids": [record_id], "actions": ["view", "download"], "purpose": "会诊",
+        "expires_at": (clock() + dt.timedelta(days=1)).isoformat()}).status_code == 201
+
+    console_login(client, "c.inline.patient")
+    assert '<img class="original"' in client.get(f"/records/{record_id}").text
+    own = client.get(f"/records/{record_id}/content")
+    assert own.status_code == 200 and own.content == stored(sent) and own.headers["content-disposition"] == "inline"
+    assert "sandbox" in own.headers["content-security-policy"]
+
+    clock.advance(seconds=60)
+    console_login(client, "c.inline.doc", otp=totp_code(secret, clock()))
+    page = client.get(f"/records/{record_id}").text
+    assert '<iframe class="original"' in page and '<img class="original"' not in page
+    before = len(_events(vault, "record.download"))
+    shown = client.get(f"/records/{record_id}/content")
+    assert shown.status_code == 200 and shown.headers["content-type"] == "application/pdf"
+    assert shown.headers["content-disposition"] == "inline" and shown.headers["cache-control"] == "no-store"
+    assert shown.content != own.content and stored(sent) not in shown.content
+    download_id = watermark.read_download_id(shown.content)
+    assert download_id is not None and watermark.DOWNLOAD_ID.match(download_id)
+    (event,) = _events(vault, "record.download")[before:]
+    assert event.outcome == "allow" and event.reason.endswith(f"{watermark.REASON_PREFIX}{download_id}")

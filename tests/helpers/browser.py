@@ -34,6 +34,11 @@ def cli(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProces
     return result
 
 
+# Chromium's built-in PDF viewer (a component extension) shows a PDF in a frame through requests that stay inside the
+# browser (its own files and chrome:// resources). Every other URL must be the vault's own.
+BROWSER_INTERNAL = ("chrome-extension://mhjfbmdgcfjbbpaeojofohoefgiehjai/", "chrome://resources/")
+
+
 class Run:
     """What the journeys saw: every URL, every console response's headers, CSP reports, screenshots."""
 
@@ -47,8 +52,12 @@ class Run:
         self.progress: list[int] = []  # the upload bar's values, as console.js set them
 
     def watch(self, page) -> None:
-        page.on("request", lambda request: self.urls.append(request.url))
-        page.on("response", lambda response: self.responses.append(response))
+        page.on("request", lambda request: None if request.url.startswith(BROWSER_INTERNAL)
+                else self.urls.append(request.url))
+        # The vault's own responses (Chromium's PDF viewer answers a frame's PDF from an extension URL whose headers
+        # never resolve once the viewer has moved on).
+        page.on("response", lambda response: self.responses.append(response)
+                if response.url.startswith(self.base) else None)
         page.on("console", lambda message: self.console_errors.append(f"{page.url} {message.location}: {message.text}")
                 if message.type == "error" else None)
         page.on("dialog", lambda dialog: (_ for _ in ()).throw(AssertionError(f"a dialog opened: {dialog.message}")))

@@ -305,12 +305,10 @@ def test_three_journeys(server, browser, run):
     doctor.goto(first_url)
     doctor.locator("#lab-table").wait_for()
     assert "11.32" in doctor.locator("#lab-table").inner_text()
-    # The original is a lazy image: bring it into view and wait for its bytes rather than racing the decode.
-    doctor.locator("img.original").scroll_into_view_if_needed()
-    doctor.wait_for_function(
-        "() => { const img = document.querySelector('img.original'); return img.complete && img.naturalWidth > 0; }",
-        timeout=15_000,
-    )
+    # A grantee's inline original is the watermarked copy: the photo comes as a marked PDF in a frame.
+    assert doctor.locator("img.original").count() == 0
+    shown = doctor.request.get(base + doctor.locator("iframe.original").get_attribute("src"))
+    assert shown.ok and shown.headers["content-type"] == "application/pdf" and shown.body().startswith(b"%PDF")
     assert doctor.locator("#trend svg.trend circle").count() >= 1
     violations["doctor-record"] = axe(doctor)
     run.shot(doctor, "doctor-record")
