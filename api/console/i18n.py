@@ -111,6 +111,9 @@ CATALOG: dict[str, tuple[str, str]] = {
     "share.expired": ("已过期", "Expired"),
     "share.until": ("截止", "Until"),
     "share.receipt": ("授权回执", "Receipt"),
+    "share.salt_hint": ("回执只含用途的加盐承诺。需要向他人证明用途时，请连同用途原文提供下面的盐值（只有您能看到）。",
+                        "The receipt holds only a salted commitment to the purpose. To prove the purpose to someone, "
+                        "give them the purpose text and this salt (only you can see it)."),
     "share.to": ("授权给", "To"),
     "access.title": ("谁看过我的档案", "Who read my records"),
     "access.when": ("时间", "When"),
