@@ -48,6 +48,11 @@ CATALOG: dict[str, tuple[str, str]] = {
     "consent.id_number": ("同意处理我的身份证号（必需）", "I consent to processing my ID number (required)"),
     "consent.ocr": ("同意自动识别化验单上的数值（可选）", "I consent to automatic reading of lab sheets (optional)"),
     "register.submit": ("同意并注册", "Agree and register"),
+    "register.code_first": ("实名认证：先获取发送到手机的验证码。",
+                            "Real-name check: first get the code sent to your phone."),
+    "register.send_code": ("发送验证码", "Send the code"),
+    "register.code_sent": ("验证码已发送，请在下方填写。", "The code was sent; enter it below."),
+    "register.code": ("短信验证码", "Code from the text message"),
     "register.done": ("注册成功，请登录。", "Registered. Please sign in."),
     "records.title": ("我的报告", "My records"),
     "records.empty": ("还没有上传报告。", "No records yet."),
@@ -245,6 +250,9 @@ ERRORS: dict[str, tuple[str, str]] = {
     "consent-required": ("请先在“同意管理”中确认必需的同意。", "Give the required consents first (Consents)."),
     "weak-password": ("密码不符合要求。", "The password does not meet the policy."),
     "account-locked": ("账号已暂时锁定，请稍后再试。", "The account is locked for a while. Try again later."),
+    "realname-unverified": ("验证码不正确或已失效，请重新获取。", "The code is wrong or spent; get a new one."),
+    "realname-unavailable": ("实名认证服务暂不可用，请稍后再试。", "Real-name verification is unavailable; try later."),
+    "rate-limited": ("尝试次数过多，请稍后再试。", "Too many attempts; try again later."),
 }
 
 
