@@ -16,7 +16,8 @@ ACTIONS = frozenset(
         "record.create", "record.read", "record.list", "record.download", "record.update", "record.delete",
         "lab.extract", "lab.read", "lab.correct",
         # consent (PIPL processing records: kept three years)
-        "grant.create", "grant.revoke", "grant.list", "shared.list", "consent.give", "consent.withdraw", "breakglass",
+        "grant.create", "grant.revoke", "grant.list", "grant.receipt", "shared.list", "consent.give",
+        "consent.withdraw", "breakglass",
         "totp.enroll", "totp.activate", "alert.raised",
         # keys
         "key.create", "key.rotate", "key.rewrap", "key.shred", "key.unwrap_failed",

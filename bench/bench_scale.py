@@ -44,6 +44,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -137,15 +138,15 @@ def fill(dep: Deployment, *, patients: int, records: int, grants: int, events: i
 
     from audit import trail, verify
     from audit.models import AuditEvent, ChainHead, Leaf
-    from consent import receipts
     from consent.models import Grant
     from kms.stream import StreamEncryptor
     from vault import fields
-    from vault.access import audit_append
+    from vault.access import audit_append, integrity
     from vault.accounts import service as accounts
     from vault.db.models import Account, Patient, Record
     from vault.patients import service as patient_service
     from vault.records.uploads import blob_aad
+    from vault.sharing import receipt as grant_receipt
 
     vault = dep.vault
     rng = random.Random(seed)
@@ -227,9 +228,9 @@ def fill(dep: Deployment, *, patients: int, records: int, grants: int, events: i
     pool.shutdown()
     timings["records_s"] = time.perf_counter() - started
 
-    # Grants: sealed purpose (under the patient's profile DEK) and a signed receipt, as the service writes them.
+    # Grants: sealed purpose (under the patient's profile DEK), a signed receipt committing to the purpose under a
+    # sealed per-grant salt, and the integrity tag, as the service writes them.
     started = time.perf_counter()
-    key = vault.keys.service_key(receipts.PURPOSE)
     grant_table = Grant.__table__
     for start in range(0, grants, BATCH):
         rows = []
@@ -239,18 +240,18 @@ def fill(dep: Deployment, *, patients: int, records: int, grants: int, events: i
             gid, grantee = str(uuid.uuid4()), doctors[n % len(doctors)]
             purpose = f"复诊咨询 consult {n}"
             not_before, expires = now - dt.timedelta(days=1), now + dt.timedelta(days=20)
-            statement = {
-                "grant_id": gid, "patient": audit_append.patient_pseudonym(vault, pid),
-                "grantee": audit_append.actor_pseudonym(vault, grantee), "grantee_role": "doctor", "record_ids": [],
-                "categories": ["exam_report", "lab_report"], "include_future": True, "actions": ["view"],
-                "purpose_sha256": hashlib.sha256(purpose.encode()).hexdigest(), "consult_ref": None,
-                "not_before": not_before.isoformat(), "expires_at": expires.isoformat(), "issued_at": now.isoformat()}
-            rows.append(dict(
+            receipt, salt_enc = grant_receipt.issue(
+                vault, dek=dek, grant_id=gid, patient_id=pid, grantee_id=grantee, grantee_role="doctor",
+                record_ids=[], categories=["exam_report", "lab_report"], include_future=True, actions=["view"],
+                purpose=purpose, consult_ref=None, not_before=not_before, expires_at=expires, now=now)
+            row = dict(
                 id=gid, patient_id=pid, grantee_id=grantee, record_ids="[]",
                 categories='["exam_report", "lab_report"]', include_future=True, actions='["view"]',
                 purpose_enc=fields.seal(dek, purpose, table="grants", column="purpose", row_id=gid, patient_id=pid),
-                consult_ref=None, not_before=not_before, expires_at=expires, created_at=now, revoked_at=None,
-                receipt=receipts.sign(key, statement)))
+                purpose_salt_enc=salt_enc, consult_ref=None, not_before=not_before, expires_at=expires,
+                created_at=now, revoked_at=None, receipt=receipt)
+            row["integrity_mac"] = integrity.seal_grant(vault, SimpleNamespace(**row), revoked_at=None)
+            rows.append(row)
         with vault.session() as session:
             session.execute(insert(grant_table), rows)
             session.commit()

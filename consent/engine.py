@@ -42,11 +42,15 @@ HERE = Path(__file__).parent
 MODEL_TEXT = (HERE / "model.conf").read_text()
 ACTIONS_BY_GRANT_VERB = {"view": ("record.read", "record.list"), "download": ("record.download",)}
 OWNER_ACTIONS = ("patient.read", "record.create", "record.read", "record.list", "record.download", "record.update",
-                 "access_log.read", "grant.create", "grant.list", "grant.revoke", "lab.read", "lab.correct",
+                 "access_log.read", "grant.create", "grant.list", "grant.revoke", "grant.receipt", "lab.read",
+                 "lab.correct",
                  "export.create", "export.read", "export.download")  # issue 16: the patient's own export (PIPL 45)
 LABELS = ("normal", "sensitive", "special")
 GRANTABLE_LABELS = ("normal", "sensitive")  # a category-wide grant never reaches "special"
 BREAKGLASS_ACTIONS = ("patient.read", "record.read", "record.list", "record.download")
+# A live grant also lets its grantee read the grant's own receipt (object "grant:<id>"), and nothing else of it: once
+# the grant is revoked or expired the policy is gone, and so is the grantee's copy.
+RECEIPT_ACTION = "grant.receipt"
 
 
 def _role_policies() -> list[list[str]]:
@@ -107,9 +111,12 @@ def grant_policies(grant, *, act: str | None = None, want: tuple[str, ...] | Non
     With `act` and `want` (the objects a request can match: "*", its `obj`, its `cls`), only the policies for that
     action whose object is one of them: the matcher requires `r.act == p.act` and `p.obj` in ("*", r.obj, r.cls), so
     no other policy of the grant can ever match, and the decision costs the same for a grant of 1 or 5,000 records.
+    Besides its records, a grant opens its own receipt to its grantee (`grant.receipt` on `grant:<id>`).
     """
     sub, dom = f"user:{grant.grantee_id}", f"patient:{grant.patient_id}"
     nbf, exp, source = stamp(grant.not_before), stamp(grant.expires_at), f"grant:{grant.id}"
+    if act == RECEIPT_ACTION:  # the grant's own receipt: object "grant:<id>" (its source name)
+        return [[sub, dom, source, act, nbf, exp, source]] if want is None or source in want else []
     record_ids = json.loads(grant.record_ids)
     categories = ([f"category:{c}/{label}" for c in json.loads(grant.categories) for label in GRANTABLE_LABELS]
                   if grant.include_future else [])
@@ -126,6 +133,8 @@ def grant_policies(grant, *, act: str | None = None, want: tuple[str, ...] | Non
                 rows.append([sub, dom, "*", action, nbf, exp, source])
             else:
                 rows += [[sub, dom, obj, action, nbf, exp, source] for obj in objects]
+    if act is None:
+        rows.append([sub, dom, source, RECEIPT_ACTION, nbf, exp, source])
     return rows
 
 

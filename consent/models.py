@@ -58,6 +58,8 @@ class Grant(ConsentBase):
     include_future: Mapped[bool] = mapped_column(Boolean)
     actions: Mapped[str] = mapped_column(String(128))
     purpose_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    # The random salt of the receipt's purpose commitment, sealed like the purpose (NULL: a format /1 receipt).
+    purpose_salt_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     consult_ref: Mapped[str | None] = mapped_column(String(64), nullable=True)
     not_before: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

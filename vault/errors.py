@@ -72,4 +72,12 @@ ConsentRequired = _error(
 )
 RegistrationConsentRequired = type("RegistrationConsentRequired", (ConsentRequired,),
                                    {"status": 422, "__doc__": "Registration without both separate consents"})
+# Real-name verification (vault/patients/realname.py): registration without proof of control of the phone, and a
+# provider that cannot be reached (nothing is registered).
+RealNameUnverified = _error(
+    "RealNameUnverified", "realname-unverified", 403, "Proof of control of the phone number is required"
+)
+RealNameUnavailable = _error(
+    "RealNameUnavailable", "realname-unavailable", 503, "Real-name verification is unavailable; try again later"
+)
 OcrDeclined = _error("OcrDeclined", "ocr-declined", 409, "Automatic lab-sheet reading (OCR) was declined")

@@ -41,6 +41,8 @@ from vault.db import engine as db
 from vault.jobs import Jobs
 from vault.keys import events as key_events
 from vault.labs import service as labs
+from vault.patients.realname import RealNameProvider
+from vault.patients.realname import load as load_realname
 from vault.records import service as records
 from vault.settings import Settings
 
@@ -65,6 +67,7 @@ class Vault:
     log_cache: LogCache = dataclasses.field(default_factory=LogCache)
     jobs: Jobs = dataclasses.field(default_factory=Jobs)
     audit_sink: Sink | None = None
+    realname: RealNameProvider | None = None  # real-name verification at registration (None: off)
 
     def session(self) -> Session:
         return self.sessions()
@@ -168,6 +171,7 @@ def open_vault(settings: Settings, passphrase: bytes | None, *, migrate: bool = 
         log_cache=LogCache("sm3" if suite == suites.SM4_GCM else "sha256"),
         audit_sink=Sink(settings.audit_sink) if settings.audit_sink else None,
         jobs=_jobs(settings),
+        realname=load_realname(settings),
     )
     _forward_audit_events(vault)
     vault.jobs.register(records.EXTRACT_JOB, metrics.timed(records.EXTRACT_JOB,

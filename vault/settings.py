@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,9 @@ class Settings:
     rate_limit_per_target: int = 20
     # Break-glass claims one doctor may make in 24 hours before a claim is refused (429, audited).
     breakglass_daily_cap: int = 3
+    # Real-name verification at registration (vault/patients/realname.py): "none", or "package.module:factory", a
+    # provider (e.g. an SMS code to the phone) the factory makes from these settings. None ships with the vault.
+    realname_provider: str = "none"
     alert_webhook: str | None = None
     # LOG-1: service and access logs are kept at least 184 days (Cybersecurity Law art. 21: six months).
     log_retention_days: int = 365
@@ -117,6 +121,8 @@ class Settings:
                               ("job_queue", JOB_QUEUES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(sorted(allowed))}")
+        if self.realname_provider != "none" and not re.fullmatch(r"[\w.]+:\w+", self.realname_provider):
+            raise ValueError('realname_provider must be "none" or "package.module:factory"')
         if self.blob_url is not None and not self.blob_url.startswith("s3://"):
             raise ValueError("blob_url must look like s3://bucket/prefix")
         if self.job_queue == "procrastinate" and self.is_sqlite:
@@ -175,7 +181,7 @@ class Settings:
                            ("staff_idle_disable_days", int), ("trusted_proxies", str),
                            ("alert_denials_per_minute", int), ("alert_webhook", str), ("breakglass_daily_cap", int),
                            ("rate_limit_window_seconds", int), ("rate_limit_per_client", int),
-                           ("rate_limit_per_target", int),
+                           ("rate_limit_per_target", int), ("realname_provider", str),
                            ("crypto_suite", str), ("kms_provider", str), ("pkcs11_module", str),
                            ("pkcs11_token_label", str), ("pkcs11_key_label", str), ("pkcs11_pin_file", str),
                            ("privacy_notice_path", str), ("profile", str), ("keep_original_uploads", _flag),

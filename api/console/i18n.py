@@ -48,6 +48,11 @@ CATALOG: dict[str, tuple[str, str]] = {
     "consent.id_number": ("同意处理我的身份证号（必需）", "I consent to processing my ID number (required)"),
     "consent.ocr": ("同意自动识别化验单上的数值（可选）", "I consent to automatic reading of lab sheets (optional)"),
     "register.submit": ("同意并注册", "Agree and register"),
+    "register.code_first": ("实名认证：先获取发送到手机的验证码。",
+                            "Real-name check: first get the code sent to your phone."),
+    "register.send_code": ("发送验证码", "Send the code"),
+    "register.code_sent": ("验证码已发送，请在下方填写。", "The code was sent; enter it below."),
+    "register.code": ("短信验证码", "Code from the text message"),
     "register.done": ("注册成功，请登录。", "Registered. Please sign in."),
     "records.title": ("我的报告", "My records"),
     "records.empty": ("还没有上传报告。", "No records yet."),
@@ -111,6 +116,9 @@ CATALOG: dict[str, tuple[str, str]] = {
     "share.expired": ("已过期", "Expired"),
     "share.until": ("截止", "Until"),
     "share.receipt": ("授权回执", "Receipt"),
+    "share.salt_hint": ("回执只含用途的加盐承诺。需要向他人证明用途时，请连同用途原文提供下面的盐值（只有您能看到）。",
+                        "The receipt holds only a salted commitment to the purpose. To prove the purpose to someone, "
+                        "give them the purpose text and this salt (only you can see it)."),
     "share.to": ("授权给", "To"),
     "access.title": ("谁看过我的档案", "Who read my records"),
     "access.when": ("时间", "When"),
@@ -285,6 +293,9 @@ ERRORS: dict[str, tuple[str, str]] = {
     "account-locked": ("账号已暂时锁定，请稍后再试。", "The account is locked for a while. Try again later."),
     "gone": ("这份导出已经下载过或已过期，请重新导出。",
              "This export was already downloaded or has expired: start a new one."),
+    "realname-unverified": ("验证码不正确或已失效，请重新获取。", "The code is wrong or spent; get a new one."),
+    "realname-unavailable": ("实名认证服务暂不可用，请稍后再试。", "Real-name verification is unavailable; try later."),
+    "rate-limited": ("尝试次数过多，请稍后再试。", "Too many attempts; try again later."),
 }
 
 

@@ -12,6 +12,7 @@ Never: reads data another way than through a service, or shows a page's data bef
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from api.console import i18n, qr
 from api.console.session import (
@@ -32,7 +33,7 @@ from vault.errors import (
     VaultError,
 )
 from vault.identity import Identity
-from vault.patients import privacy
+from vault.patients import privacy, realname
 from vault.patients import service as patients
 from vault.sharing import service as sharing
 
@@ -163,7 +164,24 @@ async def logout(request: Request) -> Response:
 async def register_form(request: Request) -> Response:
     console = await open_console(request)
     return console.page("register.html", notice=privacy.current_notice(console.vault), error=None,
-                        values=dict.fromkeys(("username", "real_name", "phone"), ""))
+                        values=dict.fromkeys(("username", "real_name", "phone"), ""),
+                        realname=console.vault.realname is not None, challenge=None)
+
+
+@router.post("/register/code")
+@page
+async def register_code(request: Request) -> Response:
+    """Real-name verification, step one: a code sent to the phone; the form comes back with the challenge in it."""
+    console = await open_console(request)
+    values = {"username": "", "real_name": "", "phone": field(console, "phone")}
+    try:
+        challenge = await run_in_threadpool(realname.start_challenge, console.vault, phone=values["phone"],
+                                            ctx=console.ctx)
+    except VaultError as exc:
+        return console.page("register.html", http_status=exc.status, notice=privacy.current_notice(console.vault),
+                            error=i18n.error_text(console.lang, exc), values=values, realname=True, challenge=None)
+    return console.page("register.html", notice=privacy.current_notice(console.vault), error=None, values=values,
+                        realname=True, challenge=challenge)
 
 
 @router.post("/register")
@@ -172,6 +190,7 @@ async def register(request: Request) -> Response:
     console = await open_console(request)
     notice = privacy.current_notice(console.vault)
     values = {k: field(console, k) for k in ("username", "real_name", "phone")}
+    challenge = field(console, "realname_challenge") or None
     choices = privacy.Choices(notice_version=field(console, "notice_version") or None,
                               health_data=field(console, "health_data") == "yes",
                               id_number=field(console, "id_number_consent") == "yes",
@@ -181,13 +200,16 @@ async def register(request: Request) -> Response:
         return patients.register(session, console.vault, username=values["username"],
                                  password=field(console, "password"), real_name=values["real_name"],
                                  id_number=field(console, "id_number"), phone=values["phone"], birth_date=None,
-                                 ctx=console.ctx, consents=choices)
+                                 ctx=console.ctx, consents=choices, realname_challenge=challenge,
+                                 realname_code=field(console, "realname_code") or None)
 
     try:
         await console.anonymous(work)
     except VaultError as exc:
+        realname_on = console.vault.realname is not None  # the challenge stays in the form (a new code: step one)
         return console.page("register.html", http_status=exc.status, notice=notice,
-                            error=i18n.error_text(console.lang, exc), values=values)
+                            error=i18n.error_text(console.lang, exc), values=values, realname=realname_on,
+                            challenge=challenge if realname_on else None)
     return console.redirect("/login?done=registered")
 
 

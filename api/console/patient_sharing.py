@@ -35,6 +35,7 @@ from vault.identity import Identity
 from vault.patients import erasure, privacy
 from vault.patients import service as patients
 from vault.records import service as records
+from vault.sharing import receipt
 from vault.sharing import service as sharing
 
 router = APIRouter(include_in_schema=False)
@@ -102,19 +103,19 @@ async def grant_page(request: Request, grant_id: uuid.UUID) -> Response:
     console = await open_console(request)
     gid = str(grant_id)
 
-    def work(session, identity: Identity) -> sharing.GrantView:
-        sharing.get_grant(session, console.vault, identity=identity, grant_id=gid)  # ownership, or NotFound
+    def work(session, identity: Identity) -> tuple[sharing.GrantView, dict | None]:
         match = [g for g in sharing.list_grants(session, console.vault, identity=identity, ctx=console.ctx)
-                 if g.grant_id == gid]
+                 if g.grant_id == gid]  # the caller's grants only (given or received), or NotFound
         if not match:
-                raise NotFound()
-        return match[0]
+            raise NotFound()
+        # The receipt through its own gated, audited read (a grantee's view has none once the grant is not live).
+        signed = None if match[0].receipt is None else receipt.get_receipt(
+            session, console.vault, identity=identity, ctx=console.ctx, grant_id=gid)
+        return match[0], signed
 
-    grant = await console.run(work, roles=READERS)
-    receipt = json.dumps(grant.receipt, ensure_ascii=False, indent=2, sort_keys=True) \
-        if isinstance(grant.receipt, dict) else str(grant.receipt)
-    return console.page("grant.html", grant=grant, receipt=receipt,
-                        state=_grant_state(grant, console.vault.clock()))
+    grant, signed = await console.run(work, roles=READERS)
+    text = json.dumps(signed, ensure_ascii=False, indent=2, sort_keys=True) if signed is not None else None
+    return console.page("grant.html", grant=grant, receipt=text, state=_grant_state(grant, console.vault.clock()))
 
 
 @router.post("/sharing/{grant_id}/revoke")

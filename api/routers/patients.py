@@ -6,9 +6,9 @@ from fastapi import APIRouter
 
 from api.deps import Ctx, CurrentIdentity, VaultDep
 from api.schemas import contract
-from api.schemas.patients import ErasureIn, ErasureOut, PatientOut, RegisterIn, RegisterOut
+from api.schemas.patients import ChallengeIn, ChallengeOut, ErasureIn, ErasureOut, PatientOut, RegisterIn, RegisterOut
 from vault.errors import NotFound
-from vault.patients import erasure, privacy
+from vault.patients import erasure, privacy, realname
 from vault.patients import service as patients
 
 router = APIRouter(prefix="/v1/patients", tags=["patients"])
@@ -21,8 +21,15 @@ def register(body: RegisterIn, vault: VaultDep, ctx: Ctx) -> RegisterOut:
                                        real_name=body.real_name, id_number=body.id_number, phone=body.phone,
                                        birth_date=body.birth_date, ctx=ctx,
                                        consents=privacy.Choices(**body.consents.model_dump()) if body.consents
-                                       else None)
+                                       else None, realname_challenge=body.realname_challenge,
+                                       realname_code=body.realname_code)
     return RegisterOut(patient_id=patient_id)
+
+
+@router.post("/register/challenge", status_code=202, response_model=ChallengeOut)
+def register_challenge(body: ChallengeIn, vault: VaultDep, ctx: Ctx) -> ChallengeOut:
+    """Real-name verification: send a code to the phone to be registered (404 when the vault has no provider)."""
+    return ChallengeOut(challenge_id=realname.start_challenge(vault, phone=body.phone, ctx=ctx))
 
 
 @router.get("/me", response_model=PatientOut)

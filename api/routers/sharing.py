@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter
@@ -10,6 +9,7 @@ from fastapi import APIRouter
 from api.deps import Ctx, CurrentIdentity, VaultDep
 from api.schemas import contract
 from api.schemas.sharing import BreakGlassIn, BreakGlassOut, GrantIn, GrantOut, SharedRecordOut
+from vault.sharing import receipt
 from vault.sharing import service as sharing
 
 router = APIRouter(tags=["sharing"])
@@ -32,9 +32,10 @@ def list_grants(identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> list[Gr
 
 
 @router.get("/v1/grants/{grant_id}/receipt")
-def grant_receipt(grant_id: str, identity: CurrentIdentity, vault: VaultDep) -> dict[str, Any]:
+def grant_receipt(grant_id: str, identity: CurrentIdentity, vault: VaultDep, ctx: Ctx) -> dict[str, Any]:
+    """The signed consent receipt: to the patient who gave the grant, or to its grantee while the grant is live."""
     with vault.session() as session:
-        return json.loads(sharing.get_grant(session, vault, identity=identity, grant_id=grant_id).receipt)
+        return receipt.get_receipt(session, vault, identity=identity, ctx=ctx, grant_id=grant_id)
 
 
 @router.delete("/v1/grants/{grant_id}", response_model=GrantOut)

@@ -11,6 +11,8 @@ from api.schemas import Input
 from api.schemas.privacy import ConsentsIn
 from vault.patients import service as patients
 
+CHALLENGE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+
 
 class RegisterIn(Input):
     username: str = Field(min_length=1, max_length=256)
@@ -21,10 +23,25 @@ class RegisterIn(Input):
     birth_date: dt.date | None = None
     # PIPL-1: separate consents against the privacy notice (GET /v1/privacy-notice); missing → 422 consent-required.
     consents: ConsentsIn | None = None
+    # Real-name verification, when the vault has a provider: the challenge sent to `phone` and the code received.
+    realname_challenge: str | None = Field(None, min_length=1, max_length=128, pattern=CHALLENGE_PATTERN,
+                                           description="From POST /v1/patients/register/challenge")
+    realname_code: str | None = Field(None, min_length=4, max_length=12, pattern=r"^[0-9A-Za-z]+$",
+                                      description="The code sent to the phone")
 
 
 class RegisterOut(BaseModel):
     patient_id: str
+
+
+class ChallengeIn(Input):
+    phone: str = Field(min_length=1, max_length=32)
+
+
+class ChallengeOut(BaseModel):
+    """A challenge (e.g. an SMS code) was sent to the phone: register with this id and the code received."""
+
+    challenge_id: str
 
 
 @dataclasses.dataclass(frozen=True)

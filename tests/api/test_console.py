@@ -103,12 +103,15 @@ def test_a_revoked_grant_hides_the_record_from_the_doctor(client, vault, clock):
     grant_url = shared.headers["location"]
     receipt = client.get(grant_url)
     assert PAYLOAD not in receipt.text and "&lt;script&gt;" in receipt.text and "grant_id" in receipt.text
+    assert 'class="receipt salt"' in receipt.text  # the purpose salt: the patient's alone
     from tests.helpers import totp_code
 
     clock.advance(seconds=60)
     console_login(client, "c.doc", otp=totp_code(secret, clock()))
     assert record_id in client.get("/shared").text
     assert client.get(f"/records/{record_id}").status_code == 200
+    doctors_page = client.get(grant_url)  # the grantee sees the receipt while the grant is live, never the salt
+    assert "signature" in doctors_page.text and "salt" not in doctors_page.text
     csrf = console_login(client, "c.owner")
     revoked = client.post(grant_url + "/revoke", data={"csrf": csrf}, follow_redirects=False)
     assert revoked.status_code == 303
@@ -118,6 +121,8 @@ def test_a_revoked_grant_hides_the_record_from_the_doctor(client, vault, clock):
     console_login(client, "c.doc", otp=totp_code(secret, clock()))
     assert record_id not in client.get("/shared").text
     assert client.get(f"/records/{record_id}").status_code == 404
+    after = client.get(grant_url)  # the grant is still listed to the grantee, its receipt no longer
+    assert after.status_code == 200 and "signature" not in after.text
 
 
 @pytest.mark.parametrize("path", ["/login", "/register", "/first-sign-in", "/static/console.css",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-PUBLIC = {("GET", "/healthz"), ("POST", "/v1/patients/register"), ("POST", "/v1/auth/login"),
+PUBLIC = {("GET", "/healthz"), ("POST", "/v1/patients/register"), ("POST", "/v1/patients/register/challenge"),
+          ("POST", "/v1/auth/login"),
           ("POST", "/v1/auth/totp/enroll"), ("POST", "/v1/auth/totp/activate"), ("POST", "/v1/auth/password"),
           ("GET", "/v1/privacy-notice"), ("GET", "/readyz")}
 STAFF = ("doctor", "escort", "auditor", "sysadmin", "secadmin", "auditadmin")
@@ -54,6 +55,7 @@ EXPECTED = {
 # The browser console (api/console): the same roles per page as the services behind them. Public pages need no
 # session; every other page without one redirects to sign-in (or answers 401), and a wrong role gets 403/404.
 CONSOLE_PUBLIC = {("GET", "/"), ("GET", "/login"), ("POST", "/login"), ("GET", "/register"), ("POST", "/register"),
+                  ("POST", "/register/code"),
                   ("GET", "/first-sign-in"), ("POST", "/first-sign-in/password"), ("POST", "/first-sign-in/totp"),
                   ("POST", "/first-sign-in/activate"), ("GET", "/lang/{code}")}
 READERS = {"patient", "doctor"}  # the doctor holds a view + download grant on the matrix record

@@ -66,3 +66,27 @@ def test_bench_soak_quick_runs_every_operation_of_the_mixed_workload_without_an_
                 "doctor_download", "revoke", "revoked_read", "audit_search"}
     assert expected <= {op for op, n in result["operations"].items() if n > 0}, result["operations"]
     assert result["rss_growth"] is not None and result["verdicts"]["errors"] == "PASS"
+
+
+def test_bench_edges_substitutions_match_the_tree_exactly(tmp_path):
+    """Each text bench_edges.py takes out of tree B is still there as often as it says (a refactor that moves one
+    fails here, not as an A/A run that looks like a free check), and a text that is not found stops the bench."""
+    sys.path.insert(0, str(BENCH))
+    import bench_edges
+
+    assert set(bench_edges.VARIANTS) >= {"edges", "metrics", "console", "none"}
+    for variant, edits in bench_edges.VARIANTS.items():
+        for relative, old, _new, times in edits:
+            assert (BENCH.parent / relative).read_text().count(old) == times, (variant, relative)
+    (tmp_path / "vault").mkdir()
+    (tmp_path / "vault" / "x.py").write_text("def check():\n    pass\n")
+    with pytest.raises(bench_edges.SubstitutionMissing, match="expected 1 occurrence"):
+        bench_edges.substitute(tmp_path, [("vault/x.py", "def other():", "", 1)])
+
+
+@pytest.mark.slow
+def test_bench_edges_quick_reports_both_trees_and_the_direct_figures():
+    out, result = _run("bench_edges.py", timeout=240)
+    assert "B = the copy without the rate limits and the key-state watcher" in out and "load average" in out
+    assert result["a_rps"] > 0 and result["b_rps"] > 0 and result["verdict"] in ("PASS", "FAIL")
+    assert result["direct"]["A"]["rate_limit_hits_per_read"] == 0  # the read path counts no rate-limit attempt

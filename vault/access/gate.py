@@ -38,7 +38,7 @@ class Target:
 
     @property
     def obj(self) -> str:
-        if self.resource_type in ("record", "patient") and self.resource_id:
+        if self.resource_type in ("record", "patient", "grant") and self.resource_id:
             return f"{self.resource_type}:{self.resource_id}"
         return self.resource_type
 

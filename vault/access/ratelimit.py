@@ -1,6 +1,7 @@
 """Rate limits on the doors that take guesses: registration, sign-in, TOTP steps and password change (IP-4, AUTH-4).
 
-Owns counting attempts in fixed windows per client address and per target (a username, an ID number) and refusing
+Owns counting attempts in fixed windows per client address and per target (a username, an ID number, a phone being
+verified) and refusing
 past the limit with 429 `rate-limited` and Retry-After. Counts live in the data database (`rate_limits`), so every
 API process sees the same numbers, and each attempt is counted in a transaction of its own, committed before the
 attempt is judged: a failing sign-in cannot roll its own count back. Buckets are keyed pseudonyms of (scope, value),
@@ -46,11 +47,12 @@ def _count(vault: Vault, bucket: str, *, window: dt.timedelta) -> tuple[int, dt.
     return hits, started
 
 
-def check(vault: Vault, *, ctx: RequestContext, scope: str, target: str | None) -> None:
-    """Count this attempt for the client and for `target` in `scope`; 429 when either is over its limit."""
+def check(vault: Vault, *, ctx: RequestContext, scope: str, target: str | None, per_client: bool = True) -> None:
+    """Count this attempt for the client and for `target` in `scope`; 429 when either is over its limit.
+    `per_client=False`: a second check within one attempt the client was already counted for."""
     settings = vault.settings
     window = dt.timedelta(seconds=settings.rate_limit_window_seconds)
-    limits = [(f"{CLIENT}", ctx.client_addr or "-", settings.rate_limit_per_client)]
+    limits = [(f"{CLIENT}", ctx.client_addr or "-", settings.rate_limit_per_client)] if per_client else []
     if target is not None:
         limits.append((scope, target, settings.rate_limit_per_target))
     for kind, value, limit in limits:

@@ -14,7 +14,7 @@ the encrypted entries:
     lab-results.json     [{record_index, record_id, report}], one item per lab report
     lab-results.csv      UTF-8 with BOM, columns _LAB_COLUMNS (one row per result)
     fhir/NNNN.json       the FHIR R4 Bundle of each lab report (vault/labs/fhir.py)
-    grants.json          the grants the patient gave
+    grants.json          the grants the patient gave, each with its signed receipt and the salt that proves its purpose
     access-log.json      who accessed the patient's data (the patient-visible audit actions), staff by name
     access-log.csv       UTF-8 with BOM, columns _ACCESS_COLUMNS
     summary.pdf          a summary in Chinese
@@ -49,6 +49,7 @@ from vault.errors import IntegrityFailure, NotFound, VaultError
 from vault.labs import fhir
 from vault.records import service as records
 from vault.records.uploads import blob_aad
+from vault.sharing import receipt
 
 if TYPE_CHECKING:
     from vault.runtime import Vault
@@ -202,7 +203,8 @@ def _write_grants(vault: Vault, zf, *, patient_id: str) -> int:
                    "purpose": fields.open_text(key, g.purpose_enc, table="grants", column="purpose", row_id=g.id,
                                                patient_id=g.patient_id),
                    "consult_ref": g.consult_ref, "not_before": _when(g.not_before), "expires_at": _when(g.expires_at),
-                   "created_at": _when(g.created_at), "revoked_at": _when(g.revoked_at)}
+                   "created_at": _when(g.created_at), "revoked_at": _when(g.revoked_at),
+                   "receipt": json.loads(g.receipt), "purpose_salt": receipt.open_salt(key, g)}
                   for g, username, role in rows]
     zf.writestr("grants.json", json.dumps(grants, ensure_ascii=False, indent=1).encode())
     return len(grants)

@@ -24,7 +24,7 @@ from vault.accounts import service as accounts
 from vault.db.models import Account, Patient
 from vault.errors import Conflict, InvalidInput
 from vault.identity import Identity, RequestContext
-from vault.patients import privacy
+from vault.patients import privacy, realname
 from vault.patients.identifiers import (
     birth_date_from_id,
     mask_id_number,
@@ -90,11 +90,13 @@ def _refuse_collision(session: Session, vault: Vault, *, ctx: RequestContext, pa
 
 def register(session: Session, vault: Vault,
              *, username: str, password: str, real_name: str, id_number: str, phone: str,
-             birth_date: dt.date | None, ctx: RequestContext, consents: privacy.Choices | None) -> str:
+             birth_date: dt.date | None, ctx: RequestContext, consents: privacy.Choices | None,
+             realname_challenge: str | None = None, realname_code: str | None = None) -> str:
     """Create the patient, their KEK, their account and their consent rows; returns the patient id.
 
     Both separate consents (health data, ID number) on the current privacy notice come first: without them nothing is
-    validated or stored (422 consent-required)."""
+    validated or stored (422 consent-required). With real-name verification configured, the caller must then have
+    proved control of the phone (`realname_challenge`, `realname_code`) before a taken ID number is answered (409)."""
     notice = privacy.check_registration(vault, consents)
     assert consents is not None  # check_registration refused (422) a registration without them
     id_norm = normalize_id_number(id_number, today=vault.clock().date())
@@ -106,6 +108,8 @@ def register(session: Session, vault: Vault,
         raise InvalidInput("Birth date does not match the ID number", extra={"reason": "birth-date-mismatch"})
     patient_id = str(uuid.uuid4())
     account = accounts.build(vault, username=username, password=password, role="patient", patient_id=patient_id)
+    realname.require_control(session, vault, ctx=ctx, phone=phone_norm, challenge=realname_challenge,
+                             code=realname_code)
     id_bidx = id_number_index(vault, id_norm)
     holder = session.scalar(
         select(Patient.id).where(Patient.id_number_bidx.in_(id_number_indexes(vault, id_norm))).limit(1))

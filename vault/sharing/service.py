@@ -4,16 +4,17 @@ Owns the rules a grant must satisfy before it becomes a Casbin policy source: a 
 purpose, a bounded window, a scope inside the patient's own records. A category grant without `include_future`
 is frozen at creation to the records that exist then (never `special` ones); with it, the category policy also
 reaches records created later in the window (still never `special`). Every create, list, revoke and break-glass
-claim is audited with the grant id. Purposes and reasons are sealed under the patient's profile DEK. Every grant and
-claim row carries an integrity tag over what authorisation reads (vault.access.integrity, INT-1), re-sealed when a
-grant is withdrawn; a grant whose tag fails is left out of the grantee's listing and raises the alarm.
+claim is audited with the grant id. Purposes and reasons are sealed under the patient's profile DEK; the signed consent
+receipt and its purpose salt are vault.sharing.receipt's (the salt is shown to the patient only, and a grantee sees a
+grant's receipt only while the grant is live). Every grant and claim row carries an integrity tag over what
+authorisation reads (vault.access.integrity, INT-1), re-sealed when a grant is withdrawn; a grant whose tag fails is
+left out of the grantee's listing and raises the alarm.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import uuid
 from types import SimpleNamespace
@@ -22,7 +23,6 @@ from typing import TYPE_CHECKING, cast
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from consent import receipts
 from consent.models import BreakGlass, Grant
 from kms import DataKey
 from vault import fields, text
@@ -32,6 +32,7 @@ from vault.accounts.usernames import normalize_username
 from vault.db.models import CATEGORIES, Account, Patient, Record
 from vault.errors import InvalidInput, NotFound, OtpRequired, RateLimited
 from vault.identity import Identity, RequestContext
+from vault.sharing import receipt as receipts
 
 if TYPE_CHECKING:
     from vault.runtime import Vault
@@ -60,7 +61,11 @@ class GrantView:
     created_at: dt.datetime
     revoked_at: dt.datetime | None
     active: bool
-    receipt: dict
+    # The signed receipt: always to the patient, to the grantee only while the grant is live (else None).
+    receipt: dict | None
+    # The random salt of the receipt's purpose commitment (hex), to the patient only: with it and the purpose anyone
+    # can check what the receipt commits to (consent.receipts.purpose_matches). None for others and older receipts.
+    purpose_salt: str | None = None
 
 
 def _profile_dek(vault: Vault, session: Session, patient_id: str) -> DataKey:
@@ -71,17 +76,19 @@ def _profile_dek(vault: Vault, session: Session, patient_id: str) -> DataKey:
 
 
 def _view(vault: Vault, grant: Grant | SimpleNamespace, *, grantee_username: str, grantee_role: str,
-          purpose: str | None) -> GrantView:
+          purpose: str | None, dek: DataKey, patient: bool) -> GrantView:
+    """The grant as the patient (`patient=True`: with the purpose salt) or its grantee sees it."""
     now = vault.clock()
+    active = grant.revoked_at is None and grant.not_before <= now < grant.expires_at
     return GrantView(
         grant_id=grant.id, patient_id=grant.patient_id, grantee_id=grant.grantee_id,
         grantee_username=grantee_username, grantee_role=grantee_role, record_ids=json.loads(grant.record_ids),
         categories=json.loads(grant.categories), include_future=grant.include_future,
         actions=json.loads(grant.actions), purpose=purpose, consult_ref=grant.consult_ref,
         not_before=grant.not_before, expires_at=grant.expires_at, created_at=grant.created_at,
-        revoked_at=grant.revoked_at,
-        active=grant.revoked_at is None and grant.not_before <= now < grant.expires_at,
-        receipt=json.loads(grant.receipt),
+        revoked_at=grant.revoked_at, active=active,
+        receipt=json.loads(grant.receipt) if patient or active else None,
+        purpose_salt=receipts.open_salt(dek, grant) if patient else None,
     )
 
 
@@ -161,30 +168,27 @@ def create_grant(session: Session, vault: Vault, *, identity: Identity, ctx: Req
                                     Record.label != "special").order_by(Record.created_at))
                       if rid not in scope_ids]
     dek = vault.keys.open_data_key(patient_id, recipient.wrapped_dek)
-    key = vault.keys.service_key(receipts.PURPOSE)
-    statement = {
-        "grant_id": grant_id, "patient": audit_append.patient_pseudonym(vault, patient_id),
-        "grantee": audit_append.actor_pseudonym(vault, recipient.id), "grantee_role": recipient.role,
-        "record_ids": scope_ids, "categories": sorted(set(categories)), "include_future": include_future,
-        "actions": sorted(set(actions)), "purpose_sha256": hashlib.sha256(purpose.encode()).hexdigest(),
-        "consult_ref": consult_ref, "not_before": not_before.isoformat(), "expires_at": expires_at.isoformat(),
-        "issued_at": now.isoformat(),
-    }
+    receipt, salt_enc = receipts.issue(
+        vault, dek=dek, grant_id=grant_id, patient_id=patient_id, grantee_id=recipient.id,
+        grantee_role=recipient.role, record_ids=scope_ids, categories=categories, include_future=include_future,
+        actions=actions, purpose=purpose, consult_ref=consult_ref, not_before=not_before, expires_at=expires_at,
+        now=now)
     grant = SimpleNamespace(  # the row as written (a plain object: the ORM's instrumentation is not needed here)
         id=grant_id, patient_id=patient_id, grantee_id=recipient.id, record_ids=json.dumps(scope_ids),
         categories=json.dumps(sorted(set(categories))), include_future=include_future,
         actions=json.dumps(sorted(set(actions))),
         purpose_enc=fields.seal(dek, purpose, table="grants", column="purpose", row_id=grant_id,
                                 patient_id=patient_id),
-        consult_ref=consult_ref, not_before=not_before, expires_at=expires_at, created_at=now, revoked_at=None,
-        receipt=receipts.sign(key, statement),
+        purpose_salt_enc=salt_enc, consult_ref=consult_ref, not_before=not_before, expires_at=expires_at,
+        created_at=now, revoked_at=None, receipt=receipt,
     )
     grant.integrity_mac = integrity.seal_grant(vault, grant, revoked_at=None)
     session.connection().execute(_INSERT_GRANT, vars(grant))
     gate.audit(vault, session, identity=identity, ctx=ctx, action="grant.create", target=target, outcome="allow",
                reason=f"to-{recipient.role}", grant_id=grant_id)
     session.commit()
-    return _view(vault, grant, grantee_username=recipient.username, grantee_role=recipient.role, purpose=purpose)
+    return _view(vault, grant, grantee_username=recipient.username, grantee_role=recipient.role, purpose=purpose,
+                 dek=dek, patient=True)
 
 
 def _with_grantee_and_dek(query):
@@ -209,17 +213,12 @@ def list_grants(session: Session, vault: Vault, *, identity: Identity, ctx: Requ
         gate.enter(vault, session, identity=identity, ctx=ctx, action="grant.list", target=target)
         rows = []
     session.commit()
-    return [_view(vault, grant, grantee_username=username, grantee_role=role,
-                  purpose=_open_purpose(vault.keys.open_data_key(grant.patient_id, wrapped), grant))
-            for grant, username, role, wrapped in rows]
-
-
-def get_grant(session: Session, vault: Vault, *, identity: Identity, grant_id: str) -> Grant:
-    """The grant if the caller gave or received it; NotFound otherwise (no enumeration)."""
-    grant = session.get(Grant, grant_id)
-    if grant is None or not (grant.patient_id == identity.patient_id or grant.grantee_id == identity.account_id):
-        raise NotFound()
-    return grant
+    views = []
+    for grant, username, role, wrapped in rows:
+        dek = vault.keys.open_data_key(grant.patient_id, wrapped)
+        views.append(_view(vault, grant, grantee_username=username, grantee_role=role,
+                           purpose=_open_purpose(dek, grant), dek=dek, patient=identity.role == "patient"))
+    return views
 
 
 def revoke_grant(session: Session, vault: Vault,
@@ -251,7 +250,7 @@ def revoke_grant(session: Session, vault: Vault,
     session.commit()
     dek = vault.keys.open_data_key(grant.patient_id, row.wrapped_dek)
     return _view(vault, grant, grantee_username=row.grantee_username, grantee_role=row.grantee_role,
-                 purpose=_open_purpose(dek, grant))
+                 purpose=_open_purpose(dek, grant), dek=dek, patient=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -132,6 +132,10 @@ def test_export_opens_with_the_passphrase_and_matches_the_vault(client, vault, p
         grants = json.loads(zf.read("grants.json"))
         assert [(g["grant_id"], g["grantee"], g["purpose"]) for g in grants] == [
             (patient["grant"]["grant_id"], "export-doctor", "复诊 咨询")]
+        from consent import receipts  # the patient's copy proves the purpose: receipt, purpose and salt
+
+        assert receipts.purpose_matches(receipts.verify(json.dumps(grants[0]["receipt"])), "复诊 咨询",
+                                        bytes.fromhex(grants[0]["purpose_salt"]))
         access = json.loads(zf.read("access-log.json"))
         assert any(e["actor"] == "export-doctor" and e["action"] == "record.read" for e in access)
         assert len(list(csv.reader(io.StringIO(zf.read("access-log.csv").decode("utf-8-sig"))))) == len(access) + 1

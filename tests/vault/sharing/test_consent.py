@@ -119,7 +119,8 @@ def test_consent_receipt_is_signed(client, clock, people):
     import json
 
     statement = receipts.verify(json.dumps(fetched))
-    assert statement["grant_id"] == grant["grant_id"] and "purpose_sha256" in statement
+    assert statement["grant_id"] == grant["grant_id"] and "purpose_sha256" not in statement
+    assert receipts.purpose_matches(statement, "复诊咨询 consult 42", bytes.fromhex(grant["purpose_salt"]))
     assert "复诊" not in json.dumps(fetched, ensure_ascii=False)
     fetched["statement"]["expires_at"] = _hours(clock, 999)
     with pytest.raises(ValueError):

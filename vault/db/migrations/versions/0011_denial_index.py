@@ -4,8 +4,8 @@ The count walked every event the actor ever caused (ix_audit_events_actor), so a
 slower the longer the trail grew (bench/bench_soak.py: the refused read's median 42 ms in minute 1, 97 ms in minute
 9). Denials are few: the partial index holds only them.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 """
 
 from alembic import op
@@ -13,8 +13,8 @@ from sqlalchemy import text
 
 from audit.models import DENIALS
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
