@@ -22,7 +22,7 @@ import atexit
 import ipaddress
 import os
 import shutil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import click
 
@@ -143,14 +143,19 @@ def serve_workers(*, settings: Settings, passphrase: bytes | None, host: str, po
                 **proxy_options(settings))
 
 
-def proxy_options(settings: Settings) -> dict[str, object]:
+class ProxyOptions(TypedDict):
+    proxy_headers: bool
+    forwarded_allow_ips: str
+
+
+def proxy_options(settings: Settings) -> ProxyOptions:
     """uvicorn's forwarded-header handling from `trusted_proxies`: off unless proxies are named (uvicorn's own default
     believes X-Forwarded-For from 127.0.0.1, which would let any local process pick the address that the rate limits,
     the audit trail and the admin-network check see)."""
     trusted = (settings.trusted_proxies or "").strip()
     if not trusted:
-        return {"proxy_headers": False, "forwarded_allow_ips": ""}
-    return {"proxy_headers": True, "forwarded_allow_ips": trusted}
+        return ProxyOptions(proxy_headers=False, forwarded_allow_ips="")
+    return ProxyOptions(proxy_headers=True, forwarded_allow_ips=trusted)
 
 
 def app_factory() -> FastAPI:
