@@ -199,6 +199,7 @@ def test_migration_0009_seals_existing_rows(client, vault, clock, people):
         for table, column in (("records", "category_enc"), ("grants", "integrity_mac"),
                               ("breakglass", "integrity_mac"), ("grants", "purpose_salt_enc")):
             conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        conn.execute(text("DROP INDEX ix_audit_events_actor_denials"))  # 0011's
         conn.execute(text("UPDATE alembic_version SET version_num = '0008'"))
         conn.execute(text("UPDATE records SET label_enc = NULL WHERE id = :id"), {"id": people["exam"]})
     with pytest.raises(RuntimeError, match="needs the vault's keys"):
