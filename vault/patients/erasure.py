@@ -5,17 +5,17 @@ their password again, and their TOTP code when they use one) or an operator on t
 `healthvault patients erase PATIENT_ID`. Steps, in this order so an interrupted erasure is finished by running it
 again (every step is idempotent):
 
-1. mark the patient erased, disable the account, revoke its tokens, append `patient.erase` (commit): from here on
-   nobody can reach the data through the service;
+1. mark the patient erased, disable the account, revoke its tokens, append `patient.erase`, revoke its grants and
+   end its break-glass claims (each row sealed again with its new end; commit): from here on nobody can reach the
+   data through the service, in any process;
 2. destroy every KEK version in the key store (`KeyManager.destroy_patient_keys`, a tombstone stays): every wrapped
    DEK of the patient — in this database, in any copy or backup of it — can no longer be unwrapped by anyone, root
    key or not, because the KEKs live only in the separate key store (or the HSM) whose destruction a data restore
    does not undo;
 3. delete the encrypted blob files;
-4. revoke the patient's grants and end break-glass claims, close the consent history with withdrawals, delete the
-   record and lab-correction rows, overwrite the blind indexes with random bytes (so the ID number and phone no
-   longer match anything) and the sealed profile with nothing, scrub the account's username, password hash and TOTP
-   secret, append `key.shred` (commit).
+4. close the consent history with withdrawals, delete the record and lab-correction rows, overwrite the blind
+   indexes with random bytes (so the ID number and phone no longer match anything) and the sealed profile with
+   nothing, scrub the account's username, password hash and TOTP secret, append `key.shred` (commit).
 
 Never: writes the patient id, a name or any identifier into the audit trail (events carry the patient pseudonym
 only, resource id empty), erases without re-authentication on the API path, or deletes audit events or consent rows
@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from consent.models import BreakGlass, Grant
 from kms import KeyStoreError
 from kms.blind_index import INDEX_SIZE
-from vault.access import audit_append, gate
+from vault.access import audit_append, gate, integrity
 from vault.accounts import service as accounts
 from vault.db import keystate
 from vault.db.models import Account, AuthToken, LabCorrection, Patient, Record
@@ -108,7 +108,21 @@ def _erase(session: Session, vault: Vault, *, patient_id: str, actor: Identity, 
                                                     AuthToken.revoked_at.is_(None)).values(revoked_at=now))
         gate.audit(vault, session, identity=actor, ctx=ctx, action="patient.erase", target=_target(patient_id),
                    outcome="allow", reason=reason)
-        session.commit()
+    # Grants revoked and break-glass claims ended before any key is destroyed (every process refuses them from this
+    # commit on), each row sealed again: its integrity tag covers the revocation and the end.
+    grants = list(session.scalars(select(Grant).where(Grant.patient_id == patient_id, Grant.revoked_at.is_(None))))
+    for grant in grants:
+        grant.revoked_at = now
+        grant.integrity_mac = integrity.seal_grant(vault, grant, revoked_at=now)
+        gate.audit(vault, session, identity=actor, ctx=ctx, action="grant.revoke", target=_target(patient_id),
+                   outcome="allow", reason="erasure", grant_id=grant.id)
+    for claim in session.scalars(select(BreakGlass).where(BreakGlass.patient_id == patient_id,
+                                                          BreakGlass.expires_at > now)):
+        claim.expires_at = now
+        claim.integrity_mac = integrity.seal_breakglass(vault, claim_id=claim.id, doctor_id=claim.doctor_id,
+                                                        patient_id=claim.patient_id, created_at=claim.created_at,
+                                                        expires_at=now)
+    session.commit()
 
     # 2. Crypto-shred: the only step a data backup cannot undo.
     destroyed = vault.keys.destroy_patient_keys(patient_id)
@@ -119,15 +133,6 @@ def _erase(session: Session, vault: Vault, *, patient_id: str, actor: Identity, 
         vault.blobs.delete(record_id)
 
     # 4. Everything else that could point at the person.
-    grant_ids = list(session.scalars(select(Grant.id).where(Grant.patient_id == patient_id,
-                                                            Grant.revoked_at.is_(None))))
-    if grant_ids:
-        session.execute(update(Grant).where(Grant.id.in_(grant_ids)).values(revoked_at=now))
-    for grant_id in grant_ids:
-        gate.audit(vault, session, identity=actor, ctx=ctx, action="grant.revoke", target=_target(patient_id),
-                   outcome="allow", reason="erasure", grant_id=grant_id)
-    session.execute(update(BreakGlass).where(BreakGlass.patient_id == patient_id, BreakGlass.expires_at > now)
-                    .values(expires_at=now))
     privacy.withdraw_all(session, vault, identity=actor, ctx=ctx, patient_id=patient_id)
     session.execute(delete(LabCorrection).where(LabCorrection.patient_id == patient_id))
     session.execute(delete(Record).where(Record.patient_id == patient_id))
@@ -142,4 +147,4 @@ def _erase(session: Session, vault: Vault, *, patient_id: str, actor: Identity, 
                outcome="allow", reason=f"kek-versions:{destroyed}")
     keystate.publish(session, patient_id=patient_id, reason="erasure", now=now)  # other processes drop their cache
     session.commit()
-    return ErasureReport(pseudonym, destroyed, len(record_ids), len(grant_ids))
+    return ErasureReport(pseudonym, destroyed, len(record_ids), len(grants))

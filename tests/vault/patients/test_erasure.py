@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, inspect, select
 
 from audit.models import AuditEvent
+from consent.models import Grant
 from kms import CryptoError, KeyDestroyed, KeyStoreError
 from tests.conftest import PASSPHRASE
 from tests.helpers import (
@@ -34,7 +35,7 @@ from tests.helpers import (
     upload,
 )
 from vault import fields
-from vault.access import audit_append
+from vault.access import audit_append, integrity
 from vault.blobs.store import open_store
 from vault.db.models import Account, Consent, Patient, Record
 from vault.identity import Identity, RequestContext
@@ -200,6 +201,10 @@ def test_erasure_reaches_keys_indexes_tokens_grants_blobs_and_leaves_a_pseudonym
         assert patients.find_ids(session, vault, phone=phone) == []
         account = session.scalar(select(Account).where(Account.patient_id == pid))
         assert not account.is_active and account.username != "leaver" and account.totp_secret_enc is None
+        # The revoked grant is sealed again with its revocation (its tag covers it): no false integrity alarm later.
+        (revoked,) = session.scalars(select(Grant).where(Grant.patient_id == pid)).all()
+        assert revoked.revoked_at is not None
+        assert integrity.grant_intact(vault, revoked, revoked_at=revoked.revoked_at, tag=revoked.integrity_mac)
         latest = {}
         for consent in session.scalars(select(Consent).where(Consent.patient_id == pid).order_by(Consent.id)):
             latest[consent.item] = consent.given
@@ -247,10 +252,15 @@ def test_erasure_needs_the_password_again_and_the_totp_code_when_enrolled(client
     assert outcomes == [("deny", "reauth-failed")] * 3 + [("allow", "self")]
 
 
-def test_an_interrupted_erasure_is_finished_by_running_it_again(client, vault, monkeypatch):
+def test_an_interrupted_erasure_is_finished_by_running_it_again(client, vault, monkeypatch, clock):
     patient = register(client, username="halfway")
     headers = login(client, "halfway")
     record_id = upload(client, headers, png_bytes(b"half"), category="other").json()["record_id"]
+    doctor = staff(client, vault, "doctor", "dr-halfway")
+    doctor.pop("_secret")
+    assert client.post("/v1/grants", headers=headers, json={
+        "grantee": "dr-halfway", "record_ids": [record_id], "actions": ["view"], "purpose": "consult",
+        "expires_at": (clock() + dt.timedelta(days=1)).isoformat()}).status_code == 201
 
     def key_store_down(patient_id):
         raise KeyStoreError("key store unreachable")
@@ -261,6 +271,11 @@ def test_an_interrupted_erasure_is_finished_by_running_it_again(client, vault, m
     # Already out of reach although the KEK could not be destroyed yet.
     assert client.get("/v1/records", headers=headers).status_code == 401
     assert vault.keys.patient_key_exists(patient["patient_id"]) and vault.blobs.exists(record_id)
+    # The grants were revoked before any key was to be destroyed: the grantee is refused while the KEK still exists.
+    assert client.get(f"/v1/records/{record_id}", headers=doctor).status_code == 404
+    with vault.session() as session:
+        (grant,) = session.scalars(select(Grant).where(Grant.patient_id == patient["patient_id"])).all()
+        assert grant.revoked_at is not None
     monkeypatch.undo()
     with vault.session() as session:
         report = erasure.erase_by_operator(session, vault, patient_id=patient["patient_id"],
