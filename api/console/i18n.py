@@ -114,6 +114,7 @@ CATALOG: dict[str, tuple[str, str]] = {
     "share.revoked": ("已撤回", "Revoked"),
     "share.active": ("有效", "Active"),
     "share.expired": ("已过期", "Expired"),
+    "share.pending": ("尚未生效", "Not started yet"),
     "share.until": ("截止", "Until"),
     "share.receipt": ("授权回执", "Receipt"),
     "share.salt_hint": ("回执只含用途的加盐承诺。需要向他人证明用途时，请连同用途原文提供下面的盐值（只有您能看到）。",

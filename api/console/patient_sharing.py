@@ -47,7 +47,10 @@ def _grant_state(grant: sharing.GrantView, now: dt.datetime) -> str:
     if grant.revoked_at is not None:
         return "share.revoked"
     expires = grant.expires_at if grant.expires_at.tzinfo else grant.expires_at.replace(tzinfo=dt.UTC)
-    return "share.active" if expires > now else "share.expired"
+    if expires <= now:
+        return "share.expired"
+    starts = grant.not_before if grant.not_before.tzinfo else grant.not_before.replace(tzinfo=dt.UTC)
+    return "share.pending" if starts > now else "share.active"
 
 
 @router.get("/sharing")

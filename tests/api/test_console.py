@@ -125,6 +125,25 @@ def test_a_revoked_grant_hides_the_record_from_the_doctor(client, vault, clock):
     assert after.status_code == 200 and "signature" not in after.text
 
 
+def test_a_grant_that_has_not_started_is_shown_as_such_and_can_be_revoked(client, vault, clock):
+    import datetime as dt
+
+    register(client, username="c.later")
+    bearer = login(client, "c.later")
+    record_id = upload(client, bearer, png_bytes(b"later"), category="other").json()["record_id"]
+    staff(client, vault, "doctor", "c.later.doc").pop("_secret")
+    made = client.post("/v1/grants", headers=bearer, json={
+        "grantee": "c.later.doc", "record_ids": [record_id], "actions": ["view"], "purpose": "下周复诊",
+        "not_before": (clock() + dt.timedelta(days=2)).isoformat(),
+        "expires_at": (clock() + dt.timedelta(days=5)).isoformat()})
+    assert made.status_code == 201, made.text
+    console_login(client, "c.later")
+    listing = client.get("/sharing").text
+    assert "尚未生效" in listing and "有效</" not in listing
+    page = client.get(f"/sharing/{made.json()['grant_id']}").text
+    assert "尚未生效" in page and "/revoke" in page
+
+
 @pytest.mark.parametrize("path", ["/login", "/register", "/first-sign-in", "/static/console.css",
                                   "/static/htmx.min.js"])
 def test_public_pages_carry_the_policy(client, path):
