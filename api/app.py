@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from api import console, ops, problems
 from api.middleware import EdgeMiddleware
@@ -43,6 +44,9 @@ def _lifespan(vault: Vault, lane: DatabaseLane) -> Callable[[FastAPI], AbstractA
 
 
 SQLITE_THREADS = 4
+NO_TELEMETRY: TelemetryConfig = {"tracer_provider": None, "meter_provider": None, "logger_provider": None,
+                                 "tracing": False, "metrics": False, "logs": False, "operation_spans": False,
+                                 "auto_configure": False, "exclude": None}
 
 
 def create_app(vault: Vault) -> FastAPI:
@@ -53,6 +57,10 @@ def create_app(vault: Vault) -> FastAPI:
         title="Health Vault",
         version="0.1.0",
         description="Privacy-first health record vault. Errors are RFC 9457 problem+json.",
+        # FastAPI's own OpenTelemetry (spans, metrics, and logs of validation failures with their inputs) is off
+        # whatever the process's OpenTelemetry setup or $FASTAPI_OTEL_AUTO_CONFIGURE says: request data must not
+        # leave by a route nobody reviewed. Operations metrics are /metrics (api/ops.py), PHI-free by construction.
+        telemetry=NO_TELEMETRY,
     )
     app.state.vault = vault
     app.state.db_lane = lane
