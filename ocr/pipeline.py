@@ -1,11 +1,9 @@
 """extract(bytes) -> LabReport."""
 from __future__ import annotations
 
-import inspect
 import re
 import statistics
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import __version__
@@ -13,8 +11,8 @@ from .analytes import fold, lookup_abbr, lookup_name
 from .cards import card_rows
 from .cells import reread_empty_cells
 from .chrome import drop_chrome
-from .colour import MIN_CONTRAST, glyph_contrast, mark_colours
-from .engine import Engine, TextBox
+from .colour import mark_colours
+from .engine import TextBox
 from .inputs import Token, load_pages
 from .layout import RawRow, deskew_quads, find_tables, headerless_rows, rotate_quads, split_name_code
 from .parse import (
@@ -34,10 +32,10 @@ from .parse import (
 )
 from .report import LabReport, ResultRow
 from .screen_header import screen_header
-from .screenshot import is_screenshot, recognize_tiled
+from .screenshot import is_screenshot, read_screen
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 HEADER_FIELDS = ["hospital", "title", "name", "sex", "age", "department", "bed", "specimen", "sample_id", "doctor",
                  "collected_at", "received_at", "reported_at", "patient_id", "diagnosis"]
@@ -78,13 +76,6 @@ def _boxes_tokens(boxes: list[TextBox], *, deskew: bool = True) -> tuple[list[To
         xs, ys = [p[0] for p in q], [p[1] for p in q]
         toks.append(Token(b.text, min(xs), min(ys), max(xs), max(ys), b.score, ang))
     return split_vertical(toks), ang, [b.score for b in boxes]
-
-
-def _recognize_at(engine: Engine) -> Callable[[np.ndarray, int], list[TextBox]] | None:
-    """The engine's recognize with a per-call detection size, when it has one."""
-    if "det_side" not in inspect.signature(engine.recognize).parameters:
-        return None
-    return lambda image, side: engine.recognize(image, det_side=side)  # type: ignore[call-arg]
 
 
 def split_vertical(toks: list[Token]) -> list[Token]:
@@ -366,10 +357,8 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
                 # a phone screenshot: flat, upright, no page edges; read in full-resolution tiles, never shrunk
                 img, steps = p.image, ["screenshot"]
                 tb = time.perf_counter()
-                tokens, ang, _ = _boxes_tokens(recognize_tiled(img, eng.recognize, _recognize_at(eng)), deskew=False)
+                tokens, ang, _ = _boxes_tokens(read_screen(img, eng), deskew=False)
                 tokens = drop_chrome(tokens, img.shape[1], img.shape[0])
-                # faint text over the page is a watermark (slanted ones are gone already)
-                tokens = [t for t in tokens if glyph_contrast(img, t.x0, t.y0, t.x1, t.y1) >= MIN_CONTRAST]
                 mark_colours(img, tokens)
             else:
                 img, steps = prepare(p.image)

@@ -32,7 +32,7 @@ def test_engine_is_configured_for_latency_and_records_it():
     # no angle classifier, detection limited on the LONG side, narrow recognition padding
     assert ocr.use_cls is False and ocr.text_cls is None
     assert str(ocr.cfg.Det.limit_type) == "max" and ocr.cfg.Det.limit_side_len == DET_SIDE
-    assert ocr.text_rec.rec_image_shape[2] == REC_MIN_WIDTH < 320
+    assert ocr.text_rec.min_width == REC_MIN_WIDTH < 320
     s = eng.info.as_dict()["settings"]
     assert s["det_side"] == DET_SIDE and s["rec_min_width"] == REC_MIN_WIDTH and s["use_cls"] is False
     assert s["det_runtime"] in ("openvino", "onnxruntime")
