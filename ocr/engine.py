@@ -145,6 +145,24 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
     return int(v) if v.isdigit() and int(v) >= minimum else default
 
 
+def _det_input(det: Any) -> Any:
+    """A factory of rapidocr's detection preprocessing (resize to multiples of 32 within limit_side_len, normalise,
+    NCHW) that normalises in float32: rapidocr's works in float64, 0.15 s of a 1.2 s photo page."""
+    from rapidocr.ch_ppocr_det.utils import DetPreProcess
+
+    class DetInput(DetPreProcess):
+        def __call__(self, img: np.ndarray) -> np.ndarray | None:
+            resized = self.resize(img)
+            if resized is None:
+                return None
+            x = resized.astype(np.float32)
+            x *= (1.0 / (255.0 * self.std)).astype(np.float32)
+            x -= (self.mean / self.std).astype(np.float32)
+            return np.ascontiguousarray(x.transpose(2, 0, 1))[np.newaxis]
+
+    return lambda: DetInput(det.limit_side_len, det.limit_type, det.mean, det.std)
+
+
 class RapidOCREngine:
     """rapidocr + onnxruntime, weights from the wheel (or a configured directory), never downloaded."""
 
@@ -216,6 +234,7 @@ class RapidOCREngine:
                     raise EngineError(f"openvino could not load the detection model: {e}") from e
                 self.settings["det_runtime"] = "onnxruntime"  # not asked for explicitly: keep onnxruntime
         self._ocr.text_det.session = det_session or OnnxSession(files["det"], n)
+        self._ocr.text_det.get_preprocess = _det_input(self._ocr.text_det)
         # recognition: this project's batching (recognizer.py) in place of rapidocr's; `rec_streams` batches at
         # once, the threads split among them
         streams = max(1, min(n, self.settings["rec_streams"]))
