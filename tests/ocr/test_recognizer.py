@@ -46,12 +46,12 @@ def test_line_recognizer_pads_normalises_and_keeps_input_order():
         return [(str(int((np.abs(p[0]).max(axis=0) > 0).sum())), 0.9) for p in preds], None
 
     session = EchoSession()
-    rec = LineRecognizer(session, decode, min_width=160, batch=4, width_step=32, streams=2)
+    rec = LineRecognizer(session, decode, min_width=160, batch=4, width_step=8, streams=2)
     crops = [np.full((24, w, 3), 255, np.uint8) for w in (100, 30, 400, 60, 250)]   # at height 48: 2x wide
     out = rec.read(crops)
     assert [t for t, _ in out] == ["200", "60", "800", "120", "500"]
-    assert all(s[0] <= 4 and s[1:3] == (3, 48) and s[3] % 32 == 0 for s in session.shapes)
-    assert sorted(session.shapes) == [(1, 3, 48, 800), (4, 3, 48, 512)]   # 4 narrowest, padded 500 -> 512
+    assert all(s[0] <= 4 and s[1:3] == (3, 48) and s[3] % 8 == 0 for s in session.shapes)
+    assert sorted(session.shapes) == [(1, 3, 48, 800), (4, 3, 48, 504)]   # 4 narrowest, padded 500 -> 504
     white = rec.read([np.full((48, 48, 3), 255, np.uint8)])
     assert white == [("48", 0.9)]
     assert rec.read([]) == []
