@@ -64,7 +64,7 @@ class EngineInfo:
     settings: dict = field(default_factory=dict)      # detection size and runtime, recognition padding/batch ...
 
     def as_dict(self) -> dict:
-        d = {"engine": self.name, "version": self.version, "models": list(self.models)}
+        d: dict[str, Any] = {"engine": self.name, "version": self.version, "models": list(self.models)}
         if self.settings:
             d["settings"] = dict(self.settings)
         return d
@@ -191,7 +191,7 @@ class RapidOCREngine:
             if not f.is_file():
                 raise EngineError(f"{role} model file missing: {f} (no download is attempted)")
         n = threads or _threads()
-        self.settings = {
+        self.settings: dict[str, Any] = {
             "det_side": int(det_side or _env_int("HEALTHVAULT_OCR_DET_SIDE", DET_SIDE)),
             "det_pixels": _env_int("HEALTHVAULT_OCR_DET_PIXELS", DET_PIXELS),
             "rec_min_width": int(rec_min_width or _env_int("HEALTHVAULT_OCR_REC_MIN_WIDTH", REC_MIN_WIDTH)),
@@ -234,13 +234,15 @@ class RapidOCREngine:
                 if det_runtime or os.environ.get("HEALTHVAULT_OCR_DET_RUNTIME"):
                     raise EngineError(f"openvino could not load the detection model: {e}") from e
                 self.settings["det_runtime"] = "onnxruntime"  # not asked for explicitly: keep onnxruntime
-        self._ocr.text_det.session = det_session or OnnxSession(files["det"], n)
-        self._ocr.text_det.get_preprocess = _det_input(self._ocr.text_det)
+        text_det: Any = self._ocr.text_det   # created above (_load_det_model)
+        text_det.session = det_session or OnnxSession(files["det"], n)
+        text_det.get_preprocess = _det_input(text_det)
         # recognition: this project's batching (recognizer.py) in place of rapidocr's; `rec_streams` batches at
         # once, the threads split among them
         streams = max(1, min(n, self.settings["rec_streams"]))
+        text_rec: Any = self._ocr.text_rec   # created above (_load_rec_model): its CTC decoder is kept
         self._ocr.text_rec = LineRecognizer(  # type: ignore[assignment]
-            OnnxSession(files["rec"], max(1, n // streams)), self._ocr.text_rec.postprocess_op,
+            OnnxSession(files["rec"], max(1, n // streams)), text_rec.postprocess_op,
             min_width=self.settings["rec_min_width"], batch=self.settings["rec_batch"], width_step=REC_WIDTH_STEP,
             budget=self.settings["rec_budget"], streams=streams)
         try:
@@ -273,7 +275,7 @@ class RapidOCREngine:
             before = det.limit_side_len
             det.limit_side_len = self._det_side(image, det_side)
             try:
-                out = self._ocr(image, use_det=True, use_cls=False, use_rec=True)
+                out: Any = self._ocr(image, use_det=True, use_cls=False, use_rec=True)
             finally:
                 det.limit_side_len = before
         boxes = getattr(out, "boxes", None)

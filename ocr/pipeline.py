@@ -235,8 +235,8 @@ def finalize_row(raw: RawRow, seq: int, page: int) -> ResultRow | None:
             pflag = parse_flag(t)
         elif unit is None and canon_unit(t):
             unit, unit_txt = canon_unit(t), t
-        elif rng is None and a.col != "result" and parse_range(t) and parse_range(t)[2] != "qual":
-            rng, ref_txt = parse_range(t), t
+        elif rng is None and a.col != "result" and (found := parse_range(t)) is not None and found[2] != "qual":
+            rng, ref_txt = found, t
         elif value is None and a.col in ("flag", "unit", "other", None):
             v, fl = _value_from(t)
             if v is not None and (qual_level(v) is None or a.col == "flag"):
@@ -289,9 +289,9 @@ def finalize_row(raw: RawRow, seq: int, page: int) -> ResultRow | None:
         reasons.append("reference range inverted")
     if unit_txt and unit is None:
         reasons.append(f"unit '{unit_txt}' not recognised")
-    confs = {"name": raw.conf("name") or raw.conf("code"), "value": raw.conf("result"), "unit": raw.conf("unit"),
-             "ref": raw.conf("ref"), "flag": raw.conf("flag")}
-    confs = {k: round(v, 4) for k, v in confs.items() if v is not None}
+    read = {"name": raw.conf("name") or raw.conf("code"), "value": raw.conf("result"), "unit": raw.conf("unit"),
+            "ref": raw.conf("ref"), "flag": raw.conf("flag")}
+    confs = {k: round(v, 4) for k, v in read.items() if v is not None}
     rconf = min(confs.values()) if confs else None
     out_name = name if name else (analyte.names[0] if analyte else None)
     return ResultRow(

@@ -98,6 +98,8 @@ class LineRecognizer:
         start = time.perf_counter()
         crops = [args.img] if isinstance(args.img, np.ndarray) else list(args.img)
         res = self.read(crops)
-        return TextRecOutput(imgs=crops, txts=tuple(t for t, _ in res), scores=[s for _, s in res],
-                             word_results=tuple(None for _ in res),  # type: ignore[arg-type]
+        # rapidocr annotates txts and word_results as 1-tuples; they hold one entry per crop
+        txts: Any = tuple(t for t, _ in res)
+        words: Any = tuple(None for _ in res)
+        return TextRecOutput(imgs=crops, txts=txts, scores=[s for _, s in res], word_results=words,
                              elapse=time.perf_counter() - start)
