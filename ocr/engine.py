@@ -19,13 +19,16 @@ Configuration (environment, read when the engine is first needed):
 
 Latency (rapidocr, 2 cores, A4 page of ~120 text lines; bench/bench_ocr.py and docs/ocr.md have the figures):
 detection costs what its input has in pixels, so it runs on a copy whose LONG side is DET_SIDE (rapidocr's default
-limit_type "min" scales the SHORT side, i.e. it runs detection on the whole 2000 px page); recognition costs what
-its padded batches have in pixels, and rapidocr pads every batch to at least 48x320 while most table cells are 1-4
-times as wide as high, so the padding width is cut to REC_MIN_WIDTH (narrower still saves a little more time but
-misreads lone glyphs such as a printed ↓). Detection runs in OpenVINO (same ONNX file, float32), recognition in
-onnxruntime (OpenVINO is no faster there at float32). The angle classifier never runs (pages are
-upright after EXIF transpose; quarter turns are handled by the pipeline). Sessions are created when the engine is,
-not on the first page.
+limit_type "min" scales the SHORT side, i.e. it runs detection on the whole 2000 px page), and at most DET_PIXELS
+pixels; recognition costs what its padded batches have in pixels, and rapidocr pads every batch to at least 48x320
+while most table cells are 1-4 times as wide as high, so the padding width is cut to REC_MIN_WIDTH (narrower still
+saves a little more time but misreads lone glyphs such as a printed ↓). Detection runs in OpenVINO (same ONNX file,
+float32), recognition in onnxruntime through this project's batching (recognizer.py: batches of similar width, two
+at a time, each on one thread; OpenVINO was no faster there and kept buffers for the widest batch seen). No
+onnxruntime thread spins while it waits (the cores are shared). The angle classifier never runs (pages are upright
+after EXIF transpose; quarter turns are handled by the pipeline). Sessions are created when the engine is, not on
+the first page. `detect` and `recognize_quads` split a call in two, so that a caller (screenshot tiles) can drop
+boxes before they are recognised.
 """
 from __future__ import annotations
 

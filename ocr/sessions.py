@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +21,10 @@ class OpenVINOSession:
     (float32 NCHW array in, first output out). The detection network (convolutions only) runs ~3x faster here than
     in onnxruntime's CPU provider on the same file, with the same float32 results (max |diff| ~1e-4 on the
     probability map). Precision is pinned to f32: OpenVINO's default on CPUs with bf16/AMX is bf16, which would
-    make results depend on the machine. Memory: OpenVINO keeps the activation buffers of the largest input seen
-    (~600-700 MB at the 1280 px cap), where onnxruntime frees them after each run; a worker peaks near 1 GB instead
-    of ~0.6 GB (bench/bench_ocr.py measures it)."""
+    make results depend on the machine. Memory: OpenVINO keeps the activation buffers of the largest input seen,
+    and a larger one adds to them (measured: ~360 MB after a 1280x896 input, ~560 MB after 1280x960, ~750 MB after
+    1152x1280), where onnxruntime frees them after each run: hence the engine's cap on the detection copy's pixels
+    (bench/bench_ocr.py measures a worker's peak)."""
 
     def __init__(self, path: str | Path, threads: int, shape_cache: int = 0):
         from .engine import import_openvino  # the only way openvino is imported (no telemetry)
@@ -67,21 +70,21 @@ class OnnxSession:
         return self._session.run(None, {self._input: x})[0]
 
 
-_LIBC: ctypes.CDLL | None = None
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return getattr(libc, "malloc_trim", None)   # glibc only
 
 
 def release_heap() -> None:
     """Give the heap memory freed by the last page back to the operating system (glibc's malloc_trim; a no-op
-    elsewhere). Both runtimes allocate a page's buffers with malloc from several threads; glibc keeps what they free
-    in per-thread heaps, and over 50 pages a worker's resident memory grew by ~300 MB that nothing used, which the
-    next page's buffers then came on top of."""
-    global _LIBC
-    if _LIBC is None:
-        name = ctypes.util.find_library("c")
-        try:
-            _LIBC = ctypes.CDLL(name or "libc.so.6")
-        except OSError:
-            return
-    trim = getattr(_LIBC, "malloc_trim", None)
+    elsewhere). Both runtimes allocate a page's buffers with malloc from several threads; glibc keeps what they
+    free in per-thread heaps: after 50 pages of the dev sets ~0.5 GB of a worker's 1.2 GB resident memory was
+    freed memory, and each page's buffers came on top of it (peak 1.28 GB; trimmed after each page 1.16 GB, for
+    ~0.1 ms a page)."""
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
