@@ -326,7 +326,7 @@ class RapidOCREngine:
             return rec.read(list(images))
 
     def raw(self, image: np.ndarray):
-        """The plain rapidocr call (used by the benchmark to show pipeline overhead)."""
+        """rapidocr's own whole-image call with this engine's sessions and settings (the benchmark's 'raw' call)."""
         with self._lock:
             return self._ocr(image, use_det=True, use_cls=False, use_rec=True)
 
