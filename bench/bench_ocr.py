@@ -2,7 +2,7 @@
 """OCR extractor benchmark on lab-sheet datasets (e.g. shared/datasets/lab-sheets-dev and lab-sheets-dev2).
 
     python bench/bench_ocr.py DATASET_DIR [DATASET_DIR ...] [--out PRED_DIR] [--repeat 5] [--rss-pages 50]
-                                          [--skip-rss] [--latency-only] [--limit N]
+                                          [--skip-rss] [--latency-only] [--skip-latency] [--limit N]
 
 1. For each DATASET_DIR: runs `ocr.extract` over every page file, writes PRED_DIR/<set>/<id>.json (truth format
    field names), then runs `DATASET_DIR/score.py` on it and prints its table and its last line `field_f1=...`.
@@ -65,8 +65,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _default_rapidocr(eng):
-    """rapidocr with its default settings (only the model paths and thread count pinned), for comparison."""
+def _plain_rapidocr(eng, extra: dict | None = None):
+    """rapidocr as it comes (its own onnxruntime sessions and recogniser), only the model paths and thread count
+    pinned, plus `extra` params; None if it cannot be built."""
     try:
         from pathlib import Path as _P
 
@@ -78,9 +79,9 @@ def _default_rapidocr(eng):
         n = int(os.environ.get("HEALTHVAULT_OCR_THREADS", "2"))
         return RapidOCR(params={"Global.log_level": "error", "Det.model_path": str(m / files["det"]),
                                 "Rec.model_path": str(m / files["rec"]), "Cls.model_path": str(m / files["cls"]),
-                                "EngineConfig.onnxruntime.intra_op_num_threads": n})
+                                "EngineConfig.onnxruntime.intra_op_num_threads": n, **(extra or {})})
     except Exception as e:
-        print(f"  (default rapidocr not available: {e})")
+        print(f"  (plain rapidocr not available: {e})")
         return None
 
 
@@ -91,19 +92,17 @@ def _load() -> str:
 def _baselines(eng) -> dict:
     """Plain rapidocr instances on the same model files, for the same-run comparison:
     'previous' = this project's settings before the latency work (detection in onnxruntime on a 1280 px copy,
-    recognition padded to 48x320 in batches of 6); 'default' = rapidocr's own config (only model paths and thread
-    count pinned)."""
+    recognition in rapidocr's own recogniser padded to 48x320 in batches of 6); 'default' = rapidocr's own config
+    (only model paths and thread count pinned)."""
     out = {}
-    default = _default_rapidocr(eng)
+    default = _plain_rapidocr(eng)
     if default is not None:
         out["rapidocr default config"] = lambda img: default(img, use_cls=False)
-    try:
-        from ocr.engine import RapidOCREngine
-
-        prev = RapidOCREngine(det_side=1280, rec_min_width=320, rec_batch=6, det_runtime="onnxruntime")
-        out["rapidocr, previous settings"] = prev.raw
-    except Exception as e:
-        print(f"  (previous-settings engine not available: {e})")
+    prev = _plain_rapidocr(eng, {"Global.use_cls": False, "Det.limit_type": "max", "Det.limit_side_len": 1280,
+                                 "Rec.rec_img_shape": [3, 48, 320], "Rec.rec_batch_num": 6,
+                                 "EngineConfig.onnxruntime.inter_op_num_threads": 1})
+    if prev is not None:
+        out["rapidocr, previous settings"] = lambda img: prev(img, use_cls=False)
     return out
 
 
@@ -186,6 +185,36 @@ def _screenshot_latency(pick, eng, repeat: int) -> dict:
             "screenshot_raw_tiles_median": med[f"raw rapidocr, {len(tiles)} tiles"]}
 
 
+def _latencies(items: list, eng, repeat: int) -> dict:
+    """Photo and scanned-PDF pages (pipeline vs raw rapidocr on the same page, interleaved), a long screenshot and
+    a born-digital PDF page."""
+    from ocr import extract
+
+    res: dict = {}
+    print(f"\n== latency ({repeat} interleaved rounds; median / min; load before: {_load()})")
+    photo = next(((s, f) for s, f, t in items if t.get("condition") == "photo"), None) or \
+        next(((s, f) for s, f, t in items if f.suffix.lower() in (".jpg", ".jpeg", ".png")), None)
+    scan = next(((s, f) for s, f, t in items if t.get("source_kind") == "scan_pdf"), None)
+    baselines = _baselines(eng)
+    for label, pick in (("photo", photo), ("scan", scan)):
+        if pick:
+            res.update(_page_latency(label, pick, eng, baselines, repeat))
+    shots = [(t.get("render", {}).get("screens_tall") or 0, s, f) for s, f, t in items
+             if t.get("condition") == "app_screenshot" and (t.get("render", {}).get("screens_tall") or 0) <= 3.0]
+    if shots:
+        screens, sid, f = max(shots)
+        res.update(_screenshot_latency((sid, f, screens), eng, repeat))
+    pdf = next(((s, f) for s, f, t in items if t.get("source_kind") == "digital_pdf"), None)
+    if pdf:
+        data = pdf[1].read_bytes()
+        ts = timeit(lambda: extract(data), max(10, repeat))
+        res.update(pdf_page=pdf[0], pdf_median=statistics.median(ts), pdf_min=min(ts))
+        print(f"  digital PDF page {pdf[0]}: extract() median {statistics.median(ts) * 1000:.1f} ms  "
+              f"min {min(ts) * 1000:.1f} ms (target <= 100 ms) {'PASS' if statistics.median(ts) <= 0.1 else 'FAIL'}")
+    print(f"  load after: {_load()}")
+    return res
+
+
 def _score(score: Path, pred: Path, truth: Path) -> tuple[str, float | None]:
     r = subprocess.run([sys.executable, str(score), str(pred), str(truth)], capture_output=True, text=True, check=False)
     out = r.stdout + ("" if r.returncode == 0 else r.stderr)
@@ -234,6 +263,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--limit", type=int, default=0, help="only the first N samples of each set (smoke runs)")
     ap.add_argument("--latency-only", action="store_true", help="skip the dev-set pass and scoring")
+    ap.add_argument("--skip-latency", action="store_true", help="skip the latency figures (scores and RSS only)")
     a = ap.parse_args(argv)
 
     sets = [Path(d) for d in a.dataset if Path(d).is_dir()]
@@ -303,29 +333,8 @@ def main(argv=None) -> int:
         for k, v in sorted(per_kind.items()):
             print(f"  {k:14s} n={len(v):2d} median {statistics.median(v):.2f}  min {min(v):.2f}")
 
-    # ---- latency: photo and scanned-PDF pages (pipeline vs raw rapidocr on the same page, interleaved), a long
-    # screenshot and a born-digital PDF page
-    print(f"\n== latency ({a.repeat} interleaved rounds; median / min; load before: {_load()})")
-    photo = next(((s, f) for s, f, t in items if t.get("condition") == "photo"), None) or \
-        next(((s, f) for s, f, t in items if f.suffix.lower() in (".jpg", ".jpeg", ".png")), None)
-    scan = next(((s, f) for s, f, t in items if t.get("source_kind") == "scan_pdf"), None)
-    baselines = _baselines(eng)
-    for label, pick in (("photo", photo), ("scan", scan)):
-        if pick:
-            res.update(_page_latency(label, pick, eng, baselines, a.repeat))
-    shots = [(t.get("render", {}).get("screens_tall") or 0, s, f) for s, f, t in items
-             if t.get("condition") == "app_screenshot" and (t.get("render", {}).get("screens_tall") or 0) <= 3.0]
-    if shots:
-        screens, sid, f = max(shots)
-        res.update(_screenshot_latency((sid, f, screens), eng, a.repeat))
-    pdf = next(((s, f) for s, f, t in items if t.get("source_kind") == "digital_pdf"), None)
-    if pdf:
-        data = pdf[1].read_bytes()
-        ts = timeit(lambda: extract(data), max(10, a.repeat))
-        res.update(pdf_page=pdf[0], pdf_median=statistics.median(ts), pdf_min=min(ts))
-        print(f"  digital PDF page {pdf[0]}: extract() median {statistics.median(ts) * 1000:.1f} ms  "
-              f"min {min(ts) * 1000:.1f} ms (target <= 100 ms) {'PASS' if statistics.median(ts) <= 0.1 else 'FAIL'}")
-    print(f"  load after: {_load()}")
+    if not a.skip_latency:
+        res.update(_latencies(items, eng, a.repeat))
 
     # ---- peak RSS over N pages in a row, in a fresh process (a worker's view: one engine, nothing else loaded)
     if not a.skip_rss and a.rss_pages > 0:

@@ -36,6 +36,7 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> "L
     error inside the pipeline, chained as ``__cause__``), so a worker can always record the failure and go on.
     """
     from .pipeline import extract as _extract
+    from .sessions import release_heap
 
     try:
         return _extract(data, filename_hint=filename_hint, engine=engine)
@@ -45,6 +46,8 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> "L
         raise TooLarge("out of memory while extracting") from e
     except Exception as e:
         raise OCRError(f"extraction failed: {type(e).__name__}: {e}", code="extraction_failed") from e
+    finally:
+        release_heap()   # the page's arrays are gone with _extract's frame: their memory goes back to the system
 
 
 __all__ = [

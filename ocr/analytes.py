@@ -202,7 +202,7 @@ def lookup_name(s: str) -> tuple[Analyte | None, str | None, int]:
         return None, None, 99
     if k in BY_NAME:
         return BY_NAME[k], k, 0
-    best = (None, None, 99)
+    best: tuple[Analyte | None, str | None, int] = (None, None, 99)
     if len(k) <= 4:
         return best
     ks = set(k)
@@ -212,11 +212,10 @@ def lookup_name(s: str) -> tuple[Analyte | None, str | None, int]:
         d = edit_distance(k, n, 2)
         if d < best[2]:
             best = (a, n, d)
-    a, n, d = best
     # Chinese analyte names differ by one character (钾/钠, 白蛋白/球蛋白): no fuzzy match on short names
     limit = 0 if len(k) <= 4 else 1 if len(k) <= 7 else 2
-    if a is not None and d <= limit:
-        return a, n, d
+    if best[0] is not None and best[2] <= limit:
+        return best
     return None, None, 99
 
 

@@ -11,23 +11,29 @@ Configuration (environment, read when the engine is first needed):
   HEALTHVAULT_OCR_DET_MODEL / _REC_MODEL / _CLS_MODEL   explicit file names inside that directory (rapidocr)
                               or model directories (paddleocr)
   HEALTHVAULT_OCR_DET_SIDE    long side (px) of the copy that text detection runs on (default DET_SIDE)
-  HEALTHVAULT_OCR_REC_MIN_WIDTH / _REC_BATCH   recognition padding width and batch size (defaults below)
+  HEALTHVAULT_OCR_DET_PIXELS  at most this many pixels in that copy (default DET_PIXELS)
+  HEALTHVAULT_OCR_REC_MIN_WIDTH / _REC_BATCH / _REC_BUDGET / _REC_STREAMS   recognition padding width, crops
+                              and padded pixels of width per batch, batches run at once (defaults below)
   HEALTHVAULT_OCR_DET_RUNTIME openvino (default when installed) | onnxruntime: what runs the detection model file
   HEALTHVAULT_OCR_OV_SHAPE_CACHE  OpenVINO's per-shape kernel cache entries (default 0: pages and tiles vary in shape)
 
 Latency (rapidocr, 2 cores, A4 page of ~120 text lines; bench/bench_ocr.py and docs/ocr.md have the figures):
 detection costs what its input has in pixels, so it runs on a copy whose LONG side is DET_SIDE (rapidocr's default
-limit_type "min" scales the SHORT side, i.e. it runs detection on the whole 2000 px page); recognition costs what
-its padded batches have in pixels, and rapidocr pads every batch to at least 48x320 while most table cells are 1-4
-times as wide as high, so the padding width is cut to REC_MIN_WIDTH (narrower still saves a little more time but
-misreads lone glyphs such as a printed ↓). Detection runs in OpenVINO (same ONNX file, float32), recognition in
-onnxruntime (OpenVINO is no faster there at float32). The angle classifier never runs (pages are
-upright after EXIF transpose; quarter turns are handled by the pipeline). Sessions are created when the engine is,
-not on the first page.
+limit_type "min" scales the SHORT side, i.e. it runs detection on the whole 2000 px page), and at most DET_PIXELS
+pixels; recognition costs what its padded batches have in pixels, and rapidocr pads every batch to at least 48x320
+while most table cells are 1-4 times as wide as high, so the padding width is cut to REC_MIN_WIDTH (narrower still
+saves a little more time but misreads lone glyphs such as a printed ↓). Detection runs in OpenVINO (same ONNX file,
+float32), recognition in onnxruntime through this project's batching (recognizer.py: batches of similar width, two
+at a time, each on one thread; OpenVINO was no faster there and kept buffers for the widest batch seen). No
+onnxruntime thread spins while it waits (the cores are shared). The angle classifier never runs (pages are upright
+after EXIF transpose; quarter turns are handled by the pipeline). Sessions are created when the engine is, not on
+the first page. `detect` and `recognize_quads` split a call in two, so that a caller (screenshot tiles) can drop
+boxes before they are recognised.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -38,6 +44,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import EngineError
+from .recognizer import LineRecognizer
+from .sessions import OnnxSession, OpenVINOSession
+
+Quad = list[tuple[float, float]]   # 4 x (x, y), clockwise from top-left
 
 
 @dataclass
@@ -57,7 +67,7 @@ class EngineInfo:
     settings: dict = field(default_factory=dict)      # detection size and runtime, recognition padding/batch ...
 
     def as_dict(self) -> dict:
-        d = {"engine": self.name, "version": self.version, "models": list(self.models)}
+        d: dict[str, Any] = {"engine": self.name, "version": self.version, "models": list(self.models)}
         if self.settings:
             d["settings"] = dict(self.settings)
         return d
@@ -93,9 +103,14 @@ def _threads() -> int:
 
 
 DET_SIDE = 1280       # long side of the detection input (px)
+DET_PIXELS = 1280 * 960   # and its area at most (a 4:3 page at DET_SIDE; squarer pages get a shorter long side)
 REC_MIN_WIDTH = 160   # recognition batches are padded to max(this, widest crop in the batch) at height 48
 REC_BATCH = 6         # crops per recognition batch (sorted by width, so little padding inside a batch)
 DET_RUNTIMES = ("openvino", "onnxruntime")
+REC_WIDTH_STEP = 8    # recognition batch widths are rounded up to a multiple of this (the model's width stride;
+                      # 32 made the shapes repeat, for no gain in onnxruntime, and cost 9 % more padding)
+REC_BUDGET = 3840     # padded pixels of width in one recognition batch (6 crops of 640 px; wider lines fewer a batch)
+REC_STREAMS = 2       # recognition batches run at once (one thread each)
 
 
 def import_openvino() -> ModuleType:
@@ -116,33 +131,6 @@ def import_openvino() -> ModuleType:
     return openvino
 
 
-class OpenVINOSession:
-    """Runs one of the engine's ONNX files with OpenVINO's CPU plugin; callable like rapidocr's session wrappers
-    (float32 NCHW array in, first output out). The detection network (convolutions only) runs ~3x faster here than
-    in onnxruntime's CPU provider on the same file, with the same float32 results (max |diff| ~1e-4 on the
-    probability map). Precision is pinned to f32: OpenVINO's default on CPUs with bf16/AMX is bf16, which would
-    make results depend on the machine. Memory: OpenVINO keeps the activation buffers of the largest input seen
-    (~600-700 MB at the 1280 px cap), where onnxruntime frees them after each run; a worker peaks near 1 GB instead
-    of ~0.6 GB (bench/bench_ocr.py measures it)."""
-
-    def __init__(self, path: str | Path, threads: int):
-        ov = import_openvino()
-        core = ov.Core()
-        # no thread pinning: the worker shares its cores with the service and other workers; no cache of
-        # per-shape kernels (CPU_RUNTIME_CACHE_CAPACITY 0): every page and screenshot tile has a shape of its own,
-        # and the cache held ~300 MB more at the peak over the two dev sets for no measurable speed
-        # (HEALTHVAULT_OCR_OV_SHAPE_CACHE sets it)
-        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-            "INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
-            "ENABLE_CPU_PINNING": False,
-            "CPU_RUNTIME_CACHE_CAPACITY": _env_int("HEALTHVAULT_OCR_OV_SHAPE_CACHE", 0, 0)})
-        self._request = self._compiled.create_infer_request()
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        self._request.infer([np.ascontiguousarray(x, dtype=np.float32)])
-        return self._request.get_output_tensor(0).data.copy()
-
-
 def _det_runtime(requested: str | None) -> str:
     name = (requested or os.environ.get("HEALTHVAULT_OCR_DET_RUNTIME") or "").lower()
     if name and name not in DET_RUNTIMES:
@@ -159,6 +147,24 @@ def _det_runtime(requested: str | None) -> str:
 def _env_int(name: str, default: int, minimum: int = 1) -> int:
     v = os.environ.get(name, "")
     return int(v) if v.isdigit() and int(v) >= minimum else default
+
+
+def _det_input(det: Any) -> Any:
+    """A factory of rapidocr's detection preprocessing (resize to multiples of 32 within limit_side_len, normalise,
+    NCHW) that normalises in float32: rapidocr's works in float64, 0.15 s of a 1.2 s photo page."""
+    from rapidocr.ch_ppocr_det.utils import DetPreProcess
+
+    class DetInput(DetPreProcess):
+        def __call__(self, img: np.ndarray) -> np.ndarray | None:
+            resized = self.resize(img)
+            if resized is None:
+                return None
+            x = resized.astype(np.float32)
+            x *= (1.0 / (255.0 * self.std)).astype(np.float32)
+            x -= (self.mean / self.std).astype(np.float32)
+            return np.ascontiguousarray(x.transpose(2, 0, 1))[np.newaxis]
+
+    return lambda: DetInput(det.limit_side_len, det.limit_type, det.mean, det.std)
 
 
 class RapidOCREngine:
@@ -188,11 +194,14 @@ class RapidOCREngine:
             if not f.is_file():
                 raise EngineError(f"{role} model file missing: {f} (no download is attempted)")
         n = threads or _threads()
-        self.settings = {
+        self.settings: dict[str, Any] = {
             "det_side": int(det_side or _env_int("HEALTHVAULT_OCR_DET_SIDE", DET_SIDE)),
+            "det_pixels": _env_int("HEALTHVAULT_OCR_DET_PIXELS", DET_PIXELS),
             "rec_min_width": int(rec_min_width or _env_int("HEALTHVAULT_OCR_REC_MIN_WIDTH", REC_MIN_WIDTH)),
             "rec_batch": int(rec_batch or _env_int("HEALTHVAULT_OCR_REC_BATCH", REC_BATCH)),
             "max_side": int(max_side), "threads": n, "use_cls": False, "det_runtime": _det_runtime(det_runtime),
+            "rec_streams": _env_int("HEALTHVAULT_OCR_REC_STREAMS", REC_STREAMS),
+            "rec_budget": _env_int("HEALTHVAULT_OCR_REC_BUDGET", REC_BUDGET),
         }
         params = {
             "Global.log_level": "error",
@@ -220,13 +229,25 @@ class RapidOCREngine:
             self._ocr._load_rec_model()
         except Exception as e:
             raise EngineError(f"rapidocr failed to load: {e}") from e
+        det_session: OpenVINOSession | OnnxSession | None = None
         if self.settings["det_runtime"] == "openvino":
             try:
-                self._ocr.text_det.session = OpenVINOSession(files["det"], n)
+                det_session = OpenVINOSession(files["det"], n, _env_int("HEALTHVAULT_OCR_OV_SHAPE_CACHE", 0, 0))
             except Exception as e:
                 if det_runtime or os.environ.get("HEALTHVAULT_OCR_DET_RUNTIME"):
                     raise EngineError(f"openvino could not load the detection model: {e}") from e
                 self.settings["det_runtime"] = "onnxruntime"  # not asked for explicitly: keep onnxruntime
+        text_det: Any = self._ocr.text_det   # created above (_load_det_model)
+        text_det.session = det_session or OnnxSession(files["det"], n)
+        text_det.get_preprocess = _det_input(text_det)
+        # recognition: this project's batching (recognizer.py) in place of rapidocr's; `rec_streams` batches at
+        # once, the threads split among them
+        streams = max(1, min(n, self.settings["rec_streams"]))
+        text_rec: Any = self._ocr.text_rec   # created above (_load_rec_model): its CTC decoder is kept
+        self._ocr.text_rec = LineRecognizer(  # type: ignore[assignment]
+            OnnxSession(files["rec"], max(1, n // streams)), text_rec.postprocess_op,
+            min_width=self.settings["rec_min_width"], batch=self.settings["rec_batch"], width_step=REC_WIDTH_STEP,
+            budget=self.settings["rec_budget"], streams=streams)
         try:
             from importlib.metadata import version
             ver = version("rapidocr")
@@ -239,16 +260,25 @@ class RapidOCREngine:
             settings=dict(self.settings))
         self._lock = threading.Lock()
 
+    def _det_side(self, image: np.ndarray, requested: int | None) -> int:
+        """Long side of the detection copy: the requested or configured one, cut so that the copy holds at most
+        det_pixels pixels (OpenVINO keeps buffers for the largest input it has seen: a squarish photo at the full
+        long side grew a worker by ~200 MB, and 4:3 and A4 pages already fit)."""
+        h, w = image.shape[:2]
+        side = int(requested or self.settings["det_side"])
+        if h and w:
+            side = min(side, int(math.sqrt(self.settings["det_pixels"] * max(h, w) / min(h, w))))
+        return max(32, side)
+
     def recognize(self, image: np.ndarray, det_side: int | None = None) -> list[TextBox]:
         """Text lines of the image; `det_side` overrides the long side of the detection copy for this call (a
         screenshot tile, whose text is large, is detected on a smaller copy; recognition still reads the tile)."""
         with self._lock:  # onnxruntime sessions are thread-safe, but one page at a time keeps threads bounded
             det: Any = self._ocr.text_det   # created with the engine (_load_det_model)
             before = det.limit_side_len
-            if det_side:
-                det.limit_side_len = int(det_side)
+            det.limit_side_len = self._det_side(image, det_side)
             try:
-                out = self._ocr(image, use_det=True, use_cls=False, use_rec=True)
+                out: Any = self._ocr(image, use_det=True, use_cls=False, use_rec=True)
             finally:
                 det.limit_side_len = before
         boxes = getattr(out, "boxes", None)
@@ -257,22 +287,46 @@ class RapidOCREngine:
         return [TextBox([(float(x), float(y)) for x, y in b], str(t), float(s))
                 for b, t, s in zip(boxes, out.txts, out.scores, strict=False)]
 
+    def detect(self, image: np.ndarray, det_side: int | None = None) -> list[Quad]:
+        """Text detection only: the quadrilaterals of the text lines in image coordinates (clockwise from top-left);
+        `det_side` overrides the long side of the detection copy for this call. With recognize_quads, a caller can
+        drop boxes it will never use (tile overlaps, watermarks) before paying for their recognition."""
+        with self._lock:
+            det: Any = self._ocr.text_det   # created with the engine (_load_det_model)
+            before = det.limit_side_len
+            det.limit_side_len = self._det_side(image, det_side)
+            try:
+                out = det(image)
+            finally:
+                det.limit_side_len = before
+        boxes = getattr(out, "boxes", None)
+        if boxes is None:
+            return []
+        return [[(float(x), float(y)) for x, y in b] for b in boxes]
+
+    def recognize_quads(self, image: np.ndarray, quads: list[Quad]) -> list[TextBox]:
+        """Recognition of the lines at `quads` (from detect, image coordinates) in one batched call, kept as
+        recognize() keeps them (text not blank, score at least rapidocr's text_score)."""
+        if not quads:
+            return []
+        from rapidocr.utils.process_img import get_rotate_crop_image
+
+        crops = [get_rotate_crop_image(image, np.array(q, dtype=np.float32)) for q in quads]
+        min_score = float(self._ocr.text_score)
+        return [TextBox(list(q), t, s) for q, (t, s) in zip(quads, self.read_lines(crops), strict=True)
+                if t.strip() and s >= min_score]
+
     def read_lines(self, images: list[np.ndarray]) -> list[tuple[str, float]]:
         """Recognition only (no detection) of crops that each hold one line: re-reading a table cell where
         detection found nothing (lone '-', '+', '↑' glyphs are often missed by detection)."""
         if not images:
             return []
-        from rapidocr.ch_ppocr_rec.typings import TextRecInput
-
-        rec: Any = self._ocr.text_rec   # created with the engine (_load_rec_model)
+        rec: Any = self._ocr.text_rec   # the engine's LineRecognizer
         with self._lock:
-            out = rec(TextRecInput(img=list(images)))
-        txts = getattr(out, "txts", None) or ()
-        scores = getattr(out, "scores", None) or ()
-        return [(str(t), float(s)) for t, s in zip(txts, scores, strict=False)]
+            return rec.read(list(images))
 
     def raw(self, image: np.ndarray):
-        """The plain rapidocr call (used by the benchmark to show pipeline overhead)."""
+        """rapidocr's own whole-image call with this engine's sessions and settings (the benchmark's 'raw' call)."""
         with self._lock:
             return self._ocr(image, use_det=True, use_cls=False, use_rec=True)
 

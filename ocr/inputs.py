@@ -94,7 +94,7 @@ def load_image(data: bytes) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data))
             w, h = im.size
     except Exception as e:
         raise CorruptInput(f"cannot read image header: {e}") from e
@@ -204,7 +204,7 @@ def _page_images(page):
 
 
 def load_pdf(data: bytes) -> list[Page]:
-    import pypdfium2 as pdfium
+    import pypdfium2 as pdfium  # type: ignore[import-untyped]
 
     clean, _has_image = _check_pdf_structure(data)
     try:
@@ -251,7 +251,7 @@ def pdf_text_tokens(page) -> list[Token]:
             return []
         text = tp.get_text_range(0, n)
         _, ph = page.get_size()
-        chars = []
+        chars: list[tuple[str, float, float, float, float] | None] = []   # None: a line break
         # get_text_range may differ in length from n with surrogate/ligature edge cases: read per char then
         if len(text) != n:
             text = "".join(tp.get_text_range(i, 1) for i in range(n))
@@ -320,10 +320,10 @@ def missing_cid_runs(pdf_bytes: bytes, index: int, tokens: list[Token], page_hei
     try:
         with pikepdf.open(io.BytesIO(pdf_bytes)) as pdf:
             page = pdf.pages[index]
-            fonts = page.obj.get("/Resources", {}).get("/Font", {})
+            resources = page.obj.get("/Resources")
+            fonts = resources.get("/Font") if resources is not None else None
             ucs2 = set()
-            for name in list(fonts.keys()):
-                f = fonts[name]
+            for name, f in list(fonts.items()) if fonts is not None else []:
                 enc = f.get("/Encoding")
                 if f.get("/Subtype") == "/Type0" and isinstance(enc, pikepdf.Name) and "UCS2" in str(enc):
                     ucs2.add(str(name))
@@ -334,8 +334,8 @@ def missing_cid_runs(pdf_bytes: bytes, index: int, tokens: list[Token], page_hei
             font, size = None, 10.0
             tx = ty = 0.0
             lx = ly = 0.0
-            for operands, op in pikepdf.parse_content_stream(page):
-                o = str(op)
+            for instruction in pikepdf.parse_content_stream(page):
+                operands, o = instruction.operands, str(instruction.operator)
                 if o == "BT":
                     tx = ty = lx = ly = 0.0
                 elif o == "Tf":

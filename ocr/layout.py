@@ -118,7 +118,7 @@ class Column:
 class RawRow:
     group: int
     cy: float
-    cells: dict[str, list[Atom]] = field(default_factory=dict)
+    cells: dict[str | None, list[Atom]] = field(default_factory=dict)   # None: an atom in no column
 
     def add(self, a: Atom):
         self.cells.setdefault(a.col, []).append(a)
@@ -290,10 +290,10 @@ def split_atom(a: Atom) -> list[Atom]:
         pieces, out, pos = t.split(), [], 0
         kinds = [atom_kind(p) for p in pieces]
         if sum(k is not None for k in kinds) >= 2:
-            for p in pieces:
-                s = t.index(p, pos)
-                out.append(_sub_atom(a, s, s + len(p), p))
-                pos = s + len(p)
+            for piece in pieces:
+                s = t.index(piece, pos)
+                out.append(_sub_atom(a, s, s + len(piece), piece))
+                pos = s + len(piece)
             return out
     return [a]
 
@@ -371,7 +371,7 @@ def build_rows(groups: list[list[Column]], body: list[list[Token]], H: float) ->
     rows: list[RawRow] = []
     for gi, g in enumerate(groups):
         roles = {c.role for c in g}
-        anchor_roles = [r for r in ("name", "code") if r in roles] or ["seq"]
+        anchor_roles: list[str] = [r for r in ("name", "code") if r in roles] or ["seq"]
         gatoms = [a for (k, a) in atoms if k == gi]
         anchors = sorted([a for a in gatoms if a.col == anchor_roles[0] and _is_anchor(a)], key=lambda a: a.cy)
         if not anchors and len(anchor_roles) > 1:

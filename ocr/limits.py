@@ -158,8 +158,7 @@ def _walk(holder: Any, budget: _PageBudget, inline_seen: list[int], *, depth: in
         raise TooLarge(f"Form XObjects nest deeper than {MAX_FORM_DEPTH} on page {budget.number}")
     resources = holder.get("/Resources")
     xobjects = resources.get("/XObject") if resources is not None else None
-    for name in list(xobjects.keys()) if xobjects is not None else []:
-        xobj = xobjects[name]
+    for xobj in list(xobjects.values()) if xobjects is not None else []:
         if not isinstance(xobj, pikepdf.Stream):
             continue
         subtype = xobj.get("/Subtype")

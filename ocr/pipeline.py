@@ -1,11 +1,9 @@
 """extract(bytes) -> LabReport."""
 from __future__ import annotations
 
-import inspect
 import re
 import statistics
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import __version__
@@ -13,8 +11,8 @@ from .analytes import fold, lookup_abbr, lookup_name
 from .cards import card_rows
 from .cells import reread_empty_cells
 from .chrome import drop_chrome
-from .colour import MIN_CONTRAST, glyph_contrast, mark_colours
-from .engine import Engine, TextBox
+from .colour import mark_colours
+from .engine import TextBox
 from .inputs import Token, load_pages
 from .layout import RawRow, deskew_quads, find_tables, headerless_rows, rotate_quads, split_name_code
 from .parse import (
@@ -34,10 +32,10 @@ from .parse import (
 )
 from .report import LabReport, ResultRow
 from .screen_header import screen_header
-from .screenshot import is_screenshot, recognize_tiled
+from .screenshot import is_screenshot, read_screen
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 HEADER_FIELDS = ["hospital", "title", "name", "sex", "age", "department", "bed", "specimen", "sample_id", "doctor",
                  "collected_at", "received_at", "reported_at", "patient_id", "diagnosis"]
@@ -78,13 +76,6 @@ def _boxes_tokens(boxes: list[TextBox], *, deskew: bool = True) -> tuple[list[To
         xs, ys = [p[0] for p in q], [p[1] for p in q]
         toks.append(Token(b.text, min(xs), min(ys), max(xs), max(ys), b.score, ang))
     return split_vertical(toks), ang, [b.score for b in boxes]
-
-
-def _recognize_at(engine: Engine) -> Callable[[np.ndarray, int], list[TextBox]] | None:
-    """The engine's recognize with a per-call detection size, when it has one."""
-    if "det_side" not in inspect.signature(engine.recognize).parameters:
-        return None
-    return lambda image, side: engine.recognize(image, det_side=side)  # type: ignore[call-arg]
 
 
 def split_vertical(toks: list[Token]) -> list[Token]:
@@ -244,8 +235,8 @@ def finalize_row(raw: RawRow, seq: int, page: int) -> ResultRow | None:
             pflag = parse_flag(t)
         elif unit is None and canon_unit(t):
             unit, unit_txt = canon_unit(t), t
-        elif rng is None and a.col != "result" and parse_range(t) and parse_range(t)[2] != "qual":
-            rng, ref_txt = parse_range(t), t
+        elif rng is None and a.col != "result" and (found := parse_range(t)) is not None and found[2] != "qual":
+            rng, ref_txt = found, t
         elif value is None and a.col in ("flag", "unit", "other", None):
             v, fl = _value_from(t)
             if v is not None and (qual_level(v) is None or a.col == "flag"):
@@ -298,9 +289,9 @@ def finalize_row(raw: RawRow, seq: int, page: int) -> ResultRow | None:
         reasons.append("reference range inverted")
     if unit_txt and unit is None:
         reasons.append(f"unit '{unit_txt}' not recognised")
-    confs = {"name": raw.conf("name") or raw.conf("code"), "value": raw.conf("result"), "unit": raw.conf("unit"),
-             "ref": raw.conf("ref"), "flag": raw.conf("flag")}
-    confs = {k: round(v, 4) for k, v in confs.items() if v is not None}
+    read = {"name": raw.conf("name") or raw.conf("code"), "value": raw.conf("result"), "unit": raw.conf("unit"),
+            "ref": raw.conf("ref"), "flag": raw.conf("flag")}
+    confs = {k: round(v, 4) for k, v in read.items() if v is not None}
     rconf = min(confs.values()) if confs else None
     out_name = name if name else (analyte.names[0] if analyte else None)
     return ResultRow(
@@ -366,10 +357,8 @@ def extract(data: bytes, *, filename_hint: str | None = None, engine=None) -> La
                 # a phone screenshot: flat, upright, no page edges; read in full-resolution tiles, never shrunk
                 img, steps = p.image, ["screenshot"]
                 tb = time.perf_counter()
-                tokens, ang, _ = _boxes_tokens(recognize_tiled(img, eng.recognize, _recognize_at(eng)), deskew=False)
+                tokens, ang, _ = _boxes_tokens(read_screen(img, eng), deskew=False)
                 tokens = drop_chrome(tokens, img.shape[1], img.shape[0])
-                # faint text over the page is a watermark (slanted ones are gone already)
-                tokens = [t for t in tokens if glyph_contrast(img, t.x0, t.y0, t.x1, t.y1) >= MIN_CONTRAST]
                 mark_colours(img, tokens)
             else:
                 img, steps = prepare(p.image)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from ocr import extract
-from ocr.engine import DET_SIDE, REC_MIN_WIDTH, RapidOCREngine, get_engine, import_openvino
+from ocr.engine import DET_PIXELS, DET_SIDE, REC_MIN_WIDTH, RapidOCREngine, get_engine, import_openvino
 
 from .sheetgen import ROWS, image_sheet, photo_of
 
@@ -32,7 +32,7 @@ def test_engine_is_configured_for_latency_and_records_it():
     # no angle classifier, detection limited on the LONG side, narrow recognition padding
     assert ocr.use_cls is False and ocr.text_cls is None
     assert str(ocr.cfg.Det.limit_type) == "max" and ocr.cfg.Det.limit_side_len == DET_SIDE
-    assert ocr.text_rec.rec_image_shape[2] == REC_MIN_WIDTH < 320
+    assert ocr.text_rec.min_width == REC_MIN_WIDTH < 320
     s = eng.info.as_dict()["settings"]
     assert s["det_side"] == DET_SIDE and s["rec_min_width"] == REC_MIN_WIDTH and s["use_cls"] is False
     assert s["det_runtime"] in ("openvino", "onnxruntime")
@@ -44,6 +44,12 @@ def test_engine_is_configured_for_latency_and_records_it():
     x = DetPreProcess(ocr.cfg.Det.limit_side_len, ocr.cfg.Det.limit_type)(page)
     assert max(x.shape[2:]) <= DET_SIDE + 32
     assert max(DetPreProcess(736, "min")(page).shape[2:]) >= 2000 - 32  # the default: the whole page
+    # and at most DET_PIXELS pixels: a squarer page gets a shorter long side (OpenVINO keeps buffers for the largest)
+    assert eng._det_side(page, None) == DET_SIDE
+    for shape in [(2000, 2000, 3), (1500, 2000, 3), (1600, 2000, 3)]:
+        side = eng._det_side(np.zeros(shape, np.uint8), None)
+        x = DetPreProcess(side, "max")(np.zeros(shape, np.uint8))
+        assert side <= DET_SIDE and x.shape[2] * x.shape[3] <= 1.06 * DET_PIXELS, (shape, x.shape)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from ocr.colour import glyph_colour
 from ocr.engine import TextBox
 from ocr.inputs import Token
 from ocr.pipeline import finalize_row
-from ocr.screenshot import det_side_for, is_screenshot, recognize_tiled, tile_spans
+from ocr.screenshot import det_side_for, is_screenshot, read_tiled, recognize_tiled, tile_spans
 
 from .sheetgen import LONG_ROWS, ROWS, cjk_font_path, image_sheet, long_screenshot, photo_of, screenshot
 
@@ -80,6 +80,25 @@ def test_tiled_recognition_keeps_every_line_once():
         cy = sum(p[1] for p in b.quad) / 4
         assert abs(cy - {t: y for y, t in lines}[b.text]) < 1e-6
 
+    # detection first, then one recognition call: a line in a tile overlap is read once, a dropped box never
+    read: list[list] = []
+
+    def fake_detect(tile: np.ndarray, det_side: int) -> list[list[tuple[float, float]]]:
+        assert det_side == det_side_for(w, tile.shape[0])
+        return [b.quad for b in fake_recognize(tile)]
+
+    def fake_read(image: np.ndarray, quads: list) -> list[TextBox]:
+        read.append(quads)
+        by_y = dict(lines)
+        return [TextBox(q, by_y[round(sum(p[1] for p in q) / 4)], 0.99) for q in quads]
+
+    calls.clear()
+    dropped = {y for y, _ in lines[::5]}
+    boxes = read_tiled(img, fake_detect, fake_read, keep=lambda q: round(sum(p[1] for p in q) / 4) not in dropped)
+    assert len(calls) >= 3 and len(read) == 1                 # every tile detected, one recognition call
+    assert sorted(b.text for b in boxes) == sorted(t for y, t in lines if y not in dropped)
+    assert len(read[0]) == len(lines) - len(dropped)           # neither overlap duplicates nor dropped boxes read
+
 
 # ----------------------------------------------------------------------------- chrome, colour, cards
 def _tok(text: str, x0: float, y0: float, x1: float, y1: float, colour: str | None = None) -> Token:
@@ -89,6 +108,7 @@ def _tok(text: str, x0: float, y0: float, x1: float, y1: float, colour: str | No
 def test_chrome_dropped_report_kept():
     w, h = 1080, 2340
     toks = [_tok("9:41", 60, 40, 160, 80), _tok("5G 87%", 850, 40, 1000, 80),
+            _tok("三刃", 700, 45, 790, 75),                     # signal and Wi-Fi icons read as CJK text
             _tok("报告详情", 460, 150, 620, 200), _tok("<", 30, 150, 60, 200),
             _tok("血常规全套", 60, 330, 300, 390),                # card title: below the bars, left aligned
             _tok("白细胞计数", 60, 900, 260, 950), _tok("11.32 ↑", 880, 900, 1020, 950),
