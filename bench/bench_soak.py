@@ -24,8 +24,11 @@ no memory growth.
 
 Targets, printed with PASS/FAIL: 0 errors; p99 of the last window ≤ 1.5 × p99 of the second (all operations
 together; needs 3 windows; each operation's ratio is printed too); summed server RSS at the end ≤ 1.10 × at the end
-of the first window, each the resident floor over the last `--settle` seconds before it (per process the smallest
-sample, summed: a password hash in flight, 64 MiB of argon2id for a second or two, is not memory the server keeps).
+of the warm-up, each the resident floor over the last `--settle` seconds before it (per process the smallest sample,
+summed: a password hash in flight, 64 MiB of argon2id for a second or two, is not memory the server keeps). The
+warm-up (`--warmup`) defaults to the vault's key-cache age (300 s, `key_cache_max_age`), at most half the run: until
+then the key cache is still filling by design (every key is kept up to that age, then swept); the growth after the
+first window is printed too.
 Exit status: 1 if any request failed or the server died, else 0 (a missed target is reported, not an exit status).
 `--quick`: 0.25 minutes in 5-second windows, 4 clients (the CI smoke).
 """
@@ -55,6 +58,7 @@ PROBE_ADDRESS = "198.51.100.77"  # TEST-NET-2: the X-Forwarded-For probe
 RAISED_CLIENT_LIMIT = "1000000"
 P99_GROWTH_MAX = 1.5
 RSS_GROWTH_MAX = 0.10
+KEY_CACHE_AGE = 300.0  # the vault's default key_cache_max_age: the key cache fills for this long, by design
 
 
 # --------------------------------------------------------------------------------------------------- staff
@@ -201,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=60.0, help="seconds per latency window (default 60)")
     parser.add_argument("--sample", type=float, default=3.0, help="seconds between RSS samples (default 3)")
     parser.add_argument("--settle", type=float, default=15.0, help="RSS: median over this many seconds (default 15)")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="RSS baseline at this many seconds (default: the key-cache age, 300, at most half)")
     parser.add_argument("--quick", action="store_true", help="CI smoke: 0.25 min, 5-s windows, 4 clients")
     parser.add_argument("--json", type=Path, help="also write the full report (every window, the RSS series) here")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and the server log")
@@ -286,9 +292,12 @@ def report_and_verdict(report: dict, args: argparse.Namespace, results: list, se
 
     p99 = [w["p99_ms"] for w in table["all"]["windows"]] if table else []
     ratio = p99_ratio(table["all"]["windows"]) if table else None
-    base = rss_floor(series, args.window, args.settle)
+    warmup = args.warmup if args.warmup is not None else max(args.window, min(KEY_CACHE_AGE, args.minutes * 30))
+    first = rss_floor(series, args.window, args.settle)
+    base = rss_floor(series, warmup, args.settle)
     end = rss_floor(series, args.minutes * 60, args.settle)
     growth = (end - base) / base if base and end and windows >= 2 else None
+    first_growth = (end - first) / first if first and end and windows >= 2 else None
     print(f"\nserver RSS in MiB every {args.sample:g} s: all processes (each by pid)")
     for t, sizes in series:
         parts = " ".join(f"{pid}:{size / 2**20:.0f}" for pid, size in sorted(sizes.items()))
@@ -308,10 +317,12 @@ def report_and_verdict(report: dict, args: argparse.Namespace, results: list, se
         print("target RSS growth <= 10 % after warm-up: n/a (needs 2 windows)")
     else:
         print(f"target RSS growth <= {RSS_GROWTH_MAX:.0%} after warm-up: floor {base / 2**20:.1f} MiB at "
-              f"{args.window:g} s -> {end / 2**20:.1f} MiB at the end = {growth:+.1%} — {verdicts['rss']}")
+              f"{warmup:g} s -> {end / 2**20:.1f} MiB at the end = {growth:+.1%} — {verdicts['rss']} "
+              f"(after the first window, {args.window:g} s: {first_growth:+.1%})")
     print(f"load average after: {loadavg()}")
     report.update(errors=errors, error_examples=examples, total_errors=total_errors, counts=counts, latency=table,
-                  p99_ratio=ratio, rss_base_bytes=base, rss_end_bytes=end, rss_growth=growth,
+                  p99_ratio=ratio, rss_base_bytes=base, rss_end_bytes=end, rss_growth=growth, rss_warmup_s=warmup,
+                  rss_growth_after_first_window=first_growth,
                   rss_series=[[t, sizes] for t, sizes in series], verdicts=verdicts, server_alive=alive,
                   server_cpu_s=cpu, xff=xff, rate_limits=rate_note, loadavg_after=list(os.getloadavg()),
                   finished=dt.datetime.now(dt.UTC).isoformat())
