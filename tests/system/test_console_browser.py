@@ -295,7 +295,8 @@ def test_three_journeys(server, browser, run):
     patient.wait_for_url(re.compile(r".*/sharing/[0-9a-f-]{36}$"))
     grant_url = patient.url
     assert PAYLOAD in patient.locator("dd.purpose").inner_text()
-    assert "grant_id" in patient.locator("pre.receipt").inner_text()
+    assert "grant_id" in patient.locator("#receipt-json").inner_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", patient.locator("#receipt-salt").inner_text().strip())
     run.shot(patient, "patient-grant-receipt")
 
     doctor.goto(base + "/shared")
