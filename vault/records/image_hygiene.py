@@ -211,18 +211,29 @@ def _upright(src: BinaryIO, fmt: str, limits: Limits) -> bytes:
         raise MalformedFile() from exc
 
 
-def clean_jpeg_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits = DEFAULT_LIMITS) -> None:
+def _clean_stream(strip: Callable[..., None], fmt: str, src: BinaryIO, emit: Callable[[bytes], None],
+                  limits: Limits) -> None:
+    """Strip `src` chunk by chunk; a picture that must be turned upright first is re-encoded, then stripped."""
     try:
-        _strip_jpeg(src, emit, limits, allow_rotation=True)
+        strip(src, emit, limits, allow_rotation=True)
     except _Rotate:
-        _strip_jpeg(io.BytesIO(_upright(src, "JPEG", limits)), emit, limits, allow_rotation=False)
+        strip(io.BytesIO(_upright(src, fmt, limits)), emit, limits, allow_rotation=False)
+
+
+def _clean_bytes(clean_stream: Callable[[BinaryIO, Callable[[bytes], None], Limits], None], data: bytes,
+                 limits: Limits) -> bytes:
+    out: list[bytes] = []
+    clean_stream(io.BytesIO(data), out.append, limits)
+    cleaned = b"".join(out)
+    return data if cleaned == data else cleaned
+
+
+def clean_jpeg_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits = DEFAULT_LIMITS) -> None:
+    _clean_stream(_strip_jpeg, "JPEG", src, emit, limits)
 
 
 def clean_jpeg(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    out: list[bytes] = []
-    clean_jpeg_stream(io.BytesIO(data), out.append, limits)
-    cleaned = b"".join(out)
-    return data if cleaned == data else cleaned
+    return _clean_bytes(clean_jpeg_stream, data, limits)
 
 
 # ---------------------------------------------------------------------------------------------------------------- PNG
@@ -289,17 +300,11 @@ def _strip_png(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits, *, 
 
 
 def clean_png_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits = DEFAULT_LIMITS) -> None:
-    try:
-        _strip_png(src, emit, limits, allow_rotation=True)
-    except _Rotate:
-        _strip_png(io.BytesIO(_upright(src, "PNG", limits)), emit, limits, allow_rotation=False)
+    _clean_stream(_strip_png, "PNG", src, emit, limits)
 
 
 def clean_png(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    out: list[bytes] = []
-    clean_png_stream(io.BytesIO(data), out.append, limits)
-    cleaned = b"".join(out)
-    return data if cleaned == data else cleaned
+    return _clean_bytes(clean_png_stream, data, limits)
 
 
 # --------------------------------------------------------------------------------------------------------------- HEIC
