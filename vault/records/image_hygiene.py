@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Callable
 from typing import BinaryIO
 
+from vault.records import hygiene, sniff
 from vault.records.hygiene import DEFAULT_LIMITS, FileTooComplex, Limits, MalformedFile, UnsafeFile
 
 
@@ -220,20 +221,12 @@ def _clean_stream(strip: Callable[..., None], fmt: str, src: BinaryIO, emit: Cal
         strip(io.BytesIO(_upright(src, fmt, limits)), emit, limits, allow_rotation=False)
 
 
-def _clean_bytes(clean_stream: Callable[[BinaryIO, Callable[[bytes], None], Limits], None], data: bytes,
-                 limits: Limits) -> bytes:
-    out: list[bytes] = []
-    clean_stream(io.BytesIO(data), out.append, limits)
-    cleaned = b"".join(out)
-    return data if cleaned == data else cleaned
-
-
 def clean_jpeg_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits = DEFAULT_LIMITS) -> None:
     _clean_stream(_strip_jpeg, "JPEG", src, emit, limits)
 
 
 def clean_jpeg(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    return _clean_bytes(clean_jpeg_stream, data, limits)
+    return hygiene.clean(data, kind=sniff.JPEG, limits=limits)
 
 
 # ---------------------------------------------------------------------------------------------------------------- PNG
@@ -304,7 +297,7 @@ def clean_png_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limit
 
 
 def clean_png(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    return _clean_bytes(clean_png_stream, data, limits)
+    return hygiene.clean(data, kind=sniff.PNG, limits=limits)
 
 
 # --------------------------------------------------------------------------------------------------------------- HEIC
@@ -332,6 +325,4 @@ def clean_heic_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limi
 
 
 def clean_heic(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    out: list[bytes] = []
-    clean_heic_stream(io.BytesIO(data), out.append, limits)
-    return b"".join(out)
+    return hygiene.clean(data, kind=sniff.HEIC, limits=limits)

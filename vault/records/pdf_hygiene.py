@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable
 from typing import BinaryIO, cast
 
+from vault.records import hygiene, sniff
 from vault.records.hygiene import DEFAULT_LIMITS, EncryptedFile, FileTooComplex, Limits, MalformedFile, UnsafeFile
 
 _FLATE = "/FlateDecode"
@@ -49,9 +50,7 @@ class EmitWriter(io.RawIOBase):
 
 
 def clean_pdf(data: bytes, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    out: list[bytes] = []
-    clean_pdf_stream(io.BytesIO(data), out.append, limits)
-    return b"".join(out)
+    return hygiene.clean(data, kind=sniff.PDF, limits=limits)
 
 
 def clean_pdf_stream(src: BinaryIO, emit: Callable[[bytes], None], limits: Limits = DEFAULT_LIMITS) -> None:
