@@ -206,7 +206,7 @@ class KeyStore:
                     PatientKek.patient_id.in_([r.patient_id for r in rows]),
                     PatientKek.version == TOMBSTONE_VERSION)))
                 if erased:
-                    raise KeyStoreError("a patient in this batch was erased meanwhile")
+                    raise KeyStoreError("this patient's keys were destroyed; an erased patient id cannot be reused")
                 s.add_all(rows)
         except IntegrityError:
             raise KeyStoreError("a key for this patient and version already exists") from None

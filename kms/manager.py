@@ -180,17 +180,22 @@ class KeyManager:
 
     # --- patient keys ---------------------------------------------------------------------------------------------
     def create_patient_key(self, patient_id: str) -> int:
-        patient = encode_name(patient_id, "patient_id")
-        rows = self._store.patient_keks(patient_id)
-        if any(r.version == TOMBSTONE_VERSION for r in rows):
+        self.create_patient_keys([patient_id])
+        return 1
+
+    def create_patient_keys(self, patient_ids: Iterable[str]) -> None:
+        """A first KEK (version 1) for each new patient, written in one key-store transaction (a bulk import's
+        path). KeyStoreError, and nothing written, if any of them already has a key or was erased."""
+        names = [(patient_id, encode_name(patient_id, "patient_id")) for patient_id in dict.fromkeys(patient_ids)]
+        newest = self._store.newest_kek_versions(patient_id for patient_id, _ in names)
+        if TOMBSTONE_VERSION in newest.values():
             raise KeyStoreError("this patient's keys were destroyed; an erased patient id cannot be reused")
-        if rows:
+        if newest:
             raise KeyStoreError("this patient already has a key")
-        version = 1
-        row, kek = self._new_kek_row(patient_id, patient, version)
-        self._store.add_patient_kek(row)
-        self._remember(("kek", patient_id, version), kek)
-        return version
+        planned = [self._new_kek_row(patient_id, patient, 1) for patient_id, patient in names]
+        self._store.add_patient_keks([row for row, _ in planned])
+        for row, kek in planned:
+            self._remember(("kek", row.patient_id, row.version), kek).wipe()  # the cache keeps `kek` itself
 
     def patient_key_exists(self, patient_id: str) -> bool:
         encode_name(patient_id, "patient_id")
@@ -202,26 +207,37 @@ class KeyManager:
         Reads the key store every time (new records are rarer than reads), so a patient erased by another process
         never gets new data wrapped under a stale cached KEK, and a KEK rotated by another process is used at once.
         """
-        patient = encode_name(patient_id, "patient_id")
-        self._raise_if_destroyed_here(patient_id)
-        rows = self._store.patient_keks(patient_id)
-        if any(r.version == TOMBSTONE_VERSION for r in rows):
-            raise KeyDestroyed()
-        if not rows:
-            raise KeyStoreError("no key for this patient: create_patient_key() first")
-        try:
-            kek = self._kek(patient_id, patient, rows[0])
-        except CryptoError:
-            self._emit(KeyEvent("key.unwrap_failed", "kek", patient_id=patient_id, detail="integrity"))
-            raise
-        material = bytearray(os.urandom(suites.key_size(self._suite)))
-        try:
-            dek = DataKey(material, key_id=os.urandom(KEY_ID_SIZE), version=1, suite=self._suite)
-            blob = wrap_dek(patient, kek, material, dek.key_id, self._suite)
-        finally:
-            kek.wipe()
-            zero(material)
-        return self._remember(("dek", patient_id, blob), dek), blob
+        return self.new_data_keys([patient_id])[0]
+
+    def new_data_keys(self, patient_ids: Iterable[str]) -> list[tuple[DataKey, bytes]]:
+        """new_data_key for each id in order (an id may repeat), reading the key store's newest versions once for
+        the lot (a bulk import's path). KeyDestroyed / KeyStoreError if any patient was erased / has no key."""
+        ids = [(patient_id, encode_name(patient_id, "patient_id")) for patient_id in patient_ids]
+        newest = self._store.newest_kek_versions(patient_id for patient_id, _ in ids)
+        out = []
+        for patient_id, patient in ids:
+            self._raise_if_destroyed_here(patient_id)
+            version = newest.get(patient_id)
+            if version == TOMBSTONE_VERSION:
+                raise KeyDestroyed()
+            if version is None:
+                raise KeyStoreError("no key for this patient: create_patient_key() first")
+            try:
+                kek = self._kek_version(patient_id, patient, version)
+            except KeyDestroyed:
+                raise
+            except CryptoError:
+                self._emit(KeyEvent("key.unwrap_failed", "kek", patient_id=patient_id, detail="integrity"))
+                raise
+            material = bytearray(os.urandom(suites.key_size(self._suite)))
+            try:
+                dek = DataKey(material, key_id=os.urandom(KEY_ID_SIZE), version=1, suite=self._suite)
+                blob = wrap_dek(patient, kek, material, dek.key_id, self._suite)
+            finally:
+                kek.wipe()
+                zero(material)
+            out.append((self._remember(("dek", patient_id, blob), dek), blob))
+        return out
 
     def open_data_key(self, patient_id: str, wrapped: bytes | WrappedKey) -> DataKey:
         patient = encode_name(patient_id, "patient_id")

@@ -125,7 +125,8 @@ def start(directory: Path) -> Weed:
     args = [binary, "mini", f"-dir={directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.telemetry=false", "-admin.ui=false", "-webdav=false", f"-master.port={master}",
             f"-filer.port={filer}", f"-volume.port={volume}", f"-s3.port={s3}", f"-s3.port.iceberg={iceberg}",
-            f"-admin.port={admin}", f"-metricsPort={metrics}"]
+            f"-admin.port={admin}", f"-metricsPort={metrics}",
+            "-s3.port.lance=0"]  # its fixed default (9101, or the next port) made a second weed on the machine fail
     (directory / "data").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     with open(log_path, "wb") as log:

@@ -138,6 +138,41 @@ def test_create_twice_and_unknown_patient(manager):
         manager.create_patient_key("")
 
 
+def test_bulk_keys_read_the_store_once_and_wrap_for_their_own_patient(manager, store, monkeypatch):
+    manager.create_patient_keys(["alice", "bob", "carol"])
+    assert [r.version for r in store.patient_keks("bob")] == [1]
+    reads = []
+    newest = store.newest_kek_versions
+    monkeypatch.setattr(store, "newest_kek_versions", lambda ids: reads.append(1) or newest(ids))
+    owners = ["alice", "bob", "alice", "carol"]
+    keys = manager.new_data_keys(owners)
+    assert len(reads) == 1 and len(keys) == 4
+    assert len({wrapped for _dek, wrapped in keys}) == 4  # a fresh DEK each, the repeated patient too
+    for owner, (dek, wrapped) in zip(owners, keys, strict=True):
+        assert manager.open_data_key(owner, wrapped).material() == dek.material()
+        other = "carol" if owner != "carol" else "bob"
+        with pytest.raises(CryptoError):
+            manager.open_data_key(other, wrapped)
+
+
+def test_bulk_keys_fail_whole_on_a_keyed_erased_or_unknown_patient(provider, store, clock):
+    reader = KeyManager(provider, store, cache=KeyCache(max_age=60), clock=clock)
+    eraser = KeyManager(provider, store, cache=KeyCache(max_age=60), clock=clock)
+    reader.create_patient_keys(["alice", "bob"])
+    with pytest.raises(KeyStoreError):
+        reader.create_patient_keys(["dave", "alice"])  # alice has a key: nothing is written, dave included
+    assert store.patient_keks("dave") == []
+    with pytest.raises(KeyStoreError):
+        reader.new_data_keys(["alice", "nobody"])
+    reader.new_data_keys(["alice", "bob"])  # KEKs now cached in the reader
+    eraser.destroy_patient_keys("bob")
+    with pytest.raises(KeyDestroyed):  # at once, not after the cache's max_age: new keys read the store
+        reader.new_data_keys(["alice", "bob"])
+    with pytest.raises(KeyStoreError):
+        reader.create_patient_keys(["erin", "bob"])  # an erased id is never given a fresh key
+    assert store.patient_keks("erin") == []
+
+
 def test_service_keys_stable_across_restarts_and_separate_per_purpose(manager, store_url, root_path):
     pseudonym = manager.service_key("pseudonym")
     id_index = manager.service_key("blind-index:id_number")
