@@ -28,6 +28,7 @@ from audit.models import AuditEvent, ChainHead, Checkpoint, Leaf
 SIGNING_PURPOSE = "audit-signing"
 SM_SIGNING_PURPOSE = "sm:audit-signing"
 _PG_LOCK_KEY = 0x68764C4F47  # "hvLOG"
+_PAGE = 20_000  # leaves read per round trip when the copy is built or extended
 
 
 def signer_from_key(origin: str, seed: bytes, *, sm2: bool = False) -> Signer:
@@ -67,6 +68,8 @@ class LogCache:
             self.tree = MerkleLog(alg or self.tree.alg)
 
     def sync(self, session: Session, size: int | None = None, alg: str | None = None) -> MerkleLog:
+        """Extend the copy with the leaves it lacks (up to `size`). A cold copy (a new process, or the first
+        checkpoint after a restart: millions of leaves) is read in pages and built level by level."""
         if alg is not None and alg != self.tree.alg:
             self.reset(alg)
         with self.lock:
@@ -75,7 +78,14 @@ class LogCache:
             if size is not None:
                 query = query.where(Leaf.leaf_index < size)
             alg = self.tree.alg
-            for chain_id, seq, event_hash in session.execute(query.order_by(Leaf.leaf_index)):
+            rows = session.execute(query.order_by(Leaf.leaf_index).execution_options(yield_per=_PAGE))
+            if have == 0:
+                level = bytearray()
+                for chain_id, seq, event_hash in rows:
+                    level += verify.leaf_hash(verify.leaf_data(chain_id, seq, bytes(event_hash)), alg)
+                self.tree = MerkleLog.from_joined_leaf_hashes(level, alg)
+                return self.tree
+            for chain_id, seq, event_hash in rows:
                 self.tree.append(verify.leaf_hash(verify.leaf_data(chain_id, seq, bytes(event_hash)), alg))
             return self.tree
 
@@ -102,6 +112,11 @@ def integrate(session: Session, *, cache: LogCache, signer: Signer, origin: str,
     The caller commits."""
     lock_log(session)
     size = tree_size(session)
+    try:  # a cold copy is built here, BEFORE any chain head is locked below: appends go on meanwhile
+        cache.sync(session, size, signer.hash_name)
+    except BaseException:
+        cache.reset()
+        raise
     batch: list[tuple[int, int, int, str]] = []
     heads = session.execute(select(ChainHead.chain_id, ChainHead.integrated_seq)).all()
     for chain_id, integrated in heads:

@@ -26,12 +26,20 @@ class MerkleLog:
     @classmethod
     def from_leaf_hashes(cls, hashes: list[bytes], alg: str = "sha256") -> MerkleLog:
         """Bulk build, level by level (several times faster than appending one by one)."""
-        log = cls(alg)
         level = b"".join(hashes)
         if len(level) != 32 * len(hashes):
             raise VerificationError("tree: every leaf hash is 32 bytes")
-        log._size = len(hashes)
+        return cls.from_joined_leaf_hashes(level, alg)
+
+    @classmethod
+    def from_joined_leaf_hashes(cls, level: bytes | bytearray, alg: str = "sha256") -> MerkleLog:
+        """Bulk build from the leaf hashes already concatenated (32 bytes each, in leaf order)."""
+        if len(level) % 32:
+            raise VerificationError("tree: every leaf hash is 32 bytes")
+        log = cls(alg)
+        log._size = len(level) // 32
         log._levels = [bytearray(level)]
+        level = bytes(level)
         while len(level) >= 64:
             level = b"".join(parent_level(level, alg))
             log._levels.append(bytearray(level))

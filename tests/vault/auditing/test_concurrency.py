@@ -98,3 +98,44 @@ def test_concurrent_writers_on_sqlite(settings, vault, backend):
     if backend != "sqlite":
         pytest.skip("the PostgreSQL variant above runs 10,000 events")
     _run(settings, vault, total=800)
+
+
+def _append_for(vault, patient_id: str, count: int, tag: str) -> None:
+    identity = Identity(account_id=str(uuid.uuid4()), role="patient", patient_id=patient_id)
+    for _ in range(count):
+        with vault.session() as session:
+            audit_append.append(session, vault, identity=identity, ctx=RequestContext(request_id=tag),
+                                action="record.read", outcome="allow", resource_type="record",
+                                resource_id=str(uuid.uuid4()), patient_id=patient_id)
+            session.commit()
+
+
+def test_a_new_leaders_cold_log_copy_does_not_hold_up_appends(vault, backend, monkeypatch):
+    """Building the Merkle-log copy of a new checkpoint leader (millions of leaves after a restart at scale: tens of
+    seconds) happens before the checkpoint locks any chain head, so requests keep appending meanwhile."""
+    if backend != "postgres":
+        pytest.skip("on SQLite every writer waits for the database's one write lock: the row locks are PostgreSQL's")
+    from audit import log
+
+    patient = str(uuid.uuid4())
+    _append_for(vault, patient, 20, "before")
+    audit_trail.checkpoint_now(vault)
+    _append_for(vault, patient, 3, "pending")  # the checkpoint below moves this chain's watermark
+    vault.log_cache.reset()  # a process that has just taken the lead: its copy is empty
+    real_sync = log.LogCache.sync
+    during: list[bool] = []
+
+    def sync_with_a_request_meanwhile(cache, session, size=None, alg=None):
+        if cache.tree.size == 0:  # the cold build: a request of the same patient appends on its own connection
+            writer = threading.Thread(target=_append_for, args=(vault, patient, 1, "during"))
+            writer.start()
+            writer.join(timeout=10)
+            during.append(not writer.is_alive())
+        return real_sync(cache, session, size, alg)
+
+    monkeypatch.setattr(log.LogCache, "sync", sync_with_a_request_meanwhile)
+    made = audit_trail.checkpoint_now(vault)
+    assert during == [True], "the append waited for the checkpoint's transaction"
+    final = audit_trail.checkpoint_now(vault, force=True)
+    with vault.session() as session:
+        assert check_chains(session) == final.tree_size >= made.tree_size
