@@ -184,8 +184,7 @@ class KeyManager:
         return 1
 
     def create_patient_keys(self, patient_ids: Iterable[str]) -> None:
-        """A first KEK (version 1) for each new patient, written in one key-store transaction (a bulk import's
-        path). KeyStoreError, and nothing written, if any of them already has a key or was erased."""
+        """A first KEK for each new patient, in one key-store transaction (bulk import); all or nothing."""
         names = [(patient_id, encode_name(patient_id, "patient_id")) for patient_id in dict.fromkeys(patient_ids)]
         newest = self._store.newest_kek_versions(patient_id for patient_id, _ in names)
         if TOMBSTONE_VERSION in newest.values():
@@ -214,20 +213,21 @@ class KeyManager:
         the lot (a bulk import's path). KeyDestroyed / KeyStoreError if any patient was erased / has no key."""
         ids = [(patient_id, encode_name(patient_id, "patient_id")) for patient_id in patient_ids]
         newest = self._store.newest_kek_versions(patient_id for patient_id, _ in ids)
-        out = []
-        for patient_id, patient in ids:
+        for patient_id, _ in ids:  # every refusal before any key is made
             self._raise_if_destroyed_here(patient_id)
-            version = newest.get(patient_id)
-            if version == TOMBSTONE_VERSION:
+            if newest.get(patient_id) == TOMBSTONE_VERSION:
                 raise KeyDestroyed()
-            if version is None:
+            if patient_id not in newest:
                 raise KeyStoreError("no key for this patient: create_patient_key() first")
+        out: list[tuple[DataKey, bytes]] = []
+        for patient_id, patient in ids:
             try:
-                kek = self._kek_version(patient_id, patient, version)
-            except KeyDestroyed:
-                raise
-            except CryptoError:
-                self._emit(KeyEvent("key.unwrap_failed", "kek", patient_id=patient_id, detail="integrity"))
+                kek = self._kek_version(patient_id, patient, newest[patient_id])
+            except CryptoError as exc:
+                for made, _blob in out:
+                    made.wipe()
+                if not isinstance(exc, KeyDestroyed):
+                    self._emit(KeyEvent("key.unwrap_failed", "kek", patient_id=patient_id, detail="integrity"))
                 raise
             material = bytearray(os.urandom(suites.key_size(self._suite)))
             try:
