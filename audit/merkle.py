@@ -39,8 +39,7 @@ class MerkleLog:
         log = cls(alg)
         log._size = len(level) // 32
         log._levels = [bytearray(level)]
-        level = bytes(level)
-        while len(level) >= 64:
+        while len(level) >= 64:  # reads the caller's buffer: the levels hold copies
             level = b"".join(parent_level(level, alg))
             log._levels.append(bytearray(level))
         return log

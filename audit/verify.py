@@ -248,7 +248,7 @@ def node_hash(left: bytes, right: bytes, alg: str = "sha256") -> bytes:
     return _hash_fn(alg)(b"\x01" + left + right).digest()
 
 
-def parent_level(joined: bytes, alg: str = "sha256") -> list[bytes]:
+def parent_level(joined: bytes | bytearray, alg: str = "sha256") -> list[bytes]:
     """node_hash of each complete pair of a tree level given as concatenated 32-byte hashes (odd last one left)."""
     h = _hash_fn(alg)
     return [h(b"\x01" + joined[i:i + 64]).digest() for i in range(0, len(joined) - 63, 64)]
